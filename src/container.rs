@@ -1,0 +1,498 @@
+//! Container layout: which object holds what, and the operations on them.
+//!
+//! ```text
+//! config                   container config (JSON): chunker parameters, pack size, compression
+//! packs/<h0h1>/<blake3>    packs of chunks, named by the BLAKE3 of their bytes
+//! index/<blake3>           index segments (chunk -> pack, offset), one or more per backup
+//! backups/<backup_id>      manifests: a backup exists iff its manifest does
+//! deleted/<backup_id>      tombstones of deleted backups (so "deleted" differs from "unknown")
+//! leases/<lease_id>        writer leases: a running backup announces itself to the collector
+//! ```
+//!
+//! Packs are spread over 256 prefixes so that neither a directory nor an S3 key prefix grows
+//! without bound. Every key is validated ([`crate::store::validate_key`]), and every id that goes
+//! into a key is validated first ([`crate::ids::validate_id`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::chunker::ChunkerParams;
+use crate::error::{Error, Result};
+use crate::ids::{Hash, validate_id};
+use crate::index::{Index, decode_segment, encode_segment};
+use crate::manifest::{Extent, ExtentListReader, Manifest};
+use crate::pack::{PackEntry, decode_chunk};
+use crate::store::{FsStore, ObjectStore};
+
+/// Container config format name and version.
+pub const CONFIG_FORMAT: &str = "volback-container";
+/// Container config version written and read by this build.
+pub const CONFIG_VERSION: u64 = 1;
+/// Key of the container config.
+pub const CONFIG_KEY: &str = "config";
+
+/// Per-container settings, fixed when the container is created so that every backup in it
+/// chunks identically (the precondition for dedup across backups and volumes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    pub format: String,
+    pub version: u64,
+    pub chunker: ChunkerParams,
+    /// Packs are closed once they reach this many bytes.
+    pub pack_target: u64,
+    /// Default zstd level for new chunks (a backup may override; readers need no level).
+    pub zstd_level: i32,
+    pub created_at: String,
+}
+
+impl Default for ContainerConfig {
+    fn default() -> Self {
+        ContainerConfig {
+            format: CONFIG_FORMAT.into(),
+            version: CONFIG_VERSION,
+            chunker: ChunkerParams::default(),
+            pack_target: 32 << 20,
+            zstd_level: 3,
+            created_at: now_rfc3339(),
+        }
+    }
+}
+
+impl ContainerConfig {
+    fn validate(&self) -> Result<()> {
+        self.chunker.validate().map_err(Error::Config)?;
+        if self.pack_target < 1 << 20 || self.pack_target > crate::pack::MAX_PACK_SIZE / 2 {
+            return Err(Error::Config(format!(
+                "pack target {} must be between 1 MiB and 512 MiB",
+                self.pack_target
+            )));
+        }
+        if !(1..=22).contains(&self.zstd_level) {
+            return Err(Error::Config(format!("zstd level {} must be 1..=22", self.zstd_level)));
+        }
+        Ok(())
+    }
+}
+
+/// Current time as RFC 3339 (UTC, seconds).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Current time in seconds since the epoch.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// Where a container lives, parsed from a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerUrl {
+    /// A directory: `file:///abs/dir` or a plain path.
+    File(PathBuf),
+}
+
+impl ContainerUrl {
+    /// Parses `file:///abs/dir` or a plain (absolute or relative) path.
+    pub fn parse(url: &str) -> Result<Self> {
+        if url.is_empty() || url.chars().any(|c| c.is_control()) {
+            return Err(Error::Config(format!("invalid container URL '{}'", url.escape_debug())));
+        }
+        if let Some(rest) = url.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(Error::Config(format!(
+                    "container URL '{url}' must be file:///absolute/path"
+                )));
+            }
+            return Ok(ContainerUrl::File(PathBuf::from(rest)));
+        }
+        if let Some((scheme, _)) = url.split_once("://") {
+            return Err(Error::Config(format!(
+                "container URL scheme '{scheme}://' is not supported (use file:///path or a plain path)"
+            )));
+        }
+        let p = Path::new(url);
+        let abs = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| Error::io("resolve current directory", ".", e))?
+                .join(p)
+        };
+        Ok(ContainerUrl::File(abs))
+    }
+
+    /// The canonical URL string (what records and `--json` show).
+    pub fn to_url(&self) -> String {
+        match self {
+            ContainerUrl::File(p) => format!("file://{}", p.display()),
+        }
+    }
+}
+
+/// An open container: a store plus its config.
+#[derive(Clone)]
+pub struct Container {
+    store: Arc<dyn ObjectStore>,
+    url: String,
+    config: ContainerConfig,
+}
+
+/// Key of a pack.
+pub fn pack_key(id: &Hash) -> String {
+    let h = id.to_hex();
+    format!("packs/{}/{}", &h[..2], h)
+}
+
+/// Key of a backup's manifest.
+pub fn manifest_key(backup_id: &str) -> String {
+    format!("backups/{backup_id}")
+}
+
+/// Key of a deleted backup's tombstone.
+pub fn tombstone_key(backup_id: &str) -> String {
+    format!("deleted/{backup_id}")
+}
+
+/// A writer lease (see the GC protocol in the crate docs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lease {
+    pub format: String,
+    pub version: u64,
+    pub backup_id: String,
+    pub host: String,
+    pub pid: u32,
+    pub started_unix: u64,
+    pub expires_unix: u64,
+}
+
+impl Container {
+    /// Opens the container at `url`, creating it with `init` settings if it does not exist and
+    /// `create` is set.
+    pub fn open(url: &str, create: bool, init: Option<ContainerConfig>) -> Result<Self> {
+        let parsed = ContainerUrl::parse(url)?;
+        let store: Arc<dyn ObjectStore> = match &parsed {
+            ContainerUrl::File(p) => Arc::new(FsStore::open(p, create)?),
+        };
+        Self::with_store(store, parsed.to_url(), create, init)
+    }
+
+    /// Opens a container on an existing store (in-memory tests, simulations).
+    pub fn with_store(
+        store: Arc<dyn ObjectStore>,
+        url: String,
+        create: bool,
+        init: Option<ContainerConfig>,
+    ) -> Result<Self> {
+        let config = match store.get(CONFIG_KEY) {
+            Ok(bytes) => Self::decode_config(&bytes)?,
+            Err(Error::MissingObject { .. }) if create => {
+                let cfg = init.unwrap_or_default();
+                cfg.validate()?;
+                let bytes = serde_json::to_vec_pretty(&cfg).unwrap_or_default();
+                // Create-only: if another process initialised the container first, use its config.
+                if store.put_if_absent(CONFIG_KEY, Bytes::from(bytes))? {
+                    cfg
+                } else {
+                    Self::decode_config(&store.get(CONFIG_KEY)?)?
+                }
+            }
+            Err(Error::MissingObject { .. }) => {
+                return Err(Error::Config(format!(
+                    "'{url}' is not a volback container (no '{CONFIG_KEY}' object)"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Container { store, url, config })
+    }
+
+    fn decode_config(bytes: &[u8]) -> Result<ContainerConfig> {
+        let v: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| Error::corrupt(CONFIG_KEY, e.column() as u64, format!("config does not parse: {e}")))?;
+        if v.get("format").and_then(|f| f.as_str()) != Some(CONFIG_FORMAT) {
+            return Err(Error::corrupt(CONFIG_KEY, 0, "not a volback container config"));
+        }
+        let version = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0);
+        if version != CONFIG_VERSION {
+            return Err(Error::UnsupportedVersion {
+                key: CONFIG_KEY.into(),
+                what: "container config",
+                found: version,
+                supported: CONFIG_VERSION,
+            });
+        }
+        let cfg: ContainerConfig = serde_json::from_value(v)
+            .map_err(|e| Error::corrupt(CONFIG_KEY, 0, format!("config fields: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The container's URL (no credentials).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The container's settings.
+    pub fn config(&self) -> &ContainerConfig {
+        &self.config
+    }
+
+    /// Checks that the container can be written and read back (Cinder's `check_for_setup_error`).
+    pub fn check_writable(&self) -> Result<()> {
+        let key = format!("leases/setup-check-{}", uuid::Uuid::new_v4().simple());
+        let probe = Bytes::from_static(b"volback setup check");
+        self.store.put(&key, probe.clone())?;
+        let back = self.store.get(&key);
+        self.store.delete(&key)?;
+        if back? != probe {
+            return Err(Error::Config(format!("container '{}' did not return what was written", self.url)));
+        }
+        Ok(())
+    }
+
+    /// Reads and decodes a backup's manifest, distinguishing deleted from unknown backups.
+    /// Returns the manifest and its raw bytes (whose BLAKE3 goes into exported records).
+    pub fn read_manifest(&self, backup_id: &str) -> Result<(Manifest, Bytes)> {
+        validate_id("backup id", backup_id)?;
+        let key = manifest_key(backup_id);
+        match self.store.get(&key) {
+            Ok(bytes) => {
+                let m = Manifest::decode(&key, &bytes)?;
+                if m.backup_id != backup_id {
+                    return Err(Error::corrupt(&key, 0, format!("manifest is for backup '{}'", m.backup_id)));
+                }
+                Ok((m, bytes))
+            }
+            Err(Error::MissingObject { .. }) => {
+                if self.store.head(&tombstone_key(backup_id))?.is_some() {
+                    Err(Error::BackupDeleted {
+                        id: backup_id.into(),
+                        container: self.url.clone(),
+                    })
+                } else {
+                    Err(Error::BackupNotFound {
+                        id: backup_id.into(),
+                        container: self.url.clone(),
+                    })
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a backup (or its tombstone) already uses this id.
+    pub fn backup_id_taken(&self, backup_id: &str) -> Result<bool> {
+        Ok(self.store.head(&manifest_key(backup_id))?.is_some()
+            || self.store.head(&tombstone_key(backup_id))?.is_some())
+    }
+
+    /// Commits a manifest; fails if a backup with this id was committed meanwhile.
+    pub fn commit_manifest(&self, m: &Manifest) -> Result<Bytes> {
+        let bytes = Bytes::from(m.encode());
+        if !self.store.put_if_absent(&manifest_key(&m.backup_id), bytes.clone())? {
+            return Err(Error::BackupExists {
+                id: m.backup_id.clone(),
+                container: self.url.clone(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Every committed backup's manifest, oldest first. Unreadable manifests are returned as
+    /// errors in place so that one damaged backup does not hide the others.
+    pub fn list_backups(&self) -> Result<Vec<Result<Manifest>>> {
+        let keys = self.store.list("backups/")?;
+        let mut out: Vec<Result<Manifest>> = keys
+            .par_iter()
+            .map(|o| {
+                let bytes = self.store.get(&o.key)?;
+                Manifest::decode(&o.key, &bytes)
+            })
+            .collect();
+        out.sort_by_key(|r| match r {
+            Ok(m) => (0, m.created_unix, m.backup_id.clone()),
+            Err(_) => (1, 0, String::new()),
+        });
+        Ok(out)
+    }
+
+    /// Writes an index segment for `packs`; returns (key, bytes written).
+    pub fn write_index_segment(&self, packs: &[(Hash, Vec<PackEntry>)]) -> Result<(String, u64)> {
+        let seg = encode_segment(packs);
+        let key = format!("index/{}", Hash::of(&seg).to_hex());
+        let n = seg.len() as u64;
+        self.store.put(&key, Bytes::from(seg))?;
+        Ok((key, n))
+    }
+
+    /// Loads every index segment into memory.
+    pub fn load_index(&self) -> Result<Index> {
+        let keys = self.store.list("index/")?;
+        let segments: Vec<Result<Vec<(Hash, Vec<PackEntry>)>>> = keys
+            .par_iter()
+            .map(|o| {
+                let bytes = self.store.get(&o.key)?;
+                decode_segment(&o.key, &bytes)
+            })
+            .collect();
+        let mut index = Index::new();
+        for seg in segments {
+            for (pack, entries) in seg? {
+                index.add_pack(pack, &entries);
+            }
+        }
+        Ok(index)
+    }
+
+    /// Announces a running backup to the garbage collector; returns the lease key.
+    pub fn take_lease(&self, backup_id: &str, ttl: Duration) -> Result<String> {
+        let now = now_unix();
+        let lease = Lease {
+            format: "volback-lease".into(),
+            version: 1,
+            backup_id: backup_id.into(),
+            host: hostname(),
+            pid: std::process::id(),
+            started_unix: now,
+            expires_unix: now + ttl.as_secs(),
+        };
+        let key = format!("leases/{}-{}", backup_id, uuid::Uuid::new_v4().simple());
+        self.store
+            .put(&key, Bytes::from(serde_json::to_vec(&lease).unwrap_or_default()))?;
+        Ok(key)
+    }
+
+    /// Deletes a backup: tombstone first, then the manifest. Its chunks stay until the garbage
+    /// collector finds no committed manifest needs them, so no other backup is affected.
+    pub fn delete_backup(&self, backup_id: &str) -> Result<()> {
+        let (m, _) = self.read_manifest(backup_id)?;
+        let tomb = serde_json::json!({
+            "format": "volback-tombstone",
+            "version": 1,
+            "backup_id": backup_id,
+            "volume_id": m.volume_id,
+            "deleted_at": now_rfc3339(),
+        });
+        self.store
+            .put(&tombstone_key(backup_id), Bytes::from(tomb.to_string()))?;
+        self.store.delete(&manifest_key(backup_id))
+    }
+}
+
+impl Container {
+    /// Reads one chunk through the index: fetches its stored bytes, decompresses, and verifies
+    /// its BLAKE3. `volume_offset` is for the error message only.
+    pub fn read_chunk(&self, index: &Index, id: &Hash, backup_id: &str, volume_offset: u64) -> Result<Bytes> {
+        let loc = index.get(id).ok_or_else(|| Error::ChunkNotIndexed {
+            backup_id: backup_id.into(),
+            chunk: id.to_hex(),
+            volume_offset,
+        })?;
+        let key = pack_key(&index.pack_id(loc.pack));
+        let start = u64::from(loc.offset);
+        let stored = self.store.get_range(&key, start..start + u64::from(loc.stored_len))?;
+        decode_chunk(&key, start, id, loc.compression, loc.raw_len, &stored).map_err(|e| with_volume_offset(e, volume_offset))
+    }
+
+    /// Calls `f(volume_offset, extent)` for every extent of a backup, in order, fetching the
+    /// extent list chunk by chunk (memory stays bounded whatever the volume size). Checks that
+    /// the extents add up to the manifest's size.
+    pub fn walk_extents(
+        &self,
+        index: &Index,
+        manifest: &Manifest,
+        mut f: impl FnMut(u64, &Extent) -> Result<()>,
+    ) -> Result<()> {
+        let key = manifest_key(&manifest.backup_id);
+        let mut reader = ExtentListReader::new();
+        let mut offset = 0u64;
+        let mut batch = Vec::new();
+        for (id, len) in manifest.meta_ids(&key)? {
+            let chunk = self.read_chunk(index, &id, &manifest.backup_id, offset)?;
+            if chunk.len() != len as usize {
+                return Err(Error::corrupt(&key, 0, format!("extent-list chunk {id} has {} bytes, manifest says {len}", chunk.len())));
+            }
+            reader.push(&key, &chunk, &mut batch)?;
+            for e in batch.drain(..) {
+                f(offset, &e)?;
+                offset += e.len();
+            }
+        }
+        reader.finish(&key)?;
+        if offset != manifest.size {
+            return Err(Error::corrupt(&key, 0, format!("extents cover {offset} bytes, manifest says {}", manifest.size)));
+        }
+        Ok(())
+    }
+}
+
+/// Fills in the volume offset of a chunk verification error.
+pub(crate) fn with_volume_offset(e: Error, at: u64) -> Error {
+    match e {
+        Error::ChunkHashMismatch { key, offset, chunk, .. } => Error::ChunkHashMismatch {
+            key,
+            offset,
+            chunk,
+            volume_offset: at,
+        },
+        other => other,
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            ContainerUrl::parse("file:///a/b").unwrap(),
+            ContainerUrl::File("/a/b".into())
+        );
+        assert_eq!(ContainerUrl::parse("/x").unwrap().to_url(), "file:///x");
+        assert!(ContainerUrl::parse("file://rel").is_err());
+        assert!(ContainerUrl::parse("gopher://x").is_err());
+        assert!(ContainerUrl::parse("").is_err());
+        assert!(ContainerUrl::parse("a\nb").is_err());
+    }
+
+    #[test]
+    fn config_is_created_once_and_checked() {
+        let store: Arc<dyn ObjectStore> = Arc::new(crate::store::MemStore::new());
+        assert!(matches!(
+            Container::with_store(store.clone(), "m".into(), false, None),
+            Err(Error::Config(_))
+        ));
+        let a = Container::with_store(store.clone(), "m".into(), true, None).unwrap();
+        let other = ContainerConfig { zstd_level: 9, ..Default::default() };
+        let b = Container::with_store(store.clone(), "m".into(), true, Some(other)).unwrap();
+        assert_eq!(a.config(), b.config(), "the first config wins");
+        a.check_writable().unwrap();
+        store
+            .put(CONFIG_KEY, Bytes::from(r#"{"format":"volback-container","version":7}"#))
+            .unwrap();
+        assert!(matches!(
+            Container::with_store(store, "m".into(), false, None),
+            Err(Error::UnsupportedVersion { found: 7, .. })
+        ));
+    }
+}

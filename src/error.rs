@@ -1,0 +1,173 @@
+//! One error type for the whole crate.
+//!
+//! Every variant names *what* failed (an object key, a backup id, a path) and, where it applies,
+//! *where* (a byte offset in an object or in the volume), so that an operator reading a log line
+//! can find the damaged thing without a debugger. Decoders never panic on bad input: they return
+//! [`Error::Corrupt`] or [`Error::UnsupportedVersion`].
+
+use std::path::PathBuf;
+
+/// Result alias used throughout volback.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why an exported record was refused by `import_record`. Each cause is distinct so that a caller
+/// (or a test) can tell a typo from a tampered record from a container that lost the backup.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Not JSON, or a required field is missing or has the wrong type.
+    #[error("malformed backup record: {0}")]
+    Malformed(String),
+    /// The record names a format version this build does not understand.
+    #[error("backup record version {found} is not supported (this volback reads version {supported})")]
+    UnknownVersion { found: u64, supported: u64 },
+    /// The manifest the record points at is not in the container.
+    #[error("backup record points at manifest '{key}', which is not in the container")]
+    MissingManifest { key: String },
+    /// The manifest exists but is not the one the record was exported from.
+    #[error("manifest '{key}' does not match the record: BLAKE3 {actual}, record says {expected}")]
+    ManifestMismatch {
+        key: String,
+        expected: String,
+        actual: String,
+    },
+}
+
+/// Every failure volback reports.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error on a local file: the volume, the restore target, or a filesystem container.
+    #[error("{op} '{}': {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An object the operation needs is not in the container.
+    #[error("object '{key}' is missing from the container")]
+    MissingObject { key: String },
+    /// A stored object failed to decode or verify. `offset` is the byte offset inside the object.
+    #[error("object '{key}' is corrupt at offset {offset}: {reason}")]
+    Corrupt {
+        key: String,
+        offset: u64,
+        reason: String,
+    },
+    /// A chunk read back from a pack does not hash to its id.
+    #[error(
+        "chunk {chunk} in '{key}' at offset {offset} (volume offset {volume_offset}) fails BLAKE3 verification"
+    )]
+    ChunkHashMismatch {
+        key: String,
+        offset: u64,
+        chunk: String,
+        volume_offset: u64,
+    },
+    /// A manifest or index references a chunk that no index entry locates.
+    #[error("chunk {chunk} (volume offset {volume_offset}) of backup '{backup_id}' is not in any index")]
+    ChunkNotIndexed {
+        backup_id: String,
+        chunk: String,
+        volume_offset: u64,
+    },
+    /// A stored object declares a format version this build cannot read.
+    #[error("object '{key}' has {what} version {found}; this volback reads version {supported}")]
+    UnsupportedVersion {
+        key: String,
+        what: &'static str,
+        found: u64,
+        supported: u64,
+    },
+    /// No committed backup has this id.
+    #[error("backup '{id}' does not exist in container '{container}'")]
+    BackupNotFound { id: String, container: String },
+    /// The backup existed but was deleted.
+    #[error("backup '{id}' was deleted from container '{container}'")]
+    BackupDeleted { id: String, container: String },
+    /// The backup named as parent of an incremental does not exist.
+    #[error("parent backup '{id}' does not exist in container '{container}'")]
+    ParentNotFound { id: String, container: String },
+    /// A backup with this id is already committed.
+    #[error("backup '{id}' already exists in container '{container}'")]
+    BackupExists { id: String, container: String },
+    /// An id (backup, volume) or name is not acceptable.
+    #[error("invalid {what} '{value}': {reason}")]
+    InvalidId {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    /// The container URL or driver configuration is unusable.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// The volume ended before the size the caller said it has.
+    #[error("volume '{volume}' ended at {actual} bytes, expected {expected}")]
+    VolumeTooShort {
+        volume: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// The restore target cannot hold the volume.
+    #[error("restore target '{}' holds {actual} bytes, the backup needs {needed}", path.display())]
+    TargetTooSmall {
+        path: PathBuf,
+        needed: u64,
+        actual: u64,
+    },
+    /// The restore target exists and the caller did not say it may be overwritten.
+    #[error("restore target '{}' already exists (restore onto an existing target with --existing)", path.display())]
+    TargetExists { path: PathBuf },
+    /// An exported record was refused.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// A worker thread failed in a way that is a volback bug, not bad input.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Wraps an I/O error on a local path.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A decode failure in object `key` at byte `offset`.
+    pub fn corrupt(key: &str, offset: u64, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            key: key.to_string(),
+            offset,
+            reason: reason.into(),
+        }
+    }
+
+    /// A short, stable name for the error's kind, printed by the CLI's `--json` error output and
+    /// used by tests, so that scripts need not parse messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Io { .. } => "io",
+            Error::MissingObject { .. } => "missing_object",
+            Error::Corrupt { .. } => "corrupt",
+            Error::ChunkHashMismatch { .. } => "hash_mismatch",
+            Error::ChunkNotIndexed { .. } => "chunk_not_indexed",
+            Error::UnsupportedVersion { .. } => "unsupported_version",
+            Error::BackupNotFound { .. } => "backup_not_found",
+            Error::BackupDeleted { .. } => "backup_deleted",
+            Error::ParentNotFound { .. } => "parent_not_found",
+            Error::BackupExists { .. } => "backup_exists",
+            Error::InvalidId { .. } => "invalid_id",
+            Error::Config(_) => "config",
+            Error::VolumeTooShort { .. } => "volume_too_short",
+            Error::TargetTooSmall { .. } => "target_too_small",
+            Error::TargetExists { .. } => "target_exists",
+            Error::Record(RecordError::Malformed(_)) => "record_malformed",
+            Error::Record(RecordError::UnknownVersion { .. }) => "record_unknown_version",
+            Error::Record(RecordError::MissingManifest { .. }) => "record_missing_manifest",
+            Error::Record(RecordError::ManifestMismatch { .. }) => "record_manifest_mismatch",
+            Error::Internal(_) => "internal",
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! # volback — deduplicating backup of block-storage volumes into object storage
+//!
+//! volback is a backup driver in the shape of OpenStack Cinder's (`backup`, `restore`,
+//! `delete_backup`, `export_record`, `import_record`, `get_metadata`/`put_metadata`), built the
+//! way the best deduplicating backup tools are: content-defined chunks, content addressing,
+//! packs, parallel hashing and compression, and a manifest as the single commit point.
+//!
+//! ## Data flow
+//!
+//! ```text
+//! backup:  volume ──read (SEEK_HOLE skips holes)──> zero runs + FastCDC chunks      [source, chunker]
+//!            ──BLAKE3 (parallel)──> dedup against the index ──zstd (parallel)──>   [pipeline]
+//!            pack builder ──PUT pack──> index segment ──PUT──> manifest (create-only) [pack, index, manifest]
+//!
+//! restore: manifest ──> extent-list chunks ──> windows of extents ──group by pack──>  [restore]
+//!            ranged GETs (coalesced, parallel) ──zstd -d, BLAKE3 verify──> pwrite at offsets
+//! ```
+//!
+//! ## Container format in brief (full specification: `docs/format.md`)
+//!
+//! | object | written | what it is |
+//! |---|---|---|
+//! | `config` | once, create-only | chunker parameters, pack size, zstd level; every backup in the container uses them |
+//! | `packs/<xx>/<blake3>` | by backups (later: the collector's repack) | chunks back to back + a table at the end; named by its own BLAKE3 |
+//! | `index/<blake3>` | after the packs it describes | chunk id → (pack, offset, lengths); immutable segments |
+//! | `backups/<id>` | last, create-only | the manifest: ids, size, metadata, and the extent-list chunk ids |
+//! | `deleted/<id>` | by delete | tombstone: tells "deleted" from "never existed" |
+//! | `leases/<id>` | while a backup runs | writer lease read by the garbage collector |
+//!
+//! A chunk's id is the BLAKE3 of its uncompressed bytes. A manifest names chunks by id only,
+//! never by pack, so packs can be rewritten (repacked) without touching any manifest. The extent
+//! list (every extent of the volume: a chunk id and length, or a zero run) is itself stored as
+//! content-defined chunks, so an incremental backup re-stores only the parts of its extent list
+//! that changed.
+//!
+//! ## Crash safety: data first, manifest last
+//!
+//! A backup writes packs, then the index segments describing them, then its manifest with a
+//! create-only write (`link(2)` on a filesystem; `If-None-Match: *` on S3). On a filesystem every
+//! object is written to a temporary file, fsync'd and renamed. A backup exists exactly when its
+//! manifest does, so an interrupted backup is never visible; what it left behind is unreferenced
+//! and reclaimed by the collector.
+//!
+//! ## Garbage-collection protocol (implemented by the `gc` issue; the format already carries it)
+//!
+//! Deleting a backup removes only its manifest (after writing a tombstone). Space is reclaimed by
+//! a mark-and-sweep collector that can run while backups run on other hosts:
+//!
+//! 1. **Leases.** Every backup writes `leases/<id>` (start time, expiry) before it reads the
+//!    index, refreshes it while it runs, and deletes it after its manifest is committed.
+//! 2. **Mark.** The collector lists manifests and marks every chunk they reference.
+//! 3. **Condemn.** Packs with no live chunk (or below the repack threshold, after their live
+//!    chunks are rewritten into new packs and indexed) are listed in a `gc/condemned-<time>`
+//!    object — not deleted.
+//! 4. **Sweep, later.** A condemned pack is deleted only by a later collector run, when (a) it is
+//!    still unreferenced by every manifest committed since, and (b) every lease that was live
+//!    when it was condemned has ended or expired (plus the clock-skew bound). A backup that
+//!    started before the condemnation either committed (and its manifest is seen by (a)) or is
+//!    still running (and holds back the sweep by (b)).
+//! 5. **Writers skip condemned packs.** A backup that starts after a condemnation loads the
+//!    condemned lists with the index and does not dedup against chunks that live only in
+//!    condemned packs: it stores them again.
+//!
+//! ## Which operations may run concurrently
+//!
+//! | A \ B | backup | restore | delete | gc | import/export |
+//! |---|---|---|---|---|---|
+//! | **backup** | safe: content-addressed packs and segments never collide; manifests are create-only | safe: restore reads only committed objects | safe: delete touches only a manifest; chunks stay | safe: lease holds back the sweep (step 4b) | safe |
+//! | **restore** | safe | safe (read-only) | the deleted backup's restore may fail cleanly; others unaffected | safe: only packs unreferenced by committed manifests are condemned, and a sweep waits a full cycle | safe |
+//! | **delete** | safe | see left | idempotent: the second reports "deleted" | safe: a deleted manifest's chunks are condemned, never a live one's | export of a deleted backup fails cleanly |
+//!
+//! ## Modules
+//!
+//! - [`driver`]: the Cinder verbs; start here as a caller.
+//! - [`pipeline`]: the backup pipeline. [`restore`]: the restore pipeline.
+//! - [`chunker`]: zero runs and FastCDC. [`source`]: reading volumes.
+//! - [`pack`], [`index`], [`manifest`], [`record`]: the on-storage formats.
+//! - [`container`]: object names and container-level operations. [`store`]: storage backends.
+//! - [`error`]: the error type; every variant names the object and offset.
+//!
+//! ## Example
+//!
+//! ```
+//! use volback::driver::{Driver, DriverConfig};
+//! use volback::record::BackupRecord;
+//! use volback::source::VolumeSource;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let image = dir.path().join("vol.img");
+//! std::fs::write(&image, vec![7u8; 1 << 20])?;
+//! let driver = Driver::new(DriverConfig {
+//!     container: dir.path().join("container").display().to_string(),
+//!     create_container: true,
+//!     ..Default::default()
+//! });
+//! driver.check_for_setup_error()?;
+//! let record = BackupRecord { id: "b1".into(), volume_id: "vol".into(), ..Default::default() };
+//! let out = driver.backup(&record, VolumeSource::Path(image.clone()), None)?;
+//! assert_eq!(out.updates.size, 1 << 20);
+//! let restored = dir.path().join("restored.img");
+//! driver.restore(&record, &restored, true)?;
+//! assert_eq!(std::fs::read(&restored)?, std::fs::read(&image)?);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod chunker;
+pub mod container;
+pub mod driver;
+pub mod error;
+pub mod ids;
+pub mod index;
+pub mod manifest;
+pub mod pack;
+pub mod pipeline;
+pub mod record;
+pub mod restore;
+pub mod source;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,376 @@
+//! The backup pipeline: volume → chunks → packs → index → manifest.
+//!
+//! Three stages overlap, each on its own thread(s), connected by bounded channels so memory is
+//! bounded by a few read buffers and a few packs whatever the volume size:
+//!
+//! ```text
+//!  reader thread            main thread (rayon pool)                 writer thread
+//!  read 8 MiB buffers  -->  BLAKE3 every chunk (parallel)        -->  PUT pack (data first)
+//!  SEEK_HOLE, zero runs     dedup against index + this backup        every 64 packs and at the
+//!  FastCDC cut points       zstd new chunks (parallel)                end: PUT index segment
+//!                           append to pack; extent list
+//! ```
+//!
+//! Then the manifest is committed with a create-only write: the backup exists from that moment,
+//! and not a moment before. A failure anywhere leaves only unreferenced packs and index entries,
+//! which the garbage collector reclaims after its grace period.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::chunker::{Piece, Splitter};
+use crate::container::{Container, manifest_key, now_rfc3339, now_unix, pack_key};
+use crate::error::{Error, Result};
+use crate::ids::{Hash, new_backup_id, validate_id};
+use crate::index::Index;
+use crate::manifest::{ExtentListWriter, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestStats, MetaRef};
+use crate::pack::{ChunkKind, EncodedChunk, PackBuilder, PackEntry, encode_chunk};
+use crate::source::{Input, OpenVolume, VolumeSource};
+use crate::store::RequestCounts;
+
+/// Index segments are written every this many packs (and at the end), so an interrupted backup
+/// leaves indexed packs that a re-run can reuse.
+const PACKS_PER_SEGMENT: usize = 64;
+/// How long a writer lease is valid. Longer than any backup should take between refreshes.
+pub const LEASE_TTL: Duration = Duration::from_secs(6 * 3600);
+
+/// What the caller asks of a backup.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// Id for the new backup; a UUID is generated if None.
+    pub backup_id: Option<String>,
+    /// The volume this is a backup of.
+    pub volume_id: String,
+    /// Makes this an incremental of that backup (which must exist).
+    pub parent_id: Option<String>,
+    /// Caller's point-in-time label (Cinder's data_timestamp).
+    pub data_timestamp: Option<String>,
+    /// Opaque volume metadata stored with the backup.
+    pub volume_metadata: Option<serde_json::Value>,
+    /// Fail unless the volume has exactly this many bytes.
+    pub expected_size: Option<u64>,
+    /// zstd level for this backup (default: the container's).
+    pub zstd_level: Option<i32>,
+}
+
+/// What a backup did (the CLI's `backup --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    pub backup_id: String,
+    pub volume_id: String,
+    pub parent_id: Option<String>,
+    pub container: String,
+    pub manifest_key: String,
+    /// Volume size in bytes.
+    pub size: u64,
+    /// Bytes read from the volume (holes are not read).
+    pub bytes_read: u64,
+    /// Bytes this backup wrote to the container.
+    pub bytes_new: u64,
+    pub chunks_total: u64,
+    pub chunks_new: u64,
+    pub zero_bytes: u64,
+    /// Objects this backup wrote (packs, index segments, the manifest).
+    pub object_count: u64,
+    pub elapsed_s: f64,
+    pub requests: RequestCounts,
+}
+
+/// Progress callback: bytes of the volume processed so far.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
+
+struct Written {
+    objects: u64,
+    bytes: u64,
+}
+
+enum WriterMsg {
+    Pack(Hash, Bytes, Vec<PackEntry>),
+}
+
+/// Puts packs, then the index segments that describe them (data first, index next).
+fn writer_loop(container: &Container, rx: Receiver<WriterMsg>) -> Result<Written> {
+    let mut done = Written { objects: 0, bytes: 0 };
+    let mut unindexed: Vec<(Hash, Vec<PackEntry>)> = Vec::new();
+    for msg in rx {
+        let WriterMsg::Pack(id, bytes, entries) = msg;
+        done.bytes += bytes.len() as u64;
+        container.store().put(&pack_key(&id), bytes)?;
+        done.objects += 1;
+        unindexed.push((id, entries));
+        if unindexed.len() >= PACKS_PER_SEGMENT {
+            let (_, n) = container.write_index_segment(&unindexed)?;
+            done.objects += 1;
+            done.bytes += n;
+            unindexed.clear();
+        }
+    }
+    if !unindexed.is_empty() {
+        let (_, n) = container.write_index_segment(&unindexed)?;
+        done.objects += 1;
+        done.bytes += n;
+    }
+    Ok(done)
+}
+
+/// Chunk dedup and packing state of one backup.
+struct Packer<'a> {
+    index: &'a Index,
+    seen: HashSet<Hash>,
+    level: i32,
+    pack: PackBuilder,
+    target: u64,
+    tx: SyncSender<WriterMsg>,
+    chunks_new: u64,
+}
+
+impl Packer<'_> {
+    fn is_known(&mut self, id: &Hash) -> bool {
+        self.index.contains(id) || !self.seen.insert(*id)
+    }
+
+    fn add(&mut self, chunks: Vec<EncodedChunk>) -> Result<()> {
+        for c in chunks {
+            self.chunks_new += 1;
+            self.pack.add(&c);
+            if self.pack.size() >= self.target {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let (bytes, id, entries) = std::mem::take(&mut self.pack).finish();
+        // A closed channel means the writer stopped on an error; the caller collects it.
+        self.tx
+            .send(WriterMsg::Pack(id, bytes, entries))
+            .map_err(|_| Error::Internal("pack writer stopped".into()))
+    }
+
+    /// Hashes, dedups and stores extent-list chunks, returning their references in order.
+    fn add_meta(&mut self, chunks: Vec<Bytes>, refs: &mut Vec<MetaRef>) -> Result<()> {
+        let ids: Vec<Hash> = chunks.par_iter().map(|c| Hash::of(c)).collect();
+        let mut new = Vec::new();
+        for (c, id) in chunks.iter().zip(&ids) {
+            refs.push(MetaRef {
+                id: id.to_hex(),
+                len: c.len() as u32,
+            });
+            if !self.is_known(id) {
+                new.push((c, *id));
+            }
+        }
+        let level = self.level;
+        let enc: Vec<EncodedChunk> = new
+            .par_iter()
+            .map(|(c, id)| encode_chunk(*id, ChunkKind::Meta, c, level))
+            .collect();
+        self.add(enc)
+    }
+}
+
+/// Runs a backup of `source` into `container`. Returns the committed manifest, its bytes and a
+/// report.
+pub fn run_backup(
+    container: &Container,
+    source: VolumeSource,
+    opts: &BackupOptions,
+    progress: Option<Progress<'_>>,
+) -> Result<(Manifest, Bytes, BackupReport)> {
+    let started = Instant::now();
+    let requests_before = container.store().requests();
+    let backup_id = opts.backup_id.clone().unwrap_or_else(new_backup_id);
+    validate_id("backup id", &backup_id)?;
+    validate_id("volume id", &opts.volume_id)?;
+    if container.backup_id_taken(&backup_id)? {
+        return Err(Error::BackupExists {
+            id: backup_id,
+            container: container.url().into(),
+        });
+    }
+    if let Some(parent) = &opts.parent_id {
+        validate_id("parent id", parent)?;
+        match container.read_manifest(parent) {
+            Ok(_) => {}
+            Err(Error::BackupNotFound { id, container } | Error::BackupDeleted { id, container }) => {
+                return Err(Error::ParentNotFound { id, container });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let cfg = container.config().clone();
+    let level = opts.zstd_level.unwrap_or(cfg.zstd_level);
+    if !(1..=22).contains(&level) {
+        return Err(Error::Config(format!("zstd level {level} must be 1..=22")));
+    }
+    let volume = OpenVolume::open(source)?;
+    let volume_name = volume.name().to_string();
+    let index = container.load_index()?;
+    let lease = container.take_lease(&backup_id, LEASE_TTL)?;
+
+    let bytes_read = AtomicU64::new(0);
+    let result = std::thread::scope(|s| -> Result<_> {
+        let (batch_tx, batch_rx) = sync_channel::<Result<Vec<Piece>>>(2);
+        let (pack_tx, pack_rx) = sync_channel::<WriterMsg>(1);
+        let reader = s.spawn(|| {
+            let mut splitter = Splitter::new(cfg.chunker);
+            let tx = batch_tx;
+            let res = volume.read_all(&bytes_read, |input| {
+                let mut out = Vec::new();
+                match input {
+                    Input::Data(b) => splitter.push_data(b, &mut out),
+                    Input::Hole(n) => splitter.push_hole(n, &mut out),
+                }
+                out.is_empty() || tx.send(Ok(out)).is_ok()
+            });
+            match res {
+                Ok(_) => {
+                    let mut out = Vec::new();
+                    splitter.finish(&mut out);
+                    let _ = tx.send(Ok(out));
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        let writer = s.spawn(|| writer_loop(container, pack_rx));
+
+        let mut packer = Packer {
+            index: &index,
+            seen: HashSet::new(),
+            level,
+            pack: PackBuilder::new(),
+            target: cfg.pack_target,
+            tx: pack_tx,
+            chunks_new: 0,
+        };
+        let main = (|| -> Result<_> {
+            let mut extents = ExtentListWriter::new();
+            let mut meta_refs = Vec::new();
+            let mut size = 0u64;
+            let mut zero_bytes = 0u64;
+            let mut chunks_total = 0u64;
+            for batch in batch_rx {
+                let pieces = batch?;
+                let ids: Vec<Option<Hash>> = pieces
+                    .par_iter()
+                    .map(|p| match p {
+                        Piece::Data(b) => Some(Hash::of(b)),
+                        Piece::Zero(_) => None,
+                    })
+                    .collect();
+                let mut new: Vec<(&Bytes, Hash)> = Vec::new();
+                for (p, id) in pieces.iter().zip(&ids) {
+                    size += p.len();
+                    match (p, id) {
+                        (Piece::Data(b), Some(id)) => {
+                            chunks_total += 1;
+                            extents.push_data(b.len() as u32, id);
+                            if !packer.is_known(id) {
+                                new.push((b, *id));
+                            }
+                        }
+                        _ => {
+                            zero_bytes += p.len();
+                            extents.push_zero(p.len());
+                        }
+                    }
+                }
+                let encoded: Vec<EncodedChunk> = new
+                    .par_iter()
+                    .map(|(b, id)| encode_chunk(*id, ChunkKind::Data, b, level))
+                    .collect();
+                packer.add(encoded)?;
+                packer.add_meta(extents.take_chunks(), &mut meta_refs)?;
+                if let Some(p) = progress {
+                    p(size);
+                }
+            }
+            packer.add_meta(extents.finish(), &mut meta_refs)?;
+            packer.flush()?;
+            Ok((extents, meta_refs, size, zero_bytes, chunks_total))
+        })();
+        let chunks_new = packer.chunks_new;
+        drop(packer); // closes the writer's channel
+        let written = writer.join().map_err(|_| Error::Internal("pack writer panicked".into()))?;
+        reader.join().map_err(|_| Error::Internal("volume reader panicked".into()))?;
+        // The writer's error is the root cause when the main loop only saw a closed channel.
+        let written = written?;
+        let (extents, meta_refs, size, zero_bytes, chunks_total) = main?;
+        Ok((extents, meta_refs, size, zero_bytes, chunks_total, chunks_new, written))
+    });
+    let (extents, meta_refs, size, zero_bytes, chunks_total, chunks_new, written) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = container.store().delete(&lease);
+            return Err(e);
+        }
+    };
+    if let Some(expected) = opts.expected_size
+        && expected != size
+    {
+        let _ = container.store().delete(&lease);
+        return Err(Error::VolumeTooShort {
+            volume: volume_name,
+            expected,
+            actual: size,
+        });
+    }
+
+    let mut manifest = Manifest {
+        format: MANIFEST_FORMAT.into(),
+        version: MANIFEST_VERSION,
+        backup_id: backup_id.clone(),
+        volume_id: opts.volume_id.clone(),
+        parent_id: opts.parent_id.clone(),
+        created_at: now_rfc3339(),
+        created_unix: now_unix(),
+        data_timestamp: opts.data_timestamp.clone(),
+        size,
+        chunker: cfg.chunker,
+        extents: meta_refs,
+        extents_len: extents.stream_len,
+        extent_count: extents.count,
+        stats: ManifestStats {
+            chunks_total,
+            chunks_new,
+            bytes_new: 0,
+            zero_bytes,
+            object_count: written.objects + 1,
+        },
+        volume_metadata: opts.volume_metadata.clone(),
+    };
+    manifest.stats.bytes_new = written.bytes;
+    let bytes = container.commit_manifest(&manifest);
+    let _ = container.store().delete(&lease);
+    let bytes = bytes?;
+
+    let report = BackupReport {
+        backup_id,
+        volume_id: manifest.volume_id.clone(),
+        parent_id: manifest.parent_id.clone(),
+        container: container.url().into(),
+        manifest_key: manifest_key(&manifest.backup_id),
+        size,
+        bytes_read: bytes_read.load(Ordering::Relaxed),
+        bytes_new: written.bytes + bytes.len() as u64,
+        chunks_total,
+        chunks_new,
+        zero_bytes,
+        object_count: manifest.stats.object_count,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        requests: container.store().requests().since(&requests_before),
+    };
+    Ok((manifest, bytes, report))
+}
