@@ -1,1 +1,387 @@
-fn main() {}
+//! The `volback` command line: the driver's verbs for operators and scripts.
+//!
+//! Exit status: 0 on success, 1 on any error (the message names the object and offset), 2 on a
+//! usage error. With `--json`, stdout carries exactly one JSON object (an error too:
+//! `{"error": kind, "message": ...}`) and nothing else.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use volback::container::{Container, ContainerConfig};
+use volback::driver::{Driver, DriverConfig};
+use volback::pipeline::BackupOptions;
+use volback::record::BackupRecord;
+use volback::restore::{TargetMode, run_restore};
+use volback::source::VolumeSource;
+use volback::{Error, Result};
+
+#[derive(Parser)]
+#[command(name = "volback", version, about = "Deduplicating, compressed, verifiable backups of block-storage volumes")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Back up a volume image, block device or stdin ('-') into a container.
+    Backup {
+        /// Container URL: file:///abs/dir or a plain path (created if missing).
+        #[arg(long)]
+        container: String,
+        /// Volume to read: a file, a block device, or '-' for stdin.
+        #[arg(long)]
+        volume: String,
+        /// Id for the backup (default: a new UUID).
+        #[arg(long)]
+        backup_id: Option<String>,
+        /// Id of the volume (default: derived from the volume's file name).
+        #[arg(long)]
+        volume_id: Option<String>,
+        /// Make an incremental backup of this parent backup.
+        #[arg(long)]
+        parent: Option<String>,
+        /// JSON file with volume metadata to store with the backup.
+        #[arg(long)]
+        metadata: Option<PathBuf>,
+        /// Point-in-time label stored with the backup (Cinder's data_timestamp).
+        #[arg(long)]
+        data_timestamp: Option<String>,
+        /// zstd level for this backup (default: the container's).
+        #[arg(long)]
+        zstd_level: Option<i32>,
+        /// Average chunk size in bytes for a container created by this command.
+        #[arg(long)]
+        chunk_avg: Option<u32>,
+        /// Print one JSON object and nothing else.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup onto a file or block device.
+    Restore {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        backup_id: String,
+        /// Target file or block device. A new file is created sparse.
+        #[arg(long)]
+        target: PathBuf,
+        /// Overwrite an existing target (zero extents are written as zeros).
+        #[arg(long)]
+        existing: bool,
+        /// Write the volume metadata stored with the backup to this file.
+        #[arg(long)]
+        metadata_out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a backup (its space is reclaimed by garbage collection; other backups are unaffected).
+    Delete {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        backup_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a self-describing record of a backup on stdout.
+    Export {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        backup_id: String,
+    },
+    /// Validate an exported record against a container ('-' reads stdin).
+    Import {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        record: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the backups in a container.
+    List {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that a container is reachable and writable (creating it if missing).
+    Check {
+        #[arg(long)]
+        container: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = match &cli.cmd {
+        Cmd::Backup { json, .. }
+        | Cmd::Restore { json, .. }
+        | Cmd::Delete { json, .. }
+        | Cmd::Import { json, .. }
+        | Cmd::List { json, .. } => *json,
+        _ => false,
+    };
+    match run(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                println!("{}", json!({"error": e.kind(), "message": e.to_string()}));
+            }
+            eprintln!("volback: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn progress_bar(json: bool, len: Option<u64>) -> Option<ProgressBar> {
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::no_length(),
+    };
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_bar}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    Some(pb)
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string(v).unwrap_or_default());
+}
+
+/// A volume id from a file name: invalid characters become '_'.
+fn volume_id_from(volume: &str) -> String {
+    let name = std::path::Path::new(volume)
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let mut id: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .take(128)
+        .collect();
+    if id.is_empty() || id == "-" || id.starts_with('.') {
+        id = format!("volume{id}");
+    }
+    id
+}
+
+fn read_input(path: &str) -> Result<String> {
+    let bytes = if path == "-" {
+        let mut b = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut b)
+            .map_err(|e| Error::io("read", "<stdin>", e))?;
+        b
+    } else {
+        volback::store::read_local_file(std::path::Path::new(path))?
+    };
+    String::from_utf8(bytes).map_err(|_| volback::error::RecordError::Malformed("not UTF-8 text".into()).into())
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Backup {
+            container,
+            volume,
+            backup_id,
+            volume_id,
+            parent,
+            metadata,
+            data_timestamp,
+            zstd_level,
+            chunk_avg,
+            json,
+        } => {
+            let init = chunk_avg.map(|avg| {
+                let mut c = ContainerConfig::default();
+                c.chunker.avg = avg;
+                c.chunker.min = avg / 4;
+                c.chunker.max = avg * 4;
+                c
+            });
+            let c = Container::open(&container, true, init)?;
+            let volume_metadata = match metadata {
+                Some(p) => {
+                    let text = volback::store::read_local_file(&p)?;
+                    Some(serde_json::from_slice(&text).map_err(|e| {
+                        Error::Config(format!("metadata file '{}' is not JSON: {e}", p.display()))
+                    })?)
+                }
+                None => None,
+            };
+            let size_hint = if volume == "-" {
+                None
+            } else {
+                std::fs::metadata(&volume).ok().map(|m| m.len()).filter(|n| *n > 0)
+            };
+            let source = if volume == "-" {
+                VolumeSource::stdin()
+            } else {
+                VolumeSource::Path(PathBuf::from(&volume))
+            };
+            let opts = BackupOptions {
+                backup_id,
+                volume_id: volume_id.unwrap_or_else(|| volume_id_from(&volume)),
+                parent_id: parent,
+                data_timestamp,
+                volume_metadata,
+                expected_size: None,
+                zstd_level,
+            };
+            let pb = progress_bar(json, size_hint);
+            let cb = |n: u64| {
+                if let Some(pb) = &pb {
+                    pb.set_position(n);
+                }
+            };
+            let driver = Driver::with_container(c.clone());
+            let out = driver.backup_with(&c, source, &opts, Some(&cb));
+            if let Some(pb) = pb {
+                pb.finish_and_clear();
+            }
+            let r = out?.report;
+            if json {
+                print_json(&r);
+            } else {
+                println!(
+                    "backup {} of {} bytes: read {}, stored {} new bytes in {} objects ({} of {} chunks new, {} zero bytes) in {:.2}s",
+                    r.backup_id, r.size, r.bytes_read, r.bytes_new, r.object_count, r.chunks_new, r.chunks_total, r.zero_bytes, r.elapsed_s
+                );
+            }
+            Ok(())
+        }
+        Cmd::Restore {
+            container,
+            backup_id,
+            target,
+            existing,
+            metadata_out,
+            json,
+        } => {
+            let c = Container::open(&container, false, None)?;
+            let mode = if existing { TargetMode::Existing } else { TargetMode::New };
+            let pb = progress_bar(json, None);
+            let cb = |n: u64| {
+                if let Some(pb) = &pb {
+                    pb.set_position(n);
+                }
+            };
+            let r = run_restore(&c, &backup_id, &target, mode, Some(&cb));
+            if let Some(pb) = pb {
+                pb.finish_and_clear();
+            }
+            let r = r?;
+            if let (Some(p), Some(doc)) = (metadata_out, &r.volume_metadata) {
+                std::fs::write(&p, serde_json::to_vec_pretty(doc).unwrap_or_default())
+                    .map_err(|e| Error::io("write metadata", &p, e))?;
+            }
+            if json {
+                print_json(&r);
+            } else {
+                println!(
+                    "restored backup {} ({} bytes, {} data, {} zero) to {} in {:.2}s",
+                    r.backup_id,
+                    r.size,
+                    r.bytes_written,
+                    r.zero_bytes,
+                    target.display(),
+                    r.elapsed_s
+                );
+            }
+            Ok(())
+        }
+        Cmd::Delete { container, backup_id, json } => {
+            let c = Container::open(&container, false, None)?;
+            Driver::with_container(c).delete_backup(&BackupRecord {
+                id: backup_id.clone(),
+                ..Default::default()
+            })?;
+            if json {
+                print_json(&json!({"backup_id": backup_id, "deleted": true}));
+            } else {
+                println!("deleted backup {backup_id}");
+            }
+            Ok(())
+        }
+        Cmd::Export { container, backup_id } => {
+            let c = Container::open(&container, false, None)?;
+            let text = Driver::with_container(c).export_record(&BackupRecord {
+                id: backup_id,
+                ..Default::default()
+            })?;
+            print!("{text}");
+            Ok(())
+        }
+        Cmd::Import { container, record, json } => {
+            let text = read_input(&record)?;
+            let driver = Driver::new(DriverConfig {
+                container: container.clone(),
+                ..Default::default()
+            });
+            let r = driver.import_record(&text, Some(&container))?;
+            if json {
+                print_json(&r);
+            } else {
+                println!("imported backup {} of volume {} ({} bytes)", r.id, r.volume_id, r.size);
+            }
+            Ok(())
+        }
+        Cmd::List { container, json } => {
+            let c = Container::open(&container, false, None)?;
+            let backups = c.list_backups()?;
+            if json {
+                let items: Vec<_> = backups
+                    .iter()
+                    .map(|b| match b {
+                        Ok(m) => json!({
+                            "backup_id": m.backup_id, "volume_id": m.volume_id, "parent_id": m.parent_id,
+                            "size": m.size, "created_at": m.created_at, "data_timestamp": m.data_timestamp,
+                            "bytes_new": m.stats.bytes_new, "object_count": m.stats.object_count,
+                        }),
+                        Err(e) => json!({"error": e.kind(), "message": e.to_string()}),
+                    })
+                    .collect();
+                print_json(&json!({"container": c.url(), "backups": items}));
+            } else {
+                println!("{:<38} {:<20} {:>16} {:<22} parent", "backup", "volume", "size", "created");
+                for b in &backups {
+                    match b {
+                        Ok(m) => println!(
+                            "{:<38} {:<20} {:>16} {:<22} {}",
+                            m.backup_id,
+                            m.volume_id,
+                            m.size,
+                            m.created_at,
+                            m.parent_id.as_deref().unwrap_or("-")
+                        ),
+                        Err(e) => println!("damaged: {e}"),
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Check { container } => {
+            let driver = Driver::new(DriverConfig {
+                container,
+                create_container: true,
+                ..Default::default()
+            });
+            driver.check_for_setup_error()?;
+            println!("ok");
+            Ok(())
+        }
+    }
+}
+

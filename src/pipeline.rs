@@ -137,7 +137,9 @@ impl Packer<'_> {
 
     fn add(&mut self, chunks: Vec<EncodedChunk>) -> Result<()> {
         for c in chunks {
-            self.chunks_new += 1;
+            if c.kind == ChunkKind::Data {
+                self.chunks_new += 1;
+            }
             self.pack.add(&c);
             if self.pack.size() >= self.target {
                 self.flush()?;
