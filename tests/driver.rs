@@ -1,0 +1,371 @@
+//! End-to-end driver scenarios on a filesystem container.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use volback::Error;
+use volback::container::Container;
+use volback::driver::{Driver, VolumeMetadata};
+use volback::pipeline::{BackupOptions, BackupReport, run_backup};
+use volback::record::BackupRecord;
+use volback::restore::{TargetMode, run_restore};
+use volback::source::VolumeSource;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    c: Container,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let c = Container::open(root.join("container").to_str().unwrap(), true, None).unwrap();
+    Env { _dir: dir, root, c }
+}
+
+fn backup(c: &Container, vol: &Path, id: &str, parent: Option<&str>) -> BackupReport {
+    let opts = BackupOptions {
+        backup_id: Some(id.into()),
+        volume_id: "vol".into(),
+        parent_id: parent.map(String::from),
+        ..Default::default()
+    };
+    run_backup(c, VolumeSource::Path(vol.into()), &opts, None).unwrap().2
+}
+
+fn restore_new(c: &Container, id: &str, out: &Path) -> volback::Result<()> {
+    run_restore(c, id, out, TargetMode::New, None).map(|_| ())
+}
+
+#[test]
+fn chain_of_incrementals_restores_every_link_byte_identically() {
+    let e = env();
+    let vol = e.root.join("vol.img");
+    make_image(&vol, 24 << 20, 1);
+    let mut versions = Vec::new();
+    let full = backup(&e.c, &vol, "b0", None);
+    assert_eq!(full.size, 24 << 20);
+    versions.push(std::fs::read(&vol).unwrap());
+    let mut parent = "b0".to_string();
+    for day in 1..=5u64 {
+        match day {
+            1 => write_at(&vol, 3 << 20, 200_000, 100), // clustered
+            2 => scattered_writes(&vol, 40, 200),       // scattered
+            3 => {
+                // grown volume, with new data at the end
+                let f = std::fs::OpenOptions::new().write(true).open(&vol).unwrap();
+                f.set_len(30 << 20).unwrap();
+                write_at(&vol, 28 << 20, 1 << 20, 300);
+            }
+            4 => {
+                // shrunk volume
+                let f = std::fs::OpenOptions::new().write(true).open(&vol).unwrap();
+                f.set_len(20 << 20).unwrap();
+            }
+            _ => {} // unchanged
+        }
+        let id = format!("b{day}");
+        let r = backup(&e.c, &vol, &id, Some(&parent));
+        assert_eq!(r.parent_id.as_deref(), Some(parent.as_str()));
+        assert_eq!(r.size, std::fs::metadata(&vol).unwrap().len());
+        // An incremental stores a small fraction of the volume.
+        assert!(r.bytes_new < r.size / 10, "day {day}: {} new of {}", r.bytes_new, r.size);
+        if day == 5 {
+            assert_eq!(r.chunks_new, 0, "unchanged volume stores no chunk");
+            assert!(r.bytes_new < r.size / 1000, "unchanged: {} bytes new", r.bytes_new);
+        }
+        versions.push(std::fs::read(&vol).unwrap());
+        parent = id;
+    }
+    for (i, want) in versions.iter().enumerate() {
+        let out = e.root.join(format!("restore{i}.img"));
+        restore_new(&e.c, &format!("b{i}"), &out).unwrap();
+        assert!(std::fs::read(&out).unwrap() == *want, "backup b{i} restores differently");
+    }
+}
+
+#[test]
+fn dedup_across_volumes_and_full_backups() {
+    let e = env();
+    let a = e.root.join("a.img");
+    make_image(&a, 16 << 20, 7);
+    let first = backup(&e.c, &a, "a1", None);
+    let stored = dir_size(&e.root.join("container"));
+    // The same data as another volume, as a full backup: nothing new but metadata.
+    let b = e.root.join("b.img");
+    std::fs::copy(&a, &b).unwrap();
+    let second = backup(&e.c, &b, "b1", None);
+    assert_eq!(second.chunks_new, 0);
+    assert!(second.bytes_new < 64 << 10, "{}", second.bytes_new);
+    assert_eq!(first.chunks_total, second.chunks_total);
+    // Compression and zero elision: the container is smaller than the volume's data.
+    assert!(stored < (16 << 20) * 7 / 10, "stored {stored}");
+    assert!(first.zero_bytes >= 2 << 20);
+}
+
+#[test]
+fn zero_regions_and_holes_are_not_stored_and_restore_sparse() {
+    let e = env();
+    let vol = e.root.join("thin.img");
+    {
+        let f = std::fs::File::create(&vol).unwrap();
+        f.set_len(256 << 20).unwrap();
+    }
+    write_at(&vol, 100 << 20, 1 << 20, 5);
+    write_at(&vol, 200 << 20, 4096, 6);
+    let r = backup(&e.c, &vol, "thin", None);
+    assert!(r.bytes_read <= 2 << 20, "holes were read: {}", r.bytes_read);
+    assert!(r.zero_bytes >= 254 << 20);
+    assert!(r.bytes_new < 2 << 20);
+    let out = e.root.join("out.img");
+    restore_new(&e.c, "thin", &out).unwrap();
+    assert_same(&vol, &out);
+    assert!(allocated(&out) < 8 << 20, "restore is not sparse: {}", allocated(&out));
+}
+
+#[test]
+fn restore_onto_existing_target_writes_zeros_and_ends_at_volume_size() {
+    let e = env();
+    let vol = e.root.join("v.img");
+    make_image(&vol, 8 << 20, 3);
+    backup(&e.c, &vol, "b", None);
+    let out = e.root.join("existing.img");
+    std::fs::write(&out, pseudo_random(12 << 20, 99)).unwrap();
+    run_restore(&e.c, "b", &out, TargetMode::Existing, None).unwrap();
+    assert_same(&vol, &out);
+    // A new-target restore refuses to clobber an existing file.
+    let err = restore_new(&e.c, "b", &out).unwrap_err();
+    assert_eq!(err.kind(), "target_exists");
+}
+
+#[test]
+fn deletes_never_break_other_backups() {
+    let e = env();
+    let vol = e.root.join("v.img");
+    make_image(&vol, 8 << 20, 11);
+    let mut want = Vec::new();
+    for i in 0..4 {
+        if i > 0 {
+            scattered_writes(&vol, 10, 1000 + i);
+        }
+        backup(&e.c, &vol, &format!("d{i}"), if i > 0 { Some("d0") } else { None });
+        want.push(std::fs::read(&vol).unwrap());
+    }
+    // Delete the parent and a middle link.
+    e.c.delete_backup("d0").unwrap();
+    e.c.delete_backup("d2").unwrap();
+    for i in [1, 3] {
+        let out = e.root.join(format!("r{i}"));
+        restore_new(&e.c, &format!("d{i}"), &out).unwrap();
+        assert!(std::fs::read(&out).unwrap() == want[i]);
+    }
+    assert_eq!(restore_new(&e.c, "d2", &e.root.join("x")).unwrap_err().kind(), "backup_deleted");
+    assert_eq!(e.c.delete_backup("d2").unwrap_err().kind(), "backup_deleted");
+    assert_eq!(e.c.delete_backup("nope").unwrap_err().kind(), "backup_not_found");
+    let listed: Vec<String> = e.c.list_backups().unwrap().into_iter().map(|m| m.unwrap().backup_id).collect();
+    assert_eq!(listed, ["d1", "d3"]);
+    // A deleted parent cannot be the parent of a new incremental.
+    let opts = BackupOptions {
+        volume_id: "vol".into(),
+        parent_id: Some("d0".into()),
+        ..Default::default()
+    };
+    let err = run_backup(&e.c, VolumeSource::Path(vol.clone()), &opts, None).unwrap_err();
+    assert!(matches!(err, Error::ParentNotFound { .. }), "{err}");
+}
+
+#[test]
+fn backup_ids_are_unique_and_validated() {
+    let e = env();
+    let vol = e.root.join("v.img");
+    make_image(&vol, 1 << 20, 2);
+    backup(&e.c, &vol, "same", None);
+    let opts = |id: &str| BackupOptions {
+        backup_id: Some(id.into()),
+        volume_id: "vol".into(),
+        ..Default::default()
+    };
+    let err = run_backup(&e.c, VolumeSource::Path(vol.clone()), &opts("same"), None).unwrap_err();
+    assert_eq!(err.kind(), "backup_exists");
+    for bad in ["../escape", "a/b", ".x", ""] {
+        let err = run_backup(&e.c, VolumeSource::Path(vol.clone()), &opts(bad), None).unwrap_err();
+        assert_eq!(err.kind(), "invalid_id", "{bad}");
+    }
+    let err = run_backup(&e.c, VolumeSource::Path(e.root.join("missing.img")), &opts("m"), None).unwrap_err();
+    assert_eq!(err.kind(), "io");
+    assert!(err.to_string().contains("missing.img"));
+}
+
+#[test]
+fn streams_and_empty_volumes() {
+    let e = env();
+    let data = text_like(5_000_001, 4);
+    let src = VolumeSource::Reader {
+        name: "pipe".into(),
+        reader: Box::new(std::io::Cursor::new(data.clone())),
+    };
+    let opts = BackupOptions {
+        backup_id: Some("s".into()),
+        volume_id: "vol".into(),
+        ..Default::default()
+    };
+    let r = run_backup(&e.c, src, &opts, None).unwrap().2;
+    assert_eq!(r.size, data.len() as u64);
+    let out = e.root.join("s.img");
+    restore_new(&e.c, "s", &out).unwrap();
+    assert!(std::fs::read(&out).unwrap() == data);
+
+    let empty = e.root.join("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    backup(&e.c, &empty, "e", None);
+    let out = e.root.join("e.img");
+    restore_new(&e.c, "e", &out).unwrap();
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 0);
+
+    // A volume shorter than the caller expects is refused, and nothing is committed.
+    let src = VolumeSource::Reader {
+        name: "short".into(),
+        reader: Box::new(std::io::Cursor::new(vec![1u8; 1000])),
+    };
+    let opts = BackupOptions {
+        backup_id: Some("short".into()),
+        volume_id: "vol".into(),
+        expected_size: Some(4096),
+        ..Default::default()
+    };
+    let err = run_backup(&e.c, src, &opts, None).unwrap_err();
+    assert_eq!(err.kind(), "volume_too_short");
+    assert_eq!(restore_new(&e.c, "short", &e.root.join("z")).unwrap_err().kind(), "backup_not_found");
+}
+
+fn first_pack(root: &Path) -> PathBuf {
+    let packs = root.join("container/packs");
+    let dir = std::fs::read_dir(&packs).unwrap().next().unwrap().unwrap().path();
+    std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path()
+}
+
+#[test]
+fn corrupt_and_missing_objects_are_refused_by_name() {
+    let e = env();
+    let vol = e.root.join("v.img");
+    make_image(&vol, 4 << 20, 21);
+    backup(&e.c, &vol, "b", None);
+    let pack = first_pack(&e.root);
+    let pack_name = pack.file_name().unwrap().to_string_lossy().to_string();
+    let good = std::fs::read(&pack).unwrap();
+
+    // A flipped byte in chunk data: refused, naming the pack; no target file is left behind.
+    let mut bad = good.clone();
+    bad[1000] ^= 0x55;
+    std::fs::write(&pack, &bad).unwrap();
+    let out = e.root.join("out.img");
+    let err = restore_new(&e.c, "b", &out).unwrap_err();
+    assert!(matches!(err, Error::ChunkHashMismatch { .. } | Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains(&pack_name), "{err}");
+    assert!(!out.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&e.root)
+        .unwrap()
+        .filter(|d| d.as_ref().unwrap().file_name().to_string_lossy().contains("volback-partial"))
+        .collect();
+    assert!(leftovers.is_empty());
+
+    // A missing pack: refused before anything is written.
+    std::fs::remove_file(&pack).unwrap();
+    let err = restore_new(&e.c, "b", &out).unwrap_err();
+    assert_eq!(err.kind(), "missing_object");
+    assert!(err.to_string().contains(&pack_name));
+    std::fs::write(&pack, &good).unwrap();
+    restore_new(&e.c, "b", &out).unwrap();
+    assert_same(&vol, &out);
+
+    // A truncated manifest.
+    let m = e.root.join("container/backups/b");
+    let text = std::fs::read(&m).unwrap();
+    std::fs::write(&m, &text[..text.len() / 2]).unwrap();
+    let err = restore_new(&e.c, "b", &e.root.join("o2")).unwrap_err();
+    assert_eq!(err.kind(), "corrupt");
+    assert!(err.to_string().contains("backups/b"));
+
+    // A corrupt index segment.
+    std::fs::write(&m, &text).unwrap();
+    let idx_dir = e.root.join("container/index");
+    let seg = std::fs::read_dir(&idx_dir).unwrap().next().unwrap().unwrap().path();
+    let mut s = std::fs::read(&seg).unwrap();
+    let n = s.len();
+    s[n / 2] ^= 1;
+    std::fs::write(&seg, &s).unwrap();
+    let err = restore_new(&e.c, "b", &e.root.join("o3")).unwrap_err();
+    assert_eq!(err.kind(), "corrupt");
+    assert!(err.to_string().contains("index/"));
+}
+
+#[derive(Default)]
+struct MetaStore(Mutex<Vec<(String, serde_json::Value)>>);
+
+impl VolumeMetadata for MetaStore {
+    fn get_metadata(&self, volume_id: &str) -> volback::Result<Option<serde_json::Value>> {
+        Ok(Some(serde_json::json!({"version": 2, "volume-metadata": {"owner": volume_id}})))
+    }
+    fn put_metadata(&self, volume_id: &str, doc: &serde_json::Value) -> volback::Result<()> {
+        self.0.lock().unwrap().push((volume_id.into(), doc.clone()));
+        Ok(())
+    }
+}
+
+#[test]
+fn driver_verbs_with_metadata_export_and_import_into_a_copy() {
+    let e = env();
+    let vol = e.root.join("v.img");
+    make_image(&vol, 4 << 20, 31);
+    let meta = Arc::new(MetaStore::default());
+    let driver = Driver::with_container(e.c.clone()).with_metadata(meta.clone());
+    let record = BackupRecord {
+        id: "rec1".into(),
+        volume_id: "volume-1".into(),
+        data_timestamp: Some("2026-11-22T00:00:00Z".into()),
+        ..Default::default()
+    };
+    let out = driver.backup(&record, VolumeSource::Path(vol.clone()), None).unwrap();
+    assert_eq!(out.updates.size, 4 << 20);
+    assert_eq!(out.updates.service_metadata, "backups/rec1");
+    assert!(out.updates.object_count >= 3);
+    assert_eq!(
+        driver.get_metadata(&record).unwrap().unwrap()["volume-metadata"]["owner"],
+        "volume-1"
+    );
+    let text = driver.export_record(&record).unwrap();
+    assert!(text.contains("\"version\": 1") && text.contains("manifest_blake3"));
+
+    // Import into a copy of the container, as another host would.
+    let copy = e.root.join("copy");
+    copy_dir(&e.root.join("container"), &copy);
+    let other = Driver::new(volback::driver::DriverConfig::default()).with_metadata(meta.clone());
+    let imported = other.import_record(&text, Some(copy.to_str().unwrap())).unwrap();
+    assert_eq!(imported.id, "rec1");
+    assert_eq!(imported.size, 4 << 20);
+    assert_eq!(imported.data_timestamp.as_deref(), Some("2026-11-22T00:00:00Z"));
+    let target = e.root.join("restored.img");
+    other.restore(&imported, &target, true).unwrap();
+    assert_same(&vol, &target);
+    assert_eq!(meta.0.lock().unwrap().len(), 1);
+
+    // Each kind of bad record is its own error.
+    let kind = |t: &str| other.import_record(t, Some(copy.to_str().unwrap())).unwrap_err().kind();
+    assert_eq!(kind("not a record"), "record_malformed");
+    assert_eq!(kind(&text.replace("\"version\": 1", "\"version\": 9")), "record_unknown_version");
+    let m = copy.join("backups/rec1");
+    let manifest = std::fs::read(&m).unwrap();
+    let mut tampered = manifest.clone();
+    let at = tampered.len() - 3;
+    tampered[at] = b' ';
+    std::fs::write(&m, &tampered).unwrap();
+    assert_eq!(kind(&text), "record_manifest_mismatch");
+    std::fs::remove_file(&m).unwrap();
+    assert_eq!(kind(&text), "record_missing_manifest");
+    std::fs::write(&m, &manifest).unwrap();
+    other.import_record(&text, Some(copy.to_str().unwrap())).unwrap();
+}
