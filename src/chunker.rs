@@ -62,11 +62,11 @@ impl ChunkerParams {
             && self.max <= MAX_CHUNK_LIMIT
             && self.min < self.avg
             && self.avg < self.max
-            && self.min % 2 == 0
-            && self.avg % 2 == 0
-            && self.max % 2 == 0
+            && self.min.is_multiple_of(2)
+            && self.avg.is_multiple_of(2)
+            && self.max.is_multiple_of(2)
             && self.zero_min >= ZERO_BLOCK as u32
-            && u64::from(self.zero_min) % ZERO_BLOCK == 0;
+            && u64::from(self.zero_min).is_multiple_of(ZERO_BLOCK);
         if ok {
             Ok(())
         } else {
@@ -280,7 +280,8 @@ impl Splitter {
                 let carried = self.zrun - run_in_buf as u64;
                 if self.zrun >= u64::from(self.params.zero_min) {
                     if run_start > data_start {
-                        self.cdc.feed(buf.slice(data_start..run_start), |c| emit(out, c));
+                        self.cdc
+                            .feed(buf.slice(data_start..run_start), |c| emit(out, c));
                     }
                     self.cdc.end_region(|c| emit(out, c));
                     push_zero(out, self.zrun);
@@ -300,7 +301,8 @@ impl Splitter {
         // a count and decided when it ends.
         let feed_end = len - run_in_buf;
         if feed_end > data_start {
-            self.cdc.feed(buf.slice(data_start..feed_end), |c| emit(out, c));
+            self.cdc
+                .feed(buf.slice(data_start..feed_end), |c| emit(out, c));
         }
         self.offset += len as u64;
     }
@@ -378,7 +380,7 @@ mod tests {
         out
     }
 
-    fn split_all(params: ChunkerParams, input: &[Input], ) -> Vec<Piece> {
+    fn split_all(params: ChunkerParams, input: &[Input]) -> Vec<Piece> {
         let mut s = Splitter::new(params);
         let mut out = Vec::new();
         for i in input {
@@ -447,9 +449,10 @@ mod tests {
         assert_eq!(got, GOLDEN.to_vec());
         // And they are exactly the crate's own one-shot FastCDC cut points.
         let p = ChunkerParams::default();
-        let oneshot: Vec<u64> = v2020::FastCDC::new(&data, p.min as usize, p.avg as usize, p.max as usize)
-            .map(|c| c.length as u64)
-            .collect();
+        let oneshot: Vec<u64> =
+            v2020::FastCDC::new(&data, p.min as usize, p.avg as usize, p.max as usize)
+                .map(|c| c.length as u64)
+                .collect();
         assert_eq!(got, oneshot);
     }
 
@@ -462,7 +465,12 @@ mod tests {
     fn buffering_never_changes_cut_points() {
         let mut data = pseudo_random(3 << 20, 7);
         // Zero runs of various lengths and alignments inside the data.
-        for (start, len) in [(100_000, 40_000), (500_000, 8192), (1_000_003, 200_000), (2_000_000, 4096)] {
+        for (start, len) in [
+            (100_000, 40_000),
+            (500_000, 8192),
+            (1_000_003, 200_000),
+            (2_000_000, 4096),
+        ] {
             data[start..start + len].fill(0);
         }
         data[3_000_000..].fill(0);
@@ -492,7 +500,13 @@ mod tests {
         assert_eq!(concat(&pieces), data);
         let zeros: Vec<u64> = pieces
             .iter()
-            .filter_map(|p| if let Piece::Zero(n) = p { Some(*n) } else { None })
+            .filter_map(|p| {
+                if let Piece::Zero(n) = p {
+                    Some(*n)
+                } else {
+                    None
+                }
+            })
             .collect();
         assert_eq!(zeros, vec![64 * 1024]);
         for piece in &pieces {
@@ -515,12 +529,24 @@ mod tests {
         let pieces = split_all(p, &input);
         let zero_total: u64 = pieces
             .iter()
-            .filter_map(|p| if let Piece::Zero(n) = p { Some(*n) } else { None })
+            .filter_map(|p| {
+                if let Piece::Zero(n) = p {
+                    Some(*n)
+                } else {
+                    None
+                }
+            })
             .sum();
         // 50,000 rounds up to block 53,248; the rest of the first buffer, the hole and the next
         // 8 KiB are one run.
         assert_eq!(zero_total, 8192 + (1 << 20) + 8192);
-        assert_eq!(pieces.iter().filter(|p| matches!(p, Piece::Zero(_))).count(), 1);
+        assert_eq!(
+            pieces
+                .iter()
+                .filter(|p| matches!(p, Piece::Zero(_)))
+                .count(),
+            1
+        );
         let total: u64 = pieces.iter().map(|p| p.len()).sum();
         assert_eq!(total, first.len() as u64 + (1 << 20) + 8192 + 30_000);
     }
@@ -555,6 +581,13 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         ChunkerParams::default().validate().unwrap();
-        assert!(ChunkerParams { min: 3, ..Default::default() }.validate().is_err());
+        assert!(
+            ChunkerParams {
+                min: 3,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::ids::{Hash, validate_id};
-use crate::index::{Index, decode_segment, encode_segment};
+use crate::index::{Index, Segment, decode_segment, encode_segment};
 use crate::manifest::{Extent, ExtentListReader, Manifest};
 use crate::pack::{PackEntry, decode_chunk};
 use crate::store::{FsStore, ObjectStore};
@@ -73,7 +73,10 @@ impl ContainerConfig {
             )));
         }
         if !(1..=22).contains(&self.zstd_level) {
-            return Err(Error::Config(format!("zstd level {} must be 1..=22", self.zstd_level)));
+            return Err(Error::Config(format!(
+                "zstd level {} must be 1..=22",
+                self.zstd_level
+            )));
         }
         Ok(())
     }
@@ -103,7 +106,10 @@ impl ContainerUrl {
     /// Parses `file:///abs/dir` or a plain (absolute or relative) path.
     pub fn parse(url: &str) -> Result<Self> {
         if url.is_empty() || url.chars().any(|c| c.is_control()) {
-            return Err(Error::Config(format!("invalid container URL '{}'", url.escape_debug())));
+            return Err(Error::Config(format!(
+                "invalid container URL '{}'",
+                url.escape_debug()
+            )));
         }
         if let Some(rest) = url.strip_prefix("file://") {
             if !rest.starts_with('/') {
@@ -215,10 +221,19 @@ impl Container {
     }
 
     fn decode_config(bytes: &[u8]) -> Result<ContainerConfig> {
-        let v: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| Error::corrupt(CONFIG_KEY, e.column() as u64, format!("config does not parse: {e}")))?;
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            Error::corrupt(
+                CONFIG_KEY,
+                e.column() as u64,
+                format!("config does not parse: {e}"),
+            )
+        })?;
         if v.get("format").and_then(|f| f.as_str()) != Some(CONFIG_FORMAT) {
-            return Err(Error::corrupt(CONFIG_KEY, 0, "not a volback container config"));
+            return Err(Error::corrupt(
+                CONFIG_KEY,
+                0,
+                "not a volback container config",
+            ));
         }
         let version = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0);
         if version != CONFIG_VERSION {
@@ -258,7 +273,10 @@ impl Container {
         let back = self.store.get(&key);
         self.store.delete(&key)?;
         if back? != probe {
-            return Err(Error::Config(format!("container '{}' did not return what was written", self.url)));
+            return Err(Error::Config(format!(
+                "container '{}' did not return what was written",
+                self.url
+            )));
         }
         Ok(())
     }
@@ -272,7 +290,11 @@ impl Container {
             Ok(bytes) => {
                 let m = Manifest::decode(&key, &bytes)?;
                 if m.backup_id != backup_id {
-                    return Err(Error::corrupt(&key, 0, format!("manifest is for backup '{}'", m.backup_id)));
+                    return Err(Error::corrupt(
+                        &key,
+                        0,
+                        format!("manifest is for backup '{}'", m.backup_id),
+                    ));
                 }
                 Ok((m, bytes))
             }
@@ -302,7 +324,10 @@ impl Container {
     /// Commits a manifest; fails if a backup with this id was committed meanwhile.
     pub fn commit_manifest(&self, m: &Manifest) -> Result<Bytes> {
         let bytes = Bytes::from(m.encode());
-        if !self.store.put_if_absent(&manifest_key(&m.backup_id), bytes.clone())? {
+        if !self
+            .store
+            .put_if_absent(&manifest_key(&m.backup_id), bytes.clone())?
+        {
             return Err(Error::BackupExists {
                 id: m.backup_id.clone(),
                 container: self.url.clone(),
@@ -341,7 +366,7 @@ impl Container {
     /// Loads every index segment into memory.
     pub fn load_index(&self) -> Result<Index> {
         let keys = self.store.list("index/")?;
-        let segments: Vec<Result<Vec<(Hash, Vec<PackEntry>)>>> = keys
+        let segments: Vec<Result<Segment>> = keys
             .par_iter()
             .map(|o| {
                 let bytes = self.store.get(&o.key)?;
@@ -370,8 +395,10 @@ impl Container {
             expires_unix: now + ttl.as_secs(),
         };
         let key = format!("leases/{}-{}", backup_id, uuid::Uuid::new_v4().simple());
-        self.store
-            .put(&key, Bytes::from(serde_json::to_vec(&lease).unwrap_or_default()))?;
+        self.store.put(
+            &key,
+            Bytes::from(serde_json::to_vec(&lease).unwrap_or_default()),
+        )?;
         Ok(key)
     }
 
@@ -395,7 +422,13 @@ impl Container {
 impl Container {
     /// Reads one chunk through the index: fetches its stored bytes, decompresses, and verifies
     /// its BLAKE3. `volume_offset` is for the error message only.
-    pub fn read_chunk(&self, index: &Index, id: &Hash, backup_id: &str, volume_offset: u64) -> Result<Bytes> {
+    pub fn read_chunk(
+        &self,
+        index: &Index,
+        id: &Hash,
+        backup_id: &str,
+        volume_offset: u64,
+    ) -> Result<Bytes> {
         let loc = index.get(id).ok_or_else(|| Error::ChunkNotIndexed {
             backup_id: backup_id.into(),
             chunk: id.to_hex(),
@@ -403,8 +436,11 @@ impl Container {
         })?;
         let key = pack_key(&index.pack_id(loc.pack));
         let start = u64::from(loc.offset);
-        let stored = self.store.get_range(&key, start..start + u64::from(loc.stored_len))?;
-        decode_chunk(&key, start, id, loc.compression, loc.raw_len, &stored).map_err(|e| with_volume_offset(e, volume_offset))
+        let stored = self
+            .store
+            .get_range(&key, start..start + u64::from(loc.stored_len))?;
+        decode_chunk(&key, start, id, loc.compression, loc.raw_len, &stored)
+            .map_err(|e| with_volume_offset(e, volume_offset))
     }
 
     /// Calls `f(volume_offset, extent)` for every extent of a backup, in order, fetching the
@@ -423,7 +459,14 @@ impl Container {
         for (id, len) in manifest.meta_ids(&key)? {
             let chunk = self.read_chunk(index, &id, &manifest.backup_id, offset)?;
             if chunk.len() != len as usize {
-                return Err(Error::corrupt(&key, 0, format!("extent-list chunk {id} has {} bytes, manifest says {len}", chunk.len())));
+                return Err(Error::corrupt(
+                    &key,
+                    0,
+                    format!(
+                        "extent-list chunk {id} has {} bytes, manifest says {len}",
+                        chunk.len()
+                    ),
+                ));
             }
             reader.push(&key, &chunk, &mut batch)?;
             for e in batch.drain(..) {
@@ -433,7 +476,14 @@ impl Container {
         }
         reader.finish(&key)?;
         if offset != manifest.size {
-            return Err(Error::corrupt(&key, 0, format!("extents cover {offset} bytes, manifest says {}", manifest.size)));
+            return Err(Error::corrupt(
+                &key,
+                0,
+                format!(
+                    "extents cover {offset} bytes, manifest says {}",
+                    manifest.size
+                ),
+            ));
         }
         Ok(())
     }
@@ -442,7 +492,9 @@ impl Container {
 /// Fills in the volume offset of a chunk verification error.
 pub(crate) fn with_volume_offset(e: Error, at: u64) -> Error {
     match e {
-        Error::ChunkHashMismatch { key, offset, chunk, .. } => Error::ChunkHashMismatch {
+        Error::ChunkHashMismatch {
+            key, offset, chunk, ..
+        } => Error::ChunkHashMismatch {
             key,
             offset,
             chunk,
@@ -483,12 +535,18 @@ mod tests {
             Err(Error::Config(_))
         ));
         let a = Container::with_store(store.clone(), "m".into(), true, None).unwrap();
-        let other = ContainerConfig { zstd_level: 9, ..Default::default() };
+        let other = ContainerConfig {
+            zstd_level: 9,
+            ..Default::default()
+        };
         let b = Container::with_store(store.clone(), "m".into(), true, Some(other)).unwrap();
         assert_eq!(a.config(), b.config(), "the first config wins");
         a.check_writable().unwrap();
         store
-            .put(CONFIG_KEY, Bytes::from(r#"{"format":"volback-container","version":7}"#))
+            .put(
+                CONFIG_KEY,
+                Bytes::from(r#"{"format":"volback-container","version":7}"#),
+            )
             .unwrap();
         assert!(matches!(
             Container::with_store(store, "m".into(), false, None),

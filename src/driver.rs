@@ -108,7 +108,11 @@ impl Driver {
         if url.is_empty() {
             return Err(Error::Config("no container configured".into()));
         }
-        Container::open(url, create && self.config.create_container, self.config.init.clone())
+        Container::open(
+            url,
+            create && self.config.create_container,
+            self.config.init.clone(),
+        )
     }
 
     /// Validates the configuration and that the default container is reachable and writable.
@@ -171,9 +175,18 @@ impl Driver {
     /// Restores `record` onto `target`. `target_is_new` allows sparse restore (Cinder's
     /// `volume_is_new`); otherwise zero extents are written as zeros. The stored volume metadata
     /// is handed to `put_metadata` for `record.volume_id`.
-    pub fn restore(&self, record: &BackupRecord, target: &Path, target_is_new: bool) -> Result<RestoreReport> {
+    pub fn restore(
+        &self,
+        record: &BackupRecord,
+        target: &Path,
+        target_is_new: bool,
+    ) -> Result<RestoreReport> {
         let container = self.container(record.container.as_deref(), false)?;
-        let mode = if target_is_new { TargetMode::New } else { TargetMode::Existing };
+        let mode = if target_is_new {
+            TargetMode::New
+        } else {
+            TargetMode::Existing
+        };
         let report = run_restore(&container, &record.id, target, mode, None)?;
         if let (Some(api), Some(doc)) = (&self.metadata, &report.volume_metadata) {
             api.put_metadata(&record.volume_id, doc)?;
@@ -228,7 +241,9 @@ impl Driver {
         let c = self.container(Some(container.unwrap_or(&r.container)), false)?;
         let bytes = match c.store().get(&r.manifest_key) {
             Ok(b) => b,
-            Err(Error::MissingObject { key }) => return Err(RecordError::MissingManifest { key }.into()),
+            Err(Error::MissingObject { key }) => {
+                return Err(RecordError::MissingManifest { key }.into());
+            }
             Err(e) => return Err(e),
         };
         let actual = Hash::of(&bytes).to_hex();

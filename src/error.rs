@@ -18,7 +18,9 @@ pub enum RecordError {
     #[error("malformed backup record: {0}")]
     Malformed(String),
     /// The record names a format version this build does not understand.
-    #[error("backup record version {found} is not supported (this volback reads version {supported})")]
+    #[error(
+        "backup record version {found} is not supported (this volback reads version {supported})"
+    )]
     UnknownVersion { found: u64, supported: u64 },
     /// The manifest the record points at is not in the container.
     #[error("backup record points at manifest '{key}', which is not in the container")]
@@ -64,7 +66,9 @@ pub enum Error {
         volume_offset: u64,
     },
     /// A manifest or index references a chunk that no index entry locates.
-    #[error("chunk {chunk} (volume offset {volume_offset}) of backup '{backup_id}' is not in any index")]
+    #[error(
+        "chunk {chunk} (volume offset {volume_offset}) of backup '{backup_id}' is not in any index"
+    )]
     ChunkNotIndexed {
         backup_id: String,
         chunk: String,

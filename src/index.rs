@@ -110,6 +110,9 @@ impl Index {
     }
 }
 
+/// The contents of one index segment: each pack with its entries.
+pub type Segment = Vec<(Hash, Vec<PackEntry>)>;
+
 /// Encodes one segment describing `packs`.
 pub fn encode_segment(packs: &[(Hash, Vec<PackEntry>)]) -> Vec<u8> {
     let n_entries: usize = packs.iter().map(|(_, e)| e.len()).sum();
@@ -144,9 +147,13 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 /// Decodes a segment read from object `key`, checking its checksum and every bound.
-pub fn decode_segment(key: &str, b: &[u8]) -> Result<Vec<(Hash, Vec<PackEntry>)>> {
+pub fn decode_segment(key: &str, b: &[u8]) -> Result<Segment> {
     if b.len() < HEADER_LEN + 32 {
-        return Err(Error::corrupt(key, 0, format!("index segment too short ({} bytes)", b.len())));
+        return Err(Error::corrupt(
+            key,
+            0,
+            format!("index segment too short ({} bytes)", b.len()),
+        ));
     }
     if &b[..4] != MAGIC {
         return Err(Error::corrupt(key, 0, "index segment magic missing"));
@@ -162,22 +169,33 @@ pub fn decode_segment(key: &str, b: &[u8]) -> Result<Vec<(Hash, Vec<PackEntry>)>
     }
     let n_packs = u32_at(b, 8) as usize;
     let n_entries = u32_at(b, 12) as usize;
-    let expect = (HEADER_LEN as u64) + n_packs as u64 * 32 + n_entries as u64 * ENTRY_LEN as u64 + 32;
+    let expect =
+        (HEADER_LEN as u64) + n_packs as u64 * 32 + n_entries as u64 * ENTRY_LEN as u64 + 32;
     if expect != b.len() as u64 {
         return Err(Error::corrupt(
             key,
             8,
-            format!("index segment declares {n_packs} packs and {n_entries} entries but has {} bytes", b.len()),
+            format!(
+                "index segment declares {n_packs} packs and {n_entries} entries but has {} bytes",
+                b.len()
+            ),
         ));
     }
     let body = &b[..b.len() - 32];
     if Hash::of(body).0[..] != b[b.len() - 32..] {
-        return Err(Error::corrupt(key, body.len() as u64, "index segment fails its BLAKE3 check"));
+        return Err(Error::corrupt(
+            key,
+            body.len() as u64,
+            "index segment fails its BLAKE3 check",
+        ));
     }
     let mut out: Vec<(Hash, Vec<PackEntry>)> = (0..n_packs)
         .map(|i| {
             let at = HEADER_LEN + i * 32;
-            (Hash(b[at..at + 32].try_into().unwrap_or([0; 32])), Vec::new())
+            (
+                Hash(b[at..at + 32].try_into().unwrap_or([0; 32])),
+                Vec::new(),
+            )
         })
         .collect();
     let base = HEADER_LEN + n_packs * 32;
@@ -188,15 +206,35 @@ pub fn decode_segment(key: &str, b: &[u8]) -> Result<Vec<(Hash, Vec<PackEntry>)>
         let offset = u32_at(e, 36);
         let stored_len = u32_at(e, 40);
         let raw_len = u32_at(e, 44);
-        let kind = ChunkKind::from_u8(e[48])
-            .ok_or_else(|| Error::corrupt(key, (at + 48) as u64, format!("unknown chunk kind {}", e[48])))?;
-        let compression = Compression::from_u8(e[49])
-            .ok_or_else(|| Error::corrupt(key, (at + 49) as u64, format!("unknown compression {}", e[49])))?;
+        let kind = ChunkKind::from_u8(e[48]).ok_or_else(|| {
+            Error::corrupt(
+                key,
+                (at + 48) as u64,
+                format!("unknown chunk kind {}", e[48]),
+            )
+        })?;
+        let compression = Compression::from_u8(e[49]).ok_or_else(|| {
+            Error::corrupt(
+                key,
+                (at + 49) as u64,
+                format!("unknown compression {}", e[49]),
+            )
+        })?;
         if pack >= n_packs {
-            return Err(Error::corrupt(key, (at + 32) as u64, format!("entry names pack {pack} of {n_packs}")));
+            return Err(Error::corrupt(
+                key,
+                (at + 32) as u64,
+                format!("entry names pack {pack} of {n_packs}"),
+            ));
         }
-        if u64::from(offset) + u64::from(stored_len) > MAX_PACK_SIZE || raw_len > crate::chunker::MAX_CHUNK_LIMIT {
-            return Err(Error::corrupt(key, (at + 36) as u64, "entry lies outside any valid pack"));
+        if u64::from(offset) + u64::from(stored_len) > MAX_PACK_SIZE
+            || raw_len > crate::chunker::MAX_CHUNK_LIMIT
+        {
+            return Err(Error::corrupt(
+                key,
+                (at + 36) as u64,
+                "entry lies outside any valid pack",
+            ));
         }
         let id = Hash(e[..32].try_into().unwrap_or([0; 32]));
         out[pack].1.push(PackEntry {
@@ -246,9 +284,15 @@ mod tests {
         }
         let mut bad = seg.clone();
         bad[20] ^= 1;
-        assert!(matches!(decode_segment("i", &bad), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            decode_segment("i", &bad),
+            Err(Error::Corrupt { .. })
+        ));
         let mut bad = seg.clone();
         bad[4] = 2;
-        assert!(matches!(decode_segment("i", &bad), Err(Error::UnsupportedVersion { .. })));
+        assert!(matches!(
+            decode_segment("i", &bad),
+            Err(Error::UnsupportedVersion { .. })
+        ));
     }
 }

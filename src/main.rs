@@ -21,7 +21,11 @@ use volback::source::VolumeSource;
 use volback::{Error, Result};
 
 #[derive(Parser)]
-#[command(name = "volback", version, about = "Deduplicating, compressed, verifiable backups of block-storage volumes")]
+#[command(
+    name = "volback",
+    version,
+    about = "Deduplicating, compressed, verifiable backups of block-storage volumes"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -150,8 +154,10 @@ fn progress_bar(json: bool, len: Option<u64>) -> Option<ProgressBar> {
         None => ProgressBar::no_length(),
     };
     pb.set_style(
-        ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_bar}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_bar}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     Some(pb)
 }
@@ -168,7 +174,13 @@ fn volume_id_from(volume: &str) -> String {
         .unwrap_or_default();
     let mut id: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(128)
         .collect();
     if id.is_empty() || id == "-" || id.starts_with('.') {
@@ -187,7 +199,8 @@ fn read_input(path: &str) -> Result<String> {
     } else {
         volback::store::read_local_file(std::path::Path::new(path))?
     };
-    String::from_utf8(bytes).map_err(|_| volback::error::RecordError::Malformed("not UTF-8 text".into()).into())
+    String::from_utf8(bytes)
+        .map_err(|_| volback::error::RecordError::Malformed("not UTF-8 text".into()).into())
 }
 
 fn run(cmd: Cmd) -> Result<()> {
@@ -224,7 +237,10 @@ fn run(cmd: Cmd) -> Result<()> {
             let size_hint = if volume == "-" {
                 None
             } else {
-                std::fs::metadata(&volume).ok().map(|m| m.len()).filter(|n| *n > 0)
+                std::fs::metadata(&volume)
+                    .ok()
+                    .map(|m| m.len())
+                    .filter(|n| *n > 0)
             };
             let source = if volume == "-" {
                 VolumeSource::stdin()
@@ -257,7 +273,15 @@ fn run(cmd: Cmd) -> Result<()> {
             } else {
                 println!(
                     "backup {} of {} bytes: read {}, stored {} new bytes in {} objects ({} of {} chunks new, {} zero bytes) in {:.2}s",
-                    r.backup_id, r.size, r.bytes_read, r.bytes_new, r.object_count, r.chunks_new, r.chunks_total, r.zero_bytes, r.elapsed_s
+                    r.backup_id,
+                    r.size,
+                    r.bytes_read,
+                    r.bytes_new,
+                    r.object_count,
+                    r.chunks_new,
+                    r.chunks_total,
+                    r.zero_bytes,
+                    r.elapsed_s
                 );
             }
             Ok(())
@@ -271,7 +295,11 @@ fn run(cmd: Cmd) -> Result<()> {
             json,
         } => {
             let c = Container::open(&container, false, None)?;
-            let mode = if existing { TargetMode::Existing } else { TargetMode::New };
+            let mode = if existing {
+                TargetMode::Existing
+            } else {
+                TargetMode::New
+            };
             let pb = progress_bar(json, None);
             let cb = |n: u64| {
                 if let Some(pb) = &pb {
@@ -302,7 +330,11 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Delete { container, backup_id, json } => {
+        Cmd::Delete {
+            container,
+            backup_id,
+            json,
+        } => {
             let c = Container::open(&container, false, None)?;
             Driver::with_container(c).delete_backup(&BackupRecord {
                 id: backup_id.clone(),
@@ -315,7 +347,10 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Export { container, backup_id } => {
+        Cmd::Export {
+            container,
+            backup_id,
+        } => {
             let c = Container::open(&container, false, None)?;
             let text = Driver::with_container(c).export_record(&BackupRecord {
                 id: backup_id,
@@ -324,7 +359,11 @@ fn run(cmd: Cmd) -> Result<()> {
             print!("{text}");
             Ok(())
         }
-        Cmd::Import { container, record, json } => {
+        Cmd::Import {
+            container,
+            record,
+            json,
+        } => {
             let text = read_input(&record)?;
             let driver = Driver::new(DriverConfig {
                 container: container.clone(),
@@ -334,7 +373,10 @@ fn run(cmd: Cmd) -> Result<()> {
             if json {
                 print_json(&r);
             } else {
-                println!("imported backup {} of volume {} ({} bytes)", r.id, r.volume_id, r.size);
+                println!(
+                    "imported backup {} of volume {} ({} bytes)",
+                    r.id, r.volume_id, r.size
+                );
             }
             Ok(())
         }
@@ -355,7 +397,10 @@ fn run(cmd: Cmd) -> Result<()> {
                     .collect();
                 print_json(&json!({"container": c.url(), "backups": items}));
             } else {
-                println!("{:<38} {:<20} {:>16} {:<22} parent", "backup", "volume", "size", "created");
+                println!(
+                    "{:<38} {:<20} {:>16} {:<22} parent",
+                    "backup", "volume", "size", "created"
+                );
                 for b in &backups {
                     match b {
                         Ok(m) => println!(
@@ -384,4 +429,3 @@ fn run(cmd: Cmd) -> Result<()> {
         }
     }
 }
-

@@ -125,11 +125,19 @@ impl Manifest {
     /// Parses a manifest read from `key`, rejecting other formats and versions by name.
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Manifest> {
         let json_err = |e: serde_json::Error| {
-            Error::corrupt(key, e.column().saturating_sub(1) as u64, format!("manifest does not parse: {e}"))
+            Error::corrupt(
+                key,
+                e.column().saturating_sub(1) as u64,
+                format!("manifest does not parse: {e}"),
+            )
         };
         let v: serde_json::Value = serde_json::from_slice(bytes).map_err(json_err)?;
         if v.get("format").and_then(|f| f.as_str()) != Some(MANIFEST_FORMAT) {
-            return Err(Error::corrupt(key, 0, "not a volback manifest (format field)"));
+            return Err(Error::corrupt(
+                key,
+                0,
+                "not a volback manifest (format field)",
+            ));
         }
         let version = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0);
         if version != MANIFEST_VERSION {
@@ -140,10 +148,15 @@ impl Manifest {
                 supported: MANIFEST_VERSION,
             });
         }
-        let m: Manifest = serde_json::from_value(v).map_err(|e| Error::corrupt(key, 0, format!("manifest fields: {e}")))?;
+        let m: Manifest = serde_json::from_value(v)
+            .map_err(|e| Error::corrupt(key, 0, format!("manifest fields: {e}")))?;
         let listed: u64 = m.extents.iter().map(|r| u64::from(r.len)).sum();
         if listed != m.extents_len {
-            return Err(Error::corrupt(key, 0, "extent-list chunk lengths do not add up"));
+            return Err(Error::corrupt(
+                key,
+                0,
+                "extent-list chunk lengths do not add up",
+            ));
         }
         Ok(m)
     }
@@ -153,9 +166,9 @@ impl Manifest {
         self.extents
             .iter()
             .map(|r| {
-                Hash::from_hex(&r.id)
-                    .map(|h| (h, r.len))
-                    .ok_or_else(|| Error::corrupt(key, 0, format!("bad extent-list chunk id '{}'", r.id)))
+                Hash::from_hex(&r.id).map(|h| (h, r.len)).ok_or_else(|| {
+                    Error::corrupt(key, 0, format!("bad extent-list chunk id '{}'", r.id))
+                })
             })
             .collect()
     }
@@ -278,7 +291,11 @@ impl ExtentListReader {
                 let Some(&byte) = b.get(i) else { break false };
                 i += 1;
                 if shift > 56 {
-                    return Err(Error::corrupt(key, self.pos + start as u64, "extent length varint too long"));
+                    return Err(Error::corrupt(
+                        key,
+                        self.pos + start as u64,
+                        "extent length varint too long",
+                    ));
                 }
                 len |= u64::from(byte & 0x7f) << shift;
                 shift += 7;
@@ -297,20 +314,35 @@ impl ExtentListReader {
                         break;
                     }
                     if len == 0 || len > u64::from(MAX_CHUNK_LIMIT) {
-                        return Err(Error::corrupt(key, self.pos + start as u64, format!("data extent of {len} bytes")));
+                        return Err(Error::corrupt(
+                            key,
+                            self.pos + start as u64,
+                            format!("data extent of {len} bytes"),
+                        ));
                     }
                     let id = Hash(b[i..i + 32].try_into().unwrap_or([0; 32]));
                     i += 32;
-                    out.push(Extent::Data { len: len as u32, id });
+                    out.push(Extent::Data {
+                        len: len as u32,
+                        id,
+                    });
                 }
                 2 => {
                     if len == 0 {
-                        return Err(Error::corrupt(key, self.pos + start as u64, "empty zero extent"));
+                        return Err(Error::corrupt(
+                            key,
+                            self.pos + start as u64,
+                            "empty zero extent",
+                        ));
                     }
                     out.push(Extent::Zero { len });
                 }
                 t => {
-                    return Err(Error::corrupt(key, self.pos + start as u64, format!("unknown extent tag {t}")));
+                    return Err(Error::corrupt(
+                        key,
+                        self.pos + start as u64,
+                        format!("unknown extent tag {t}"),
+                    ));
                 }
             }
         }
@@ -324,7 +356,11 @@ impl ExtentListReader {
         if self.carry.is_empty() {
             Ok(())
         } else {
-            Err(Error::corrupt(key, self.pos, "extent list ends inside a record (truncated)"))
+            Err(Error::corrupt(
+                key,
+                self.pos,
+                "extent list ends inside a record (truncated)",
+            ))
         }
     }
 }
@@ -352,7 +388,10 @@ mod tests {
         chunks.extend(w.finish());
         assert!(chunks.len() > 50, "stream is cut into many chunks");
         assert_eq!(w.count, expect.len() as u64);
-        assert_eq!(chunks.iter().map(|c| c.len() as u64).sum::<u64>(), w.stream_len);
+        assert_eq!(
+            chunks.iter().map(|c| c.len() as u64).sum::<u64>(),
+            w.stream_len
+        );
         let mut r = ExtentListReader::new();
         let mut got = Vec::new();
         for c in &chunks {
@@ -374,7 +413,16 @@ mod tests {
         r.push("m", &[1, 5, 1, 2], &mut out).unwrap();
         assert!(r.finish("m").is_err());
         let mut r = ExtentListReader::new();
-        assert!(r.push("m", &[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f], &mut out).is_err());
+        assert!(
+            r.push(
+                "m",
+                &[
+                    1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f
+                ],
+                &mut out
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -390,7 +438,10 @@ mod tests {
             data_timestamp: None,
             size: 10,
             chunker: ChunkerParams::default(),
-            extents: vec![MetaRef { id: Hash::of(b"x").to_hex(), len: 5 }],
+            extents: vec![MetaRef {
+                id: Hash::of(b"x").to_hex(),
+                len: 5,
+            }],
             extents_len: 5,
             extent_count: 1,
             stats: ManifestStats::default(),
@@ -398,9 +449,20 @@ mod tests {
         };
         let enc = m.encode();
         assert_eq!(Manifest::decode("k", &enc).unwrap(), m);
-        let v2 = String::from_utf8(enc.clone()).unwrap().replace("\"version\":1", "\"version\":2");
-        assert!(matches!(Manifest::decode("k", v2.as_bytes()), Err(Error::UnsupportedVersion { found: 2, .. })));
-        assert!(matches!(Manifest::decode("k", &enc[..enc.len() / 2]), Err(Error::Corrupt { .. })));
-        assert!(matches!(Manifest::decode("k", b"{}"), Err(Error::Corrupt { .. })));
+        let v2 = String::from_utf8(enc.clone())
+            .unwrap()
+            .replace("\"version\":1", "\"version\":2");
+        assert!(matches!(
+            Manifest::decode("k", v2.as_bytes()),
+            Err(Error::UnsupportedVersion { found: 2, .. })
+        ));
+        assert!(matches!(
+            Manifest::decode("k", &enc[..enc.len() / 2]),
+            Err(Error::Corrupt { .. })
+        ));
+        assert!(matches!(
+            Manifest::decode("k", b"{}"),
+            Err(Error::Corrupt { .. })
+        ));
     }
 }

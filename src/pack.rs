@@ -135,13 +135,21 @@ pub fn decode_chunk(
     stored: &[u8],
 ) -> Result<Bytes> {
     if raw_len > MAX_CHUNK_LIMIT {
-        return Err(Error::corrupt(key, offset, format!("chunk length {raw_len} exceeds limit")));
+        return Err(Error::corrupt(
+            key,
+            offset,
+            format!("chunk length {raw_len} exceeds limit"),
+        ));
     }
     let raw = match compression {
         Compression::None => Bytes::copy_from_slice(stored),
         Compression::Zstd => {
             let v = zstd::bulk::decompress(stored, raw_len as usize).map_err(|e| {
-                Error::corrupt(key, offset, format!("zstd frame of chunk {id} does not decode: {e}"))
+                Error::corrupt(
+                    key,
+                    offset,
+                    format!("zstd frame of chunk {id} does not decode: {e}"),
+                )
             })?;
             Bytes::from(v)
         }
@@ -150,7 +158,10 @@ pub fn decode_chunk(
         return Err(Error::corrupt(
             key,
             offset,
-            format!("chunk {id} decodes to {} bytes, expected {raw_len}", raw.len()),
+            format!(
+                "chunk {id} decodes to {} bytes, expected {raw_len}",
+                raw.len()
+            ),
         ));
     }
     if Hash::of(&raw) != *id {
@@ -250,10 +261,18 @@ fn le_u32(b: &[u8], at: usize) -> u32 {
 pub fn parse_trailer(key: &str, pack_size: u64, trailer: &[u8]) -> Result<(u32, Hash)> {
     let at = pack_size.saturating_sub(TRAILER_LEN);
     if pack_size < HEADER_LEN + TRAILER_LEN || trailer.len() != TRAILER_LEN as usize {
-        return Err(Error::corrupt(key, 0, format!("pack too short ({pack_size} bytes)")));
+        return Err(Error::corrupt(
+            key,
+            0,
+            format!("pack too short ({pack_size} bytes)"),
+        ));
     }
     if &trailer[44..48] != END {
-        return Err(Error::corrupt(key, at + 44, "pack trailer magic missing (truncated pack?)"));
+        return Err(Error::corrupt(
+            key,
+            at + 44,
+            "pack trailer magic missing (truncated pack?)",
+        ));
     }
     let version = u16::from_le_bytes([trailer[36], trailer[37]]);
     if version != PACK_VERSION {
@@ -267,21 +286,40 @@ pub fn parse_trailer(key: &str, pack_size: u64, trailer: &[u8]) -> Result<(u32, 
     let n = le_u32(trailer, 32);
     let table_len = u64::from(n) * ENTRY_LEN;
     if HEADER_LEN + table_len + TRAILER_LEN > pack_size {
-        return Err(Error::corrupt(key, at + 32, format!("pack claims {n} entries, too many for its size")));
+        return Err(Error::corrupt(
+            key,
+            at + 32,
+            format!("pack claims {n} entries, too many for its size"),
+        ));
     }
-    let hash = Hash::from_slice(&trailer[..32]).ok_or_else(|| Error::corrupt(key, at, "short trailer"))?;
+    let hash =
+        Hash::from_slice(&trailer[..32]).ok_or_else(|| Error::corrupt(key, at, "short trailer"))?;
     Ok((n, hash))
 }
 
 /// Parses a pack's table (the `n * 44` bytes before the trailer), checking it against the
 /// trailer's hash and that the chunks exactly fill the space between header and table.
-pub fn parse_table(key: &str, pack_size: u64, n: u32, expected: &Hash, table: &[u8]) -> Result<Vec<PackEntry>> {
+pub fn parse_table(
+    key: &str,
+    pack_size: u64,
+    n: u32,
+    expected: &Hash,
+    table: &[u8],
+) -> Result<Vec<PackEntry>> {
     let table_start = pack_size - TRAILER_LEN - u64::from(n) * ENTRY_LEN;
     if table.len() as u64 != u64::from(n) * ENTRY_LEN {
-        return Err(Error::corrupt(key, table_start, "pack table has the wrong length"));
+        return Err(Error::corrupt(
+            key,
+            table_start,
+            "pack table has the wrong length",
+        ));
     }
     if Hash::of(table) != *expected {
-        return Err(Error::corrupt(key, table_start, "pack table fails its BLAKE3 check"));
+        return Err(Error::corrupt(
+            key,
+            table_start,
+            "pack table fails its BLAKE3 check",
+        ));
     }
     let mut entries = Vec::with_capacity(n as usize);
     let mut offset = HEADER_LEN;
@@ -290,11 +328,17 @@ pub fn parse_table(key: &str, pack_size: u64, n: u32, expected: &Hash, table: &[
         let id = Hash::from_slice(e).ok_or_else(|| Error::corrupt(key, at, "short entry"))?;
         let raw_len = le_u32(e, 32);
         let stored_len = le_u32(e, 36);
-        let kind = ChunkKind::from_u8(e[40]).ok_or_else(|| Error::corrupt(key, at + 40, format!("unknown chunk kind {}", e[40])))?;
-        let compression = Compression::from_u8(e[41])
-            .ok_or_else(|| Error::corrupt(key, at + 41, format!("unknown compression {}", e[41])))?;
+        let kind = ChunkKind::from_u8(e[40])
+            .ok_or_else(|| Error::corrupt(key, at + 40, format!("unknown chunk kind {}", e[40])))?;
+        let compression = Compression::from_u8(e[41]).ok_or_else(|| {
+            Error::corrupt(key, at + 41, format!("unknown compression {}", e[41]))
+        })?;
         if raw_len > MAX_CHUNK_LIMIT {
-            return Err(Error::corrupt(key, at + 32, format!("chunk length {raw_len} exceeds limit")));
+            return Err(Error::corrupt(
+                key,
+                at + 32,
+                format!("chunk length {raw_len} exceeds limit"),
+            ));
         }
         entries.push(PackEntry {
             id,
@@ -306,11 +350,19 @@ pub fn parse_table(key: &str, pack_size: u64, n: u32, expected: &Hash, table: &[
         });
         offset += u64::from(stored_len);
         if offset > table_start {
-            return Err(Error::corrupt(key, at + 36, "pack entries overrun the table"));
+            return Err(Error::corrupt(
+                key,
+                at + 36,
+                "pack entries overrun the table",
+            ));
         }
     }
     if offset != table_start {
-        return Err(Error::corrupt(key, offset, "pack has bytes no entry accounts for"));
+        return Err(Error::corrupt(
+            key,
+            offset,
+            "pack has bytes no entry accounts for",
+        ));
     }
     Ok(entries)
 }
@@ -319,14 +371,24 @@ pub fn parse_table(key: &str, pack_size: u64, n: u32, expected: &Hash, table: &[
 pub fn parse_pack(key: &str, pack: &[u8]) -> Result<Vec<PackEntry>> {
     let size = pack.len() as u64;
     if size < HEADER_LEN + TRAILER_LEN {
-        return Err(Error::corrupt(key, 0, format!("pack too short ({size} bytes)")));
+        return Err(Error::corrupt(
+            key,
+            0,
+            format!("pack too short ({size} bytes)"),
+        ));
     }
     if &pack[..4] != HEADER {
         return Err(Error::corrupt(key, 0, "pack header magic missing"));
     }
     let (n, hash) = parse_trailer(key, size, &pack[(size - TRAILER_LEN) as usize..])?;
     let start = (size - TRAILER_LEN - u64::from(n) * ENTRY_LEN) as usize;
-    parse_table(key, size, n, &hash, &pack[start..(size - TRAILER_LEN) as usize])
+    parse_table(
+        key,
+        size,
+        n,
+        &hash,
+        &pack[start..(size - TRAILER_LEN) as usize],
+    )
 }
 
 #[cfg(test)]
@@ -336,7 +398,11 @@ mod tests {
     fn sample() -> (Bytes, Hash, Vec<PackEntry>, Vec<Bytes>) {
         let raws: Vec<Bytes> = vec![
             Bytes::from(vec![7u8; 10_000]),
-            Bytes::from((0..5000u32).map(|i| (i.wrapping_mul(2654435761u32) >> 13) as u8).collect::<Vec<_>>()),
+            Bytes::from(
+                (0..5000u32)
+                    .map(|i| (i.wrapping_mul(2654435761u32) >> 13) as u8)
+                    .collect::<Vec<_>>(),
+            ),
             Bytes::from_static(b"x"),
         ];
         let mut b = PackBuilder::new();
@@ -359,7 +425,8 @@ mod tests {
         assert_eq!(parsed, entries);
         for (e, raw) in entries.iter().zip(&raws) {
             let s = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
-            let got = decode_chunk("p", e.offset.into(), &e.id, e.compression, e.raw_len, s).unwrap();
+            let got =
+                decode_chunk("p", e.offset.into(), &e.id, e.compression, e.raw_len, s).unwrap();
             assert_eq!(&got, raw);
         }
     }
@@ -369,7 +436,10 @@ mod tests {
         let (bytes, _, entries, _) = sample();
         // Truncation.
         for cut in [0, 10, bytes.len() - 1] {
-            assert!(matches!(parse_pack("p", &bytes[..cut]), Err(Error::Corrupt { .. })));
+            assert!(matches!(
+                parse_pack("p", &bytes[..cut]),
+                Err(Error::Corrupt { .. })
+            ));
         }
         // A flipped byte in the table.
         let mut t = bytes.to_vec();
@@ -381,12 +451,19 @@ mod tests {
         let mut t = bytes.to_vec();
         t[e.offset as usize + 3] ^= 0x40;
         let s = &t[e.offset as usize..(e.offset + e.stored_len) as usize];
-        let err = decode_chunk("p", e.offset.into(), &e.id, e.compression, e.raw_len, s).unwrap_err();
-        assert!(matches!(err, Error::Corrupt { .. } | Error::ChunkHashMismatch { .. }), "{err}");
+        let err =
+            decode_chunk("p", e.offset.into(), &e.id, e.compression, e.raw_len, s).unwrap_err();
+        assert!(
+            matches!(err, Error::Corrupt { .. } | Error::ChunkHashMismatch { .. }),
+            "{err}"
+        );
         // An unknown version.
         let mut t = bytes.to_vec();
         let at = t.len() - 12;
         t[at] = 9;
-        assert!(matches!(parse_pack("p", &t), Err(Error::UnsupportedVersion { .. })));
+        assert!(matches!(
+            parse_pack("p", &t),
+            Err(Error::UnsupportedVersion { .. })
+        ));
     }
 }

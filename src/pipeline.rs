@@ -29,7 +29,9 @@ use crate::container::{Container, manifest_key, now_rfc3339, now_unix, pack_key}
 use crate::error::{Error, Result};
 use crate::ids::{Hash, new_backup_id, validate_id};
 use crate::index::Index;
-use crate::manifest::{ExtentListWriter, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestStats, MetaRef};
+use crate::manifest::{
+    ExtentListWriter, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestStats, MetaRef,
+};
 use crate::pack::{ChunkKind, EncodedChunk, PackBuilder, PackEntry, encode_chunk};
 use crate::source::{Input, OpenVolume, VolumeSource};
 use crate::store::RequestCounts;
@@ -96,7 +98,10 @@ enum WriterMsg {
 
 /// Puts packs, then the index segments that describe them (data first, index next).
 fn writer_loop(container: &Container, rx: Receiver<WriterMsg>) -> Result<Written> {
-    let mut done = Written { objects: 0, bytes: 0 };
+    let mut done = Written {
+        objects: 0,
+        bytes: 0,
+    };
     let mut unindexed: Vec<(Hash, Vec<PackEntry>)> = Vec::new();
     for msg in rx {
         let WriterMsg::Pack(id, bytes, entries) = msg;
@@ -204,7 +209,9 @@ pub fn run_backup(
         validate_id("parent id", parent)?;
         match container.read_manifest(parent) {
             Ok(_) => {}
-            Err(Error::BackupNotFound { id, container } | Error::BackupDeleted { id, container }) => {
+            Err(
+                Error::BackupNotFound { id, container } | Error::BackupDeleted { id, container },
+            ) => {
                 return Err(Error::ParentNotFound { id, container });
             }
             Err(e) => return Err(e),
@@ -305,12 +312,24 @@ pub fn run_backup(
         })();
         let chunks_new = packer.chunks_new;
         drop(packer); // closes the writer's channel
-        let written = writer.join().map_err(|_| Error::Internal("pack writer panicked".into()))?;
-        reader.join().map_err(|_| Error::Internal("volume reader panicked".into()))?;
+        let written = writer
+            .join()
+            .map_err(|_| Error::Internal("pack writer panicked".into()))?;
+        reader
+            .join()
+            .map_err(|_| Error::Internal("volume reader panicked".into()))?;
         // The writer's error is the root cause when the main loop only saw a closed channel.
         let written = written?;
         let (extents, meta_refs, size, zero_bytes, chunks_total) = main?;
-        Ok((extents, meta_refs, size, zero_bytes, chunks_total, chunks_new, written))
+        Ok((
+            extents,
+            meta_refs,
+            size,
+            zero_bytes,
+            chunks_total,
+            chunks_new,
+            written,
+        ))
     });
     let (extents, meta_refs, size, zero_bytes, chunks_total, chunks_new, written) = match result {
         Ok(r) => r,

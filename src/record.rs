@@ -62,15 +62,21 @@ impl ExportedRecord {
     /// text and for an unknown version.
     pub fn parse(text: &str) -> Result<ExportedRecord> {
         if text.len() > MAX_RECORD_LEN {
-            return Err(RecordError::Malformed(format!("record is {} bytes, limit {MAX_RECORD_LEN}", text.len())).into());
+            return Err(RecordError::Malformed(format!(
+                "record is {} bytes, limit {MAX_RECORD_LEN}",
+                text.len()
+            ))
+            .into());
         }
-        let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| RecordError::Malformed(format!("not JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| RecordError::Malformed(format!("not JSON: {e}")))?;
         if !v.is_object() {
             return Err(RecordError::Malformed("not a JSON object".into()).into());
         }
         if v.get("format").and_then(|f| f.as_str()) != Some(RECORD_FORMAT) {
-            return Err(RecordError::Malformed(format!("format field is not '{RECORD_FORMAT}'")).into());
+            return Err(
+                RecordError::Malformed(format!("format field is not '{RECORD_FORMAT}'")).into(),
+            );
         }
         let version = v
             .get("version")
@@ -83,8 +89,8 @@ impl ExportedRecord {
             }
             .into());
         }
-        let r: ExportedRecord =
-            serde_json::from_value(v).map_err(|e| RecordError::Malformed(format!("fields: {e}")))?;
+        let r: ExportedRecord = serde_json::from_value(v)
+            .map_err(|e| RecordError::Malformed(format!("fields: {e}")))?;
         let check = |what, id: &str| {
             validate_id(what, id).map_err(|e| RecordError::Malformed(e.to_string()))
         };
@@ -102,7 +108,9 @@ impl ExportedRecord {
             .into());
         }
         if crate::ids::Hash::from_hex(&r.manifest_blake3).is_none() {
-            return Err(RecordError::Malformed("manifest_blake3 is not 64 hex digits".into()).into());
+            return Err(
+                RecordError::Malformed("manifest_blake3 is not 64 hex digits".into()).into(),
+            );
         }
         Ok(r)
     }
@@ -137,10 +145,22 @@ mod tests {
         assert_eq!(kind("garbage"), "record_malformed");
         assert_eq!(kind("[]"), "record_malformed");
         assert_eq!(kind(""), "record_malformed");
-        assert_eq!(kind(&r.to_text().replace("\"version\": 1", "\"version\": 99")), "record_unknown_version");
-        assert_eq!(kind(&r.to_text().replace("backups/b1", "backups/../../etc")), "record_malformed");
-        assert_eq!(kind(&r.to_text().replace("\"b1\"", "\"../b1\"")), "record_malformed");
+        assert_eq!(
+            kind(&r.to_text().replace("\"version\": 1", "\"version\": 99")),
+            "record_unknown_version"
+        );
+        assert_eq!(
+            kind(&r.to_text().replace("backups/b1", "backups/../../etc")),
+            "record_malformed"
+        );
+        assert_eq!(
+            kind(&r.to_text().replace("\"b1\"", "\"../b1\"")),
+            "record_malformed"
+        );
         let big = "x".repeat(MAX_RECORD_LEN + 1);
-        assert!(matches!(ExportedRecord::parse(&big), Err(Error::Record(RecordError::Malformed(_)))));
+        assert!(matches!(
+            ExportedRecord::parse(&big),
+            Err(Error::Record(RecordError::Malformed(_)))
+        ));
     }
 }

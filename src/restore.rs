@@ -85,7 +85,8 @@ impl Target {
             let actual = {
                 use std::io::{Seek, SeekFrom};
                 let mut f = &file;
-                f.seek(SeekFrom::End(0)).map_err(|e| Error::io("size restore target", path, e))?
+                f.seek(SeekFrom::End(0))
+                    .map_err(|e| Error::io("size restore target", path, e))?
             };
             if actual < size {
                 return Err(Error::TargetTooSmall {
@@ -105,16 +106,24 @@ impl Target {
         if let Ok(m) = &meta
             && m.is_dir()
         {
-            return Err(Error::io("open restore target", path, std::io::Error::other("is a directory")));
+            return Err(Error::io(
+                "open restore target",
+                path,
+                std::io::Error::other("is a directory"),
+            ));
         }
         match mode {
             TargetMode::New => {
                 if meta.is_ok() {
                     return Err(Error::TargetExists { path: path.into() });
                 }
-                let name = path
-                    .file_name()
-                    .ok_or_else(|| Error::io("open restore target", path, std::io::Error::other("no file name")))?;
+                let name = path.file_name().ok_or_else(|| {
+                    Error::io(
+                        "open restore target",
+                        path,
+                        std::io::Error::other("no file name"),
+                    )
+                })?;
                 let tmp = path.with_file_name(format!(
                     ".{}.volback-partial-{}",
                     name.to_string_lossy(),
@@ -125,7 +134,8 @@ impl Target {
                     .create_new(true)
                     .open(&tmp)
                     .map_err(|e| Error::io("create restore target", &tmp, e))?;
-                file.set_len(size).map_err(|e| Error::io("size restore target", &tmp, e))?;
+                file.set_len(size)
+                    .map_err(|e| Error::io("size restore target", &tmp, e))?;
                 Ok(Target {
                     file,
                     path: tmp,
@@ -141,7 +151,8 @@ impl Target {
                     .truncate(false)
                     .open(path)
                     .map_err(|e| Error::io("open restore target", path, e))?;
-                file.set_len(size).map_err(|e| Error::io("size restore target", path, e))?;
+                file.set_len(size)
+                    .map_err(|e| Error::io("size restore target", path, e))?;
                 Ok(Target {
                     file,
                     path: path.into(),
@@ -191,9 +202,14 @@ impl Target {
             .sync_all()
             .map_err(|e| Error::io("sync restore target", &self.path, e))?;
         if let Some(to) = &self.rename_to {
-            std::fs::rename(&self.path, to).map_err(|e| Error::io("rename restore target", to, e))?;
+            std::fs::rename(&self.path, to)
+                .map_err(|e| Error::io("rename restore target", to, e))?;
             if let Some(dir) = to.parent()
-                && let Ok(d) = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
+                && let Ok(d) = File::open(if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                })
             {
                 let _ = d.sync_all();
             }
@@ -236,10 +252,11 @@ fn restore_window(
             chunk: id.to_hex(),
             volume_offset: offs[0],
         })?;
-        by_pack
-            .entry(loc.pack)
-            .or_default()
-            .push((u64::from(loc.offset), *id, u64::from(loc.offset) + u64::from(loc.stored_len)));
+        by_pack.entry(loc.pack).or_default().push((
+            u64::from(loc.offset),
+            *id,
+            u64::from(loc.offset) + u64::from(loc.stored_len),
+        ));
     }
     let mut ranges = Vec::new();
     for (pack, mut chunks) in by_pack {
@@ -271,7 +288,9 @@ fn restore_window(
         let key = pack_key(&r.pack);
         let data = container.store().get_range(&key, r.start..r.end)?;
         for (id, start) in &r.chunks {
-            let loc = index.get(id).ok_or_else(|| Error::Internal("chunk vanished from index".into()))?;
+            let loc = index
+                .get(id)
+                .ok_or_else(|| Error::Internal("chunk vanished from index".into()))?;
             let s = (start - r.start) as usize;
             let stored = &data[s..s + loc.stored_len as usize];
             let offs = &offsets[id];

@@ -85,7 +85,8 @@ impl OpenVolume {
                         kind: Kind::File(f),
                     })
                 } else if meta.file_type().is_block_device() {
-                    let size = block_device_size(&f).map_err(|e| Error::io("size block device", &p, e))?;
+                    let size =
+                        block_device_size(&f).map_err(|e| Error::io("size block device", &p, e))?;
                     Ok(OpenVolume {
                         name,
                         size: Some(size),

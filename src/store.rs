@@ -197,7 +197,12 @@ impl FsStore {
     /// Writes `data` to a fresh temporary file and fsyncs it; the caller renames or links it.
     fn write_temp(&self, data: &[u8]) -> Result<PathBuf> {
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}-{}-{}", std::process::id(), seq, uuid::Uuid::new_v4().simple());
+        let name = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            seq,
+            uuid::Uuid::new_v4().simple()
+        );
         let tmp = self.root.join(FS_TMP_DIR).join(name);
         let mut f = OpenOptions::new()
             .write(true)
@@ -534,10 +539,19 @@ mod tests {
                 .put_if_absent("a/b", Bytes::from_static(b"x"))
                 .unwrap()
         );
-        assert!(store.put_if_absent("a/c", Bytes::from_static(b"x")).unwrap());
+        assert!(
+            store
+                .put_if_absent("a/c", Bytes::from_static(b"x"))
+                .unwrap()
+        );
         store.put("ab", Bytes::from_static(b"y")).unwrap();
         store.put("b/a", Bytes::from_static(b"z")).unwrap();
-        let keys: Vec<_> = store.list("a").unwrap().into_iter().map(|m| m.key).collect();
+        let keys: Vec<_> = store
+            .list("a")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
         assert_eq!(keys, ["a/b", "a/c", "ab"]);
         let keys: Vec<_> = store
             .list("a/")

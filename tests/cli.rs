@@ -9,12 +9,19 @@ use std::process::{Command, Output, Stdio};
 use common::*;
 
 fn volback(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_volback")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_volback"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn json_of(out: &Output) -> serde_json::Value {
     let s = String::from_utf8(out.stdout.clone()).unwrap();
-    assert_eq!(s.trim().lines().count(), 1, "--json prints exactly one line: {s}");
+    assert_eq!(
+        s.trim().lines().count(),
+        1,
+        "--json prints exactly one line: {s}"
+    );
     serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
@@ -30,7 +37,12 @@ fn ok(out: Output) -> Output {
 
 /// Fails with exit code 1 (never a panic's 101) and a message.
 fn fails(out: Output) -> String {
-    assert_eq!(out.status.code(), Some(1), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(err.starts_with("volback: error:"), "{err}");
     assert!(!err.contains("panicked"));
@@ -46,8 +58,30 @@ fn backup_restore_list_delete_with_json() {
     let c = format!("file://{}", d.join("c").display());
     let v = vol.to_str().unwrap();
 
-    let b1 = json_of(&ok(volback(&["backup", "--container", &c, "--volume", v, "--backup-id", "b1", "--volume-id", "vol-1", "--json"])));
-    for field in ["backup_id", "parent_id", "size", "bytes_read", "bytes_new", "chunks_total", "chunks_new", "zero_bytes", "object_count", "elapsed_s"] {
+    let b1 = json_of(&ok(volback(&[
+        "backup",
+        "--container",
+        &c,
+        "--volume",
+        v,
+        "--backup-id",
+        "b1",
+        "--volume-id",
+        "vol-1",
+        "--json",
+    ])));
+    for field in [
+        "backup_id",
+        "parent_id",
+        "size",
+        "bytes_read",
+        "bytes_new",
+        "chunks_total",
+        "chunks_new",
+        "zero_bytes",
+        "object_count",
+        "elapsed_s",
+    ] {
         assert!(b1.get(field).is_some(), "backup --json lacks {field}: {b1}");
     }
     assert_eq!(b1["size"], 6 << 20);
@@ -55,38 +89,103 @@ fn backup_restore_list_delete_with_json() {
     assert!(b1["parent_id"].is_null());
 
     scattered_writes(&vol, 5, 9);
-    let b2 = json_of(&ok(volback(&["backup", "--container", &c, "--volume", v, "--backup-id", "b2", "--parent", "b1", "--json"])));
+    let b2 = json_of(&ok(volback(&[
+        "backup",
+        "--container",
+        &c,
+        "--volume",
+        v,
+        "--backup-id",
+        "b2",
+        "--parent",
+        "b1",
+        "--json",
+    ])));
     assert_eq!(b2["parent_id"], "b1");
     assert!(b2["bytes_new"].as_u64().unwrap() < b1["bytes_new"].as_u64().unwrap() / 4);
 
     let target = d.join("restored.img");
-    let r = json_of(&ok(volback(&["restore", "--container", &c, "--backup-id", "b2", "--target", target.to_str().unwrap(), "--json"])));
-    for field in ["backup_id", "size", "bytes_written", "zero_bytes", "elapsed_s"] {
+    let r = json_of(&ok(volback(&[
+        "restore",
+        "--container",
+        &c,
+        "--backup-id",
+        "b2",
+        "--target",
+        target.to_str().unwrap(),
+        "--json",
+    ])));
+    for field in [
+        "backup_id",
+        "size",
+        "bytes_written",
+        "zero_bytes",
+        "elapsed_s",
+    ] {
         assert!(r.get(field).is_some(), "restore --json lacks {field}: {r}");
     }
     assert_same(&vol, &target);
 
     // --existing over a file with other content.
     std::fs::write(&target, pseudo_random(1 << 20, 1)).unwrap();
-    ok(volback(&["restore", "--container", &c, "--backup-id", "b2", "--target", target.to_str().unwrap(), "--existing"]));
+    ok(volback(&[
+        "restore",
+        "--container",
+        &c,
+        "--backup-id",
+        "b2",
+        "--target",
+        target.to_str().unwrap(),
+        "--existing",
+    ]));
     assert_same(&vol, &target);
 
     let l = json_of(&ok(volback(&["list", "--container", &c, "--json"])));
-    let ids: Vec<&str> = l["backups"].as_array().unwrap().iter().map(|b| b["backup_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = l["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backup_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["b1", "b2"]);
 
     ok(volback(&["delete", "--container", &c, "--backup-id", "b1"]));
     let err = fails(volback(&["delete", "--container", &c, "--backup-id", "b1"]));
     assert!(err.contains("deleted"), "{err}");
-    let err = fails(volback(&["restore", "--container", &c, "--backup-id", "b1", "--target", d.join("x").to_str().unwrap()]));
+    let err = fails(volback(&[
+        "restore",
+        "--container",
+        &c,
+        "--backup-id",
+        "b1",
+        "--target",
+        d.join("x").to_str().unwrap(),
+    ]));
     assert!(err.contains("b1"), "{err}");
     // The child of the deleted parent still restores.
     let t2 = d.join("t2.img");
-    ok(volback(&["restore", "--container", &c, "--backup-id", "b2", "--target", t2.to_str().unwrap()]));
+    ok(volback(&[
+        "restore",
+        "--container",
+        &c,
+        "--backup-id",
+        "b2",
+        "--target",
+        t2.to_str().unwrap(),
+    ]));
     assert_same(&vol, &t2);
 
     // Errors under --json are one JSON object too.
-    let out = volback(&["restore", "--container", &c, "--backup-id", "nope", "--target", d.join("y").to_str().unwrap(), "--json"]);
+    let out = volback(&[
+        "restore",
+        "--container",
+        &c,
+        "--backup-id",
+        "nope",
+        "--target",
+        d.join("y").to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(json_of(&out)["error"], "backup_not_found");
 }
@@ -98,7 +197,16 @@ fn stdin_backup_and_plain_path_container() {
     let data = text_like(3_000_000, 8);
     let c = d.join("plain");
     let mut child = Command::new(env!("CARGO_BIN_EXE_volback"))
-        .args(["backup", "--container", c.to_str().unwrap(), "--volume", "-", "--backup-id", "s", "--json"])
+        .args([
+            "backup",
+            "--container",
+            c.to_str().unwrap(),
+            "--volume",
+            "-",
+            "--backup-id",
+            "s",
+            "--json",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -107,7 +215,15 @@ fn stdin_backup_and_plain_path_container() {
     let out = ok(child.wait_with_output().unwrap());
     assert_eq!(json_of(&out)["size"], data.len());
     let t = d.join("s.img");
-    ok(volback(&["restore", "--container", c.to_str().unwrap(), "--backup-id", "s", "--target", t.to_str().unwrap()]));
+    ok(volback(&[
+        "restore",
+        "--container",
+        c.to_str().unwrap(),
+        "--backup-id",
+        "s",
+        "--target",
+        t.to_str().unwrap(),
+    ]));
     assert!(std::fs::read(&t).unwrap() == data);
 }
 
@@ -119,17 +235,38 @@ fn export_then_import_in_a_fresh_process_into_a_copy() {
     make_image(&vol, 3 << 20, 77);
     let c = d.join("c");
     let cs = c.to_str().unwrap();
-    ok(volback(&["backup", "--container", cs, "--volume", vol.to_str().unwrap(), "--backup-id", "x1"]));
+    ok(volback(&[
+        "backup",
+        "--container",
+        cs,
+        "--volume",
+        vol.to_str().unwrap(),
+        "--backup-id",
+        "x1",
+    ]));
     let rec = ok(volback(&["export", "--container", cs, "--backup-id", "x1"])).stdout;
     let rec_path = d.join("x1.record");
     std::fs::write(&rec_path, &rec).unwrap();
     let copy = d.join("copy");
     copy_dir(&c, &copy);
-    let imported = json_of(&ok(volback(&["import", "--container", copy.to_str().unwrap(), "--record", rec_path.to_str().unwrap(), "--json"])));
+    let imported = json_of(&ok(volback(&[
+        "import",
+        "--container",
+        copy.to_str().unwrap(),
+        "--record",
+        rec_path.to_str().unwrap(),
+        "--json",
+    ])));
     assert_eq!(imported["id"], "x1");
     // From stdin too.
     let mut child = Command::new(env!("CARGO_BIN_EXE_volback"))
-        .args(["import", "--container", copy.to_str().unwrap(), "--record", "-"])
+        .args([
+            "import",
+            "--container",
+            copy.to_str().unwrap(),
+            "--record",
+            "-",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -138,7 +275,15 @@ fn export_then_import_in_a_fresh_process_into_a_copy() {
     child.stdin.take().unwrap().write_all(&rec).unwrap();
     ok(child.wait_with_output().unwrap());
     let t = d.join("t.img");
-    ok(volback(&["restore", "--container", copy.to_str().unwrap(), "--backup-id", "x1", "--target", t.to_str().unwrap()]));
+    ok(volback(&[
+        "restore",
+        "--container",
+        copy.to_str().unwrap(),
+        "--backup-id",
+        "x1",
+        "--target",
+        t.to_str().unwrap(),
+    ]));
     assert_same(&vol, &t);
 
     // Garbage records: a clear error, never a panic.
@@ -147,13 +292,31 @@ fn export_then_import_in_a_fresh_process_into_a_copy() {
         ("binary", vec![0xff, 0xfe, 0, 1, 2]),
         ("json array", b"[1,2,3]".to_vec()),
         ("truncated", rec[..rec.len() / 2].to_vec()),
-        ("future", String::from_utf8(rec.clone()).unwrap().replace("\"version\": 1", "\"version\": 2").into_bytes()),
-        ("traversal", String::from_utf8(rec.clone()).unwrap().replace("backups/x1", "backups/../../../etc/passwd").into_bytes()),
+        (
+            "future",
+            String::from_utf8(rec.clone())
+                .unwrap()
+                .replace("\"version\": 1", "\"version\": 2")
+                .into_bytes(),
+        ),
+        (
+            "traversal",
+            String::from_utf8(rec.clone())
+                .unwrap()
+                .replace("backups/x1", "backups/../../../etc/passwd")
+                .into_bytes(),
+        ),
     ];
     for (name, bytes) in cases {
         let p = d.join(format!("bad-{}", name.replace(' ', "_")));
         std::fs::write(&p, bytes).unwrap();
-        let err = fails(volback(&["import", "--container", copy.to_str().unwrap(), "--record", p.to_str().unwrap()]));
+        let err = fails(volback(&[
+            "import",
+            "--container",
+            copy.to_str().unwrap(),
+            "--record",
+            p.to_str().unwrap(),
+        ]));
         assert!(err.contains("record"), "{name}: {err}");
     }
 }
@@ -163,13 +326,31 @@ fn usage_and_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     assert_eq!(volback(&["backup"]).status.code(), Some(2));
-    let err = fails(volback(&["list", "--container", d.join("none").to_str().unwrap()]));
+    let err = fails(volback(&[
+        "list",
+        "--container",
+        d.join("none").to_str().unwrap(),
+    ]));
     assert!(err.contains("none"), "{err}");
-    let err = fails(volback(&["backup", "--container", d.join("c").to_str().unwrap(), "--volume", "/nonexistent/vol.img"]));
+    let err = fails(volback(&[
+        "backup",
+        "--container",
+        d.join("c").to_str().unwrap(),
+        "--volume",
+        "/nonexistent/vol.img",
+    ]));
     assert!(err.contains("/nonexistent/vol.img"), "{err}");
     let err = fails(volback(&["list", "--container", "s4://bucket"]));
     assert!(err.contains("scheme"), "{err}");
-    ok(volback(&["check", "--container", d.join("c2").to_str().unwrap()]));
+    ok(volback(&[
+        "check",
+        "--container",
+        d.join("c2").to_str().unwrap(),
+    ]));
     let unwritable = Path::new("/proc/volback-test");
-    fails(volback(&["check", "--container", unwritable.to_str().unwrap()]));
+    fails(volback(&[
+        "check",
+        "--container",
+        unwritable.to_str().unwrap(),
+    ]));
 }

@@ -34,7 +34,9 @@ fn backup(c: &Container, vol: &Path, id: &str, parent: Option<&str>) -> BackupRe
         parent_id: parent.map(String::from),
         ..Default::default()
     };
-    run_backup(c, VolumeSource::Path(vol.into()), &opts, None).unwrap().2
+    run_backup(c, VolumeSource::Path(vol.into()), &opts, None)
+        .unwrap()
+        .2
 }
 
 fn restore_new(c: &Container, id: &str, out: &Path) -> volback::Result<()> {
@@ -73,10 +75,19 @@ fn chain_of_incrementals_restores_every_link_byte_identically() {
         assert_eq!(r.parent_id.as_deref(), Some(parent.as_str()));
         assert_eq!(r.size, std::fs::metadata(&vol).unwrap().len());
         // An incremental stores a small fraction of the volume.
-        assert!(r.bytes_new < r.size / 10, "day {day}: {} new of {}", r.bytes_new, r.size);
+        assert!(
+            r.bytes_new < r.size / 10,
+            "day {day}: {} new of {}",
+            r.bytes_new,
+            r.size
+        );
         if day == 5 {
             assert_eq!(r.chunks_new, 0, "unchanged volume stores no chunk");
-            assert!(r.bytes_new < r.size / 1000, "unchanged: {} bytes new", r.bytes_new);
+            assert!(
+                r.bytes_new < r.size / 1000,
+                "unchanged: {} bytes new",
+                r.bytes_new
+            );
         }
         versions.push(std::fs::read(&vol).unwrap());
         parent = id;
@@ -84,7 +95,10 @@ fn chain_of_incrementals_restores_every_link_byte_identically() {
     for (i, want) in versions.iter().enumerate() {
         let out = e.root.join(format!("restore{i}.img"));
         restore_new(&e.c, &format!("b{i}"), &out).unwrap();
-        assert!(std::fs::read(&out).unwrap() == *want, "backup b{i} restores differently");
+        assert!(
+            std::fs::read(&out).unwrap() == *want,
+            "backup b{i} restores differently"
+        );
     }
 }
 
@@ -124,7 +138,11 @@ fn zero_regions_and_holes_are_not_stored_and_restore_sparse() {
     let out = e.root.join("out.img");
     restore_new(&e.c, "thin", &out).unwrap();
     assert_same(&vol, &out);
-    assert!(allocated(&out) < 8 << 20, "restore is not sparse: {}", allocated(&out));
+    assert!(
+        allocated(&out) < 8 << 20,
+        "restore is not sparse: {}",
+        allocated(&out)
+    );
 }
 
 #[test]
@@ -152,7 +170,12 @@ fn deletes_never_break_other_backups() {
         if i > 0 {
             scattered_writes(&vol, 10, 1000 + i);
         }
-        backup(&e.c, &vol, &format!("d{i}"), if i > 0 { Some("d0") } else { None });
+        backup(
+            &e.c,
+            &vol,
+            &format!("d{i}"),
+            if i > 0 { Some("d0") } else { None },
+        );
         want.push(std::fs::read(&vol).unwrap());
     }
     // Delete the parent and a middle link.
@@ -163,10 +186,26 @@ fn deletes_never_break_other_backups() {
         restore_new(&e.c, &format!("d{i}"), &out).unwrap();
         assert!(std::fs::read(&out).unwrap() == want[i]);
     }
-    assert_eq!(restore_new(&e.c, "d2", &e.root.join("x")).unwrap_err().kind(), "backup_deleted");
-    assert_eq!(e.c.delete_backup("d2").unwrap_err().kind(), "backup_deleted");
-    assert_eq!(e.c.delete_backup("nope").unwrap_err().kind(), "backup_not_found");
-    let listed: Vec<String> = e.c.list_backups().unwrap().into_iter().map(|m| m.unwrap().backup_id).collect();
+    assert_eq!(
+        restore_new(&e.c, "d2", &e.root.join("x"))
+            .unwrap_err()
+            .kind(),
+        "backup_deleted"
+    );
+    assert_eq!(
+        e.c.delete_backup("d2").unwrap_err().kind(),
+        "backup_deleted"
+    );
+    assert_eq!(
+        e.c.delete_backup("nope").unwrap_err().kind(),
+        "backup_not_found"
+    );
+    let listed: Vec<String> =
+        e.c.list_backups()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.unwrap().backup_id)
+            .collect();
     assert_eq!(listed, ["d1", "d3"]);
     // A deleted parent cannot be the parent of a new incremental.
     let opts = BackupOptions {
@@ -195,7 +234,13 @@ fn backup_ids_are_unique_and_validated() {
         let err = run_backup(&e.c, VolumeSource::Path(vol.clone()), &opts(bad), None).unwrap_err();
         assert_eq!(err.kind(), "invalid_id", "{bad}");
     }
-    let err = run_backup(&e.c, VolumeSource::Path(e.root.join("missing.img")), &opts("m"), None).unwrap_err();
+    let err = run_backup(
+        &e.c,
+        VolumeSource::Path(e.root.join("missing.img")),
+        &opts("m"),
+        None,
+    )
+    .unwrap_err();
     assert_eq!(err.kind(), "io");
     assert!(err.to_string().contains("missing.img"));
 }
@@ -239,13 +284,28 @@ fn streams_and_empty_volumes() {
     };
     let err = run_backup(&e.c, src, &opts, None).unwrap_err();
     assert_eq!(err.kind(), "volume_too_short");
-    assert_eq!(restore_new(&e.c, "short", &e.root.join("z")).unwrap_err().kind(), "backup_not_found");
+    assert_eq!(
+        restore_new(&e.c, "short", &e.root.join("z"))
+            .unwrap_err()
+            .kind(),
+        "backup_not_found"
+    );
 }
 
 fn first_pack(root: &Path) -> PathBuf {
     let packs = root.join("container/packs");
-    let dir = std::fs::read_dir(&packs).unwrap().next().unwrap().unwrap().path();
-    std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path()
+    let dir = std::fs::read_dir(&packs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::read_dir(dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
 }
 
 #[test]
@@ -264,12 +324,21 @@ fn corrupt_and_missing_objects_are_refused_by_name() {
     std::fs::write(&pack, &bad).unwrap();
     let out = e.root.join("out.img");
     let err = restore_new(&e.c, "b", &out).unwrap_err();
-    assert!(matches!(err, Error::ChunkHashMismatch { .. } | Error::Corrupt { .. }), "{err}");
+    assert!(
+        matches!(err, Error::ChunkHashMismatch { .. } | Error::Corrupt { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains(&pack_name), "{err}");
     assert!(!out.exists());
     let leftovers: Vec<_> = std::fs::read_dir(&e.root)
         .unwrap()
-        .filter(|d| d.as_ref().unwrap().file_name().to_string_lossy().contains("volback-partial"))
+        .filter(|d| {
+            d.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("volback-partial")
+        })
         .collect();
     assert!(leftovers.is_empty());
 
@@ -293,7 +362,12 @@ fn corrupt_and_missing_objects_are_refused_by_name() {
     // A corrupt index segment.
     std::fs::write(&m, &text).unwrap();
     let idx_dir = e.root.join("container/index");
-    let seg = std::fs::read_dir(&idx_dir).unwrap().next().unwrap().unwrap().path();
+    let seg = std::fs::read_dir(&idx_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut s = std::fs::read(&seg).unwrap();
     let n = s.len();
     s[n / 2] ^= 1;
@@ -308,7 +382,9 @@ struct MetaStore(Mutex<Vec<(String, serde_json::Value)>>);
 
 impl VolumeMetadata for MetaStore {
     fn get_metadata(&self, volume_id: &str) -> volback::Result<Option<serde_json::Value>> {
-        Ok(Some(serde_json::json!({"version": 2, "volume-metadata": {"owner": volume_id}})))
+        Ok(Some(
+            serde_json::json!({"version": 2, "volume-metadata": {"owner": volume_id}}),
+        ))
     }
     fn put_metadata(&self, volume_id: &str, doc: &serde_json::Value) -> volback::Result<()> {
         self.0.lock().unwrap().push((volume_id.into(), doc.clone()));
@@ -329,7 +405,9 @@ fn driver_verbs_with_metadata_export_and_import_into_a_copy() {
         data_timestamp: Some("2026-11-22T00:00:00Z".into()),
         ..Default::default()
     };
-    let out = driver.backup(&record, VolumeSource::Path(vol.clone()), None).unwrap();
+    let out = driver
+        .backup(&record, VolumeSource::Path(vol.clone()), None)
+        .unwrap();
     assert_eq!(out.updates.size, 4 << 20);
     assert_eq!(out.updates.service_metadata, "backups/rec1");
     assert!(out.updates.object_count >= 3);
@@ -344,19 +422,32 @@ fn driver_verbs_with_metadata_export_and_import_into_a_copy() {
     let copy = e.root.join("copy");
     copy_dir(&e.root.join("container"), &copy);
     let other = Driver::new(volback::driver::DriverConfig::default()).with_metadata(meta.clone());
-    let imported = other.import_record(&text, Some(copy.to_str().unwrap())).unwrap();
+    let imported = other
+        .import_record(&text, Some(copy.to_str().unwrap()))
+        .unwrap();
     assert_eq!(imported.id, "rec1");
     assert_eq!(imported.size, 4 << 20);
-    assert_eq!(imported.data_timestamp.as_deref(), Some("2026-11-22T00:00:00Z"));
+    assert_eq!(
+        imported.data_timestamp.as_deref(),
+        Some("2026-11-22T00:00:00Z")
+    );
     let target = e.root.join("restored.img");
     other.restore(&imported, &target, true).unwrap();
     assert_same(&vol, &target);
     assert_eq!(meta.0.lock().unwrap().len(), 1);
 
     // Each kind of bad record is its own error.
-    let kind = |t: &str| other.import_record(t, Some(copy.to_str().unwrap())).unwrap_err().kind();
+    let kind = |t: &str| {
+        other
+            .import_record(t, Some(copy.to_str().unwrap()))
+            .unwrap_err()
+            .kind()
+    };
     assert_eq!(kind("not a record"), "record_malformed");
-    assert_eq!(kind(&text.replace("\"version\": 1", "\"version\": 9")), "record_unknown_version");
+    assert_eq!(
+        kind(&text.replace("\"version\": 1", "\"version\": 9")),
+        "record_unknown_version"
+    );
     let m = copy.join("backups/rec1");
     let manifest = std::fs::read(&m).unwrap();
     let mut tampered = manifest.clone();
@@ -367,5 +458,7 @@ fn driver_verbs_with_metadata_export_and_import_into_a_copy() {
     std::fs::remove_file(&m).unwrap();
     assert_eq!(kind(&text), "record_missing_manifest");
     std::fs::write(&m, &manifest).unwrap();
-    other.import_record(&text, Some(copy.to_str().unwrap())).unwrap();
+    other
+        .import_record(&text, Some(copy.to_str().unwrap()))
+        .unwrap();
 }

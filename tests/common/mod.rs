@@ -23,7 +23,9 @@ pub fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
 /// Somewhat compressible data: random words from a small vocabulary.
 pub fn text_like(len: usize, seed: u64) -> Vec<u8> {
     let r = pseudo_random(len / 4 + 8, seed);
-    let words: [&[u8]; 8] = [b"volume ", b"block ", b"backup ", b"chunk ", b"zero ", b"pack\n", b"index ", b"0123 "];
+    let words: [&[u8]; 8] = [
+        b"volume ", b"block ", b"backup ", b"chunk ", b"zero ", b"pack\n", b"index ", b"0123 ",
+    ];
     let mut out = Vec::with_capacity(len + 8);
     let mut i = 0;
     while out.len() < len {
@@ -81,7 +83,13 @@ pub fn scattered_writes(path: &Path, count: u64, seed: u64) {
 pub fn assert_same(a: &Path, b: &Path) {
     let x = std::fs::read(a).unwrap();
     let y = std::fs::read(b).unwrap();
-    assert_eq!(x.len(), y.len(), "{} and {} differ in length", a.display(), b.display());
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "{} and {} differ in length",
+        a.display(),
+        b.display()
+    );
     if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
         panic!("{} and {} differ at byte {i}", a.display(), b.display());
     }
@@ -99,7 +107,11 @@ pub fn dir_size(path: &Path) -> u64 {
     for e in std::fs::read_dir(path).unwrap() {
         let e = e.unwrap();
         let m = e.metadata().unwrap();
-        total += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
+        total += if m.is_dir() {
+            dir_size(&e.path())
+        } else {
+            m.len()
+        };
     }
     total
 }
