@@ -27,6 +27,7 @@ use crate::ids::{Hash, validate_id};
 use crate::index::{Index, Segment, decode_segment, encode_segment};
 use crate::manifest::{Extent, ExtentListReader, Manifest};
 use crate::pack::{PackEntry, decode_chunk};
+use crate::s3::{S3Options, S3Store};
 use crate::store::{FsStore, ObjectStore};
 
 /// Container config format name and version.
@@ -100,6 +101,8 @@ pub fn now_unix() -> u64 {
 pub enum ContainerUrl {
     /// A directory: `file:///abs/dir` or a plain path.
     File(PathBuf),
+    /// An S3 bucket and key prefix: `s3://bucket/prefix`.
+    S3 { bucket: String, prefix: String },
 }
 
 impl ContainerUrl {
@@ -119,9 +122,30 @@ impl ContainerUrl {
             }
             return Ok(ContainerUrl::File(PathBuf::from(rest)));
         }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let prefix = prefix.trim_matches('/');
+            let bucket_ok = (3..=63).contains(&bucket.len())
+                && bucket
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+            if !bucket_ok {
+                return Err(Error::Config(format!(
+                    "container URL '{url}': '{bucket}' is not a valid S3 bucket name"
+                )));
+            }
+            if !prefix.is_empty() {
+                crate::store::validate_key(prefix)
+                    .map_err(|_| Error::Config(format!("container URL '{url}': invalid key prefix")))?;
+            }
+            return Ok(ContainerUrl::S3 {
+                bucket: bucket.into(),
+                prefix: prefix.into(),
+            });
+        }
         if let Some((scheme, _)) = url.split_once("://") {
             return Err(Error::Config(format!(
-                "container URL scheme '{scheme}://' is not supported (use file:///path or a plain path)"
+                "container URL scheme '{scheme}://' is not supported (use s3://bucket/prefix, file:///path or a plain path)"
             )));
         }
         let p = Path::new(url);
@@ -139,6 +163,8 @@ impl ContainerUrl {
     pub fn to_url(&self) -> String {
         match self {
             ContainerUrl::File(p) => format!("file://{}", p.display()),
+            ContainerUrl::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+            ContainerUrl::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
         }
     }
 }
@@ -149,6 +175,8 @@ pub struct Container {
     store: Arc<dyn ObjectStore>,
     url: String,
     config: ContainerConfig,
+    /// Threads for blocking requests, as many as the store wants in flight.
+    io_pool: Arc<rayon::ThreadPool>,
 }
 
 /// Key of a pack.
@@ -183,9 +211,16 @@ impl Container {
     /// Opens the container at `url`, creating it with `init` settings if it does not exist and
     /// `create` is set.
     pub fn open(url: &str, create: bool, init: Option<ContainerConfig>) -> Result<Self> {
+        Self::open_with(url, create, init, &S3Options::default())
+    }
+
+    /// Like [`Container::open`], with explicit S3 settings (unset ones come from the
+    /// environment and the AWS profile files).
+    pub fn open_with(url: &str, create: bool, init: Option<ContainerConfig>, s3: &S3Options) -> Result<Self> {
         let parsed = ContainerUrl::parse(url)?;
         let store: Arc<dyn ObjectStore> = match &parsed {
             ContainerUrl::File(p) => Arc::new(FsStore::open(p, create)?),
+            ContainerUrl::S3 { bucket, prefix } => Arc::new(S3Store::open(bucket, prefix, s3)?),
         };
         Self::with_store(store, parsed.to_url(), create, init)
     }
@@ -217,7 +252,29 @@ impl Container {
             }
             Err(e) => return Err(e),
         };
-        Ok(Container { store, url, config })
+        let io_pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(store.concurrency())
+            .thread_name(|i| format!("volback-io-{i}"))
+            .build()
+            .map_err(|e| Error::Internal(format!("thread pool: {e}")))?;
+        Ok(Container {
+            store,
+            url,
+            config,
+            io_pool: Arc::new(io_pool),
+        })
+    }
+
+    /// Runs `f` on the I/O pool, whose parallel iterators keep `store.concurrency()` requests in
+    /// flight (more than there are cores: the threads mostly wait on the network).
+    pub fn on_io_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.io_pool.install(f)
+    }
+
+    /// Keys (with sizes) of every pack in the container, for checks that need many of them:
+    /// one paged LIST instead of a HEAD per pack.
+    pub fn list_packs(&self) -> Result<std::collections::HashMap<String, u64>> {
+        Ok(self.store.list("packs/")?.into_iter().map(|o| (o.key, o.size)).collect())
     }
 
     fn decode_config(bytes: &[u8]) -> Result<ContainerConfig> {
@@ -340,13 +397,14 @@ impl Container {
     /// errors in place so that one damaged backup does not hide the others.
     pub fn list_backups(&self) -> Result<Vec<Result<Manifest>>> {
         let keys = self.store.list("backups/")?;
-        let mut out: Vec<Result<Manifest>> = keys
-            .par_iter()
-            .map(|o| {
-                let bytes = self.store.get(&o.key)?;
-                Manifest::decode(&o.key, &bytes)
-            })
-            .collect();
+        let mut out: Vec<Result<Manifest>> = self.on_io_pool(|| {
+            keys.par_iter()
+                .map(|o| {
+                    let bytes = self.store.get(&o.key)?;
+                    Manifest::decode(&o.key, &bytes)
+                })
+                .collect()
+        });
         out.sort_by_key(|r| match r {
             Ok(m) => (0, m.created_unix, m.backup_id.clone()),
             Err(_) => (1, 0, String::new()),
@@ -366,13 +424,14 @@ impl Container {
     /// Loads every index segment into memory.
     pub fn load_index(&self) -> Result<Index> {
         let keys = self.store.list("index/")?;
-        let segments: Vec<Result<Segment>> = keys
-            .par_iter()
-            .map(|o| {
-                let bytes = self.store.get(&o.key)?;
-                decode_segment(&o.key, &bytes)
-            })
-            .collect();
+        let segments: Vec<Result<Segment>> = self.on_io_pool(|| {
+            keys.par_iter()
+                .map(|o| {
+                    let bytes = self.store.get(&o.key)?;
+                    decode_segment(&o.key, &bytes)
+                })
+                .collect()
+        });
         let mut index = Index::new();
         for seg in segments {
             for (pack, entries) in seg? {
@@ -523,6 +582,13 @@ mod tests {
         assert_eq!(ContainerUrl::parse("/x").unwrap().to_url(), "file:///x");
         assert!(ContainerUrl::parse("file://rel").is_err());
         assert!(ContainerUrl::parse("gopher://x").is_err());
+        assert_eq!(
+            ContainerUrl::parse("s3://my-bucket/a/b/").unwrap(),
+            ContainerUrl::S3 { bucket: "my-bucket".into(), prefix: "a/b".into() }
+        );
+        assert_eq!(ContainerUrl::parse("s3://bkt").unwrap().to_url(), "s3://bkt");
+        assert!(ContainerUrl::parse("s3://B_ad").is_err());
+        assert!(ContainerUrl::parse("s3://bucket/../x").is_err());
         assert!(ContainerUrl::parse("").is_err());
         assert!(ContainerUrl::parse("a\nb").is_err());
     }

@@ -45,6 +45,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A request to remote storage failed (after retries, for transient failures). `location`
+    /// is `s3://bucket/key`; the message is the server's answer, never credentials.
+    #[error("{op} {location}: {message}")]
+    Remote {
+        op: &'static str,
+        location: String,
+        message: String,
+    },
     /// An object the operation needs is not in the container.
     #[error("object '{key}' is missing from the container")]
     MissingObject { key: String },
@@ -153,6 +161,15 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Io { .. } => "io",
+            Error::Remote { message, .. } => {
+                if message.contains("NoSuchBucket") {
+                    "missing_bucket"
+                } else if message.contains("403") || message.contains("AccessDenied") || message.contains("SignatureDoesNotMatch") || message.contains("InvalidAccessKeyId") {
+                    "access_denied"
+                } else {
+                    "remote"
+                }
+            }
             Error::MissingObject { .. } => "missing_object",
             Error::Corrupt { .. } => "corrupt",
             Error::ChunkHashMismatch { .. } => "hash_mismatch",

@@ -114,6 +114,7 @@ pub mod pack;
 pub mod pipeline;
 pub mod record;
 pub mod restore;
+pub mod s3;
 pub mod source;
 pub mod store;
 

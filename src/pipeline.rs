@@ -16,7 +16,8 @@
 //! which the garbage collector reclaims after its grace period.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -96,32 +97,77 @@ enum WriterMsg {
     Pack(Hash, Bytes, Vec<PackEntry>),
 }
 
-/// Puts packs, then the index segments that describe them (data first, index next).
-fn writer_loop(container: &Container, rx: Receiver<WriterMsg>) -> Result<Written> {
-    let mut done = Written {
-        objects: 0,
-        bytes: 0,
-    };
-    let mut unindexed: Vec<(Hash, Vec<PackEntry>)> = Vec::new();
-    for msg in rx {
-        let WriterMsg::Pack(id, bytes, entries) = msg;
-        done.bytes += bytes.len() as u64;
-        container.store().put(&pack_key(&id), bytes)?;
-        done.objects += 1;
-        unindexed.push((id, entries));
-        if unindexed.len() >= PACKS_PER_SEGMENT {
-            let (_, n) = container.write_index_segment(&unindexed)?;
-            done.objects += 1;
-            done.bytes += n;
-            unindexed.clear();
+/// Pack uploads shared by the writer threads.
+struct WriterState {
+    unindexed: Vec<(Hash, Vec<PackEntry>)>,
+    done: Written,
+}
+
+/// Puts packs with `threads` concurrent uploads, then the index segments that describe them
+/// (data first, index next: a segment is written only after all its packs are stored).
+fn writer_loop(container: &Container, rx: Receiver<WriterMsg>, threads: usize) -> Result<Written> {
+    let rx = Mutex::new(rx);
+    let state = Mutex::new(WriterState {
+        unindexed: Vec::new(),
+        done: Written { objects: 0, bytes: 0 },
+    });
+    let failed = AtomicBool::new(false);
+    let lock = |m| -> std::sync::MutexGuard<'_, WriterState> { unpoison(m) };
+    let upload = || -> Result<()> {
+        while !failed.load(Ordering::Relaxed) {
+            let msg = unpoison(&rx).recv();
+            let Ok(WriterMsg::Pack(id, bytes, entries)) = msg else {
+                return Ok(());
+            };
+            let len = bytes.len() as u64;
+            if let Err(e) = container.store().put(&pack_key(&id), bytes) {
+                failed.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+            let segment = {
+                let mut st = lock(&state);
+                st.done.objects += 1;
+                st.done.bytes += len;
+                st.unindexed.push((id, entries));
+                (st.unindexed.len() >= PACKS_PER_SEGMENT).then(|| std::mem::take(&mut st.unindexed))
+            };
+            if let Some(seg) = segment {
+                match container.write_index_segment(&seg) {
+                    Ok((_, n)) => {
+                        let mut st = lock(&state);
+                        st.done.objects += 1;
+                        st.done.bytes += n;
+                    }
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
         }
+        Ok(())
+    };
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(upload)).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Internal("pack writer panicked".into()))))
+            .collect()
+    });
+    results.into_iter().collect::<Result<()>>()?;
+    let mut st = state.into_inner().unwrap_or_else(|p| p.into_inner());
+    if !st.unindexed.is_empty() {
+        let (_, n) = container.write_index_segment(&st.unindexed)?;
+        st.done.objects += 1;
+        st.done.bytes += n;
     }
-    if !unindexed.is_empty() {
-        let (_, n) = container.write_index_segment(&unindexed)?;
-        done.objects += 1;
-        done.bytes += n;
-    }
-    Ok(done)
+    Ok(st.done)
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every update is a
+/// complete assignment), so a poisoned lock is safe to use.
+fn unpoison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Chunk dedup and packing state of one backup.
@@ -253,7 +299,8 @@ pub fn run_backup(
                 }
             }
         });
-        let writer = s.spawn(|| writer_loop(container, pack_rx));
+        let threads = container.store().concurrency();
+        let writer = s.spawn(move || writer_loop(container, pack_rx, threads));
 
         let mut packer = Packer {
             index: &index,

@@ -22,7 +22,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::container::{Container, manifest_key, pack_key, with_volume_offset};
+use crate::container::{Container, pack_key, with_volume_offset};
 use crate::error::{Error, Result};
 use crate::ids::Hash;
 use crate::index::Index;
@@ -284,7 +284,7 @@ fn restore_window(
         }
         ranges.extend(cur);
     }
-    ranges.par_iter().try_for_each(|r| -> Result<()> {
+    container.on_io_pool(|| ranges.par_iter().try_for_each(|r| -> Result<()> {
         let key = pack_key(&r.pack);
         let data = container.store().get_range(&key, r.start..r.end)?;
         for (id, start) in &r.chunks {
@@ -301,7 +301,7 @@ fn restore_window(
             }
         }
         Ok(())
-    })
+    }))
 }
 
 /// Checks, before writing anything, that every chunk of the backup is indexed and every pack it
@@ -319,13 +319,20 @@ pub fn check_complete(container: &Container, index: &Index, manifest: &Manifest)
         }
         Ok(())
     })?;
-    let packs: Vec<u32> = packs.into_iter().collect();
-    packs.par_iter().try_for_each(|p| {
-        let key = pack_key(&index.pack_id(*p));
-        match container.store().head(&key)? {
+    let keys: Vec<String> = packs.into_iter().map(|p| pack_key(&index.pack_id(p))).collect();
+    if keys.len() > 64 {
+        // One paged listing is cheaper than a request per pack.
+        let present = container.list_packs()?;
+        return match keys.into_iter().find(|k| !present.contains_key(k)) {
+            Some(key) => Err(Error::MissingObject { key }),
+            None => Ok(()),
+        };
+    }
+    container.on_io_pool(|| {
+        keys.into_par_iter().try_for_each(|key| match container.store().head(&key)? {
             Some(_) => Ok(()),
             None => Err(Error::MissingObject { key }),
-        }
+        })
     })
 }
 
@@ -376,7 +383,6 @@ pub fn run_restore(
     if let Some(p) = progress {
         p(manifest.size);
     }
-    let _ = manifest_key(backup_id);
     Ok(RestoreReport {
         backup_id: backup_id.into(),
         size: manifest.size,

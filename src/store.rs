@@ -56,16 +56,22 @@ pub struct RequestCounters {
 }
 
 impl RequestCounters {
-    fn put(&self, bytes: usize) {
+    pub(crate) fn put(&self, bytes: usize) {
         self.put.fetch_add(1, Ordering::Relaxed);
         self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
     }
-    fn get(&self, bytes: usize) {
+    pub(crate) fn get(&self, bytes: usize) {
         self.get.fetch_add(1, Ordering::Relaxed);
         self.received.fetch_add(bytes as u64, Ordering::Relaxed);
     }
-    fn bump(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn head(&self) {
+        self.head.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn list(&self) {
+        self.list.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn delete(&self) {
+        self.delete.fetch_add(1, Ordering::Relaxed);
     }
     /// A snapshot of the counts so far.
     pub fn snapshot(&self) -> RequestCounts {
@@ -117,6 +123,10 @@ pub trait ObjectStore: Send + Sync {
     fn requests(&self) -> RequestCounts;
     /// A description for messages (never includes credentials).
     fn describe(&self) -> String;
+    /// How many requests callers should keep in flight (uploads, ranged reads).
+    fn concurrency(&self) -> usize {
+        2
+    }
 }
 
 /// Checks that a key is a relative, normalised path made of safe characters, so that no key can
@@ -316,7 +326,7 @@ impl ObjectStore for FsStore {
 
     fn head(&self, key: &str) -> Result<Option<u64>> {
         let path = self.path(key)?;
-        RequestCounters::bump(&self.counters.head);
+        self.counters.head();
         match fs::metadata(&path) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -325,7 +335,7 @@ impl ObjectStore for FsStore {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        RequestCounters::bump(&self.counters.list);
+        self.counters.list();
         // Walk the directory that holds the prefix; keys are '/'-separated paths.
         let (dir, _) = match prefix.rfind('/') {
             Some(i) => (&prefix[..i], &prefix[i + 1..]),
@@ -378,7 +388,7 @@ impl ObjectStore for FsStore {
 
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
-        RequestCounters::bump(&self.counters.delete);
+        self.counters.delete();
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -459,12 +469,12 @@ impl ObjectStore for MemStore {
     }
 
     fn head(&self, key: &str) -> Result<Option<u64>> {
-        RequestCounters::bump(&self.counters.head);
+        self.counters.head();
         Ok(self.lock().get(key).map(|d| d.len() as u64))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        RequestCounters::bump(&self.counters.list);
+        self.counters.list();
         Ok(self
             .lock()
             .range(prefix.to_string()..)
@@ -477,7 +487,7 @@ impl ObjectStore for MemStore {
     }
 
     fn delete(&self, key: &str) -> Result<()> {
-        RequestCounters::bump(&self.counters.delete);
+        self.counters.delete();
         self.lock().remove(key);
         Ok(())
     }
