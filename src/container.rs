@@ -443,22 +443,24 @@ impl Container {
 
     /// Announces a running backup to the garbage collector; returns the lease key.
     pub fn take_lease(&self, backup_id: &str, ttl: Duration) -> Result<String> {
-        let now = now_unix();
+        let key = format!("leases/{}-{}", backup_id, uuid::Uuid::new_v4().simple());
+        self.write_lease(&key, backup_id, now_unix(), ttl)?;
+        Ok(key)
+    }
+
+    /// Writes (or renews) a lease: started at `started_unix`, valid for `ttl` from now.
+    pub fn write_lease(&self, key: &str, backup_id: &str, started_unix: u64, ttl: Duration) -> Result<()> {
         let lease = Lease {
             format: "volback-lease".into(),
             version: 1,
             backup_id: backup_id.into(),
             host: hostname(),
             pid: std::process::id(),
-            started_unix: now,
-            expires_unix: now + ttl.as_secs(),
+            started_unix,
+            expires_unix: now_unix() + ttl.as_secs(),
         };
-        let key = format!("leases/{}-{}", backup_id, uuid::Uuid::new_v4().simple());
-        self.store.put(
-            &key,
-            Bytes::from(serde_json::to_vec(&lease).unwrap_or_default()),
-        )?;
-        Ok(key)
+        self.store
+            .put(key, Bytes::from(serde_json::to_vec(&lease).unwrap_or_default()))
     }
 
     /// Deletes a backup: tombstone first, then the manifest. Its chunks stay until the garbage

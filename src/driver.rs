@@ -19,6 +19,7 @@ use crate::error::{Error, RecordError, Result};
 use crate::ids::Hash;
 use crate::pipeline::{BackupOptions, BackupReport, Progress, run_backup};
 use crate::record::{BackupRecord, ExportedRecord, RECORD_FORMAT, RECORD_VERSION};
+use crate::s3::S3Options;
 use crate::restore::{RestoreReport, TargetMode, check_complete, run_restore};
 use crate::source::VolumeSource;
 
@@ -42,6 +43,8 @@ pub struct DriverConfig {
     pub init: Option<ContainerConfig>,
     /// zstd level override for backups.
     pub zstd_level: Option<i32>,
+    /// S3 settings for `s3://` containers (unset fields come from the environment).
+    pub s3: S3Options,
 }
 
 /// Record fields a backup sets (Cinder applies them with `backup.update()`).
@@ -108,10 +111,11 @@ impl Driver {
         if url.is_empty() {
             return Err(Error::Config("no container configured".into()));
         }
-        Container::open(
+        Container::open_with(
             url,
             create && self.config.create_container,
             self.config.init.clone(),
+            &self.config.s3,
         )
     }
 

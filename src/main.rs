@@ -17,6 +17,7 @@ use volback::driver::{Driver, DriverConfig};
 use volback::pipeline::BackupOptions;
 use volback::record::BackupRecord;
 use volback::restore::{TargetMode, run_restore};
+use volback::s3::S3Options;
 use volback::source::VolumeSource;
 use volback::{Error, Result};
 
@@ -29,6 +30,38 @@ use volback::{Error, Result};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+/// S3 settings; anything not given comes from the AWS environment variables and profile files.
+/// Secrets are never taken on the command line (they would show in `ps`).
+#[derive(clap::Args)]
+struct S3Args {
+    /// S3 endpoint URL, e.g. http://127.0.0.1:9000 (default: $AWS_ENDPOINT_URL, then AWS).
+    #[arg(long, global = true)]
+    s3_endpoint: Option<String>,
+    /// S3 region (default: $AWS_REGION, the profile's region, then us-east-1).
+    #[arg(long, global = true)]
+    s3_region: Option<String>,
+    /// Profile in ~/.aws/credentials and ~/.aws/config (default: $AWS_PROFILE, then "default").
+    #[arg(long, global = true)]
+    s3_profile: Option<String>,
+    /// Concurrent S3 requests (default 8).
+    #[arg(long, global = true)]
+    s3_concurrency: Option<usize>,
+}
+
+impl S3Args {
+    fn options(&self) -> S3Options {
+        S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            profile: self.s3_profile.clone(),
+            concurrency: self.s3_concurrency,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -133,7 +166,8 @@ fn main() -> ExitCode {
         | Cmd::List { json, .. } => *json,
         _ => false,
     };
-    match run(cli.cmd) {
+    let s3 = cli.s3.options();
+    match run(cli.cmd, &s3) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if json {
@@ -203,7 +237,7 @@ fn read_input(path: &str) -> Result<String> {
         .map_err(|_| volback::error::RecordError::Malformed("not UTF-8 text".into()).into())
 }
 
-fn run(cmd: Cmd) -> Result<()> {
+fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
     match cmd {
         Cmd::Backup {
             container,
@@ -224,7 +258,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 c.chunker.max = avg * 4;
                 c
             });
-            let c = Container::open(&container, true, init)?;
+            let c = Container::open_with(&container, true, init, s3)?;
             let volume_metadata = match metadata {
                 Some(p) => {
                     let text = volback::store::read_local_file(&p)?;
@@ -294,7 +328,7 @@ fn run(cmd: Cmd) -> Result<()> {
             metadata_out,
             json,
         } => {
-            let c = Container::open(&container, false, None)?;
+            let c = Container::open_with(&container, false, None, s3)?;
             let mode = if existing {
                 TargetMode::Existing
             } else {
@@ -335,7 +369,7 @@ fn run(cmd: Cmd) -> Result<()> {
             backup_id,
             json,
         } => {
-            let c = Container::open(&container, false, None)?;
+            let c = Container::open_with(&container, false, None, s3)?;
             Driver::with_container(c).delete_backup(&BackupRecord {
                 id: backup_id.clone(),
                 ..Default::default()
@@ -351,7 +385,7 @@ fn run(cmd: Cmd) -> Result<()> {
             container,
             backup_id,
         } => {
-            let c = Container::open(&container, false, None)?;
+            let c = Container::open_with(&container, false, None, s3)?;
             let text = Driver::with_container(c).export_record(&BackupRecord {
                 id: backup_id,
                 ..Default::default()
@@ -367,6 +401,7 @@ fn run(cmd: Cmd) -> Result<()> {
             let text = read_input(&record)?;
             let driver = Driver::new(DriverConfig {
                 container: container.clone(),
+                s3: s3.clone(),
                 ..Default::default()
             });
             let r = driver.import_record(&text, Some(&container))?;
@@ -381,7 +416,7 @@ fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::List { container, json } => {
-            let c = Container::open(&container, false, None)?;
+            let c = Container::open_with(&container, false, None, s3)?;
             let backups = c.list_backups()?;
             if json {
                 let items: Vec<_> = backups
@@ -421,6 +456,7 @@ fn run(cmd: Cmd) -> Result<()> {
             let driver = Driver::new(DriverConfig {
                 container,
                 create_container: true,
+                s3: s3.clone(),
                 ..Default::default()
             });
             driver.check_for_setup_error()?;

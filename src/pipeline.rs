@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -271,7 +271,9 @@ pub fn run_backup(
     let volume = OpenVolume::open(source)?;
     let volume_name = volume.name().to_string();
     let index = container.load_index()?;
+    let lease_started = now_unix();
     let lease = container.take_lease(&backup_id, LEASE_TTL)?;
+    let (stop_renewing, renew_rx) = std::sync::mpsc::channel::<()>();
 
     let bytes_read = AtomicU64::new(0);
     let result = std::thread::scope(|s| -> Result<_> {
@@ -297,6 +299,13 @@ pub fn run_backup(
                 Err(e) => {
                     let _ = tx.send(Err(e));
                 }
+            }
+        });
+        // Renews the lease until the backup ends, so a long backup is never taken for dead.
+        let (lease_key, id) = (&lease, &backup_id);
+        let renewer = s.spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = renew_rx.recv_timeout(LEASE_TTL / 8) {
+                let _ = container.write_lease(lease_key, id, lease_started, LEASE_TTL);
             }
         });
         let threads = container.store().concurrency();
@@ -365,6 +374,10 @@ pub fn run_backup(
         reader
             .join()
             .map_err(|_| Error::Internal("volume reader panicked".into()))?;
+        drop(stop_renewing);
+        renewer
+            .join()
+            .map_err(|_| Error::Internal("lease renewer panicked".into()))?;
         // The writer's error is the root cause when the main loop only saw a closed channel.
         let written = written?;
         let (extents, meta_refs, size, zero_bytes, chunks_total) = main?;

@@ -168,7 +168,14 @@ impl S3Store {
             (Some(_), None) => {
                 return Err(Error::Config("S3 access key id given without a secret access key".into()));
             }
-            _ => {}
+            // Never fall back to instance-metadata credentials (a request to 169.254.169.254 that
+            // hangs or fails obscurely off-cloud): say what is missing instead.
+            _ => {
+                return Err(Error::Config(format!(
+                    "no S3 credentials for s3://{bucket}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                     or AWS_PROFILE with ~/.aws/credentials"
+                )));
+            }
         }
         let inner = b
             .build()

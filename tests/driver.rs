@@ -1,4 +1,5 @@
-//! End-to-end driver scenarios on a filesystem container.
+//! End-to-end driver scenarios, each run on a filesystem container and on a real S3-compatible
+//! server (s3s-fs on 127.0.0.1).
 
 mod common;
 
@@ -14,18 +15,31 @@ use volback::record::BackupRecord;
 use volback::restore::{TargetMode, run_restore};
 use volback::source::VolumeSource;
 
-struct Env {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    c: Container,
+use common::backend::Env;
+
+/// Runs each scenario as a test on both backends.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod fs {
+            $( #[test] fn $name() { super::$name(&super::Env::fs()); } )*
+        }
+        mod s3 {
+            $( #[test] fn $name() { super::$name(&super::Env::s3()); } )*
+        }
+    };
 }
 
-fn env() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let c = Container::open(root.join("container").to_str().unwrap(), true, None).unwrap();
-    Env { _dir: dir, root, c }
-}
+on_both_backends!(
+    chain_of_incrementals_restores_every_link_byte_identically,
+    dedup_across_volumes_and_full_backups,
+    zero_regions_and_holes_are_not_stored_and_restore_sparse,
+    restore_onto_existing_target_writes_zeros_and_ends_at_volume_size,
+    deletes_never_break_other_backups,
+    backup_ids_are_unique_and_validated,
+    streams_and_empty_volumes,
+    corrupt_and_missing_objects_are_refused_by_name,
+    driver_verbs_with_metadata_export_and_import_into_a_copy,
+);
 
 fn backup(c: &Container, vol: &Path, id: &str, parent: Option<&str>) -> BackupReport {
     let opts = BackupOptions {
@@ -43,9 +57,7 @@ fn restore_new(c: &Container, id: &str, out: &Path) -> volback::Result<()> {
     run_restore(c, id, out, TargetMode::New, None).map(|_| ())
 }
 
-#[test]
-fn chain_of_incrementals_restores_every_link_byte_identically() {
-    let e = env();
+fn chain_of_incrementals_restores_every_link_byte_identically(e: &Env) {
     let vol = e.root.join("vol.img");
     make_image(&vol, 24 << 20, 1);
     let mut versions = Vec::new();
@@ -102,13 +114,11 @@ fn chain_of_incrementals_restores_every_link_byte_identically() {
     }
 }
 
-#[test]
-fn dedup_across_volumes_and_full_backups() {
-    let e = env();
+fn dedup_across_volumes_and_full_backups(e: &Env) {
     let a = e.root.join("a.img");
     make_image(&a, 16 << 20, 7);
     let first = backup(&e.c, &a, "a1", None);
-    let stored = dir_size(&e.root.join("container"));
+    let stored = dir_size(&e.objects);
     // The same data as another volume, as a full backup: nothing new but metadata.
     let b = e.root.join("b.img");
     std::fs::copy(&a, &b).unwrap();
@@ -121,9 +131,7 @@ fn dedup_across_volumes_and_full_backups() {
     assert!(first.zero_bytes >= 2 << 20);
 }
 
-#[test]
-fn zero_regions_and_holes_are_not_stored_and_restore_sparse() {
-    let e = env();
+fn zero_regions_and_holes_are_not_stored_and_restore_sparse(e: &Env) {
     let vol = e.root.join("thin.img");
     {
         let f = std::fs::File::create(&vol).unwrap();
@@ -145,9 +153,7 @@ fn zero_regions_and_holes_are_not_stored_and_restore_sparse() {
     );
 }
 
-#[test]
-fn restore_onto_existing_target_writes_zeros_and_ends_at_volume_size() {
-    let e = env();
+fn restore_onto_existing_target_writes_zeros_and_ends_at_volume_size(e: &Env) {
     let vol = e.root.join("v.img");
     make_image(&vol, 8 << 20, 3);
     backup(&e.c, &vol, "b", None);
@@ -160,9 +166,7 @@ fn restore_onto_existing_target_writes_zeros_and_ends_at_volume_size() {
     assert_eq!(err.kind(), "target_exists");
 }
 
-#[test]
-fn deletes_never_break_other_backups() {
-    let e = env();
+fn deletes_never_break_other_backups(e: &Env) {
     let vol = e.root.join("v.img");
     make_image(&vol, 8 << 20, 11);
     let mut want = Vec::new();
@@ -217,9 +221,7 @@ fn deletes_never_break_other_backups() {
     assert!(matches!(err, Error::ParentNotFound { .. }), "{err}");
 }
 
-#[test]
-fn backup_ids_are_unique_and_validated() {
-    let e = env();
+fn backup_ids_are_unique_and_validated(e: &Env) {
     let vol = e.root.join("v.img");
     make_image(&vol, 1 << 20, 2);
     backup(&e.c, &vol, "same", None);
@@ -245,9 +247,7 @@ fn backup_ids_are_unique_and_validated() {
     assert!(err.to_string().contains("missing.img"));
 }
 
-#[test]
-fn streams_and_empty_volumes() {
-    let e = env();
+fn streams_and_empty_volumes(e: &Env) {
     let data = text_like(5_000_001, 4);
     let src = VolumeSource::Reader {
         name: "pipe".into(),
@@ -292,8 +292,8 @@ fn streams_and_empty_volumes() {
     );
 }
 
-fn first_pack(root: &Path) -> PathBuf {
-    let packs = root.join("container/packs");
+fn first_pack(objects: &Path) -> PathBuf {
+    let packs = objects.join("packs");
     let dir = std::fs::read_dir(&packs)
         .unwrap()
         .next()
@@ -308,13 +308,11 @@ fn first_pack(root: &Path) -> PathBuf {
         .path()
 }
 
-#[test]
-fn corrupt_and_missing_objects_are_refused_by_name() {
-    let e = env();
+fn corrupt_and_missing_objects_are_refused_by_name(e: &Env) {
     let vol = e.root.join("v.img");
     make_image(&vol, 4 << 20, 21);
     backup(&e.c, &vol, "b", None);
-    let pack = first_pack(&e.root);
+    let pack = first_pack(&e.objects);
     let pack_name = pack.file_name().unwrap().to_string_lossy().to_string();
     let good = std::fs::read(&pack).unwrap();
 
@@ -352,7 +350,7 @@ fn corrupt_and_missing_objects_are_refused_by_name() {
     assert_same(&vol, &out);
 
     // A truncated manifest.
-    let m = e.root.join("container/backups/b");
+    let m = e.objects.join("backups/b");
     let text = std::fs::read(&m).unwrap();
     std::fs::write(&m, &text[..text.len() / 2]).unwrap();
     let err = restore_new(&e.c, "b", &e.root.join("o2")).unwrap_err();
@@ -361,7 +359,7 @@ fn corrupt_and_missing_objects_are_refused_by_name() {
 
     // A corrupt index segment.
     std::fs::write(&m, &text).unwrap();
-    let idx_dir = e.root.join("container/index");
+    let idx_dir = e.objects.join("index");
     let seg = std::fs::read_dir(&idx_dir)
         .unwrap()
         .next()
@@ -392,9 +390,7 @@ impl VolumeMetadata for MetaStore {
     }
 }
 
-#[test]
-fn driver_verbs_with_metadata_export_and_import_into_a_copy() {
-    let e = env();
+fn driver_verbs_with_metadata_export_and_import_into_a_copy(e: &Env) {
     let vol = e.root.join("v.img");
     make_image(&vol, 4 << 20, 31);
     let meta = Arc::new(MetaStore::default());
@@ -419,11 +415,14 @@ fn driver_verbs_with_metadata_export_and_import_into_a_copy() {
     assert!(text.contains("\"version\": 1") && text.contains("manifest_blake3"));
 
     // Import into a copy of the container, as another host would.
-    let copy = e.root.join("copy");
-    copy_dir(&e.root.join("container"), &copy);
-    let other = Driver::new(volback::driver::DriverConfig::default()).with_metadata(meta.clone());
+    let (copy_url, copy) = e.copy_container();
+    let other = Driver::new(volback::driver::DriverConfig {
+        s3: e.s3.clone(),
+        ..Default::default()
+    })
+    .with_metadata(meta.clone());
     let imported = other
-        .import_record(&text, Some(copy.to_str().unwrap()))
+        .import_record(&text, Some(&copy_url))
         .unwrap();
     assert_eq!(imported.id, "rec1");
     assert_eq!(imported.size, 4 << 20);
@@ -439,7 +438,7 @@ fn driver_verbs_with_metadata_export_and_import_into_a_copy() {
     // Each kind of bad record is its own error.
     let kind = |t: &str| {
         other
-            .import_record(t, Some(copy.to_str().unwrap()))
+            .import_record(t, Some(&copy_url))
             .unwrap_err()
             .kind()
     };
@@ -459,6 +458,6 @@ fn driver_verbs_with_metadata_export_and_import_into_a_copy() {
     assert_eq!(kind(&text), "record_missing_manifest");
     std::fs::write(&m, &manifest).unwrap();
     other
-        .import_record(&text, Some(copy.to_str().unwrap()))
+        .import_record(&text, Some(&copy_url))
         .unwrap();
 }
