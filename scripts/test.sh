@@ -1,5 +1,15 @@
 #!/usr/bin/env bash
-# Runs every test: unit, integration (filesystem), CLI and doc tests.
+# Runs every test: unit, integration (filesystem and S3), CLI and doc tests.
+#
+# The S3 tests start their own S3-compatible server (s3s-fs) on 127.0.0.1 at a free port; this
+# script installs it first if it is missing, so one command runs everything on a fresh machine.
+# s3s-fs: SigV4-checking, stores objects as plain files (tests can damage them), starts in
+# milliseconds. 0.14.1 is the newest release that builds with this toolchain (rustc 1.95).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "== installing s3s-fs 0.14.1 (S3-compatible test server)"
+  cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet
+fi
 cargo test --locked "$@"

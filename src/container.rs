@@ -13,6 +13,7 @@
 //! without bound. Every key is validated ([`crate::store::validate_key`]), and every id that goes
 //! into a key is validated first ([`crate::ids::validate_id`]).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::ids::{Hash, validate_id};
-use crate::index::{Index, Segment, decode_segment, encode_segment};
+use crate::index::{Index, Location, Segment, decode_segment, encode_segment};
 use crate::manifest::{Extent, ExtentListReader, Manifest};
 use crate::pack::{PackEntry, decode_chunk};
 use crate::s3::{S3Options, S3Store};
@@ -36,6 +37,8 @@ pub const CONFIG_FORMAT: &str = "volback-container";
 pub const CONFIG_VERSION: u64 = 1;
 /// Key of the container config.
 pub const CONFIG_KEY: &str = "config";
+/// Extent-list chunks fetched per group when walking a manifest.
+const META_FETCH: usize = 512;
 
 /// Per-container settings, fixed when the container is created so that every backup in it
 /// chunks identically (the precondition for dedup across backups and volumes).
@@ -126,17 +129,18 @@ impl ContainerUrl {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             let prefix = prefix.trim_matches('/');
             let bucket_ok = (3..=63).contains(&bucket.len())
-                && bucket
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
             if !bucket_ok {
                 return Err(Error::Config(format!(
                     "container URL '{url}': '{bucket}' is not a valid S3 bucket name"
                 )));
             }
             if !prefix.is_empty() {
-                crate::store::validate_key(prefix)
-                    .map_err(|_| Error::Config(format!("container URL '{url}': invalid key prefix")))?;
+                crate::store::validate_key(prefix).map_err(|_| {
+                    Error::Config(format!("container URL '{url}': invalid key prefix"))
+                })?;
             }
             return Ok(ContainerUrl::S3 {
                 bucket: bucket.into(),
@@ -216,7 +220,12 @@ impl Container {
 
     /// Like [`Container::open`], with explicit S3 settings (unset ones come from the
     /// environment and the AWS profile files).
-    pub fn open_with(url: &str, create: bool, init: Option<ContainerConfig>, s3: &S3Options) -> Result<Self> {
+    pub fn open_with(
+        url: &str,
+        create: bool,
+        init: Option<ContainerConfig>,
+        s3: &S3Options,
+    ) -> Result<Self> {
         let parsed = ContainerUrl::parse(url)?;
         let store: Arc<dyn ObjectStore> = match &parsed {
             ContainerUrl::File(p) => Arc::new(FsStore::open(p, create)?),
@@ -235,6 +244,9 @@ impl Container {
         let config = match store.get(CONFIG_KEY) {
             Ok(bytes) => Self::decode_config(&bytes)?,
             Err(Error::MissingObject { .. }) if create => {
+                // Some S3-compatible servers answer a GET in a missing bucket with NoSuchKey and
+                // create the bucket on PUT; a listing tells a missing bucket apart everywhere.
+                store.list("leases/")?;
                 let cfg = init.unwrap_or_default();
                 cfg.validate()?;
                 let bytes = serde_json::to_vec_pretty(&cfg).unwrap_or_default();
@@ -274,7 +286,12 @@ impl Container {
     /// Keys (with sizes) of every pack in the container, for checks that need many of them:
     /// one paged LIST instead of a HEAD per pack.
     pub fn list_packs(&self) -> Result<std::collections::HashMap<String, u64>> {
-        Ok(self.store.list("packs/")?.into_iter().map(|o| (o.key, o.size)).collect())
+        Ok(self
+            .store
+            .list("packs/")?
+            .into_iter()
+            .map(|o| (o.key, o.size))
+            .collect())
     }
 
     fn decode_config(bytes: &[u8]) -> Result<ContainerConfig> {
@@ -449,7 +466,13 @@ impl Container {
     }
 
     /// Writes (or renews) a lease: started at `started_unix`, valid for `ttl` from now.
-    pub fn write_lease(&self, key: &str, backup_id: &str, started_unix: u64, ttl: Duration) -> Result<()> {
+    pub fn write_lease(
+        &self,
+        key: &str,
+        backup_id: &str,
+        started_unix: u64,
+        ttl: Duration,
+    ) -> Result<()> {
         let lease = Lease {
             format: "volback-lease".into(),
             version: 1,
@@ -459,8 +482,10 @@ impl Container {
             started_unix,
             expires_unix: now_unix() + ttl.as_secs(),
         };
-        self.store
-            .put(key, Bytes::from(serde_json::to_vec(&lease).unwrap_or_default()))
+        self.store.put(
+            key,
+            Bytes::from(serde_json::to_vec(&lease).unwrap_or_default()),
+        )
     }
 
     /// Deletes a backup: tombstone first, then the manifest. Its chunks stay until the garbage
@@ -517,22 +542,43 @@ impl Container {
         let mut reader = ExtentListReader::new();
         let mut offset = 0u64;
         let mut batch = Vec::new();
-        for (id, len) in manifest.meta_ids(&key)? {
-            let chunk = self.read_chunk(index, &id, &manifest.backup_id, offset)?;
-            if chunk.len() != len as usize {
-                return Err(Error::corrupt(
-                    &key,
-                    0,
-                    format!(
-                        "extent-list chunk {id} has {} bytes, manifest says {len}",
-                        chunk.len()
-                    ),
-                ));
-            }
-            reader.push(&key, &chunk, &mut batch)?;
-            for e in batch.drain(..) {
-                f(offset, &e)?;
-                offset += e.len();
+        let metas = manifest.meta_ids(&key)?;
+        // Extent-list chunks are fetched a group at a time with coalesced ranged reads (a
+        // backup's extent list sits together in its metadata packs).
+        for group in metas.chunks(META_FETCH) {
+            let ranges = plan_ranges(index, group.iter().map(|(id, _)| id), |id| {
+                Error::ChunkNotIndexed {
+                    backup_id: manifest.backup_id.clone(),
+                    chunk: id.to_hex(),
+                    volume_offset: offset,
+                }
+            })?;
+            let fetched: Vec<Vec<(Hash, Bytes)>> = self.on_io_pool(|| {
+                ranges
+                    .par_iter()
+                    .map(|r| self.fetch_range(r, |_| offset))
+                    .collect::<Result<_>>()
+            })?;
+            let by_id: HashMap<Hash, Bytes> = fetched.into_iter().flatten().collect();
+            for (id, len) in group {
+                let chunk = by_id.get(id).ok_or_else(|| {
+                    Error::Internal(format!("extent-list chunk {id} not fetched"))
+                })?;
+                if chunk.len() != *len as usize {
+                    return Err(Error::corrupt(
+                        &key,
+                        0,
+                        format!(
+                            "extent-list chunk {id} has {} bytes, manifest says {len}",
+                            chunk.len()
+                        ),
+                    ));
+                }
+                reader.push(&key, chunk, &mut batch)?;
+                for e in batch.drain(..) {
+                    f(offset, &e)?;
+                    offset += e.len();
+                }
             }
         }
         reader.finish(&key)?;
@@ -547,6 +593,85 @@ impl Container {
             ));
         }
         Ok(())
+    }
+}
+
+/// Neighbouring chunks of a pack are fetched together if the gap between them is at most this
+/// (reading a few unneeded bytes costs less than another request).
+const COALESCE_GAP: u64 = 256 << 10;
+/// Largest single ranged read (bounds memory per request in flight).
+const MAX_RANGE: u64 = 16 << 20;
+
+/// One ranged read of a pack and the chunks it serves.
+pub struct FetchRange {
+    pub pack: Hash,
+    pub start: u64,
+    pub end: u64,
+    /// (chunk id, its location)
+    pub chunks: Vec<(Hash, Location)>,
+}
+
+/// Groups chunks by pack and merges neighbours into ranged reads. `missing` builds the error
+/// for a chunk that no index entry locates.
+pub fn plan_ranges<'a>(
+    index: &Index,
+    ids: impl IntoIterator<Item = &'a Hash>,
+    missing: impl Fn(&Hash) -> Error,
+) -> Result<Vec<FetchRange>> {
+    let mut by_pack: HashMap<u32, Vec<(Hash, Location)>> = HashMap::new();
+    for id in ids {
+        let loc = *index.get(id).ok_or_else(|| missing(id))?;
+        by_pack.entry(loc.pack).or_default().push((*id, loc));
+    }
+    let mut ranges = Vec::new();
+    for (pack, mut chunks) in by_pack {
+        chunks.sort_unstable_by_key(|c| c.1.offset);
+        let mut cur: Option<FetchRange> = None;
+        for (id, loc) in chunks {
+            let start = u64::from(loc.offset);
+            let end = start + u64::from(loc.stored_len);
+            if let Some(r) = &mut cur
+                && start <= r.end + COALESCE_GAP
+                && end - r.start <= MAX_RANGE
+            {
+                r.end = r.end.max(end);
+                r.chunks.push((id, loc));
+                continue;
+            }
+            ranges.extend(cur.take());
+            cur = Some(FetchRange {
+                pack: index.pack_id(pack),
+                start,
+                end,
+                chunks: vec![(id, loc)],
+            });
+        }
+        ranges.extend(cur);
+    }
+    Ok(ranges)
+}
+
+impl Container {
+    /// Reads one planned range and returns its chunks decompressed and BLAKE3-verified.
+    /// `volume_offset` names, for errors, where a chunk belongs in the volume.
+    pub fn fetch_range(
+        &self,
+        r: &FetchRange,
+        volume_offset: impl Fn(&Hash) -> u64,
+    ) -> Result<Vec<(Hash, Bytes)>> {
+        let key = pack_key(&r.pack);
+        let data = self.store.get_range(&key, r.start..r.end)?;
+        r.chunks
+            .iter()
+            .map(|(id, loc)| {
+                let at = u64::from(loc.offset);
+                let s = (at - r.start) as usize;
+                let stored = &data[s..s + loc.stored_len as usize];
+                decode_chunk(&key, at, id, loc.compression, loc.raw_len, stored)
+                    .map(|raw| (*id, raw))
+                    .map_err(|e| with_volume_offset(e, volume_offset(id)))
+            })
+            .collect()
     }
 }
 
@@ -586,9 +711,15 @@ mod tests {
         assert!(ContainerUrl::parse("gopher://x").is_err());
         assert_eq!(
             ContainerUrl::parse("s3://my-bucket/a/b/").unwrap(),
-            ContainerUrl::S3 { bucket: "my-bucket".into(), prefix: "a/b".into() }
+            ContainerUrl::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "a/b".into()
+            }
         );
-        assert_eq!(ContainerUrl::parse("s3://bkt").unwrap().to_url(), "s3://bkt");
+        assert_eq!(
+            ContainerUrl::parse("s3://bkt").unwrap().to_url(),
+            "s3://bkt"
+        );
         assert!(ContainerUrl::parse("s3://B_ad").is_err());
         assert!(ContainerUrl::parse("s3://bucket/../x").is_err());
         assert!(ContainerUrl::parse("").is_err());

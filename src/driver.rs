@@ -19,8 +19,8 @@ use crate::error::{Error, RecordError, Result};
 use crate::ids::Hash;
 use crate::pipeline::{BackupOptions, BackupReport, Progress, run_backup};
 use crate::record::{BackupRecord, ExportedRecord, RECORD_FORMAT, RECORD_VERSION};
-use crate::s3::S3Options;
 use crate::restore::{RestoreReport, TargetMode, check_complete, run_restore};
+use crate::s3::S3Options;
 use crate::source::VolumeSource;
 
 /// The service's side of Cinder's `get_metadata` / `put_metadata`: an opaque JSON document per

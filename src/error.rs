@@ -164,7 +164,11 @@ impl Error {
             Error::Remote { message, .. } => {
                 if message.contains("NoSuchBucket") {
                     "missing_bucket"
-                } else if message.contains("403") || message.contains("AccessDenied") || message.contains("SignatureDoesNotMatch") || message.contains("InvalidAccessKeyId") {
+                } else if message.contains("403")
+                    || message.contains("AccessDenied")
+                    || message.contains("SignatureDoesNotMatch")
+                    || message.contains("InvalidAccessKeyId")
+                {
                     "access_denied"
                 } else {
                     "remote"

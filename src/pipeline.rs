@@ -109,7 +109,10 @@ fn writer_loop(container: &Container, rx: Receiver<WriterMsg>, threads: usize) -
     let rx = Mutex::new(rx);
     let state = Mutex::new(WriterState {
         unindexed: Vec::new(),
-        done: Written { objects: 0, bytes: 0 },
+        done: Written {
+            objects: 0,
+            bytes: 0,
+        },
     });
     let failed = AtomicBool::new(false);
     let lock = |m| -> std::sync::MutexGuard<'_, WriterState> { unpoison(m) };
@@ -151,7 +154,10 @@ fn writer_loop(container: &Container, rx: Receiver<WriterMsg>, threads: usize) -
         let handles: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(upload)).collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Internal("pack writer panicked".into()))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Internal("pack writer panicked".into())))
+            })
             .collect()
     });
     results.into_iter().collect::<Result<()>>()?;
@@ -175,7 +181,11 @@ struct Packer<'a> {
     index: &'a Index,
     seen: HashSet<Hash>,
     level: i32,
-    pack: PackBuilder,
+    /// Data chunks and extent-list chunks go to separate packs, so that a backup's extent list
+    /// sits together and is read with a few requests (and the collector can walk manifests
+    /// without touching data packs).
+    data_pack: PackBuilder,
+    meta_pack: PackBuilder,
     target: u64,
     tx: SyncSender<WriterMsg>,
     chunks_new: u64,
@@ -188,22 +198,34 @@ impl Packer<'_> {
 
     fn add(&mut self, chunks: Vec<EncodedChunk>) -> Result<()> {
         for c in chunks {
-            if c.kind == ChunkKind::Data {
+            let pack = if c.kind == ChunkKind::Data {
                 self.chunks_new += 1;
-            }
-            self.pack.add(&c);
-            if self.pack.size() >= self.target {
-                self.flush()?;
+                &mut self.data_pack
+            } else {
+                &mut self.meta_pack
+            };
+            pack.add(&c);
+            if pack.size() >= self.target {
+                let full = std::mem::take(pack);
+                self.send(full)?;
             }
         }
         Ok(())
     }
 
+    /// Closes the open packs.
     fn flush(&mut self) -> Result<()> {
-        if self.pack.is_empty() {
+        let data = std::mem::take(&mut self.data_pack);
+        self.send(data)?;
+        let meta = std::mem::take(&mut self.meta_pack);
+        self.send(meta)
+    }
+
+    fn send(&mut self, pack: PackBuilder) -> Result<()> {
+        if pack.is_empty() {
             return Ok(());
         }
-        let (bytes, id, entries) = std::mem::take(&mut self.pack).finish();
+        let (bytes, id, entries) = pack.finish();
         // A closed channel means the writer stopped on an error; the caller collects it.
         self.tx
             .send(WriterMsg::Pack(id, bytes, entries))
@@ -315,7 +337,8 @@ pub fn run_backup(
             index: &index,
             seen: HashSet::new(),
             level,
-            pack: PackBuilder::new(),
+            data_pack: PackBuilder::new(),
+            meta_pack: PackBuilder::new(),
             target: cfg.pack_target,
             tx: pack_tx,
             chunks_new: 0,

@@ -22,20 +22,15 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::container::{Container, pack_key, with_volume_offset};
+use crate::container::{Container, pack_key, plan_ranges};
 use crate::error::{Error, Result};
 use crate::ids::Hash;
 use crate::index::Index;
 use crate::manifest::{Extent, Manifest};
-use crate::pack::decode_chunk;
 use crate::store::RequestCounts;
 
 /// Chunks per restore window.
 const WINDOW_CHUNKS: usize = 8192;
-/// Neighbouring chunks of a pack are fetched together if the gap between them is at most this.
-const COALESCE_GAP: u64 = 256 << 10;
-/// Largest single ranged read.
-const MAX_RANGE: u64 = 16 << 20;
 
 /// How the target is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,15 +219,6 @@ impl Target {
     }
 }
 
-/// One ranged read of a pack and the chunks it serves.
-struct Range {
-    pack: Hash,
-    start: u64,
-    end: u64,
-    /// (chunk id, offset in pack)
-    chunks: Vec<(Hash, u64)>,
-}
-
 /// Restores a window of data extents: `(volume offset, chunk id)`.
 fn restore_window(
     container: &Container,
@@ -245,63 +231,21 @@ fn restore_window(
     for (off, id) in window.drain(..) {
         offsets.entry(id).or_default().push(off);
     }
-    let mut by_pack: HashMap<u32, Vec<(u64, Hash, u64)>> = HashMap::new();
-    for (id, offs) in &offsets {
-        let loc = index.get(id).ok_or_else(|| Error::ChunkNotIndexed {
-            backup_id: backup_id.into(),
-            chunk: id.to_hex(),
-            volume_offset: offs[0],
-        })?;
-        by_pack.entry(loc.pack).or_default().push((
-            u64::from(loc.offset),
-            *id,
-            u64::from(loc.offset) + u64::from(loc.stored_len),
-        ));
-    }
-    let mut ranges = Vec::new();
-    for (pack, mut chunks) in by_pack {
-        chunks.sort_unstable_by_key(|c| c.0);
-        let pack_id = index.pack_id(pack);
-        let mut cur: Option<Range> = None;
-        for (start, id, end) in chunks {
-            if let Some(r) = &mut cur
-                && start <= r.end + COALESCE_GAP
-                && end - r.start <= MAX_RANGE
-            {
-                r.end = r.end.max(end);
-                r.chunks.push((id, start));
-                continue;
+    let ranges = plan_ranges(index, offsets.keys(), |id| Error::ChunkNotIndexed {
+        backup_id: backup_id.into(),
+        chunk: id.to_hex(),
+        volume_offset: offsets[id][0],
+    })?;
+    container.on_io_pool(|| {
+        ranges.par_iter().try_for_each(|r| {
+            for (id, raw) in container.fetch_range(r, |id| offsets[id][0])? {
+                for off in &offsets[&id] {
+                    target.write(&raw, *off)?;
+                }
             }
-            if let Some(r) = cur.take() {
-                ranges.push(r);
-            }
-            cur = Some(Range {
-                pack: pack_id,
-                start,
-                end,
-                chunks: vec![(id, start)],
-            });
-        }
-        ranges.extend(cur);
-    }
-    container.on_io_pool(|| ranges.par_iter().try_for_each(|r| -> Result<()> {
-        let key = pack_key(&r.pack);
-        let data = container.store().get_range(&key, r.start..r.end)?;
-        for (id, start) in &r.chunks {
-            let loc = index
-                .get(id)
-                .ok_or_else(|| Error::Internal("chunk vanished from index".into()))?;
-            let s = (start - r.start) as usize;
-            let stored = &data[s..s + loc.stored_len as usize];
-            let offs = &offsets[id];
-            let raw = decode_chunk(&key, *start, id, loc.compression, loc.raw_len, stored)
-                .map_err(|e| with_volume_offset(e, offs[0]))?;
-            for off in offs {
-                target.write(&raw, *off)?;
-            }
-        }
-        Ok(())
-    }))
+            Ok(())
+        })
+    })
 }
 
 /// Checks, before writing anything, that every chunk of the backup is indexed and every pack it
@@ -319,7 +263,10 @@ pub fn check_complete(container: &Container, index: &Index, manifest: &Manifest)
         }
         Ok(())
     })?;
-    let keys: Vec<String> = packs.into_iter().map(|p| pack_key(&index.pack_id(p))).collect();
+    let keys: Vec<String> = packs
+        .into_iter()
+        .map(|p| pack_key(&index.pack_id(p)))
+        .collect();
     if keys.len() > 64 {
         // One paged listing is cheaper than a request per pack.
         let present = container.list_packs()?;
@@ -329,10 +276,11 @@ pub fn check_complete(container: &Container, index: &Index, manifest: &Manifest)
         };
     }
     container.on_io_pool(|| {
-        keys.into_par_iter().try_for_each(|key| match container.store().head(&key)? {
-            Some(_) => Ok(()),
-            None => Err(Error::MissingObject { key }),
-        })
+        keys.into_par_iter()
+            .try_for_each(|key| match container.store().head(&key)? {
+                Some(_) => Ok(()),
+                None => Err(Error::MissingObject { key }),
+            })
     })
 }
 

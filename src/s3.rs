@@ -32,7 +32,8 @@ use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as OsPath;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore as _, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    BackoffConfig, ClientOptions, ObjectStore as _, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, RetryConfig,
 };
 
 use crate::error::{Error, Result};
@@ -78,7 +79,8 @@ fn ini_section(path: &std::path::Path, section: &str) -> Vec<(String, String)> {
         let line = line.trim();
         if line.starts_with('[') && line.ends_with(']') {
             let name = line[1..line.len() - 1].trim();
-            inside = name == section || name.strip_prefix("profile ").map(str::trim) == Some(section);
+            inside =
+                name == section || name.strip_prefix("profile ").map(str::trim) == Some(section);
             continue;
         }
         if inside && let Some((k, v)) = line.split_once('=') {
@@ -92,8 +94,14 @@ impl S3Options {
     /// Fills unset fields from the environment and the profile's shared files.
     pub fn resolved(&self) -> S3Options {
         let mut o = self.clone();
-        o.endpoint = o.endpoint.or_else(|| env("AWS_ENDPOINT_URL_S3")).or_else(|| env("AWS_ENDPOINT_URL"));
-        o.region = o.region.or_else(|| env("AWS_REGION")).or_else(|| env("AWS_DEFAULT_REGION"));
+        o.endpoint = o
+            .endpoint
+            .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+            .or_else(|| env("AWS_ENDPOINT_URL"));
+        o.region = o
+            .region
+            .or_else(|| env("AWS_REGION"))
+            .or_else(|| env("AWS_DEFAULT_REGION"));
         let env_keys = env("AWS_ACCESS_KEY_ID").zip(env("AWS_SECRET_ACCESS_KEY"));
         if o.access_key_id.is_none()
             && let Some((id, secret)) = env_keys
@@ -102,12 +110,18 @@ impl S3Options {
             o.secret_access_key = o.secret_access_key.or(Some(secret));
             o.session_token = o.session_token.or_else(|| env("AWS_SESSION_TOKEN"));
         }
-        let profile = o.profile.clone().or_else(|| env("AWS_PROFILE")).unwrap_or_else(|| "default".into());
+        let profile = o
+            .profile
+            .clone()
+            .or_else(|| env("AWS_PROFILE"))
+            .unwrap_or_else(|| "default".into());
         let home = env("HOME").map(PathBuf::from).unwrap_or_default();
         let creds = env("AWS_SHARED_CREDENTIALS_FILE")
             .map(PathBuf::from)
             .unwrap_or_else(|| home.join(".aws/credentials"));
-        let config = env("AWS_CONFIG_FILE").map(PathBuf::from).unwrap_or_else(|| home.join(".aws/config"));
+        let config = env("AWS_CONFIG_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".aws/config"));
         let mut kv = ini_section(&creds, &profile);
         kv.extend(ini_section(&config, &profile));
         let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
@@ -166,7 +180,9 @@ impl S3Store {
                 }
             }
             (Some(_), None) => {
-                return Err(Error::Config("S3 access key id given without a secret access key".into()));
+                return Err(Error::Config(
+                    "S3 access key id given without a secret access key".into(),
+                ));
             }
             // Never fall back to instance-metadata credentials (a request to 169.254.169.254 that
             // hangs or fails obscurely off-cloud): say what is missing instead.
@@ -177,9 +193,12 @@ impl S3Store {
                 )));
             }
         }
-        let inner = b
-            .build()
-            .map_err(|e| Error::Config(format!("S3 container s3://{bucket}/{prefix}: {}", clean(&e.to_string()))))?;
+        let inner = b.build().map_err(|e| {
+            Error::Config(format!(
+                "S3 container s3://{bucket}/{prefix}: {}",
+                clean(&e.to_string())
+            ))
+        })?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("volback-s3")
@@ -199,13 +218,19 @@ impl S3Store {
 
     fn path(&self, key: &str) -> Result<OsPath> {
         validate_key(key)?;
-        let full = if self.prefix.is_empty() { key.to_string() } else { format!("{}/{key}", self.prefix) };
+        let full = if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        };
         OsPath::parse(&full).map_err(|e| Error::Config(format!("bad S3 key '{full}': {e}")))
     }
 
     fn err(&self, op: &'static str, key: &str, e: object_store::Error) -> Error {
         match e {
-            object_store::Error::NotFound { .. } => Error::MissingObject { key: key.to_string() },
+            object_store::Error::NotFound { .. } => Error::MissingObject {
+                key: key.to_string(),
+            },
             other => {
                 let text = clean(&format!("{other}"));
                 Error::Remote {
@@ -218,7 +243,11 @@ impl S3Store {
     }
 
     fn full_key(&self, key: &str) -> String {
-        if self.prefix.is_empty() { key.to_string() } else { format!("{}/{key}", self.prefix) }
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
     }
 
     async fn multipart(&self, path: &OsPath, data: Bytes) -> object_store::Result<u64> {
@@ -249,7 +278,8 @@ fn clean(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for word in s.split_inclusive(char::is_whitespace) {
         let w = word.trim();
-        let secretish = w.contains("Signature=") || w.contains("X-Amz-Credential") || w.contains("Credential=");
+        let secretish =
+            w.contains("Signature=") || w.contains("X-Amz-Credential") || w.contains("Credential=");
         if secretish {
             out.push_str("[redacted] ");
         } else {
@@ -264,7 +294,10 @@ impl ObjectStore for S3Store {
         let path = self.path(key)?;
         let len = data.len();
         if len as u64 > self.multipart_threshold {
-            let n = self.rt.block_on(self.multipart(&path, data)).map_err(|e| self.err("upload", key, e))?;
+            let n = self
+                .rt
+                .block_on(self.multipart(&path, data))
+                .map_err(|e| self.err("upload", key, e))?;
             for _ in 1..n {
                 self.counters.put(0);
             }
@@ -285,9 +318,15 @@ impl ObjectStore for S3Store {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self.rt.block_on(self.inner.put_opts(&path, PutPayload::from(data), opts)) {
+        match self
+            .rt
+            .block_on(self.inner.put_opts(&path, PutPayload::from(data), opts))
+        {
             Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(false),
             Err(e) => Err(self.err("create", key, e)),
         }
     }
@@ -311,7 +350,11 @@ impl ObjectStore for S3Store {
             .map_err(|e| self.err("get range", key, e))?;
         self.counters.get(data.len());
         if data.len() as u64 != want {
-            return Err(Error::corrupt(key, range.start, format!("object ends before byte {}", range.end)));
+            return Err(Error::corrupt(
+                key,
+                range.start,
+                format!("object ends before byte {}", range.end),
+            ));
         }
         Ok(data)
     }
@@ -334,8 +377,16 @@ impl ObjectStore for S3Store {
             (false, true) => self.prefix.clone(),
             (false, false) => format!("{}/{dir}", self.prefix),
         };
-        let p = if full_dir.is_empty() { None } else { Some(OsPath::from(full_dir.as_str())) };
-        let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
+        let p = if full_dir.is_empty() {
+            None
+        } else {
+            Some(OsPath::from(full_dir.as_str()))
+        };
+        let strip = if self.prefix.is_empty() {
+            0
+        } else {
+            self.prefix.len() + 1
+        };
         let metas: Vec<object_store::ObjectMeta> = self
             .rt
             .block_on(self.inner.list(p.as_ref()).try_collect())
@@ -345,7 +396,8 @@ impl ObjectStore for S3Store {
             .filter_map(|m| {
                 let k = m.location.as_ref();
                 let key = k.get(strip..)?.to_string();
-                key.starts_with(prefix).then_some(ObjectMeta { key, size: m.size })
+                key.starts_with(prefix)
+                    .then_some(ObjectMeta { key, size: m.size })
             })
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -388,15 +440,26 @@ mod tests {
         let creds = dir.path().join("credentials");
         std::fs::write(&creds, "[default]\naws_access_key_id = A\n[ci]\naws_access_key_id=B\naws_secret_access_key = S\n").unwrap();
         let kv = ini_section(&creds, "ci");
-        assert_eq!(kv, vec![("aws_access_key_id".into(), "B".into()), ("aws_secret_access_key".into(), "S".into())]);
+        assert_eq!(
+            kv,
+            vec![
+                ("aws_access_key_id".into(), "B".into()),
+                ("aws_secret_access_key".into(), "S".into())
+            ]
+        );
         let conf = dir.path().join("config");
         std::fs::write(&conf, "[profile ci]\nregion = eu-west-1\n").unwrap();
-        assert_eq!(ini_section(&conf, "ci"), vec![("region".into(), "eu-west-1".into())]);
+        assert_eq!(
+            ini_section(&conf, "ci"),
+            vec![("region".into(), "eu-west-1".into())]
+        );
     }
 
     #[test]
     fn messages_never_carry_signatures() {
-        let s = clean("GET http://h/b?X-Amz-Credential=AKIA%2F&X-Amz-Signature=abc failed: 403 Forbidden");
+        let s = clean(
+            "GET http://h/b?X-Amz-Credential=AKIA%2F&X-Amz-Signature=abc failed: 403 Forbidden",
+        );
         assert!(!s.contains("AKIA") && s.contains("403"));
     }
 }

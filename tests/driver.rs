@@ -421,9 +421,7 @@ fn driver_verbs_with_metadata_export_and_import_into_a_copy(e: &Env) {
         ..Default::default()
     })
     .with_metadata(meta.clone());
-    let imported = other
-        .import_record(&text, Some(&copy_url))
-        .unwrap();
+    let imported = other.import_record(&text, Some(&copy_url)).unwrap();
     assert_eq!(imported.id, "rec1");
     assert_eq!(imported.size, 4 << 20);
     assert_eq!(
@@ -436,12 +434,7 @@ fn driver_verbs_with_metadata_export_and_import_into_a_copy(e: &Env) {
     assert_eq!(meta.0.lock().unwrap().len(), 1);
 
     // Each kind of bad record is its own error.
-    let kind = |t: &str| {
-        other
-            .import_record(t, Some(&copy_url))
-            .unwrap_err()
-            .kind()
-    };
+    let kind = |t: &str| other.import_record(t, Some(&copy_url)).unwrap_err().kind();
     assert_eq!(kind("not a record"), "record_malformed");
     assert_eq!(
         kind(&text.replace("\"version\": 1", "\"version\": 9")),
@@ -457,7 +450,5 @@ fn driver_verbs_with_metadata_export_and_import_into_a_copy(e: &Env) {
     std::fs::remove_file(&m).unwrap();
     assert_eq!(kind(&text), "record_missing_manifest");
     std::fs::write(&m, &manifest).unwrap();
-    other
-        .import_record(&text, Some(&copy_url))
-        .unwrap();
+    other.import_record(&text, Some(&copy_url)).unwrap();
 }

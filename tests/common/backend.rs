@@ -28,7 +28,9 @@ fn s3s_fs_binary() -> PathBuf {
     if let Ok(p) = std::env::var("VOLBACK_S3S_FS") {
         return p.into();
     }
-    if let Ok(out) = Command::new("sh").args(["-c", "command -v s3s-fs"]).output()
+    if let Ok(out) = Command::new("sh")
+        .args(["-c", "command -v s3s-fs"])
+        .output()
         && out.status.success()
     {
         return String::from_utf8_lossy(&out.stdout).trim().into();
@@ -62,7 +64,10 @@ impl S3Server {
             .expect("start s3s-fs");
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not start on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         S3Server {
@@ -90,7 +95,11 @@ impl Drop for S3Server {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Options that reach the test server with the right credentials.

@@ -1,0 +1,198 @@
+//! S3-specific behaviour against a real S3-compatible server (s3s-fs on 127.0.0.1): failures that
+//! must be fast and clear, a server dying mid-backup, and request budgets.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::backend::{ACCESS_KEY, BUCKET, Env, S3Server, SECRET_KEY, free_port, s3_options};
+use common::*;
+use volback::container::Container;
+use volback::pipeline::{BackupOptions, run_backup};
+use volback::restore::{TargetMode, run_restore};
+use volback::source::VolumeSource;
+
+fn opts(id: &str, parent: Option<&str>) -> BackupOptions {
+    BackupOptions {
+        backup_id: Some(id.into()),
+        volume_id: "vol".into(),
+        parent_id: parent.map(String::from),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn wrong_credentials_fail_fast_and_never_show_the_secret() {
+    let e = Env::s3();
+    let endpoint = e.server.as_ref().unwrap().endpoint();
+    let mut bad = s3_options(&endpoint);
+    bad.secret_access_key = Some("wrong-secret-value-1234".into());
+    let t = Instant::now();
+    let err = Container::open_with(&e.url, false, None, &bad)
+        .err()
+        .expect("must fail");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(err.kind(), "access_denied", "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(BUCKET), "{msg}");
+    assert!(
+        !msg.contains("wrong-secret-value-1234") && !msg.contains(SECRET_KEY),
+        "{msg}"
+    );
+
+    // The CLI: exit 1, the secret in neither stream.
+    let out = Command::new(env!("CARGO_BIN_EXE_volback"))
+        .args(["list", "--container", &e.url, "--json"])
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", "wrong-secret-value-1234")
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("access_denied"), "{all}");
+    assert!(!all.contains("wrong-secret-value-1234"), "{all}");
+}
+
+#[test]
+fn missing_bucket_and_unreachable_endpoint_fail_within_seconds() {
+    let e = Env::s3();
+    let endpoint = e.server.as_ref().unwrap().endpoint();
+    let t = Instant::now();
+    let err = Container::open_with("s3://no-such-bucket/x", true, None, &s3_options(&endpoint))
+        .err()
+        .expect("must fail");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(err.kind(), "missing_bucket", "{err}");
+    assert!(err.to_string().contains("no-such-bucket"));
+
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let t = Instant::now();
+    let err = Container::open_with(&e.url, true, None, &s3_options(&dead))
+        .err()
+        .expect("must fail");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(err.kind(), "remote", "{err}");
+
+    // No credentials at all: a configuration error, not a probe of instance metadata.
+    let mut none = s3_options(&endpoint);
+    none.access_key_id = None;
+    none.secret_access_key = None;
+    none.profile = Some("volback-no-such-profile".into());
+    let err = Container::open_with(&e.url, true, None, &none)
+        .err()
+        .expect("must fail");
+    assert_eq!(err.kind(), "config", "{err}");
+}
+
+#[test]
+fn server_stopped_mid_backup_commits_nothing_and_the_next_backup_succeeds() {
+    let e = Env::s3();
+    let vol = e.root.join("v.img");
+    std::fs::write(&vol, pseudo_random(160 << 20, 1)).unwrap();
+    let server = Mutex::new(e.server);
+    let port = server.lock().unwrap().as_ref().unwrap().port;
+    let root = server.lock().unwrap().as_ref().unwrap().root.clone();
+    // Stop the server once half the volume has been processed.
+    let stop_at_half = |done: u64| {
+        if done >= 80 << 20
+            && let Some(mut s) = server.lock().unwrap().take()
+        {
+            s.stop();
+        }
+    };
+    let t = Instant::now();
+    let err = run_backup(
+        &e.c,
+        VolumeSource::Path(vol.clone()),
+        &opts("b1", None),
+        Some(&stop_at_half),
+    )
+    .expect_err("backup must fail when the server stops");
+    assert!(
+        t.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(err.kind(), "remote", "{err}");
+    assert!(err.to_string().contains(BUCKET), "{err}");
+
+    // Same data, server back: nothing was committed, and a new backup succeeds.
+    let _server = S3Server::start_on(&root, port);
+    let c = Container::open_with(&e.url, false, None, &e.s3).unwrap();
+    assert!(c.list_backups().unwrap().is_empty());
+    let r = run_backup(&c, VolumeSource::Path(vol.clone()), &opts("b1", None), None)
+        .unwrap()
+        .2;
+    assert_eq!(r.size, 160 << 20);
+    let out = e.root.join("out.img");
+    run_restore(&c, "b1", &out, TargetMode::New, None).unwrap();
+    assert_same(&vol, &out);
+}
+
+#[test]
+fn request_budgets() {
+    let e = Env::s3();
+    let vol = e.root.join("v.img");
+    let size: u64 = 256 << 20;
+    std::fs::write(&vol, pseudo_random(size as usize, 2)).unwrap();
+
+    // Full backup of incompressible data: at most 100 write requests per GiB.
+    let full = run_backup(
+        &e.c,
+        VolumeSource::Path(vol.clone()),
+        &opts("full", None),
+        None,
+    )
+    .unwrap()
+    .2;
+    assert!(full.requests.put <= 25, "{:?}", full.requests);
+    assert!(full.requests.bytes_sent >= size, "{:?}", full.requests);
+
+    // Unchanged incremental: only its own small metadata objects, and no listing of packs.
+    let inc = run_backup(
+        &e.c,
+        VolumeSource::Path(vol.clone()),
+        &opts("inc", Some("full")),
+        None,
+    )
+    .unwrap()
+    .2;
+    assert_eq!(inc.chunks_new, 0);
+    assert!(
+        inc.requests.put <= 2,
+        "lease and manifest only: {:?}",
+        inc.requests
+    );
+    assert!(
+        inc.requests.list <= 1,
+        "index segments only: {:?}",
+        inc.requests
+    );
+    assert!(inc.requests.bytes_sent < size / 1000, "{:?}", inc.requests);
+
+    // Restore: ranged reads coalesced per pack, not one request per chunk.
+    let out = e.root.join("out.img");
+    let r = run_restore(&e.c, "inc", &out, TargetMode::New, None).unwrap();
+    assert!(
+        r.requests.get <= 64,
+        "{:?} for {} chunks",
+        r.requests,
+        full.chunks_total
+    );
+    assert_same(&vol, &out);
+}
