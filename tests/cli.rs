@@ -6,13 +6,46 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use common::backend::Env;
 use common::*;
 
 fn volback(args: &[&str]) -> Output {
+    run_with(&[], args)
+}
+
+/// Runs the CLI with extra environment (S3 endpoint and credentials for an S3 container).
+fn run_with(env: &[(String, String)], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_volback"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap()
+}
+
+/// Runs each scenario as a test on a filesystem container and on a real S3 server.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod fs {
+            $( #[test] fn $name() { super::$name(&super::Env::fs()); } )*
+        }
+        mod s3 {
+            $( #[test] fn $name() { super::$name(&super::Env::s3()); } )*
+        }
+    };
+}
+
+on_both_backends!(
+    backup_restore_list_delete_with_json,
+    export_then_import_in_a_fresh_process_into_a_copy
+);
+
+/// The container URL as a user would type it: file:// for the filesystem, s3:// for S3.
+fn url_of(e: &Env) -> String {
+    if e.server.is_some() {
+        e.url.clone()
+    } else {
+        format!("file://{}", e.objects.display())
+    }
 }
 
 fn json_of(out: &Output) -> serde_json::Value {
@@ -49,13 +82,13 @@ fn fails(out: Output) -> String {
     err
 }
 
-#[test]
-fn backup_restore_list_delete_with_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+fn backup_restore_list_delete_with_json(e: &Env) {
+    let env = e.cli_env();
+    let volback = |args: &[&str]| run_with(&env, args);
+    let d = e.root.as_path();
     let vol = d.join("disk.img");
     make_image(&vol, 6 << 20, 5);
-    let c = format!("file://{}", d.join("c").display());
+    let c = url_of(e);
     let v = vol.to_str().unwrap();
 
     let b1 = json_of(&ok(volback(&[
@@ -227,14 +260,14 @@ fn stdin_backup_and_plain_path_container() {
     assert!(std::fs::read(&t).unwrap() == data);
 }
 
-#[test]
-fn export_then_import_in_a_fresh_process_into_a_copy() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+fn export_then_import_in_a_fresh_process_into_a_copy(e: &Env) {
+    let env = e.cli_env();
+    let volback = |args: &[&str]| run_with(&env, args);
+    let d = e.root.as_path();
     let vol = d.join("v.img");
     make_image(&vol, 3 << 20, 77);
-    let c = d.join("c");
-    let cs = c.to_str().unwrap();
+    let c = url_of(e);
+    let cs = c.as_str();
     ok(volback(&[
         "backup",
         "--container",
@@ -247,12 +280,11 @@ fn export_then_import_in_a_fresh_process_into_a_copy() {
     let rec = ok(volback(&["export", "--container", cs, "--backup-id", "x1"])).stdout;
     let rec_path = d.join("x1.record");
     std::fs::write(&rec_path, &rec).unwrap();
-    let copy = d.join("copy");
-    copy_dir(&c, &copy);
+    let (copy, _) = e.copy_container();
     let imported = json_of(&ok(volback(&[
         "import",
         "--container",
-        copy.to_str().unwrap(),
+        copy.as_str(),
         "--record",
         rec_path.to_str().unwrap(),
         "--json",
@@ -260,13 +292,8 @@ fn export_then_import_in_a_fresh_process_into_a_copy() {
     assert_eq!(imported["id"], "x1");
     // From stdin too.
     let mut child = Command::new(env!("CARGO_BIN_EXE_volback"))
-        .args([
-            "import",
-            "--container",
-            copy.to_str().unwrap(),
-            "--record",
-            "-",
-        ])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args(["import", "--container", copy.as_str(), "--record", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -278,7 +305,7 @@ fn export_then_import_in_a_fresh_process_into_a_copy() {
     ok(volback(&[
         "restore",
         "--container",
-        copy.to_str().unwrap(),
+        copy.as_str(),
         "--backup-id",
         "x1",
         "--target",
@@ -313,7 +340,7 @@ fn export_then_import_in_a_fresh_process_into_a_copy() {
         let err = fails(volback(&[
             "import",
             "--container",
-            copy.to_str().unwrap(),
+            copy.as_str(),
             "--record",
             p.to_str().unwrap(),
         ]));
