@@ -75,7 +75,8 @@
 //! - [`pipeline`]: the backup pipeline. [`restore`]: the restore pipeline.
 //! - [`chunker`]: zero runs and FastCDC. [`source`]: reading volumes.
 //! - [`pack`], [`index`], [`manifest`], [`record`]: the on-storage formats.
-//! - [`container`]: object names and container-level operations. [`store`]: storage backends.
+//! - [`container`]: object names and container-level operations. [`store`]: the storage trait,
+//!   filesystem and in-memory backends. [`s3`]: S3-compatible object storage.
 //! - [`error`]: the error type; every variant names the object and offset.
 //!
 //! ## Example
