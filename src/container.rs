@@ -458,6 +458,49 @@ impl Container {
         Ok(index)
     }
 
+    /// Reads the table of one pack (two ranged reads: trailer, then table).
+    pub fn read_pack_table(&self, key: &str, size: u64) -> Result<Vec<PackEntry>> {
+        use crate::pack::{ENTRY_LEN, TRAILER_LEN, parse_table, parse_trailer};
+        if size < TRAILER_LEN {
+            return Err(Error::corrupt(
+                key,
+                0,
+                format!("pack too short ({size} bytes)"),
+            ));
+        }
+        let trailer = self.store.get_range(key, size - TRAILER_LEN..size)?;
+        let (n, hash) = parse_trailer(key, size, &trailer)?;
+        let table_start = size - TRAILER_LEN - u64::from(n) * ENTRY_LEN;
+        let table = self.store.get_range(key, table_start..size - TRAILER_LEN)?;
+        parse_table(key, size, n, &hash, &table)
+    }
+
+    /// Rebuilds the index from the packs themselves (packs are self-describing): reads every
+    /// pack's table and writes one new segment describing all packs. Existing segments are
+    /// left in place (duplicate entries are harmless). Returns (packs read, chunks indexed);
+    /// a pack whose table is damaged is reported as an error naming it.
+    pub fn rebuild_index(&self) -> Result<(usize, usize)> {
+        let packs = self.store.list("packs/")?;
+        let tables: Vec<Result<(Hash, Vec<PackEntry>)>> = self.on_io_pool(|| {
+            packs
+                .par_iter()
+                .map(|o| {
+                    let name = o.key.rsplit('/').next().unwrap_or_default();
+                    let id = Hash::from_hex(name).ok_or_else(|| {
+                        Error::corrupt(&o.key, 0, "pack name is not a BLAKE3 hash")
+                    })?;
+                    Ok((id, self.read_pack_table(&o.key, o.size)?))
+                })
+                .collect()
+        });
+        let tables: Vec<(Hash, Vec<PackEntry>)> = tables.into_iter().collect::<Result<_>>()?;
+        let chunks = tables.iter().map(|(_, e)| e.len()).sum();
+        for group in tables.chunks(4096) {
+            self.write_index_segment(group)?;
+        }
+        Ok((tables.len(), chunks))
+    }
+
     /// Announces a running backup to the garbage collector; returns the lease key.
     pub fn take_lease(&self, backup_id: &str, ttl: Duration) -> Result<String> {
         let key = format!("leases/{}-{}", backup_id, uuid::Uuid::new_v4().simple());

@@ -149,6 +149,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild the chunk index from the packs' own tables (repairs a lost or damaged index).
+    RebuildIndex {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that a container is reachable and writable (creating it if missing).
     Check {
         #[arg(long)]
@@ -163,7 +170,8 @@ fn main() -> ExitCode {
         | Cmd::Restore { json, .. }
         | Cmd::Delete { json, .. }
         | Cmd::Import { json, .. }
-        | Cmd::List { json, .. } => *json,
+        | Cmd::List { json, .. }
+        | Cmd::RebuildIndex { json, .. } => *json,
         _ => false,
     };
     let s3 = cli.s3.options();
@@ -449,6 +457,16 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
                         Err(e) => println!("damaged: {e}"),
                     }
                 }
+            }
+            Ok(())
+        }
+        Cmd::RebuildIndex { container, json } => {
+            let c = Container::open_with(&container, false, None, s3)?;
+            let (packs, chunks) = c.rebuild_index()?;
+            if json {
+                print_json(&json!({"packs": packs, "chunks": chunks}));
+            } else {
+                println!("indexed {chunks} chunks from {packs} packs");
             }
             Ok(())
         }

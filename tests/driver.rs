@@ -39,7 +39,28 @@ on_both_backends!(
     streams_and_empty_volumes,
     corrupt_and_missing_objects_are_refused_by_name,
     driver_verbs_with_metadata_export_and_import_into_a_copy,
+    index_is_rebuilt_from_self_describing_packs,
 );
+
+fn index_is_rebuilt_from_self_describing_packs(e: &Env) {
+    let vol = e.root.join("v.img");
+    make_image(&vol, 6 << 20, 41);
+    backup(&e.c, &vol, "b", None);
+    scattered_writes(&vol, 20, 42);
+    backup(&e.c, &vol, "b2", Some("b"));
+    for seg in std::fs::read_dir(e.objects.join("index")).unwrap() {
+        std::fs::remove_file(seg.unwrap().path()).unwrap();
+    }
+    let out = e.root.join("out.img");
+    assert_eq!(
+        restore_new(&e.c, "b2", &out).unwrap_err().kind(),
+        "chunk_not_indexed"
+    );
+    let (packs, chunks) = e.c.rebuild_index().unwrap();
+    assert!(packs >= 2 && chunks > 100, "{packs} packs, {chunks} chunks");
+    restore_new(&e.c, "b2", &out).unwrap();
+    assert_same(&vol, &out);
+}
 
 fn backup(c: &Container, vol: &Path, id: &str, parent: Option<&str>) -> BackupReport {
     let opts = BackupOptions {
