@@ -1,0 +1,286 @@
+#!/usr/bin/env python3
+"""Throughput harness: volback side by side with restic and BorgBackup on the same images.
+
+Builds the images itself (benches/make_images.py, no download), then runs, in one session:
+  - full backup of the filesystem image (day 1), next-day incremental (day 2), restore of day 2;
+  - an unchanged-volume incremental (day 2 again);
+  - full backups of a random image, a 90 %-zero image and a sparse file;
+and volback's primitives limits on the day-1 image (benches/primitives.rs). restic (default
+settings) and borg (--compression zstd,3, default chunker) run when installed (Debian packages
+`restic`, `borgbackup`). Prints one Markdown table: wall s, MB/s, CPU s, peak RSS, stored bytes,
+and volback/peer ratios.
+
+Usage: python3 benches/harness.py [--images DIR] [--work DIR] [--tree-mib N] [--random-mib N]
+                                  [--tools volback,restic,borg] [--s3]
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(cmd, env=None, cwd=None, stdin=None):
+    """Runs cmd; returns (wall s, cpu s, peak RSS bytes, stdout)."""
+    t = time.monotonic()
+    out = tempfile.TemporaryFile()
+    p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.PIPE, stdin=stdin)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.monotonic() - t
+    err = p.stderr.read().decode(errors="replace")
+    out.seek(0)
+    text = out.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError("%s failed: %s\n%s" % (" ".join(cmd), err[-2000:], text[-2000:]))
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024, text
+
+
+def du(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+def place(src, dst):
+    """Copies an image to the fixed path every tool reads (sparse, not timed)."""
+    if os.path.exists(dst):
+        os.remove(dst)
+    subprocess.run(["cp", "--sparse=always", src, dst], check=True)
+
+
+class Volback:
+    name = "volback"
+
+    def __init__(self, work, s3=None):
+        self.bin = os.path.join(ROOT, "target", "release", "volback")
+        self.env = dict(os.environ)
+        if s3:
+            self.container = s3["url"]
+            self.env.update(s3["env"])
+            self.store = s3["dir"]
+        else:
+            self.container = os.path.join(work, "volback-repo")
+            self.store = self.container
+
+    def backup(self, vol, tag, parent=None):
+        cmd = [self.bin, "backup", "--container", self.container, "--volume", vol, "--backup-id", tag, "--json"]
+        if parent:
+            cmd += ["--parent", parent]
+        return run(cmd, env=self.env)
+
+    def restore(self, tag, target):
+        return run([self.bin, "restore", "--container", self.container, "--backup-id", tag, "--target", target, "--json"], env=self.env)
+
+    def stored(self):
+        return du(self.store)
+
+
+class Restic:
+    name = "restic"
+
+    def __init__(self, work):
+        self.repo = os.path.join(work, "restic-repo")
+        self.env = dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_REPOSITORY=self.repo,
+                        RESTIC_CACHE_DIR=os.path.join(work, "restic-cache"))
+        subprocess.run(["restic", "init", "-q"], env=self.env, check=True, stdout=subprocess.DEVNULL)
+        self.work = work
+
+    def backup(self, vol, tag, parent=None):
+        return run(["restic", "backup", "-q", "--tag", tag, os.path.basename(vol)], env=self.env, cwd=os.path.dirname(vol))
+
+    def restore(self, tag, target):
+        d = target + ".d"
+        shutil.rmtree(d, ignore_errors=True)
+        r = run(["restic", "restore", "-q", "latest", "--tag", tag, "--target", d], env=self.env)
+        return r
+
+    def stored(self):
+        return du(self.repo)
+
+
+class Borg:
+    name = "borg"
+
+    def __init__(self, work):
+        self.repo = os.path.join(work, "borg-repo")
+        self.env = dict(os.environ, BORG_BASE_DIR=os.path.join(work, "borg-base"),
+                        BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes", BORG_RELOCATED_REPO_ACCESS_IS_OK="yes")
+        subprocess.run(["borg", "init", "-e", "none", self.repo], env=self.env, check=True)
+
+    def backup(self, vol, tag, parent=None):
+        return run(["borg", "create", "--compression", "zstd,3", "%s::%s" % (self.repo, tag), os.path.basename(vol)],
+                   env=self.env, cwd=os.path.dirname(vol))
+
+    def restore(self, tag, target):
+        d = target + ".d"
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        return run(["borg", "extract", "--sparse", "%s::%s" % (self.repo, tag)], env=self.env, cwd=d)
+
+    def stored(self):
+        return du(self.repo)
+
+
+def start_s3(work):
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    p = port.getsockname()[1]
+    port.close()
+    root = os.path.join(work, "s3")
+    os.makedirs(os.path.join(root, "bench"), exist_ok=True)
+    s3s = shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs")
+    proc = subprocess.Popen([s3s, "--host", "127.0.0.1", "--port", str(p), "--access-key", "bench",
+                             "--secret-key", "bench-secret", root], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", p), timeout=0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
+           "AWS_ENDPOINT_URL": "http://127.0.0.1:%d" % p, "AWS_REGION": "us-east-1"}
+    return proc, {"url": "s3://bench/c", "env": env, "dir": os.path.join(root, "bench", "c")}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", default="/tmp/volback-bench-images")
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--tree-mib", type=int, default=1200)
+    ap.add_argument("--random-mib", type=int, default=1024)
+    ap.add_argument("--tools", default="volback,restic,borg")
+    ap.add_argument("--s3", action="store_true", help="volback against a local S3 server (s3s-fs)")
+    a = ap.parse_args()
+
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bench", "primitives"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    imgs = a.images
+    need = [n for n in ("day1", "day2", "random", "thin", "sparse") if not os.path.exists(os.path.join(imgs, n + ".img"))]
+    if need:
+        subprocess.run([sys.executable, os.path.join(ROOT, "benches", "make_images.py"), imgs, "--tree-mib", str(a.tree_mib),
+                        "--random-mib", str(a.random_mib), "--only", ",".join(need)], check=True)
+    work = a.work or tempfile.mkdtemp(prefix="volback-bench-")
+    vol = os.path.join(work, "vol.img")
+    server = None
+    tools = []
+    for t in a.tools.split(","):
+        if t == "volback":
+            s3 = None
+            if a.s3:
+                server, s3 = start_s3(work)
+            tools.append(Volback(work, s3))
+        elif shutil.which(t):
+            tools.append({"restic": Restic, "borg": Borg}[t](work))
+        else:
+            print("note: %s is not installed; skipped" % t, file=sys.stderr)
+
+    rows = {}  # (case, tool) -> dict
+
+    def record(case, tool, r, size, stored=None, extra=None):
+        wall, cpu, rss, out = r
+        rows[(case, tool.name)] = {"wall": wall, "cpu": cpu, "rss": rss, "mbps": size / 1e6 / wall,
+                                   "stored": stored, "out": out, **(extra or {})}
+
+    day1 = os.path.join(imgs, "day1.img")
+    size1 = os.path.getsize(day1)
+    for tool in tools:
+        place(day1, vol)
+        r = tool.backup(vol, "day1")
+        record("full backup (fs image)", tool, r, size1, tool.stored())
+        s_before = tool.stored()
+        place(os.path.join(imgs, "day2.img"), vol)
+        r = tool.backup(vol, "day2", "day1")
+        record("next-day incremental", tool, r, size1, tool.stored() - s_before)
+        s_before = tool.stored()
+        r = tool.backup(vol, "day2b", "day2")
+        record("unchanged incremental", tool, r, size1, tool.stored() - s_before)
+        target = os.path.join(work, "restored-%s.img" % tool.name)
+        r = tool.restore("day2", target)
+        record("restore (day 2)", tool, r, size1)
+        rows[("stored after full + incremental", tool.name)] = {"stored": None}
+        for f in (target,):
+            if os.path.exists(f):
+                os.remove(f)
+        shutil.rmtree(target + ".d", ignore_errors=True)
+    for case, img in (("full backup (random)", "random"), ("full backup (90 % zeros)", "thin"), ("full backup (sparse file)", "sparse")):
+        p = os.path.join(imgs, img + ".img")
+        for tool in tools:
+            place(p, vol)
+            before = tool.stored()
+            r = tool.backup(vol, img)
+            record(case, tool, r, os.path.getsize(p), tool.stored() - before)
+
+    lim = json.loads(run([os.path.join(ROOT, "target", "release", "deps", find_primitives()), day1])[3])
+
+    names = [t.name for t in tools]
+    print("\nmachine: %s, %d cores; images: %s (day1 %.0f MiB)" % (cpu_model(), os.cpu_count(), imgs, size1 / 2**20))
+    print("\n| case | tool | wall s | MB/s | CPU s | peak RSS MiB | stored MiB | wall vs volback |")
+    print("|---|---|---|---|---|---|---|---|")
+    cases = []
+    for (c, _) in rows:
+        if c not in cases:
+            cases.append(c)
+    for c in cases:
+        base = rows.get((c, "volback"))
+        for n in names:
+            r = rows.get((c, n))
+            if not r or "wall" not in r:
+                continue
+            ratio = "" if n == "volback" or not base else "%.1fx" % (r["wall"] / base["wall"])
+            stored = "" if r.get("stored") is None else "%.1f" % (r["stored"] / 2**20)
+            print("| %s | %s | %.2f | %.0f | %.2f | %.0f | %s | %s |" % (c, n, r["wall"], r["mbps"], r["cpu"], r["rss"] / 2**20, stored, ratio))
+    for n in names:
+        full = rows[("full backup (fs image)", n)]["stored"]
+        inc = rows[("next-day incremental", n)]["stored"]
+        print("\nstored after full + incremental, %s: %.1f MiB" % (n, (full + inc) / 2**20), end="")
+    print()
+    cdc_b3 = 1 / (1 / lim["fastcdc_mibps"] + 1 / lim["blake3_mibps"])
+    print("\nlimits on day1.img, 2 threads (MiB/s): read %(read_mibps)s, BLAKE3 %(blake3_mibps)s, FastCDC %(fastcdc_mibps)s, "
+          "zstd-%(zstd_level)s %(zstd_mibps)s (ratio %(zstd_ratio)s)" % lim)
+    unch = rows[("unchanged incremental", "volback")]
+    print("FastCDC+BLAKE3 combined limit %.0f MiB/s; volback unchanged incremental %.0f MiB/s = %.0f %% of it"
+          % (cdc_b3, size1 / 2**20 / unch["wall"], 100 * size1 / 2**20 / unch["wall"] / cdc_b3))
+    rnd, thin = rows.get(("full backup (random)", "volback")), rows.get(("full backup (90 % zeros)", "volback"))
+    if rnd and thin:
+        print("90 %%-zero image backup takes %.0f %% of the random image's time" % (100 * thin["wall"] / rnd["wall"]))
+    if server:
+        server.kill()
+        for c in ("full backup (fs image)", "restore (day 2)"):
+            j = json.loads(rows[(c, "volback")]["out"])
+            req = j.get("requests", {})
+            gib = size1 / 2**30
+            print("S3 %s: %d put, %d get per GiB" % (c, req.get("put", 0) / gib, req.get("get", 0) / gib))
+    if not a.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def find_primitives():
+    d = os.path.join(ROOT, "target", "release", "deps")
+    cands = [f for f in os.listdir(d) if f.startswith("primitives-") and os.access(os.path.join(d, f), os.X_OK) and "." not in f]
+    cands.sort(key=lambda f: os.path.getmtime(os.path.join(d, f)))
+    return cands[-1]
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
