@@ -181,7 +181,8 @@ impl Cdc {
         // cut may fall inside the old pending bytes: FastCDC never tests the last byte of an
         // odd-length input, which more data makes testable.)
         while !self.pending.is_empty() {
-            let take = (data.len() - pos).min(self.max - self.pending.len());
+            let old = self.pending.len();
+            let take = (data.len() - pos).min(self.max - old);
             self.pending.extend_from_slice(&data[pos..pos + take]);
             pos += take;
             let n = self.cut(&self.pending);
@@ -189,6 +190,11 @@ impl Cdc {
                 return; // all of `data` is pending now
             }
             sink(self.pending.split_to(n).freeze());
+            if n >= old {
+                // The rest of `pending` was copied from `data`: continue there without copying.
+                pos -= self.pending.len();
+                self.pending.clear();
+            }
         }
         while pos < data.len() {
             let rest = &data[pos..];

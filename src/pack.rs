@@ -190,7 +190,12 @@ impl Default for PackBuilder {
 impl PackBuilder {
     /// An empty pack.
     pub fn new() -> Self {
-        let mut buf = Vec::new();
+        Self::with_capacity(0)
+    }
+
+    /// An empty pack with room for `bytes` (so filling it never reallocates and copies).
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(bytes);
         buf.extend_from_slice(HEADER);
         buf.extend_from_slice(&PACK_VERSION.to_le_bytes());
         buf.extend_from_slice(&[0, 0]);

@@ -204,6 +204,10 @@ impl Packer<'_> {
             } else {
                 &mut self.meta_pack
             };
+            if pack.is_empty() && c.kind == ChunkKind::Data {
+                // Room for a full pack: the builder never reallocates while it fills.
+                *pack = PackBuilder::with_capacity(self.target as usize + (1 << 20));
+            }
             pack.add(&c);
             if pack.size() >= self.target {
                 let full = std::mem::take(pack);
@@ -301,27 +305,37 @@ pub fn run_backup(
     let result = std::thread::scope(|s| -> Result<_> {
         let (batch_tx, batch_rx) = sync_channel::<Result<Vec<Piece>>>(2);
         let (pack_tx, pack_rx) = sync_channel::<WriterMsg>(1);
+        // Reading and chunking are separate threads: reading copies from the page cache or
+        // waits on the device while the chunker (zero runs + FastCDC, sequential by nature)
+        // works on the previous buffer.
+        let (input_tx, input_rx) = sync_channel::<Result<Input>>(2);
         let reader = s.spawn(|| {
+            let tx = input_tx;
+            let res = volume.read_all(&bytes_read, |input| tx.send(Ok(input)).is_ok());
+            if let Err(e) = res {
+                let _ = tx.send(Err(e));
+            }
+        });
+        let chunker = s.spawn(|| {
             let mut splitter = Splitter::new(cfg.chunker);
             let tx = batch_tx;
-            let res = volume.read_all(&bytes_read, |input| {
+            for input in input_rx {
                 let mut out = Vec::new();
                 match input {
-                    Input::Data(b) => splitter.push_data(b, &mut out),
-                    Input::Hole(n) => splitter.push_hole(n, &mut out),
+                    Ok(Input::Data(b)) => splitter.push_data(b, &mut out),
+                    Ok(Input::Hole(n)) => splitter.push_hole(n, &mut out),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
                 }
-                out.is_empty() || tx.send(Ok(out)).is_ok()
-            });
-            match res {
-                Ok(_) => {
-                    let mut out = Vec::new();
-                    splitter.finish(&mut out);
-                    let _ = tx.send(Ok(out));
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
+                if !out.is_empty() && tx.send(Ok(out)).is_err() {
+                    return;
                 }
             }
+            let mut out = Vec::new();
+            splitter.finish(&mut out);
+            let _ = tx.send(Ok(out));
         });
         // Renews the lease until the backup ends, so a long backup is never taken for dead.
         let (lease_key, id) = (&lease, &backup_id);
@@ -397,6 +411,9 @@ pub fn run_backup(
         reader
             .join()
             .map_err(|_| Error::Internal("volume reader panicked".into()))?;
+        chunker
+            .join()
+            .map_err(|_| Error::Internal("chunker panicked".into()))?;
         drop(stop_renewing);
         renewer
             .join()

@@ -206,7 +206,9 @@ fn multipart_uploads_above_the_threshold_round_trip() {
     let c = Container::open_with(&e.url, true, None, &o).unwrap();
     let vol = e.root.join("v.img");
     std::fs::write(&vol, pseudo_random(40 << 20, 3)).unwrap();
-    let r = run_backup(&c, VolumeSource::Path(vol.clone()), &opts("mp", None), None).unwrap().2;
+    let r = run_backup(&c, VolumeSource::Path(vol.clone()), &opts("mp", None), None)
+        .unwrap()
+        .2;
     // A 32 MiB pack in 16 MiB parts is create + 2 parts + complete: more requests than objects.
     assert!(r.requests.put > r.object_count + 2, "{:?}", r.requests);
     let out = e.root.join("out.img");
