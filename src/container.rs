@@ -61,7 +61,7 @@ impl Default for ContainerConfig {
             version: CONFIG_VERSION,
             chunker: ChunkerParams::default(),
             pack_target: 32 << 20,
-            zstd_level: 3,
+            zstd_level: 1,
             created_at: now_rfc3339(),
         }
     }

@@ -16,6 +16,8 @@
 //! trailer, 48 bytes:                         blake3(table)[32] n u32 version u16 0u16 0u32 "VBPE"
 //! ```
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
 
 use crate::chunker::MAX_CHUNK_LIMIT;
@@ -99,12 +101,45 @@ pub struct EncodedChunk {
     pub stored: Bytes,
 }
 
+thread_local! {
+    // One zstd context per thread and level, reused for every chunk: creating a context costs
+    // more than compressing a small chunk.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn zstd_compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if !matches!(&*slot, Some((l, _)) if *l == level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        match slot.as_mut() {
+            Some((_, c)) => c.compress(data),
+            None => zstd::bulk::compress(data, level),
+        }
+    })
+}
+
+fn zstd_decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(d) => d.decompress(data, capacity),
+            None => zstd::bulk::decompress(data, capacity),
+        }
+    })
+}
+
 /// Compresses a chunk with zstd at `level`, keeping the raw bytes when compression saves less
 /// than 1/32 (decompressing costs more than the bytes saved are worth).
 pub fn encode_chunk(id: Hash, kind: ChunkKind, raw: &Bytes, level: i32) -> EncodedChunk {
     let raw_len = raw.len() as u32;
     if level > 0
-        && let Ok(c) = zstd::bulk::compress(raw, level)
+        && let Ok(c) = zstd_compress(raw, level)
         && c.len() + raw.len() / 32 < raw.len()
     {
         return EncodedChunk {
@@ -144,7 +179,7 @@ pub fn decode_chunk(
     let raw = match compression {
         Compression::None => Bytes::copy_from_slice(stored),
         Compression::Zstd => {
-            let v = zstd::bulk::decompress(stored, raw_len as usize).map_err(|e| {
+            let v = zstd_decompress(stored, raw_len as usize).map_err(|e| {
                 Error::corrupt(
                     key,
                     offset,
