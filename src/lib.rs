@@ -63,11 +63,28 @@
 //!
 //! ## Which operations may run concurrently
 //!
-//! | A \ B | backup | restore | delete | gc | import/export |
-//! |---|---|---|---|---|---|
-//! | **backup** | safe: content-addressed packs and segments never collide; manifests are create-only | safe: restore reads only committed objects | safe: delete touches only a manifest; chunks stay | safe: lease holds back the sweep (step 4b) | safe |
-//! | **restore** | safe | safe (read-only) | the deleted backup's restore may fail cleanly; others unaffected | safe: only packs unreferenced by committed manifests are condemned, and a sweep waits a full cycle | safe |
-//! | **delete** | safe | see left | idempotent: the second reports "deleted" | safe: a deleted manifest's chunks are condemned, never a live one's | export of a deleted backup fails cleanly |
+//! There is no lock anywhere: safety comes from immutable, content-named objects, create-only
+//! commits, and the lease rule above. (`gc` and `verify` are built by later issues on this
+//! protocol; the rows below are the contract they must keep.)
+//!
+//! | pair | safe? | why |
+//! |---|---|---|
+//! | backup ∥ backup (same or other volume, any host) | yes | packs and index segments are named by their content, so two writers never overwrite each other's objects differently; a chunk stored twice is harmless; manifests are create-only, so two backups with one id cannot both commit |
+//! | backup ∥ restore | yes | a restore reads only objects a committed manifest reaches; a running backup adds objects but changes none |
+//! | backup ∥ delete | yes | delete removes one manifest; the chunks stay until the collector proves no manifest needs them, so a backup deduplicating against the deleted backup's chunks still finds them |
+//! | backup ∥ gc | yes | the backup's lease is older than any condemnation made while it runs, so the sweep waits for it (step 4); a backup started after a condemnation never reuses condemned chunks (step 5) |
+//! | backup ∥ import / export | yes | both read one manifest and the index |
+//! | restore ∥ restore, export, import, verify | yes | all read-only |
+//! | restore ∥ delete (same backup) | clean error | the restore fails with "backup deleted" or a missing object, naming it; nothing else is affected |
+//! | restore ∥ gc | yes | only packs unreferenced by every committed manifest are condemned, and one is deleted only a full collector cycle later |
+//! | delete ∥ delete (same backup) | yes | tombstone then manifest removal; the second reports "deleted", not "not found" |
+//! | delete ∥ gc | yes | a manifest deleted during marking makes its chunks collectable one cycle later, never earlier |
+//! | gc ∥ gc | yes | condemnation records are content-named; a sweep deletes only packs condemned by an earlier run and re-checked against current manifests |
+//! | verify ∥ anything | yes | read-only; a pack deleted under a verify of a deleted backup is reported as missing for that backup only |
+//!
+//! On S3 the create-only commit is `If-None-Match: *`. Servers that ignore it (Garage 2.5, for
+//! one) still never lose data — content-named objects are identical whoever writes them — but
+//! two backups racing to commit the *same backup id* would both appear to succeed there.
 //!
 //! ## Modules
 //!

@@ -380,4 +380,19 @@ fn usage_and_bad_input() {
         "--container",
         unwritable.to_str().unwrap(),
     ]));
+
+    // Unwritable or impossible restore targets: a message naming the target, nothing written.
+    let c = d.join("c3");
+    let vol = d.join("v.img");
+    std::fs::write(&vol, text_like(100_000, 3)).unwrap();
+    let cs = c.to_str().unwrap();
+    ok(volback(&["backup", "--container", cs, "--volume", vol.to_str().unwrap(), "--backup-id", "b"]));
+    for target in ["/nonexistent-dir/x.img", "/proc/volback-target.img", "/"] {
+        let err = fails(volback(&["restore", "--container", cs, "--backup-id", "b", "--target", target]));
+        assert!(err.contains(target), "{target}: {err}");
+    }
+    // A corrupt container config is named.
+    std::fs::write(c.join("config"), b"{not json").unwrap();
+    let err = fails(volback(&["list", "--container", cs]));
+    assert!(err.contains("config"), "{err}");
 }
