@@ -26,7 +26,7 @@ use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::ids::{Hash, validate_id};
 use crate::index::{Index, Location, Segment, decode_segment, encode_segment};
-use crate::manifest::{Extent, ExtentListReader, Manifest};
+use crate::manifest::{Extent, ExtentListReader, Manifest, decode_versioned_json};
 use crate::pack::{PackEntry, decode_chunk};
 use crate::s3::{S3Options, S3Store};
 use crate::store::{FsStore, ObjectStore};
@@ -295,31 +295,13 @@ impl Container {
     }
 
     fn decode_config(bytes: &[u8]) -> Result<ContainerConfig> {
-        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-            Error::corrupt(
-                CONFIG_KEY,
-                e.column() as u64,
-                format!("config does not parse: {e}"),
-            )
-        })?;
-        if v.get("format").and_then(|f| f.as_str()) != Some(CONFIG_FORMAT) {
-            return Err(Error::corrupt(
-                CONFIG_KEY,
-                0,
-                "not a volback container config",
-            ));
-        }
-        let version = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0);
-        if version != CONFIG_VERSION {
-            return Err(Error::UnsupportedVersion {
-                key: CONFIG_KEY.into(),
-                what: "container config",
-                found: version,
-                supported: CONFIG_VERSION,
-            });
-        }
-        let cfg: ContainerConfig = serde_json::from_value(v)
-            .map_err(|e| Error::corrupt(CONFIG_KEY, 0, format!("config fields: {e}")))?;
+        let cfg: ContainerConfig = decode_versioned_json(
+            CONFIG_KEY,
+            bytes,
+            "container config",
+            CONFIG_FORMAT,
+            CONFIG_VERSION,
+        )?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -124,32 +124,8 @@ impl Manifest {
 
     /// Parses a manifest read from `key`, rejecting other formats and versions by name.
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Manifest> {
-        let json_err = |e: serde_json::Error| {
-            Error::corrupt(
-                key,
-                e.column().saturating_sub(1) as u64,
-                format!("manifest does not parse: {e}"),
-            )
-        };
-        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(json_err)?;
-        if v.get("format").and_then(|f| f.as_str()) != Some(MANIFEST_FORMAT) {
-            return Err(Error::corrupt(
-                key,
-                0,
-                "not a volback manifest (format field)",
-            ));
-        }
-        let version = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0);
-        if version != MANIFEST_VERSION {
-            return Err(Error::UnsupportedVersion {
-                key: key.to_string(),
-                what: "manifest",
-                found: version,
-                supported: MANIFEST_VERSION,
-            });
-        }
-        let m: Manifest = serde_json::from_value(v)
-            .map_err(|e| Error::corrupt(key, 0, format!("manifest fields: {e}")))?;
+        let m: Manifest =
+            decode_versioned_json(key, bytes, "manifest", MANIFEST_FORMAT, MANIFEST_VERSION)?;
         let listed: u64 = m.extents.iter().map(|r| u64::from(r.len)).sum();
         if listed != m.extents_len {
             return Err(Error::corrupt(
@@ -172,6 +148,43 @@ impl Manifest {
             })
             .collect()
     }
+}
+
+/// Decodes a JSON object stored under `key` that carries `"format": format` and
+/// `"version": version` (every JSON object volback stores does): a parse failure is `Corrupt` at
+/// the failing byte (the documents are single-line), another format is `Corrupt`, another
+/// version is `UnsupportedVersion`, then the fields are deserialised into `T`.
+pub fn decode_versioned_json<T: serde::de::DeserializeOwned>(
+    key: &str,
+    bytes: &[u8],
+    what: &'static str,
+    format: &str,
+    version: u64,
+) -> Result<T> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        Error::corrupt(
+            key,
+            e.column().saturating_sub(1) as u64,
+            format!("{what} does not parse: {e}"),
+        )
+    })?;
+    if v.get("format").and_then(|f| f.as_str()) != Some(format) {
+        return Err(Error::corrupt(
+            key,
+            0,
+            format!("not a volback {what} (format field is not '{format}')"),
+        ));
+    }
+    let found = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0);
+    if found != version {
+        return Err(Error::UnsupportedVersion {
+            key: key.to_string(),
+            what,
+            found,
+            supported: version,
+        });
+    }
+    serde_json::from_value(v).map_err(|e| Error::corrupt(key, 0, format!("{what} fields: {e}")))
 }
 
 fn put_varint(b: &mut BytesMut, mut v: u64) {

@@ -128,9 +128,9 @@ impl Target {
                     .write(true)
                     .create_new(true)
                     .open(&tmp)
-                    .map_err(|e| Error::io("create restore target", &tmp, e))?;
+                    .map_err(|e| Error::io("create restore target", path, e))?;
                 file.set_len(size)
-                    .map_err(|e| Error::io("size restore target", &tmp, e))?;
+                    .map_err(|e| Error::io("size restore target", path, e))?;
                 Ok(Target {
                     file,
                     path: tmp,

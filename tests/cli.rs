@@ -22,18 +22,6 @@ fn run_with(env: &[(String, String)], args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Runs each scenario as a test on a filesystem container and on a real S3 server.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod fs {
-            $( #[test] fn $name() { super::$name(&super::Env::fs()); } )*
-        }
-        mod s3 {
-            $( #[test] fn $name() { super::$name(&super::Env::s3()); } )*
-        }
-    };
-}
-
 on_both_backends!(
     backup_restore_list_delete_with_json,
     export_then_import_in_a_fresh_process_into_a_copy
@@ -386,9 +374,25 @@ fn usage_and_bad_input() {
     let vol = d.join("v.img");
     std::fs::write(&vol, text_like(100_000, 3)).unwrap();
     let cs = c.to_str().unwrap();
-    ok(volback(&["backup", "--container", cs, "--volume", vol.to_str().unwrap(), "--backup-id", "b"]));
+    ok(volback(&[
+        "backup",
+        "--container",
+        cs,
+        "--volume",
+        vol.to_str().unwrap(),
+        "--backup-id",
+        "b",
+    ]));
     for target in ["/nonexistent-dir/x.img", "/proc/volback-target.img", "/"] {
-        let err = fails(volback(&["restore", "--container", cs, "--backup-id", "b", "--target", target]));
+        let err = fails(volback(&[
+            "restore",
+            "--container",
+            cs,
+            "--backup-id",
+            "b",
+            "--target",
+            target,
+        ]));
         assert!(err.contains(target), "{target}: {err}");
     }
     // A corrupt container config is named.

@@ -17,18 +17,6 @@ use volback::source::VolumeSource;
 
 use common::backend::Env;
 
-/// Runs each scenario as a test on both backends.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod fs {
-            $( #[test] fn $name() { super::$name(&super::Env::fs()); } )*
-        }
-        mod s3 {
-            $( #[test] fn $name() { super::$name(&super::Env::s3()); } )*
-        }
-    };
-}
-
 on_both_backends!(
     chain_of_incrementals_restores_every_link_byte_identically,
     dedup_across_volumes_and_full_backups,

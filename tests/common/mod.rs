@@ -3,6 +3,20 @@
 
 pub mod backend;
 
+/// Runs each named scenario `fn(&Env)` as a test on a filesystem container and on a real S3
+/// server.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod fs {
+            $( #[test] fn $name() { super::$name(&super::Env::fs()); } )*
+        }
+        mod s3 {
+            $( #[test] fn $name() { super::$name(&super::Env::s3()); } )*
+        }
+    };
+}
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
