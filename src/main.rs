@@ -225,7 +225,9 @@ fn volume_id_from(volume: &str) -> String {
         })
         .take(128)
         .collect();
-    if id.is_empty() || id == "-" || id.starts_with('.') {
+    if volume == "-" {
+        id = "stdin".into();
+    } else if id.is_empty() || id.starts_with('.') {
         id = format!("volume{id}");
     }
     id
