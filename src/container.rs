@@ -625,7 +625,7 @@ impl Container {
 /// (reading a few unneeded bytes costs less than another request).
 const COALESCE_GAP: u64 = 256 << 10;
 /// Largest single ranged read (bounds memory per request in flight).
-const MAX_RANGE: u64 = 16 << 20;
+const MAX_RANGE: u64 = 4 << 20;
 
 /// One ranged read of a pack and the chunks it serves.
 pub struct FetchRange {

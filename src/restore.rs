@@ -165,6 +165,30 @@ impl Target {
             .map_err(|e| Error::io("write restore target", &self.path, e))
     }
 
+    /// Writes chunks sorted by offset, joining chunks that are adjacent in the volume into one
+    /// write of up to 8 MiB: a pack holds chunks in volume order, so a range usually becomes a
+    /// few large writes instead of hundreds of 32 KiB ones (fewer syscalls and inode-lock
+    /// round trips when several threads write one file).
+    fn write_runs(&self, writes: &[(u64, &[u8])]) -> Result<()> {
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start = 0u64;
+        for &(off, data) in writes {
+            let contiguous = !run.is_empty() && run_start + run.len() as u64 == off;
+            if !contiguous || run.len() + data.len() > 8 << 20 {
+                if !run.is_empty() {
+                    self.write(&run, run_start)?;
+                    run.clear();
+                }
+                run_start = off;
+            }
+            run.extend_from_slice(data);
+        }
+        if !run.is_empty() {
+            self.write(&run, run_start)?;
+        }
+        Ok(())
+    }
+
     /// Makes `len` bytes at `offset` read as zeros: a punched hole on a file, written zeros on
     /// a device (or where punching is unsupported).
     fn zero(&self, offset: u64, len: u64) -> Result<()> {
@@ -238,12 +262,13 @@ fn restore_window(
     })?;
     container.on_io_pool(|| {
         ranges.par_iter().try_for_each(|r| {
-            for (id, raw) in container.fetch_range(r, |id| offsets[id][0])? {
-                for off in &offsets[&id] {
-                    target.write(&raw, *off)?;
-                }
-            }
-            Ok(())
+            let chunks = container.fetch_range(r, |id| offsets[id][0])?;
+            let mut writes: Vec<(u64, &[u8])> = chunks
+                .iter()
+                .flat_map(|(id, raw)| offsets[id].iter().map(move |o| (*o, &raw[..])))
+                .collect();
+            writes.sort_unstable_by_key(|w| w.0);
+            target.write_runs(&writes)
         })
     })
 }

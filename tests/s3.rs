@@ -185,11 +185,12 @@ fn request_budgets() {
     );
     assert!(inc.requests.bytes_sent < size / 1000, "{:?}", inc.requests);
 
-    // Restore: ranged reads coalesced per pack, not one request per chunk.
+    // Restore: ranged reads coalesced per pack (at most 4 MiB each), not one request per
+    // chunk: 256 MiB of incompressible data is ~64 reads, not thousands.
     let out = e.root.join("out.img");
     let r = run_restore(&e.c, "inc", &out, TargetMode::New, None).unwrap();
     assert!(
-        r.requests.get <= 64,
+        r.requests.get <= 100,
         "{:?} for {} chunks",
         r.requests,
         full.chunks_total
