@@ -68,7 +68,7 @@ proptest! {
         let whole = split(&vol, usize::MAX);
         prop_assert_eq!(flatten(&whole), expect);
         for p in &whole {
-            prop_assert!(p.len() > 0);
+            prop_assert!(!p.is_empty());
             if let Piece::Data(b) = p {
                 prop_assert!(b.len() <= params().max as usize);
                 prop_assert!(b.iter().any(|&x| x != 0), "all-zero chunks are zero extents");
