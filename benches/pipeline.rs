@@ -12,18 +12,7 @@ use volback::chunker::{ChunkerParams, Piece, Splitter, is_zero};
 use volback::ids::Hash;
 use volback::manifest::{ExtentListReader, ExtentListWriter};
 use volback::pack::{ChunkKind, PackBuilder, decode_chunk, encode_chunk};
-
-fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        out.extend_from_slice(&seed.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+use volback::testdata::pseudo_random;
 
 /// Compressible, file-like data: random words from a small vocabulary.
 fn text_like(len: usize) -> Vec<u8> {

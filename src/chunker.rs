@@ -372,19 +372,7 @@ fn push_zero(out: &mut Vec<Piece>, len: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic pseudo-random bytes (xorshift64*), so golden values never depend on a crate.
-    pub(crate) fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            out.extend_from_slice(&seed.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
+    use crate::testdata::pseudo_random;
 
     fn split_all(params: ChunkerParams, input: &[Input]) -> Vec<Piece> {
         let mut s = Splitter::new(params);

@@ -135,5 +135,7 @@ pub mod restore;
 pub mod s3;
 pub mod source;
 pub mod store;
+#[doc(hidden)]
+pub mod testdata;
 
 pub use error::{Error, Result};

@@ -22,18 +22,9 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// Deterministic pseudo-random bytes (xorshift64*).
-pub fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        out.extend_from_slice(&seed.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
+/// Deterministic pseudo-random bytes; any seed (mixed so that 0 and small seeds are fine).
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    volback::testdata::pseudo_random(len, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
 }
 
 /// Somewhat compressible data: random words from a small vocabulary.
