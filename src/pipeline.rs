@@ -296,9 +296,17 @@ pub fn run_backup(
     }
     let volume = OpenVolume::open(source)?;
     let volume_name = volume.name().to_string();
-    let index = container.load_index()?;
+    // The lease comes before the index is read (GC protocol, step 1): a collector that condemns
+    // packs after this point sees the lease and waits for this backup to commit.
     let lease_started = now_unix();
     let lease = container.take_lease(&backup_id, LEASE_TTL)?;
+    let index = match container.load_index() {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = container.store().delete(&lease);
+            return Err(e);
+        }
+    };
     let (stop_renewing, renew_rx) = std::sync::mpsc::channel::<()>();
 
     let bytes_read = AtomicU64::new(0);

@@ -138,6 +138,11 @@ fn dedup_across_volumes_and_full_backups(e: &Env) {
     // Compression and zero elision: the container is smaller than the volume's data.
     assert!(stored < (16 << 20) * 7 / 10, "stored {stored}");
     assert!(first.zero_bytes >= 2 << 20);
+    // Finished backups leave no lease behind (a stale lease would hold garbage collection back).
+    let leases = std::fs::read_dir(e.objects.join("leases"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(leases, 0);
 }
 
 fn zero_regions_and_holes_are_not_stored_and_restore_sparse(e: &Env) {
