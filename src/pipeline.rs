@@ -40,6 +40,8 @@ use crate::store::RequestCounts;
 /// Index segments are written every this many packs (and at the end), so an interrupted backup
 /// leaves indexed packs that a re-run can reuse.
 const PACKS_PER_SEGMENT: usize = 64;
+/// Pack bytes being uploaded at once (bounds memory; see the writer threads).
+const MAX_UPLOAD_BYTES: u64 = 96 << 20;
 /// How long a writer lease is valid. Longer than any backup should take between refreshes.
 pub const LEASE_TTL: Duration = Duration::from_secs(6 * 3600);
 
@@ -352,7 +354,13 @@ pub fn run_backup(
                 let _ = container.write_lease(lease_key, id, lease_started, LEASE_TTL);
             }
         });
-        let threads = container.store().concurrency();
+        // Uploads in flight hold whole packs: cap them at ~96 MiB whatever the store's request
+        // concurrency, so peak memory stays bounded (3 x 32 MiB packs by default).
+        let threads = container
+            .store()
+            .concurrency()
+            .min((MAX_UPLOAD_BYTES / cfg.pack_target.max(1)) as usize)
+            .max(1);
         let writer = s.spawn(move || writer_loop(container, pack_rx, threads));
 
         let mut packer = Packer {
