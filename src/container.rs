@@ -13,9 +13,10 @@
 //! without bound. Every key is validated ([`crate::store::validate_key`]), and every id that goes
 //! into a key is validated first ([`crate::ids::validate_id`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -187,6 +188,32 @@ pub struct Container {
 pub fn pack_key(id: &Hash) -> String {
     let h = id.to_hex();
     format!("packs/{}/{}", &h[..2], h)
+}
+
+/// The pack id a `packs/xx/<hex>` key names, if it is one.
+pub fn pack_id_of_key(key: &str) -> Option<Hash> {
+    let rest = key.strip_prefix("packs/")?;
+    let (dir, name) = rest.split_once('/')?;
+    let id = Hash::from_hex(name)?;
+    (name.starts_with(dir) && dir.len() == 2).then_some(id)
+}
+
+/// What an index is loaded for (see [`Container::load_index_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexUse {
+    /// Deduplication: only chunks the collector cannot be about to delete.
+    Backup,
+    /// Restore, verify, export: every chunk, preferring copies in live packs.
+    Read,
+}
+
+/// An index with what was learnt while loading it.
+pub struct LoadedIndex {
+    pub index: Index,
+    /// Packs named by condemnation records (a writer must not produce a pack with such a name).
+    pub condemned: HashSet<Hash>,
+    /// Number of index segments read.
+    pub segments: usize,
 }
 
 /// Key of a backup's manifest.
@@ -420,24 +447,79 @@ impl Container {
         Ok((key, n))
     }
 
-    /// Loads every index segment into memory.
-    pub fn load_index(&self) -> Result<Index> {
-        let keys = self.store.list("index/")?;
-        let segments: Vec<Result<Segment>> = self.on_io_pool(|| {
-            keys.par_iter()
-                .map(|o| {
-                    let bytes = self.store.get(&o.key)?;
-                    decode_segment(&o.key, &bytes)
-                })
-                .collect()
-        });
-        let mut index = Index::new();
-        for seg in segments {
-            for (pack, entries) in seg? {
-                index.add_pack(pack, &entries);
+    /// Reads every index segment. A segment that disappears between the listing and the read
+    /// was consolidated by a concurrent collector (which writes the merged segment before it
+    /// deletes the old ones), so the listing is simply taken again.
+    pub fn read_segments(&self) -> Result<Vec<(String, Segment)>> {
+        let mut attempt = 0;
+        loop {
+            let keys = self.store.list("index/")?;
+            let segments: Vec<Result<(String, Segment)>> = self.on_io_pool(|| {
+                keys.par_iter()
+                    .map(|o| {
+                        let bytes = self.store.get(&o.key)?;
+                        Ok((o.key.clone(), decode_segment(&o.key, &bytes)?))
+                    })
+                    .collect()
+            });
+            match segments.into_iter().collect::<Result<Vec<_>>>() {
+                Err(Error::MissingObject { .. }) if attempt < 8 => attempt += 1,
+                other => return other,
             }
         }
-        Ok(index)
+    }
+
+    /// Ids of the packs that exist now (one paged LIST).
+    pub fn existing_packs(&self) -> Result<HashSet<Hash>> {
+        Ok(self
+            .store
+            .list("packs/")?
+            .iter()
+            .filter_map(|o| pack_id_of_key(&o.key))
+            .collect())
+    }
+
+    /// Loads the index for reading (restore, verify, export): every indexed chunk, located
+    /// preferably in a pack that exists and is not condemned by the collector.
+    pub fn load_index(&self) -> Result<Index> {
+        Ok(self.load_index_for(IndexUse::Read)?.index)
+    }
+
+    /// Loads the index in the order the collection protocol requires (docs/format.md):
+    /// condemnation records first, then the segments, then the pack listing. For a backup only
+    /// chunks in packs that exist and are not condemned are indexed (a chunk whose only copies
+    /// are condemned is stored again); for reading, condemned and unlisted packs are the
+    /// fallback, so that a missing pack is reported by name when it is really needed.
+    pub fn load_index_for(&self, usage: IndexUse) -> Result<LoadedIndex> {
+        let condemned: HashSet<Hash> = crate::gc::load_condemned(self)?
+            .iter()
+            .flat_map(|(_, c)| c.pack_ids())
+            .collect();
+        let segments = self.read_segments()?;
+        let existing = self.existing_packs()?;
+        let mut index = Index::new();
+        let passes: &[fn(bool, bool) -> bool] = match usage {
+            IndexUse::Backup => &[|exists, cond| exists && !cond],
+            IndexUse::Read => &[
+                |exists, cond| exists && !cond,
+                |exists, cond| exists && cond,
+                |exists, _| !exists,
+            ],
+        };
+        for pass in passes {
+            for (_, seg) in &segments {
+                for (pack, entries) in seg {
+                    if pass(existing.contains(pack), condemned.contains(pack)) {
+                        index.add_pack(*pack, entries);
+                    }
+                }
+            }
+        }
+        Ok(LoadedIndex {
+            index,
+            condemned,
+            segments: segments.len(),
+        })
     }
 
     /// Reads the table of one pack (two ranged reads: trailer, then table).
@@ -483,21 +565,15 @@ impl Container {
         Ok((tables.len(), chunks))
     }
 
-    /// Announces a running backup to the garbage collector; returns the lease key.
-    pub fn take_lease(&self, backup_id: &str, ttl: Duration) -> Result<String> {
-        let key = format!("leases/{}-{}", backup_id, uuid::Uuid::new_v4().simple());
-        self.write_lease(&key, backup_id, now_unix(), ttl)?;
-        Ok(key)
-    }
-
     /// Writes (or renews) a lease: started at `started_unix`, valid for `ttl` from now.
+    /// Returns the expiry written.
     pub fn write_lease(
         &self,
         key: &str,
         backup_id: &str,
         started_unix: u64,
         ttl: Duration,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let lease = Lease {
             format: "volback-lease".into(),
             version: 1,
@@ -510,7 +586,24 @@ impl Container {
         self.store.put(
             key,
             Bytes::from(serde_json::to_vec(&lease).unwrap_or_default()),
-        )
+        )?;
+        Ok(lease.expires_unix)
+    }
+
+    /// Every lease in the container (unreadable ones are skipped: a lease is advisory, and a
+    /// torn one is treated as live by the collector through its key's presence only if valid).
+    pub fn list_leases(&self) -> Result<Vec<(String, Lease)>> {
+        let keys = self.store.list("leases/")?;
+        let leases: Vec<Option<(String, Lease)>> = self.on_io_pool(|| {
+            keys.par_iter()
+                .map(|o| {
+                    let bytes = self.store.get(&o.key).ok()?;
+                    let lease: Lease = serde_json::from_slice(&bytes).ok()?;
+                    Some((o.key.clone(), lease))
+                })
+                .collect()
+        });
+        Ok(leases.into_iter().flatten().collect())
     }
 
     /// Deletes a backup: tombstone first, then the manifest. Its chunks stay until the garbage
@@ -621,6 +714,89 @@ impl Container {
     }
 }
 
+/// A lease held while an operation relies on chunk locations it read from the index (a backup
+/// deduplicating, a restore or verify reading): the collector's sweep waits for every lease older
+/// than its condemnation record. A thread renews the lease every `ttl / 8`; dropping the guard
+/// stops it and deletes the lease.
+pub struct LeaseGuard {
+    container: Container,
+    key: String,
+    ttl: Duration,
+    valid_until: Arc<AtomicU64>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LeaseGuard {
+    /// Writes the lease for `backup_id` and starts renewing it.
+    pub fn take(container: &Container, backup_id: &str, ttl: Duration) -> Result<Self> {
+        let key = format!("leases/{}-{}", backup_id, uuid::Uuid::new_v4().simple());
+        let started = now_unix();
+        let expires = container.write_lease(&key, backup_id, started, ttl)?;
+        let valid_until = Arc::new(AtomicU64::new(expires));
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let renewer = {
+            let (c, key, id, valid) = (
+                container.clone(),
+                key.clone(),
+                backup_id.to_string(),
+                valid_until.clone(),
+            );
+            let every = (ttl / 8).max(Duration::from_millis(100));
+            std::thread::Builder::new()
+                .name("volback-lease".into())
+                .spawn(move || {
+                    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                        rx.recv_timeout(every)
+                    {
+                        if let Ok(expires) = c.write_lease(&key, &id, started, ttl) {
+                            valid.store(expires, AtomicOrdering::Relaxed);
+                        }
+                    }
+                })
+                .map_err(|e| Error::Internal(format!("lease thread: {e}")))?
+        };
+        Ok(LeaseGuard {
+            container: container.clone(),
+            key,
+            ttl,
+            valid_until,
+            stop: Some(stop),
+            renewer: Some(renewer),
+        })
+    }
+
+    /// The lease's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Fails unless the lease still has at least half its time to live. A backup checks this
+    /// just before committing: a collector treats a lease as dead only after it expired (plus
+    /// the clock-skew bound), so a writer that could not renew for that long must not commit a
+    /// manifest that may name chunks swept meanwhile.
+    pub fn check_valid(&self) -> Result<()> {
+        let until = self.valid_until.load(AtomicOrdering::Relaxed);
+        if now_unix() + self.ttl.as_secs() / 2 > until {
+            return Err(Error::LeaseExpired {
+                key: self.key.clone(),
+                expires_unix: until,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(h) = self.renewer.take() {
+            let _ = h.join();
+        }
+        let _ = self.container.store.delete(&self.key);
+    }
+}
+
 /// Neighbouring chunks of a pack are fetched together if the gap between them is at most this
 /// (reading a few unneeded bytes costs less than another request).
 const COALESCE_GAP: u64 = 256 << 10;
@@ -715,7 +891,7 @@ pub(crate) fn with_volume_offset(e: Error, at: u64) -> Error {
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())

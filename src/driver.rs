@@ -145,6 +145,7 @@ impl Driver {
             data_timestamp: record.data_timestamp.clone(),
             volume_metadata,
             expected_size: None,
+            lease_ttl: None,
             zstd_level: self.config.zstd_level,
         };
         self.backup_with(&container, volume, &opts, progress)

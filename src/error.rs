@@ -132,6 +132,12 @@ pub enum Error {
     /// An exported record was refused.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// A backup could not renew its lease for half its time to live, so it did not commit (the
+    /// collector may have treated it as dead).
+    #[error(
+        "lease '{key}' was not renewed in time (valid until unix {expires_unix}); nothing was committed"
+    )]
+    LeaseExpired { key: String, expires_unix: u64 },
     /// A worker thread failed in a way that is a volback bug, not bad input.
     #[error("internal error: {0}")]
     Internal(String),
@@ -192,6 +198,7 @@ impl Error {
             Error::Record(RecordError::UnknownVersion { .. }) => "record_unknown_version",
             Error::Record(RecordError::MissingManifest { .. }) => "record_missing_manifest",
             Error::Record(RecordError::ManifestMismatch { .. }) => "record_manifest_mismatch",
+            Error::LeaseExpired { .. } => "lease_expired",
             Error::Internal(_) => "internal",
         }
     }

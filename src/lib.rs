@@ -125,6 +125,7 @@ pub mod chunker;
 pub mod container;
 pub mod driver;
 pub mod error;
+pub mod gc;
 pub mod ids;
 pub mod index;
 pub mod manifest;

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use volback::container::{Container, ContainerConfig};
 use volback::driver::{Driver, DriverConfig};
+use volback::gc::{GcOptions, run_gc};
 use volback::pipeline::BackupOptions;
 use volback::record::BackupRecord;
 use volback::restore::{TargetMode, run_restore};
@@ -95,6 +96,9 @@ enum Cmd {
         /// Average chunk size in bytes for a container created by this command.
         #[arg(long)]
         chunk_avg: Option<u32>,
+        /// Seconds the backup's lease lives without renewal (renewed every eighth of it).
+        #[arg(long, default_value_t = volback::pipeline::LEASE_TTL.as_secs())]
+        lease_ttl: u64,
         /// Print one JSON object and nothing else.
         #[arg(long)]
         json: bool,
@@ -156,6 +160,26 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Reclaim the space of deleted backups and interrupted ones; safe alongside anything.
+    Gc {
+        #[arg(long)]
+        container: String,
+        /// Report what would be condemned; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Unused bytes tolerated in partly live packs, as a fraction of live bytes; beyond it
+        /// the sparsest packs are rewritten (1 disables repacking).
+        #[arg(long, default_value_t = GcOptions::default().max_unused)]
+        max_unused: f64,
+        /// Largest clock difference between hosts sharing the container, in seconds.
+        #[arg(long, default_value_t = GcOptions::default().clock_skew.as_secs())]
+        clock_skew: u64,
+        /// Sweep condemned packs only this many seconds after they were condemned.
+        #[arg(long, default_value_t = 0)]
+        min_age: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that a container is reachable and writable (creating it if missing).
     Check {
         #[arg(long)]
@@ -171,7 +195,8 @@ fn main() -> ExitCode {
         | Cmd::Delete { json, .. }
         | Cmd::Import { json, .. }
         | Cmd::List { json, .. }
-        | Cmd::RebuildIndex { json, .. } => *json,
+        | Cmd::RebuildIndex { json, .. }
+        | Cmd::Gc { json, .. } => *json,
         _ => false,
     };
     let s3 = cli.s3.options();
@@ -259,6 +284,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
             data_timestamp,
             zstd_level,
             chunk_avg,
+            lease_ttl,
             json,
         } => {
             let init = chunk_avg.map(|avg| {
@@ -299,6 +325,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
                 volume_metadata,
                 expected_size: None,
                 zstd_level,
+                lease_ttl: Some(std::time::Duration::from_secs(lease_ttl.max(1))),
             };
             let pb = progress_bar(json, size_hint);
             let cb = |n: u64| {
@@ -469,6 +496,57 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
                 print_json(&json!({"packs": packs, "chunks": chunks}));
             } else {
                 println!("indexed {chunks} chunks from {packs} packs");
+            }
+            Ok(())
+        }
+        Cmd::Gc {
+            container,
+            dry_run,
+            max_unused,
+            clock_skew,
+            min_age,
+            json,
+        } => {
+            if !(max_unused >= 0.0) {
+                return Err(Error::Config(format!(
+                    "--max-unused {max_unused} must be 0 or more"
+                )));
+            }
+            let c = Container::open_with(&container, false, None, s3)?;
+            let r = run_gc(
+                &c,
+                &GcOptions {
+                    dry_run,
+                    max_unused,
+                    clock_skew: std::time::Duration::from_secs(clock_skew),
+                    min_age: std::time::Duration::from_secs(min_age),
+                },
+            )?;
+            if json {
+                print_json(&r);
+            } else {
+                println!(
+                    "{}{} backups, {} live chunks; condemned {} unreferenced and {} sparse packs; wrote {} packs ({} bytes); deleted {} packs ({} bytes); reclaimed {} bytes; {} condemnation records swept, {} deferred, in {:.2}s",
+                    if dry_run { "dry run: " } else { "" },
+                    r.backups,
+                    r.live_chunks,
+                    r.packs_unreferenced,
+                    r.packs_repacked,
+                    r.packs_written,
+                    r.bytes_written,
+                    r.packs_deleted,
+                    r.bytes_deleted,
+                    r.bytes_reclaimed,
+                    r.records_swept,
+                    r.records_deferred,
+                    r.elapsed_s
+                );
+                if r.live_chunks_missing > 0 {
+                    println!(
+                        "warning: {} chunks needed by backups are in no pack; run verify",
+                        r.live_chunks_missing
+                    );
+                }
             }
             Ok(())
         }

@@ -270,7 +270,44 @@ impl PackBuilder {
     }
 
     /// Writes the table and trailer; returns the pack's bytes, its id and its entries.
-    pub fn finish(mut self) -> (Bytes, Hash, Vec<PackEntry>) {
+    pub fn finish(self) -> (Bytes, Hash, Vec<PackEntry>) {
+        self.finish_avoiding(&std::collections::HashSet::new())
+    }
+
+    /// Like [`PackBuilder::finish`], but never returns a pack whose id is in `avoid`.
+    ///
+    /// Packs are named by their content, so a writer that stores again the chunks of a pack the
+    /// collector has condemned could build a byte-identical pack — and the collector's sweep
+    /// would then delete the new backup's copy. If the id is condemned, the first chunk is
+    /// appended once more (a pack may list a chunk twice; readers use either entry), which
+    /// changes the bytes and so the name.
+    pub fn finish_avoiding(
+        mut self,
+        avoid: &std::collections::HashSet<Hash>,
+    ) -> (Bytes, Hash, Vec<PackEntry>) {
+        loop {
+            let table_start = self.buf.len();
+            let id = self.seal();
+            if !avoid.contains(&id) || self.entries.is_empty() {
+                return (Bytes::from(self.buf), id, self.entries);
+            }
+            self.buf.truncate(table_start);
+            let first = self.entries[0];
+            let start = first.offset as usize;
+            let stored =
+                Bytes::copy_from_slice(&self.buf[start..start + first.stored_len as usize]);
+            self.add(&EncodedChunk {
+                id: first.id,
+                kind: first.kind,
+                compression: first.compression,
+                raw_len: first.raw_len,
+                stored,
+            });
+        }
+    }
+
+    /// Appends the table and trailer; returns the pack's id.
+    fn seal(&mut self) -> Hash {
         let table_start = self.buf.len();
         for e in &self.entries {
             self.buf.extend_from_slice(&e.id.0);
@@ -287,8 +324,7 @@ impl PackBuilder {
         self.buf.extend_from_slice(&PACK_VERSION.to_le_bytes());
         self.buf.extend_from_slice(&[0; 6]);
         self.buf.extend_from_slice(END);
-        let id = Hash::of(&self.buf);
-        (Bytes::from(self.buf), id, self.entries)
+        Hash::of(&self.buf)
     }
 }
 

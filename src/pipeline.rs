@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,7 +26,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::chunker::{Piece, Splitter};
-use crate::container::{Container, manifest_key, now_rfc3339, now_unix, pack_key};
+use crate::container::{
+    Container, IndexUse, LeaseGuard, LoadedIndex, manifest_key, now_rfc3339, now_unix, pack_key,
+};
 use crate::error::{Error, Result};
 use crate::ids::{Hash, new_backup_id, validate_id};
 use crate::index::Index;
@@ -42,8 +44,10 @@ use crate::store::RequestCounts;
 const PACKS_PER_SEGMENT: usize = 64;
 /// Pack bytes being uploaded at once (bounds memory; see the writer threads).
 const MAX_UPLOAD_BYTES: u64 = 96 << 20;
-/// How long a writer lease is valid. Longer than any backup should take between refreshes.
-pub const LEASE_TTL: Duration = Duration::from_secs(6 * 3600);
+/// How long a lease is valid unless the caller says otherwise. It is renewed every eighth of
+/// this, so it only runs out when its process is gone (or stalled): then the collector may
+/// sweep after `LEASE_TTL` plus its clock-skew bound, and the stalled backup will not commit.
+pub const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// What the caller asks of a backup.
 #[derive(Debug, Clone, Default)]
@@ -56,6 +60,8 @@ pub struct BackupOptions {
     pub parent_id: Option<String>,
     /// Caller's point-in-time label (Cinder's data_timestamp).
     pub data_timestamp: Option<String>,
+    /// Lease time to live (default [`LEASE_TTL`]).
+    pub lease_ttl: Option<Duration>,
     /// Opaque volume metadata stored with the backup.
     pub volume_metadata: Option<serde_json::Value>,
     /// Fail unless the volume has exactly this many bytes.
@@ -181,6 +187,8 @@ fn unpoison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Chunk dedup and packing state of one backup.
 struct Packer<'a> {
     index: &'a Index,
+    /// Condemned pack ids: never produce a pack with one of these names.
+    avoid: &'a HashSet<Hash>,
     seen: HashSet<Hash>,
     level: i32,
     /// Data chunks and extent-list chunks go to separate packs, so that a backup's extent list
@@ -231,7 +239,7 @@ impl Packer<'_> {
         if pack.is_empty() {
             return Ok(());
         }
-        let (bytes, id, entries) = pack.finish();
+        let (bytes, id, entries) = pack.finish_avoiding(self.avoid);
         // A closed channel means the writer stopped on an error; the caller collects it.
         self.tx
             .send(WriterMsg::Pack(id, bytes, entries))
@@ -298,18 +306,13 @@ pub fn run_backup(
     }
     let volume = OpenVolume::open(source)?;
     let volume_name = volume.name().to_string();
-    // The lease comes before the index is read (GC protocol, step 1): a collector that condemns
-    // packs after this point sees the lease and waits for this backup to commit.
-    let lease_started = now_unix();
-    let lease = container.take_lease(&backup_id, LEASE_TTL)?;
-    let index = match container.load_index() {
-        Ok(i) => i,
-        Err(e) => {
-            let _ = container.store().delete(&lease);
-            return Err(e);
-        }
-    };
-    let (stop_renewing, renew_rx) = std::sync::mpsc::channel::<()>();
+    // The lease comes before the index is read (collection protocol): a collector that
+    // condemns packs after this point sees the lease and waits for this backup to end; one that
+    // condemned packs before it is seen by the index load, which skips condemned packs.
+    let lease = LeaseGuard::take(container, &backup_id, opts.lease_ttl.unwrap_or(LEASE_TTL))?;
+    let LoadedIndex {
+        index, condemned, ..
+    } = container.load_index_for(IndexUse::Backup)?;
 
     let bytes_read = AtomicU64::new(0);
     let result = std::thread::scope(|s| -> Result<_> {
@@ -347,13 +350,6 @@ pub fn run_backup(
             splitter.finish(&mut out);
             let _ = tx.send(Ok(out));
         });
-        // Renews the lease until the backup ends, so a long backup is never taken for dead.
-        let (lease_key, id) = (&lease, &backup_id);
-        let renewer = s.spawn(move || {
-            while let Err(RecvTimeoutError::Timeout) = renew_rx.recv_timeout(LEASE_TTL / 8) {
-                let _ = container.write_lease(lease_key, id, lease_started, LEASE_TTL);
-            }
-        });
         // Uploads in flight hold whole packs: cap them at ~96 MiB whatever the store's request
         // concurrency, so peak memory stays bounded (3 x 32 MiB packs by default).
         let threads = container
@@ -365,6 +361,7 @@ pub fn run_backup(
 
         let mut packer = Packer {
             index: &index,
+            avoid: &condemned,
             seen: HashSet::new(),
             level,
             data_pack: PackBuilder::new(),
@@ -430,10 +427,6 @@ pub fn run_backup(
         chunker
             .join()
             .map_err(|_| Error::Internal("chunker panicked".into()))?;
-        drop(stop_renewing);
-        renewer
-            .join()
-            .map_err(|_| Error::Internal("lease renewer panicked".into()))?;
         // The writer's error is the root cause when the main loop only saw a closed channel.
         let written = written?;
         let (extents, meta_refs, size, zero_bytes, chunks_total) = main?;
@@ -447,17 +440,10 @@ pub fn run_backup(
             written,
         ))
     });
-    let (extents, meta_refs, size, zero_bytes, chunks_total, chunks_new, written) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = container.store().delete(&lease);
-            return Err(e);
-        }
-    };
+    let (extents, meta_refs, size, zero_bytes, chunks_total, chunks_new, written) = result?;
     if let Some(expected) = opts.expected_size
         && expected != size
     {
-        let _ = container.store().delete(&lease);
         return Err(Error::VolumeTooShort {
             volume: volume_name,
             expected,
@@ -489,9 +475,9 @@ pub fn run_backup(
         volume_metadata: opts.volume_metadata.clone(),
     };
     manifest.stats.bytes_new = written.bytes;
-    let bytes = container.commit_manifest(&manifest);
-    let _ = container.store().delete(&lease);
-    let bytes = bytes?;
+    lease.check_valid()?;
+    let bytes = container.commit_manifest(&manifest)?;
+    drop(lease); // after the commit: the collector then sees the manifest
 
     let report = BackupReport {
         backup_id,

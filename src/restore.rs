@@ -22,11 +22,13 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::container::LeaseGuard;
 use crate::container::{Container, pack_key, plan_ranges};
 use crate::error::{Error, Result};
 use crate::ids::Hash;
 use crate::index::Index;
 use crate::manifest::{Extent, Manifest};
+use crate::pipeline::LEASE_TTL;
 use crate::store::RequestCounts;
 
 /// Chunks per restore window.
@@ -320,6 +322,10 @@ pub fn run_restore(
     let started = Instant::now();
     let requests_before = container.store().requests();
     let (manifest, _) = container.read_manifest(backup_id)?;
+    // A reader's lease holds back the collector's sweep while this restore relies on the
+    // locations it loads. Best effort: with read-only credentials there is no lease, and a
+    // concurrent sweep can at worst make the restore fail cleanly, naming the missing pack.
+    let _lease = LeaseGuard::take(container, backup_id, LEASE_TTL).ok();
     let index = container.load_index()?;
     check_complete(container, &index, &manifest)?;
     let t = Target::open(target, mode, manifest.size)?;
