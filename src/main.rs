@@ -507,7 +507,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
             min_age,
             json,
         } => {
-            if !(max_unused >= 0.0) {
+            if max_unused.is_nan() || max_unused < 0.0 {
                 return Err(Error::Config(format!(
                     "--max-unused {max_unused} must be 0 or more"
                 )));
