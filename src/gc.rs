@@ -286,7 +286,7 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
     // Records before segments before packs: the order writers use too (see module docs).
     let records = load_condemned(c)?;
     let segments = c.read_segments()?;
-    let listed: HashMap<Hash, u64> = c
+    let mut listed: HashMap<Hash, u64> = c
         .store()
         .list("packs/")?
         .into_iter()
@@ -434,6 +434,7 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
             report.segments_written += 1;
         }
         for (p, size, entries) in written {
+            listed.insert(p, size);
             packs.add(p, size, entries);
         }
     }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod sched;
 
 /// Runs each named scenario `fn(&Env)` as a test on a filesystem container and on a real S3
 /// server.

@@ -1,0 +1,210 @@
+//! Garbage collection: space given back, nothing a committed backup needs ever removed — alone,
+//! under leases, and interleaved with backups, deletes and restores in thousands of seeded
+//! schedules.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::backend::Env;
+use common::sched::{Sched, SchedStore};
+use common::*;
+use volback::chunker::ChunkerParams;
+use volback::container::{Container, ContainerConfig, LeaseGuard, pack_id_of_key};
+use volback::gc::{GcOptions, GcReport, load_condemned, run_gc};
+use volback::pipeline::{BackupOptions, run_backup};
+use volback::restore::{TargetMode, run_restore};
+use volback::source::VolumeSource;
+use volback::store::{MemStore, ObjectStore};
+
+on_both_backends!(
+    ten_daily_backups_then_delete_all_but_newest_leaves_at_most_1_15x_a_full,
+    a_running_backup_holds_back_the_sweep_and_commits_intact,
+    orphans_of_interrupted_backups_are_reclaimed_after_their_lease,
+);
+
+fn backup(c: &Container, vol: &Path, id: &str, parent: Option<&str>) -> u64 {
+    let opts = BackupOptions {
+        backup_id: Some(id.into()),
+        volume_id: "vol".into(),
+        parent_id: parent.map(String::from),
+        ..Default::default()
+    };
+    run_backup(c, VolumeSource::Path(vol.into()), &opts, None)
+        .unwrap_or_else(|e| panic!("backup {id}: {e}"))
+        .2
+        .bytes_new
+}
+
+fn restores_to(c: &Container, id: &str, expected: &Path, scratch: &Path) {
+    let out = scratch.join(format!("restore-{id}.img"));
+    let _ = std::fs::remove_file(&out);
+    run_restore(c, id, &out, TargetMode::New, None)
+        .unwrap_or_else(|e| panic!("restore {id}: {e}"));
+    assert_same(expected, &out);
+    std::fs::remove_file(&out).unwrap();
+}
+
+fn gc(c: &Container) -> GcReport {
+    run_gc(c, &GcOptions::default()).unwrap_or_else(|e| panic!("gc: {e}"))
+}
+
+/// Bytes of every object in a container.
+fn stored(c: &Container) -> u64 {
+    c.store().list("").unwrap().iter().map(|o| o.size).sum()
+}
+
+fn ten_daily_backups_then_delete_all_but_newest_leaves_at_most_1_15x_a_full(e: &Env) {
+    let c = e.c.clone();
+    let vol = e.root.join("v.img");
+    make_image(&vol, 24 << 20, 7);
+    backup(&c, &vol, "day1", None);
+    for day in 2..=10 {
+        scattered_writes(&vol, 40, 100 * day);
+        write_at(&vol, (day * 1_900_000) % (20 << 20), 300_000, 7 * day);
+        backup(&c, &vol, &format!("day{day}"), Some(&format!("day{}", day - 1)));
+    }
+    for day in 1..=9 {
+        c.delete_backup(&format!("day{day}")).unwrap();
+    }
+    let before = stored(&c);
+    let dry = run_gc(
+        &c,
+        &GcOptions {
+            dry_run: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(stored(&c), before, "a dry run changes nothing");
+    assert!(dry.packs_unreferenced + dry.packs_repacked > 0, "{dry:?}");
+    let r = gc(&c);
+    assert_eq!(r.records_deferred, 0, "{r:?}");
+    assert!(r.packs_deleted > 0 && r.bytes_reclaimed > 0, "{r:?}");
+    restores_to(&c, "day10", &vol, &e.root);
+    assert_eq!(
+        restores_to_err(&c, "day3", &e.root),
+        "backup_deleted",
+        "a deleted backup says so"
+    );
+
+    // A fresh full backup of the same volume, in a new container of the same kind.
+    let fresh = Container::with_store(
+        Arc::new(MemStore::new()),
+        "mem://fresh".into(),
+        true,
+        None,
+    )
+    .unwrap();
+    backup(&fresh, &vol, "full", None);
+    let (after, full) = (stored(&c), stored(&fresh));
+    eprintln!("before gc {before}, after {after}, fresh full {full}: {r:?}");
+    assert!(
+        after as f64 <= 1.15 * full as f64,
+        "after delete + gc {after} bytes, fresh full {full}"
+    );
+    // A second run finds nothing more to do.
+    let again = gc(&c);
+    assert_eq!(again.packs_deleted, 0, "{again:?}");
+    assert_eq!(again.packs_unreferenced, 0, "{again:?}");
+}
+
+fn restores_to_err(c: &Container, id: &str, scratch: &Path) -> &'static str {
+    let out = scratch.join(format!("restore-{id}.img"));
+    run_restore(c, id, &out, TargetMode::New, None)
+        .unwrap_err()
+        .kind()
+}
+
+/// A backup that started before a condemnation holds back the sweep; one that starts after it
+/// stores the condemned chunks again (never in a pack with a condemned name); both commit
+/// intact and the old packs go once the lease is gone.
+fn a_running_backup_holds_back_the_sweep_and_commits_intact(e: &Env) {
+    let c = &e.c;
+    let vol = e.root.join("v.img");
+    make_image(&vol, 6 << 20, 3);
+    backup(c, &vol, "old", None);
+    c.delete_backup("old").unwrap();
+    // A lease as a backup running on another host would hold.
+    let lease = LeaseGuard::take(c, "elsewhere", Duration::from_secs(600)).unwrap();
+    let r = gc(c);
+    assert!(r.packs_unreferenced >= 2, "{r:?}");
+    assert_eq!((r.records_deferred, r.packs_deleted), (1, 0), "{r:?}");
+    let condemned: HashSet<_> = load_condemned(c)
+        .unwrap()
+        .iter()
+        .flat_map(|(_, r)| r.pack_ids().collect::<Vec<_>>())
+        .collect();
+    // Same volume again: every chunk's only copy is condemned, so all are stored again, and
+    // the packs (same chunks in the same order) get names other than the condemned ones.
+    let new_bytes = backup(c, &vol, "new", None);
+    assert!(new_bytes > 3 << 20, "stored again: {new_bytes}");
+    let packs: Vec<_> = c
+        .store()
+        .list("packs/")
+        .unwrap()
+        .iter()
+        .filter_map(|o| pack_id_of_key(&o.key))
+        .collect();
+    assert_eq!(packs.len(), condemned.len() * 2, "{packs:?}");
+    let r = gc(c);
+    assert_eq!((r.records_deferred, r.packs_deleted), (1, 0), "{r:?}");
+    drop(lease);
+    let r = gc(c);
+    assert_eq!(r.records_deferred, 0, "{r:?}");
+    assert_eq!(r.packs_deleted, condemned.len(), "{r:?}");
+    restores_to(c, "new", &vol, &e.root);
+    assert!(load_condemned(c).unwrap().is_empty());
+}
+
+/// Packs and a lease left by a backup that died are reclaimed once the lease has expired.
+fn orphans_of_interrupted_backups_are_reclaimed_after_their_lease(e: &Env) {
+    let c = &e.c;
+    let vol = e.root.join("v.img");
+    make_image(&vol, 4 << 20, 5);
+    let kept = e.root.join("kept.img");
+    std::fs::copy(&vol, &kept).unwrap();
+    backup(c, &vol, "kept", None);
+    let kept_bytes = stored(c);
+    write_at(&vol, 0, 2 << 20, 99);
+    backup(c, &vol, "orphan", Some("kept"));
+    // What a crash just before the commit leaves: packs, segments, and a lease nobody renews
+    // (expired an hour ago), plus one still within its time to live.
+    c.store().delete("backups/orphan").unwrap();
+    let dead = serde_json::json!({"format": "volback-lease", "version": 1, "backup_id": "orphan",
+        "host": "gone", "pid": 1, "started_unix": 1, "expires_unix": volback::container::now_unix() - 3600});
+    c.store()
+        .put("leases/orphan-dead", dead.to_string().into())
+        .unwrap();
+    c.write_lease("leases/orphan-live", "orphan", 1, Duration::from_secs(600))
+        .unwrap();
+    let r = gc(c);
+    assert_eq!(
+        (r.packs_unreferenced, r.records_deferred, r.packs_deleted, r.leases_removed),
+        (2, 1, 0, 1),
+        "an unexpired lease holds the orphans: {r:?}"
+    );
+    c.store().delete("leases/orphan-live").unwrap();
+    let r = run_gc(
+        c,
+        &GcOptions {
+            clock_skew: Duration::from_secs(60),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(r.packs_deleted, 2, "{r:?}");
+    assert!(
+        c.store().list("leases/").unwrap().is_empty(),
+        "expired lease removed"
+    );
+    restores_to(c, "kept", &kept, &e.root);
+    let after = stored(c);
+    assert!(
+        after <= kept_bytes + (64 << 10),
+        "back to the size before the orphan: {after} vs {kept_bytes}"
+    );
+}
