@@ -183,10 +183,9 @@ pub struct GcReport {
 /// Marks chunks of committed manifests; remembers which backups were walked.
 struct Marker<'a> {
     c: &'a Container,
-    /// Chunk locations for walking extent lists; reloaded once if a manifest committed during
-    /// the run names extent-list chunks written after it was loaded.
+    /// Chunk locations for walking extent lists; reloaded if a manifest committed during the
+    /// run names extent-list chunks written after it was loaded.
     index: Index,
-    reloaded: bool,
     walked: HashSet<String>,
     live: HashSet<Hash>,
 }
@@ -208,9 +207,10 @@ impl Marker<'_> {
             };
             let m = Manifest::decode(&o.key, &bytes)?;
             match self.mark(&m) {
-                Err(Error::ChunkNotIndexed { .. }) if !self.reloaded => {
+                // Committed after the index was loaded, or its extent list was repacked by
+                // another collector: look again with a fresh index.
+                Err(Error::ChunkNotIndexed { .. } | Error::MissingObject { .. }) => {
                     self.index = self.c.load_index()?;
-                    self.reloaded = true;
                     self.mark(&m)?;
                 }
                 other => other?,
@@ -342,7 +342,6 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
     let mut marker = Marker {
         c,
         index,
-        reloaded: false,
         walked: HashSet::new(),
         live: HashSet::new(),
     };
@@ -624,10 +623,15 @@ fn repack(
         let ranges = plan_ranges(source, batch, |id| {
             Error::Internal(format!("repack: chunk {id} not in its pack"))
         })?;
+        // A pack another collector deleted meanwhile had verified copies of its live chunks
+        // elsewhere: nothing to copy from it.
         let fetched: Vec<Vec<(Hash, Bytes)>> = c.on_io_pool(|| {
             ranges
                 .par_iter()
-                .map(|r| c.fetch_range(r, |_| 0))
+                .map(|r| match c.fetch_range(r, |_| 0) {
+                    Err(Error::MissingObject { .. }) => Ok(Vec::new()),
+                    other => other,
+                })
                 .collect::<Result<_>>()
         })?;
         let encoded: Vec<EncodedChunk> = fetched

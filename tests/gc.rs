@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,8 +42,7 @@ fn backup(c: &Container, vol: &Path, id: &str, parent: Option<&str>) -> u64 {
 fn restores_to(c: &Container, id: &str, expected: &Path, scratch: &Path) {
     let out = scratch.join(format!("restore-{id}.img"));
     let _ = std::fs::remove_file(&out);
-    run_restore(c, id, &out, TargetMode::New, None)
-        .unwrap_or_else(|e| panic!("restore {id}: {e}"));
+    run_restore(c, id, &out, TargetMode::New, None).unwrap_or_else(|e| panic!("restore {id}: {e}"));
     assert_same(expected, &out);
     std::fs::remove_file(&out).unwrap();
 }
@@ -65,7 +64,12 @@ fn ten_daily_backups_then_delete_all_but_newest_leaves_at_most_1_15x_a_full(e: &
     for day in 2..=10 {
         scattered_writes(&vol, 40, 100 * day);
         write_at(&vol, (day * 1_900_000) % (20 << 20), 300_000, 7 * day);
-        backup(&c, &vol, &format!("day{day}"), Some(&format!("day{}", day - 1)));
+        backup(
+            &c,
+            &vol,
+            &format!("day{day}"),
+            Some(&format!("day{}", day - 1)),
+        );
     }
     for day in 1..=9 {
         c.delete_backup(&format!("day{day}")).unwrap();
@@ -92,13 +96,8 @@ fn ten_daily_backups_then_delete_all_but_newest_leaves_at_most_1_15x_a_full(e: &
     );
 
     // A fresh full backup of the same volume, in a new container of the same kind.
-    let fresh = Container::with_store(
-        Arc::new(MemStore::new()),
-        "mem://fresh".into(),
-        true,
-        None,
-    )
-    .unwrap();
+    let fresh =
+        Container::with_store(Arc::new(MemStore::new()), "mem://fresh".into(), true, None).unwrap();
     backup(&fresh, &vol, "full", None);
     let (after, full) = (stored(&c), stored(&fresh));
     eprintln!("before gc {before}, after {after}, fresh full {full}: {r:?}");
@@ -183,7 +182,12 @@ fn orphans_of_interrupted_backups_are_reclaimed_after_their_lease(e: &Env) {
         .unwrap();
     let r = gc(c);
     assert_eq!(
-        (r.packs_unreferenced, r.records_deferred, r.packs_deleted, r.leases_removed),
+        (
+            r.packs_unreferenced,
+            r.records_deferred,
+            r.packs_deleted,
+            r.leases_removed
+        ),
         (2, 1, 0, 1),
         "an unexpired lease holds the orphans: {r:?}"
     );
@@ -207,4 +211,238 @@ fn orphans_of_interrupted_backups_are_reclaimed_after_their_lease(e: &Env) {
         after <= kept_bytes + (64 << 10),
         "back to the size before the orphan: {after} vs {kept_bytes}"
     );
+}
+
+/// One operation in a schedule.
+#[derive(Debug, Clone)]
+enum Op {
+    Backup {
+        vol: usize,
+        id: String,
+        parent: Option<String>,
+    },
+    Delete(String),
+    Gc(GcOptions),
+    Restore(String),
+}
+
+/// Backups, deletes, collections and restores run as concurrent actors whose requests are
+/// interleaved by a seeded scheduler; after every round, every committed backup restores
+/// byte-identically. Thousands of schedules (VOLBACK_SCHEDULES overrides the count).
+#[test]
+fn interleaved_backup_delete_gc_restore_schedules() {
+    let schedules: u64 = std::env::var("VOLBACK_SCHEDULES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500);
+    let scratch = tempfile::tempdir().unwrap();
+    let mut steps = 0;
+    for seed in 0..schedules.div_ceil(3) {
+        steps += run_schedule(seed, scratch.path());
+    }
+    eprintln!("{schedules} schedules, {steps} interleaved requests");
+}
+
+fn tiny_chunks() -> ContainerConfig {
+    ContainerConfig {
+        chunker: ChunkerParams {
+            min: 512,
+            avg: 2048,
+            max: 8192,
+            zero_min: 4096,
+        },
+        pack_target: 1 << 20,
+        ..Default::default()
+    }
+}
+
+/// Three rounds of concurrent actors on one container; returns requests scheduled.
+fn run_schedule(seed: u64, scratch: &Path) -> u64 {
+    let mem = Arc::new(MemStore::new());
+    let base =
+        Container::with_store(mem.clone(), "mem://".into(), true, Some(tiny_chunks())).unwrap();
+    let mut rng = pseudo_random(4096, seed).into_iter().cycle();
+    let mut pick = |n: usize| -> usize {
+        let b = [rng.next().unwrap(), rng.next().unwrap()];
+        u16::from_le_bytes(b) as usize % n
+    };
+    // Two volumes; each backup of a volume changes some blocks of it first.
+    let mut volumes: Vec<Vec<u8>> = (0..2)
+        .map(|v| {
+            let mut d = pseudo_random(96 << 10, seed * 10 + v);
+            d[40 << 10..56 << 10].fill(0);
+            d
+        })
+        .collect();
+    // Committed, not deleted: id → contents.
+    let mut committed: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut latest: Vec<Option<String>> = vec![None, None];
+    let mut next_id = 0;
+    let mut steps = 0;
+    for round in 0..3 {
+        let n_actors = 2 + pick(3);
+        let mut ops = Vec::new();
+        for _ in 0..n_actors {
+            let op = match pick(4) {
+                0 | 1 => {
+                    let vol = pick(2);
+                    next_id += 1;
+                    Op::Backup {
+                        vol,
+                        id: format!("b{next_id}"),
+                        parent: latest[vol].clone().filter(|p| committed.contains_key(p)),
+                    }
+                }
+                2 if !committed.is_empty() => {
+                    let ids: Vec<_> = committed.keys().cloned().collect();
+                    if pick(2) == 0 {
+                        Op::Delete(ids[pick(ids.len())].clone())
+                    } else {
+                        Op::Restore(ids[pick(ids.len())].clone())
+                    }
+                }
+                _ => Op::Gc(GcOptions {
+                    clock_skew: Duration::from_secs([0, 300][pick(2)]),
+                    max_unused: [0.0, 0.05, 1.0][pick(3)],
+                    ..Default::default()
+                }),
+            };
+            ops.push(op);
+        }
+        // Volume contents each backup will see (changed before the round starts).
+        let mut contents = Vec::new();
+        for op in &ops {
+            if let Op::Backup { vol, .. } = op {
+                let v = &mut volumes[*vol];
+                let at = pick(v.len() - 4096) & !511;
+                let len = 512 * (1 + pick(16));
+                let fill = pseudo_random(len, seed * 1000 + round * 10 + contents.len() as u64);
+                let end = (at + len).min(v.len());
+                v[at..end].copy_from_slice(&fill[..end - at]);
+                contents.push(v.clone());
+            } else {
+                contents.push(Vec::new());
+            }
+        }
+        let sched = Sched::new(seed * 7 + round, ops.len());
+        let results: Vec<std::result::Result<(), volback::Error>> = std::thread::scope(|s| {
+            let handles: Vec<_> = ops
+                .iter()
+                .zip(&contents)
+                .enumerate()
+                .map(|(actor, (op, data))| {
+                    let store = Arc::new(SchedStore {
+                        inner: mem.clone(),
+                        sched: sched.clone(),
+                        actor,
+                    });
+                    let sched = sched.clone();
+                    let committed = &committed;
+                    s.spawn(move || {
+                        let r = run_actor(store, op, data, committed, scratch, seed, actor);
+                        sched.done(actor);
+                        r
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        steps += sched.steps();
+        let deleted: HashSet<String> = ops
+            .iter()
+            .zip(&results)
+            .filter_map(|(op, r)| match (op, r) {
+                (Op::Delete(id), Ok(())) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        for ((op, r), data) in ops.iter().zip(&results).zip(&contents) {
+            let ctx = format!("seed {seed} round {round}: {op:?}");
+            match (op, r) {
+                (Op::Backup { id, vol, .. }, Ok(())) => {
+                    committed.insert(id.clone(), data.clone());
+                    latest[*vol] = Some(id.clone());
+                }
+                // A parent deleted by a concurrent actor is a clean refusal.
+                (Op::Backup { .. }, Err(e)) if e.kind() == "parent_not_found" => {}
+                (Op::Delete(id), Ok(())) => {
+                    committed.remove(id);
+                }
+                // Two deletes of one backup: the second says "deleted".
+                (Op::Delete(_), Err(e)) if e.kind() == "backup_deleted" => {}
+                (Op::Restore(id), Err(e))
+                    if deleted.contains(id)
+                        && ["backup_deleted", "backup_not_found", "missing_object"]
+                            .contains(&e.kind()) => {}
+                (_, Ok(())) => {}
+                (_, Err(e)) => panic!("{ctx}: {e}"),
+            }
+        }
+        // Every committed backup restores byte-identically, through a fresh container.
+        let check = Container::with_store(mem.clone(), "mem://".into(), false, None).unwrap();
+        for (id, data) in &committed {
+            let out = scratch.join(format!("check-{seed}"));
+            let _ = std::fs::remove_file(&out);
+            run_restore(&check, id, &out, TargetMode::New, None)
+                .unwrap_or_else(|e| panic!("seed {seed} round {round}: restore {id}: {e}"));
+            assert!(
+                std::fs::read(&out).unwrap() == *data,
+                "seed {seed} round {round}: {id} restored different bytes"
+            );
+            std::fs::remove_file(&out).unwrap();
+        }
+    }
+    // Delete everything: a collection then leaves no pack behind.
+    for id in committed.keys() {
+        base.delete_backup(id).unwrap();
+    }
+    let r = run_gc(&base, &GcOptions::default()).unwrap();
+    let left = mem.list("packs/").unwrap();
+    assert!(
+        left.is_empty(),
+        "seed {seed}: {} packs left: {r:?}",
+        left.len()
+    );
+    steps
+}
+
+fn run_actor(
+    store: Arc<SchedStore>,
+    op: &Op,
+    data: &[u8],
+    committed: &BTreeMap<String, Vec<u8>>,
+    scratch: &Path,
+    seed: u64,
+    actor: usize,
+) -> volback::Result<()> {
+    let c = Container::with_store(store, "mem://".into(), false, None)?;
+    match op {
+        Op::Backup { id, parent, .. } => {
+            let opts = BackupOptions {
+                backup_id: Some(id.clone()),
+                volume_id: "v".into(),
+                parent_id: parent.clone(),
+                ..Default::default()
+            };
+            let source = VolumeSource::Reader {
+                name: id.clone(),
+                reader: Box::new(std::io::Cursor::new(data.to_vec())),
+            };
+            run_backup(&c, source, &opts, None).map(|_| ())
+        }
+        Op::Delete(id) => c.delete_backup(id),
+        Op::Gc(opts) => run_gc(&c, opts).map(|_| ()),
+        Op::Restore(id) => {
+            let out = scratch.join(format!("actor-{seed}-{actor}"));
+            let _ = std::fs::remove_file(&out);
+            run_restore(&c, id, &out, TargetMode::New, None)?;
+            let got = std::fs::read(&out).map_err(|e| volback::Error::io("read", &out, e))?;
+            let _ = std::fs::remove_file(&out);
+            assert!(
+                got == committed[id],
+                "seed {seed}: concurrent restore of {id} returned different bytes"
+            );
+            Ok(())
+        }
+    }
 }
