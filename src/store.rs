@@ -374,10 +374,12 @@ impl ObjectStore for FsStore {
                         stack.push((entry.path(), key));
                     }
                 } else if ft.is_file() && key.starts_with(prefix) {
-                    let size = entry
-                        .metadata()
-                        .map_err(|e| Error::io("list container", entry.path(), e))?
-                        .len();
+                    // An object deleted since readdir (a collector at work) is simply gone.
+                    let size = match entry.metadata() {
+                        Ok(m) => m.len(),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(Error::io("list container", entry.path(), e)),
+                    };
                     out.push(ObjectMeta { key, size });
                 }
             }

@@ -1,0 +1,209 @@
+//! Multi-process stress: several `volback` processes back up and delete in one container while
+//! `volback gc` runs in a loop, on the filesystem and on the local S3 server; then every backup
+//! that reported success and was not deleted is restored and compared.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::backend::Env;
+use common::*;
+
+on_both_backends!(processes_backing_up_deleting_and_collecting_at_once);
+
+/// How long the workers run (VOLBACK_STRESS_SECS overrides).
+fn duration() -> Duration {
+    Duration::from_secs(
+        std::env::var("VOLBACK_STRESS_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10),
+    )
+}
+
+fn run(e: &Env, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_volback"))
+        .args(args)
+        .envs(e.cli_env())
+        .output()
+        .unwrap()
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "not JSON: {} / {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn hash_file(p: &Path) -> String {
+    blake3::hash(&std::fs::read(p).unwrap())
+        .to_hex()
+        .to_string()
+}
+
+fn processes_backing_up_deleting_and_collecting_at_once(e: &Env) {
+    let url = e.url.as_str();
+    let stop = AtomicBool::new(false);
+    // Backup id → BLAKE3 of the volume it was taken of, for every backup reported committed.
+    let committed: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+    let deleted: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
+    let gc_runs = Mutex::new(0u32);
+    let deadline = Instant::now() + duration();
+    std::thread::scope(|s| {
+        for w in 0..3u64 {
+            let (committed, stop) = (&committed, &stop);
+            s.spawn(move || {
+                let vol = e.root.join(format!("w{w}.img"));
+                make_image(&vol, 3 << 20, w);
+                let mut parent: Option<String> = None;
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    n += 1;
+                    scattered_writes(&vol, 8, w * 1000 + n);
+                    let id = format!("w{w}-{n}");
+                    let v = vol.display().to_string();
+                    let mut args = vec![
+                        "backup",
+                        "--container",
+                        url,
+                        "--volume",
+                        &v,
+                        "--backup-id",
+                        &id,
+                        "--volume-id",
+                        "vol",
+                        "--json",
+                    ];
+                    if let Some(p) = &parent {
+                        args.extend(["--parent", p]);
+                    }
+                    let out = run(e, &args);
+                    if out.status.success() {
+                        committed
+                            .lock()
+                            .unwrap()
+                            .insert(id.clone(), hash_file(&vol));
+                        parent = Some(id);
+                    } else {
+                        let j = json_of(&out);
+                        // The parent was deleted by the deleter: the next backup is a full one.
+                        assert_eq!(j["error"], "parent_not_found", "backup {id}: {j}");
+                        parent = None;
+                    }
+                }
+                stop.store(true, Ordering::Relaxed);
+            });
+        }
+        {
+            let (committed, deleted) = (&committed, &deleted);
+            s.spawn(move || {
+                let mut k = 0usize;
+                while Instant::now() < deadline {
+                    k += 1;
+                    let ids: Vec<String> = committed.lock().unwrap().keys().cloned().collect();
+                    // Delete about two in three backups, oldest first, keeping the newest.
+                    let Some(id) = ids
+                        .iter()
+                        .filter(|id| !deleted.lock().unwrap().contains(*id))
+                        .nth(k % 2)
+                    else {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    };
+                    let out = run(
+                        e,
+                        &["delete", "--container", url, "--backup-id", id, "--json"],
+                    );
+                    assert!(out.status.success(), "delete {id}: {}", json_of(&out));
+                    deleted.lock().unwrap().insert(id.clone());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+        {
+            let gc_runs = &gc_runs;
+            s.spawn(move || {
+                while Instant::now() < deadline {
+                    let out = run(
+                        e,
+                        &["gc", "--container", url, "--clock-skew", "0", "--json"],
+                    );
+                    assert!(out.status.success(), "gc: {}", json_of(&out));
+                    *gc_runs.lock().unwrap() += 1;
+                }
+            });
+        }
+    });
+    // Backups that ended with the deadline may still hold expired-free leases: none left now.
+    let out = run(
+        e,
+        &["gc", "--container", url, "--clock-skew", "0", "--json"],
+    );
+    assert!(out.status.success(), "final gc: {}", json_of(&out));
+    let last = json_of(&out);
+
+    let committed = committed.into_inner().unwrap();
+    let deleted = deleted.into_inner().unwrap();
+    let live: Vec<_> = committed
+        .iter()
+        .filter(|(id, _)| !deleted.contains(*id))
+        .collect();
+    eprintln!(
+        "{} backups committed, {} deleted, {} gc runs; last gc: {last}",
+        committed.len(),
+        deleted.len(),
+        gc_runs.into_inner().unwrap()
+    );
+    assert!(committed.len() >= 6 && !deleted.is_empty() && !live.is_empty());
+    for (id, hash) in live {
+        let out_path = e.root.join(format!("restore-{id}.img"));
+        let target = out_path.display().to_string();
+        let out = run(
+            e,
+            &[
+                "restore",
+                "--container",
+                url,
+                "--backup-id",
+                id,
+                "--target",
+                &target,
+                "--json",
+            ],
+        );
+        assert!(out.status.success(), "restore {id}: {}", json_of(&out));
+        assert_eq!(
+            &hash_file(&out_path),
+            hash,
+            "backup {id} restored different bytes"
+        );
+        std::fs::remove_file(&out_path).unwrap();
+    }
+    // A deleted backup says so.
+    if let Some(id) = deleted.iter().next() {
+        let target = e.root.join("gone.img").display().to_string();
+        let out = run(
+            e,
+            &[
+                "restore",
+                "--container",
+                url,
+                "--backup-id",
+                id,
+                "--target",
+                &target,
+                "--json",
+            ],
+        );
+        assert_eq!(json_of(&out)["error"], "backup_deleted");
+    }
+}
