@@ -25,7 +25,8 @@
 //! | `index/<blake3>` | after the packs it describes | chunk id → (pack, offset, lengths); immutable segments |
 //! | `backups/<id>` | last, create-only | the manifest: ids, size, metadata, and the extent-list chunk ids |
 //! | `deleted/<id>` | by delete | tombstone: tells "deleted" from "never existed" |
-//! | `leases/<id>` | while a backup runs | writer lease read by the garbage collector |
+//! | `leases/<id>-<uuid>` | while a backup, restore or verify runs | lease read by the garbage collector |
+//! | `gc/condemned-<time>-<uuid>` | by the collector | packs proposed for deletion |
 //!
 //! A chunk's id is the BLAKE3 of its uncompressed bytes. A manifest names chunks by id only,
 //! never by pack, so packs can be rewritten (repacked) without touching any manifest. The extent
@@ -41,46 +42,47 @@
 //! manifest does, so an interrupted backup is never visible; what it left behind is unreferenced
 //! and reclaimed by the collector.
 //!
-//! ## Garbage-collection protocol (implemented by the `gc` issue; the format already carries it)
+//! ## Garbage-collection protocol ([`gc`]; argued in full in `docs/gc.md`)
 //!
 //! Deleting a backup removes only its manifest (after writing a tombstone). Space is reclaimed by
-//! a mark-and-sweep collector that can run while backups run on other hosts:
+//! a mark-and-sweep collector that runs while backups run on other hosts, with no lock:
 //!
-//! 1. **Leases.** Every backup writes `leases/<id>` (start time, expiry) before it reads the
-//!    index, refreshes it while it runs, and deletes it after its manifest is committed.
+//! 1. **Leases.** A backup (and a restore or verify) writes `leases/<id>-<uuid>` before it reads
+//!    the index, renews it every TTL/8, and deletes it when done — a backup only after its
+//!    manifest is committed, and it refuses to commit if its lease has less than half its TTL
+//!    left.
 //! 2. **Mark.** The collector lists manifests and marks every chunk they reference.
-//! 3. **Condemn.** Packs with no live chunk (or below the repack threshold, after their live
-//!    chunks are rewritten into new packs and indexed) are listed in a `gc/condemned-<time>`
-//!    object — not deleted.
-//! 4. **Sweep, later.** A condemned pack is deleted only by a later collector run, when (a) it is
-//!    still unreferenced by every manifest committed since, and (b) every lease that was live
-//!    when it was condemned has ended or expired (plus the clock-skew bound). A backup that
-//!    started before the condemnation either committed (and its manifest is seen by (a)) or is
-//!    still running (and holds back the sweep by (b)).
-//! 5. **Writers skip condemned packs.** A backup that starts after a condemnation loads the
-//!    condemned lists with the index and does not dedup against chunks that live only in
-//!    condemned packs: it stores them again.
+//! 3. **Condemn.** Packs with no live chunk, and the sparsest partly live packs (after their live
+//!    chunks are copied into new packs and indexed) are listed in a create-only
+//!    `gc/condemned-<time>-<uuid>` record — not deleted.
+//! 4. **Sweep.** A record is swept when no lease that may predate it (started before it, plus
+//!    the clock-skew bound, and not expired) is alive — in the same run if none is. The
+//!    collector marks again (manifests committed since), and deletes a condemned pack only if
+//!    every live chunk in it has a copy in a pack that exists and no record condemns, checked
+//!    twice, the second time on fresh listings. Index segments are merged, then packs deleted,
+//!    then the record.
+//! 5. **Writers skip condemned packs.** A backup reads the records before the index and lists
+//!    packs after it, deduplicates only against chunks in existing, uncondemned packs, and never
+//!    builds a pack whose name is condemned.
 //!
 //! ## Which operations may run concurrently
 //!
-//! There is no lock anywhere: safety comes from immutable, content-named objects, create-only
-//! commits, and the lease rule above. (`gc` and `verify` are built by later issues on this
-//! protocol; the rows below are the contract they must keep.)
+//! Safety comes from immutable, content-named objects, create-only commits and the rules above.
 //!
 //! | pair | safe? | why |
 //! |---|---|---|
 //! | backup ∥ backup (same or other volume, any host) | yes | packs and index segments are named by their content, so two writers never overwrite each other's objects differently; a chunk stored twice is harmless; manifests are create-only, so two backups with one id cannot both commit |
 //! | backup ∥ restore | yes | a restore reads only objects a committed manifest reaches; a running backup adds objects but changes none |
-//! | backup ∥ delete | yes | delete removes one manifest; the chunks stay until the collector proves no manifest needs them, so a backup deduplicating against the deleted backup's chunks still finds them |
-//! | backup ∥ gc | yes | the backup's lease is older than any condemnation made while it runs, so the sweep waits for it (step 4); a backup started after a condemnation never reuses condemned chunks (step 5) |
-//! | backup ∥ import / export | yes | both read one manifest and the index |
-//! | restore ∥ restore, export, import, verify | yes | all read-only |
-//! | restore ∥ delete (same backup) | clean error | the restore fails with "backup deleted" or a missing object, naming it; nothing else is affected |
-//! | restore ∥ gc | yes | only packs unreferenced by every committed manifest are condemned, and one is deleted only a full collector cycle later |
+//! | backup ∥ delete | yes | delete removes one manifest; the chunks stay until a sweep proves no manifest needs them |
+//! | backup ∥ gc | yes | a lease older than a condemnation holds back its sweep (step 4); a backup started after it never reuses condemned chunks (step 5); one whose lease lapsed does not commit (step 1) |
+//! | backup ∥ verify, import, export | yes | these read one manifest and the index |
+//! | restore ∥ restore, verify, import, export | yes | all read-only |
+//! | restore ∥ delete (same backup) | clean error | the restore fails with "backup deleted" or a missing object, naming it; no partial target is left |
+//! | restore ∥ gc | yes | the restore's lease holds back sweeps of records made while it runs, and it prefers copies in live packs |
 //! | delete ∥ delete (same backup) | yes | tombstone then manifest removal; the second reports "deleted", not "not found" |
-//! | delete ∥ gc | yes | a manifest deleted during marking makes its chunks collectable one cycle later, never earlier |
-//! | gc ∥ gc | yes | condemnation records are content-named; a sweep deletes only packs condemned by an earlier run and re-checked against current manifests |
-//! | verify ∥ anything | yes | read-only; a pack deleted under a verify of a deleted backup is reported as missing for that backup only |
+//! | delete ∥ gc | yes | a manifest deleted during marking makes its chunks collectable a run later, never earlier |
+//! | gc ∥ gc | yes | records are create-only; each sweep re-checks copies on listings taken after its own record was written, so two collectors never delete each other's last copy; segments are merged new-first |
+//! | verify ∥ anything | yes | read-only, under a lease |
 //!
 //! On S3 the create-only commit is `If-None-Match: *`. Servers that ignore it (Garage 2.5, for
 //! one) still never lose data — content-named objects are identical whoever writes them — but
@@ -94,6 +96,7 @@
 //! - [`pack`], [`index`], [`manifest`], [`record`]: the on-storage formats.
 //! - [`container`]: object names and container-level operations. [`store`]: the storage trait,
 //!   filesystem and in-memory backends. [`s3`]: S3-compatible object storage.
+//! - [`gc`]: the garbage collector.
 //! - [`error`]: the error type; every variant names the object and offset.
 //!
 //! ## Example
