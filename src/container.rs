@@ -214,6 +214,19 @@ pub struct LoadedIndex {
     pub condemned: HashSet<Hash>,
     /// Number of index segments read.
     pub segments: usize,
+    /// Segments that failed to decode (their packs were read from their own tables).
+    pub damaged_segments: Vec<(String, Error)>,
+    /// Packs no readable segment described, read from their own tables.
+    pub adopted: usize,
+}
+
+/// Index segments read from a container.
+#[derive(Default)]
+pub struct Segments {
+    /// (key, contents) of each segment that decoded.
+    pub good: Vec<(String, Segment)>,
+    /// Keys and decode errors of the others.
+    pub damaged: Vec<(String, Error)>,
 }
 
 /// Key of a backup's manifest.
@@ -448,35 +461,65 @@ impl Container {
     }
 
     /// Reads every index segment. A segment that disappears between the listing and the read
-    /// was consolidated by a concurrent collector (which writes the merged segment before it
-    /// deletes the old ones), so the listing is simply taken again.
-    pub fn read_segments(&self) -> Result<Vec<(String, Segment)>> {
+    /// was merged by a concurrent collector (which writes the merged segment before it deletes
+    /// the old ones), so the listing is simply taken again. Segments that fail to decode are
+    /// returned apart: a segment is only a cache of pack tables, so the packs it described are
+    /// read from their own tables instead (see [`Container::load_index_for`]).
+    pub fn read_segments(&self) -> Result<Segments> {
         let mut attempt = 0;
         loop {
             let keys = self.store.list("index/")?;
-            let segments: Vec<Result<(String, Segment)>> = self.on_io_pool(|| {
+            let read: Vec<Result<(String, Result<Segment>)>> = self.on_io_pool(|| {
                 keys.par_iter()
                     .map(|o| {
                         let bytes = self.store.get(&o.key)?;
-                        Ok((o.key.clone(), decode_segment(&o.key, &bytes)?))
+                        Ok((o.key.clone(), decode_segment(&o.key, &bytes)))
                     })
                     .collect()
             });
-            match segments.into_iter().collect::<Result<Vec<_>>>() {
+            match read.into_iter().collect::<Result<Vec<_>>>() {
                 Err(Error::MissingObject { .. }) if attempt < 8 => attempt += 1,
-                other => return other,
+                Err(e) => return Err(e),
+                Ok(all) => {
+                    let mut out = Segments::default();
+                    for (key, seg) in all {
+                        match seg {
+                            Ok(seg) => out.good.push((key, seg)),
+                            Err(e) => {
+                                tracing::warn!("{e}; reading the packs' own tables instead");
+                                out.damaged.push((key, e));
+                            }
+                        }
+                    }
+                    return Ok(out);
+                }
             }
         }
     }
 
-    /// Ids of the packs that exist now (one paged LIST).
-    pub fn existing_packs(&self) -> Result<HashSet<Hash>> {
+    /// Every pack that exists now, with its size (one paged LIST).
+    pub fn listed_packs(&self) -> Result<HashMap<Hash, u64>> {
         Ok(self
             .store
             .list("packs/")?
             .iter()
-            .filter_map(|o| pack_id_of_key(&o.key))
+            .filter_map(|o| pack_id_of_key(&o.key).map(|id| (id, o.size)))
             .collect())
+    }
+
+    /// Ids of the packs that exist now (one paged LIST).
+    pub fn existing_packs(&self) -> Result<HashSet<Hash>> {
+        Ok(self.listed_packs()?.into_keys().collect())
+    }
+
+    /// Reads the tables of `packs` (id, size) in parallel.
+    pub fn read_pack_tables(&self, packs: &[(Hash, u64)]) -> Vec<(Hash, Result<Vec<PackEntry>>)> {
+        self.on_io_pool(|| {
+            packs
+                .par_iter()
+                .map(|(p, size)| (*p, self.read_pack_table(&pack_key(p), *size)))
+                .collect()
+        })
     }
 
     /// Loads the index for reading (restore, verify, export): every indexed chunk, located
@@ -485,18 +528,46 @@ impl Container {
         Ok(self.load_index_for(IndexUse::Read)?.index)
     }
 
-    /// Loads the index in the order the collection protocol requires (docs/format.md):
-    /// condemnation records first, then the segments, then the pack listing. For a backup only
-    /// chunks in packs that exist and are not condemned are indexed (a chunk whose only copies
-    /// are condemned is stored again); for reading, condemned and unlisted packs are the
-    /// fallback, so that a missing pack is reported by name when it is really needed.
+    /// Loads the index in the order the collection protocol requires (`docs/gc.md`):
+    /// condemnation records first, then the segments, then the pack listing. Packs that exist
+    /// but no readable segment describes (an interrupted backup's last packs, a damaged
+    /// segment's) are read from their own tables, and a backup writes a segment for them, so a
+    /// re-run after a crash reuses everything that was uploaded.
+    ///
+    /// For a backup only chunks in packs that exist and are not condemned are indexed (a chunk
+    /// whose only copies are condemned is stored again); for reading, condemned and unlisted
+    /// packs are the fallback, so that a missing pack is reported by name when it is needed.
     pub fn load_index_for(&self, usage: IndexUse) -> Result<LoadedIndex> {
         let condemned: HashSet<Hash> = crate::gc::load_condemned(self)?
             .iter()
             .flat_map(|(_, c)| c.pack_ids())
             .collect();
         let segments = self.read_segments()?;
-        let existing = self.existing_packs()?;
+        let listed = self.listed_packs()?;
+        let covered: HashSet<Hash> = segments
+            .good
+            .iter()
+            .flat_map(|(_, seg)| seg.iter().map(|(p, _)| *p))
+            .collect();
+        let mut unindexed: Vec<(Hash, u64)> = listed
+            .iter()
+            .filter(|(p, _)| !covered.contains(*p))
+            .filter(|(p, _)| usage == IndexUse::Read || !condemned.contains(*p))
+            .map(|(p, s)| (*p, *s))
+            .collect();
+        unindexed.sort();
+        let mut tables: Segment = Vec::new();
+        for (p, t) in self.read_pack_tables(&unindexed) {
+            match t {
+                Ok(entries) => tables.push((p, entries)),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        if usage == IndexUse::Backup && !tables.is_empty() {
+            for group in tables.chunks(4096) {
+                self.write_index_segment(group)?;
+            }
+        }
         let mut index = Index::new();
         let passes: &[fn(bool, bool) -> bool] = match usage {
             IndexUse::Backup => &[|exists, cond| exists && !cond],
@@ -506,10 +577,15 @@ impl Container {
                 |exists, _| !exists,
             ],
         };
+        let all = segments
+            .good
+            .iter()
+            .map(|(_, seg)| seg)
+            .chain(std::iter::once(&tables));
         for pass in passes {
-            for (_, seg) in &segments {
+            for seg in all.clone() {
                 for (pack, entries) in seg {
-                    if pass(existing.contains(pack), condemned.contains(pack)) {
+                    if pass(listed.contains_key(pack), condemned.contains(pack)) {
                         index.add_pack(*pack, entries);
                     }
                 }
@@ -518,7 +594,9 @@ impl Container {
         Ok(LoadedIndex {
             index,
             condemned,
-            segments: segments.len(),
+            segments: segments.good.len(),
+            damaged_segments: segments.damaged,
+            adopted: tables.len(),
         })
     }
 

@@ -33,11 +33,11 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::container::{
-    Container, hostname, now_rfc3339, now_unix, pack_id_of_key, pack_key, plan_ranges,
+    Container, Segments, hostname, now_rfc3339, now_unix, pack_key, plan_ranges,
 };
 use crate::error::{Error, Result};
 use crate::ids::Hash;
-use crate::index::Index;
+use crate::index::{Index, Segment};
 use crate::manifest::{Extent, Manifest, decode_versioned_json};
 use crate::pack::{ChunkKind, ENTRY_LEN, EncodedChunk, PackBuilder, PackEntry, encode_chunk};
 use crate::store::RequestCounts;
@@ -285,13 +285,12 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
 
     // Records before segments before packs: the order writers use too (see module docs).
     let records = load_condemned(c)?;
-    let segments = c.read_segments()?;
-    let mut listed: HashMap<Hash, u64> = c
-        .store()
-        .list("packs/")?
-        .into_iter()
-        .filter_map(|o| pack_id_of_key(&o.key).map(|id| (id, o.size)))
-        .collect();
+    let Segments {
+        good: segments,
+        damaged,
+    } = c.read_segments()?;
+    let damaged: Vec<String> = damaged.into_iter().map(|(key, _)| key).collect();
+    let mut listed = c.listed_packs()?;
     report.packs_before = listed.len();
     report.bytes_before = listed.values().sum();
     let condemned_before: HashSet<Hash> = records.iter().flat_map(|(_, r)| r.pack_ids()).collect();
@@ -317,16 +316,10 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
         .filter(|(p, _)| !packs.table.contains_key(*p))
         .map(|(p, s)| (*p, *s))
         .collect();
-    let tables: Vec<(Hash, u64, Option<Vec<PackEntry>>)> = c.on_io_pool(|| {
-        unindexed
-            .par_iter()
-            .map(|(p, size)| (*p, *size, c.read_pack_table(&pack_key(p), *size).ok()))
-            .collect()
-    });
-    for (p, size, entries) in tables {
+    for (p, entries) in c.read_pack_tables(&unindexed) {
         // A pack whose table cannot be read is left alone (verify reports it).
-        if let Some(entries) = entries {
-            packs.add(p, size, entries);
+        if let Ok(entries) = entries {
+            packs.add(p, listed[&p], entries);
         }
     }
     // Locations for walking manifests: live packs first, as for a restore.
@@ -532,37 +525,15 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
         report.packs_kept = candidates.len() - deletable.len();
         let gone: HashSet<Hash> = deletable.iter().copied().collect();
 
-        // Merge the index without the deleted packs (new segment first, then the old ones go).
-        if !gone.is_empty() || segments.len() > MERGE_SEGMENTS_ABOVE {
-            let mut merged: Vec<(Hash, Vec<PackEntry>)> = Vec::new();
-            let mut included = HashSet::new();
-            for (_, seg) in &segments {
-                for (p, entries) in seg {
-                    if !gone.contains(p) && exists_now.contains(p) && included.insert(*p) {
-                        merged.push((*p, entries.clone()));
-                    }
-                }
-            }
-            for group in merged.chunks(4096) {
-                c.write_index_segment(group)?;
-                report.segments_written += 1;
-            }
-            let written_keys: HashSet<String> = merged
-                .chunks(4096)
-                .map(|g| {
-                    format!(
-                        "index/{}",
-                        Hash::of(&crate::index::encode_segment(g)).to_hex()
-                    )
-                })
-                .collect();
-            for (key, _) in &segments {
-                if !written_keys.contains(key) {
-                    c.store().delete(key)?;
-                    report.segments_deleted += 1;
-                }
-            }
-        }
+        merge_segments(
+            c,
+            &segments,
+            &damaged,
+            &packs,
+            &gone,
+            |p| exists_now.contains(p),
+            &mut report,
+        )?;
         let results: Vec<Result<u64>> = c.on_io_pool(|| {
             deletable
                 .par_iter()
@@ -581,6 +552,17 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
             report.records_swept += 1;
         }
     }
+    if sweepable.is_empty() {
+        merge_segments(
+            c,
+            &segments,
+            &damaged,
+            &packs,
+            &HashSet::new(),
+            |p| listed.contains_key(p),
+            &mut report,
+        )?;
+    }
     for (key, l) in &leases {
         if l.expires_unix + skew < now {
             c.store().delete(key)?;
@@ -589,6 +571,65 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
     }
     report.bytes_reclaimed = report.bytes_deleted as i64 - report.bytes_written as i64;
     Ok(finish(c, report, started, &requests_before))
+}
+
+/// Rewrites the index segments that name deleted or vanished packs (all of them if there are
+/// many), and replaces damaged segments with the packs' own tables: the new segment is written
+/// first, then the old ones are deleted, so a concurrent reader always finds every live pack.
+fn merge_segments(
+    c: &Container,
+    segments: &[(String, Segment)],
+    damaged: &[String],
+    packs: &Packs,
+    gone: &HashSet<Hash>,
+    exists: impl Fn(&Hash) -> bool,
+    report: &mut GcReport,
+) -> Result<()> {
+    let keep = |p: &Hash| !gone.contains(p) && exists(p);
+    let all = segments.len() > MERGE_SEGMENTS_ABOVE;
+    let affected: Vec<&(String, Segment)> = segments
+        .iter()
+        .filter(|(_, seg)| all || seg.iter().any(|(p, _)| !keep(p)))
+        .collect();
+    if affected.is_empty() && damaged.is_empty() {
+        return Ok(());
+    }
+    let mut included = HashSet::new();
+    let mut merged: Vec<(Hash, Vec<PackEntry>)> = Vec::new();
+    for (_, seg) in &affected {
+        for (p, entries) in seg {
+            if keep(p) && included.insert(*p) {
+                merged.push((*p, entries.clone()));
+            }
+        }
+    }
+    if !damaged.is_empty() {
+        // Packs no readable segment describes: their tables were read from the packs.
+        let covered: HashSet<Hash> = segments
+            .iter()
+            .flat_map(|(_, seg)| seg.iter().map(|(p, _)| *p))
+            .collect();
+        let mut extra: Vec<_> = packs
+            .table
+            .iter()
+            .filter(|(p, _)| !covered.contains(*p) && keep(p) && included.insert(**p))
+            .map(|(p, (_, entries))| (*p, entries.clone()))
+            .collect();
+        extra.sort_by_key(|(p, _)| *p);
+        merged.extend(extra);
+    }
+    let mut written = HashSet::new();
+    for group in merged.chunks(4096) {
+        written.insert(c.write_index_segment(group)?.0);
+        report.segments_written += 1;
+    }
+    for key in affected.iter().map(|(k, _)| k).chain(damaged) {
+        if !written.contains(key) {
+            c.store().delete(key)?;
+            report.segments_deleted += 1;
+        }
+    }
+    Ok(())
 }
 
 fn finish(c: &Container, mut r: GcReport, started: Instant, before: &RequestCounts) -> GcReport {
