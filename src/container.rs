@@ -281,6 +281,7 @@ impl Container {
         create: bool,
         init: Option<ContainerConfig>,
     ) -> Result<Self> {
+        let store: Arc<dyn ObjectStore> = Arc::new(crate::retry::RetryStore::new(store));
         let config = match store.get(CONFIG_KEY) {
             Ok(bytes) => Self::decode_config(&bytes)?,
             Err(Error::MissingObject { .. }) if create => {

@@ -53,6 +53,15 @@ pub enum Error {
         location: String,
         message: String,
     },
+    /// A request failed in a way that may succeed if repeated (a timeout, an interrupted call,
+    /// a server asking to slow down). Retried by the container's store layer; seen by callers
+    /// only when the retries are exhausted.
+    #[error("{op} '{key}' failed transiently: {message}")]
+    Transient {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
     /// An object the operation needs is not in the container.
     #[error("object '{key}' is missing from the container")]
     MissingObject { key: String },
@@ -180,6 +189,7 @@ impl Error {
                     "remote"
                 }
             }
+            Error::Transient { .. } => "transient",
             Error::MissingObject { .. } => "missing_object",
             Error::Corrupt { .. } => "corrupt",
             Error::ChunkHashMismatch { .. } => "hash_mismatch",

@@ -97,6 +97,8 @@
 //! - [`container`]: object names and container-level operations. [`store`]: the storage trait,
 //!   filesystem and in-memory backends. [`s3`]: S3-compatible object storage.
 //! - [`gc`]: the garbage collector.
+//! - [`retry`]: retries of transient store failures. [`faults`]: a fault-injecting store for
+//!   tests.
 //! - [`error`]: the error type; every variant names the object and offset.
 //!
 //! ## Example
@@ -128,6 +130,7 @@ pub mod chunker;
 pub mod container;
 pub mod driver;
 pub mod error;
+pub mod faults;
 pub mod gc;
 pub mod ids;
 pub mod index;
@@ -136,6 +139,7 @@ pub mod pack;
 pub mod pipeline;
 pub mod record;
 pub mod restore;
+pub mod retry;
 pub mod s3;
 pub mod source;
 pub mod store;

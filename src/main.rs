@@ -200,6 +200,7 @@ fn main() -> ExitCode {
         _ => false,
     };
     let s3 = cli.s3.options();
+    init_logging();
     match run(cli.cmd, &s3) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -562,4 +563,18 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Warnings (a damaged index segment worked around, say) go to stderr; `VOLBACK_LOG=debug`
+/// shows more (retries, for one).
+fn init_logging() {
+    let level = std::env::var("VOLBACK_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::WARN);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }

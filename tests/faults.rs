@@ -1,0 +1,185 @@
+//! Faults: transient failures (before or after the request took effect), torn writes and
+//! latency are retried and every operation succeeds; a permanent failure at any request of a
+//! backup ends in a typed error, with nothing partial visible and nothing committed lost.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use volback::container::Container;
+use volback::faults::{FaultConfig, FaultStore};
+use volback::gc::{GcOptions, run_gc};
+use volback::pipeline::{BackupOptions, run_backup};
+use volback::restore::{TargetMode, run_restore};
+use volback::source::VolumeSource;
+use volback::store::{MemStore, ObjectStore};
+
+fn opts(id: &str, parent: Option<&str>) -> BackupOptions {
+    BackupOptions {
+        backup_id: Some(id.into()),
+        volume_id: "vol".into(),
+        parent_id: parent.map(String::from),
+        ..Default::default()
+    }
+}
+
+fn restore_matches(c: &Container, id: &str, expected: &[u8], scratch: &std::path::Path) {
+    let out = scratch.join(format!("r-{id}"));
+    let _ = std::fs::remove_file(&out);
+    run_restore(c, id, &out, TargetMode::New, None).unwrap_or_else(|e| panic!("restore {id}: {e}"));
+    assert!(
+        std::fs::read(&out).unwrap() == expected,
+        "{id} restored different bytes"
+    );
+    std::fs::remove_file(&out).unwrap();
+}
+
+fn source(data: &[u8]) -> VolumeSource {
+    VolumeSource::Reader {
+        name: "vol".into(),
+        reader: Box::new(std::io::Cursor::new(data.to_vec())),
+    }
+}
+
+fn volume(seed: u64) -> Vec<u8> {
+    let mut v = pseudo_random(3 << 20, seed);
+    v[1 << 20..(1 << 20) + (256 << 10)].fill(0);
+    v
+}
+
+#[test]
+fn a_flaky_store_is_retried_and_every_operation_succeeds() {
+    let scratch = tempfile::tempdir().unwrap();
+    for seed in 0..6 {
+        let mem = Arc::new(MemStore::new());
+        let flaky = Arc::new(FaultStore::new(
+            mem.clone(),
+            FaultConfig {
+                seed,
+                transient: 0.08,
+                ghost: 0.05,
+                torn: 0.05,
+                max_latency: Duration::from_millis(2),
+                fail_after: None,
+            },
+        ));
+        let c = Container::with_store(flaky.clone(), "mem://flaky".into(), true, None).unwrap();
+        let mut versions = Vec::new();
+        let mut v = volume(seed);
+        for day in 0..3 {
+            if day > 0 {
+                let at = day * 700_000;
+                v[at..at + 100_000]
+                    .copy_from_slice(&pseudo_random(100_000, seed * 10 + day as u64));
+            }
+            let parent = (day > 0).then(|| format!("d{}", day - 1));
+            run_backup(
+                &c,
+                source(&v),
+                &opts(&format!("d{day}"), parent.as_deref()),
+                None,
+            )
+            .unwrap_or_else(|e| panic!("seed {seed} day {day}: {e}"));
+            versions.push(v.clone());
+        }
+        c.delete_backup("d0").unwrap();
+        run_gc(
+            &c,
+            &GcOptions {
+                clock_skew: Duration::ZERO,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for day in 1..3 {
+            restore_matches(&c, &format!("d{day}"), &versions[day], scratch.path());
+        }
+        // The same container read through a healthy store agrees.
+        let healthy = Container::with_store(mem, "mem://".into(), false, None).unwrap();
+        for day in 1..3 {
+            restore_matches(&healthy, &format!("d{day}"), &versions[day], scratch.path());
+        }
+        let f = flaky.counts();
+        assert!(
+            f.transient + f.ghost + f.torn > 10,
+            "faults were injected: {f:?}"
+        );
+    }
+}
+
+#[test]
+fn a_permanent_failure_at_any_request_commits_nothing_partial_and_loses_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let base = volume(1);
+    let mut next = base.clone();
+    next[500_000..900_000].copy_from_slice(&pseudo_random(400_000, 77));
+    // How many requests a healthy run of the second backup makes.
+    let probe = Arc::new(MemStore::new());
+    let c = Container::with_store(probe.clone(), "mem://".into(), true, None).unwrap();
+    run_backup(&c, source(&base), &opts("base", None), None).unwrap();
+    let before = probe.requests();
+    run_backup(&c, source(&next), &opts("next", Some("base")), None).unwrap();
+    let n = probe.requests().since(&before);
+    let total = n.put + n.get + n.head + n.list + n.delete;
+    assert!(total > 8, "{n:?}");
+
+    for fail_after in 0..=total + 1 {
+        let mem = Arc::new(MemStore::new());
+        let c = Container::with_store(mem.clone(), "mem://".into(), true, None).unwrap();
+        run_backup(&c, source(&base), &opts("base", None), None).unwrap();
+        let failing = Arc::new(FaultStore::new(
+            mem.clone(),
+            FaultConfig {
+                fail_after: Some(fail_after),
+                ..Default::default()
+            },
+        ));
+        let fc = Container::with_store(failing, "mem://".into(), false, None);
+        let result =
+            fc.and_then(|fc| run_backup(&fc, source(&next), &opts("next", Some("base")), None));
+        let committed = mem.head("backups/next").unwrap().is_some();
+        match &result {
+            Ok(_) => assert!(
+                committed,
+                "fail_after {fail_after}: success without a manifest"
+            ),
+            Err(e) => {
+                assert_eq!(e.kind(), "remote", "fail_after {fail_after}: {e}");
+                assert!(
+                    !committed,
+                    "fail_after {fail_after}: error after a commit: {e}"
+                );
+            }
+        }
+        // Through a healthy store: what was committed is intact, the rest is invisible, a
+        // collection tidies up, and the backup can simply be run again.
+        let c = Container::with_store(mem.clone(), "mem://".into(), false, None).unwrap();
+        let ids: Vec<String> = c
+            .list_backups()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.unwrap().backup_id)
+            .collect();
+        assert_eq!(
+            ids.len(),
+            1 + usize::from(committed),
+            "fail_after {fail_after}: {ids:?}"
+        );
+        run_gc(
+            &c,
+            &GcOptions {
+                clock_skew: Duration::ZERO,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        restore_matches(&c, "base", &base, scratch.path());
+        if !committed {
+            let r = run_backup(&c, source(&next), &opts("next", Some("base")), None).unwrap();
+            assert!(r.2.chunks_new <= r.2.chunks_total);
+        }
+        restore_matches(&c, "next", &next, scratch.path());
+    }
+}
