@@ -93,13 +93,13 @@ fn a_flaky_store_is_retried_and_every_operation_succeeds() {
             },
         )
         .unwrap();
-        for day in 1..3 {
-            restore_matches(&c, &format!("d{day}"), &versions[day], scratch.path());
+        for (day, v) in versions.iter().enumerate().skip(1) {
+            restore_matches(&c, &format!("d{day}"), v, scratch.path());
         }
         // The same container read through a healthy store agrees.
         let healthy = Container::with_store(mem, "mem://".into(), false, None).unwrap();
-        for day in 1..3 {
-            restore_matches(&healthy, &format!("d{day}"), &versions[day], scratch.path());
+        for (day, v) in versions.iter().enumerate().skip(1) {
+            restore_matches(&healthy, &format!("d{day}"), v, scratch.path());
         }
         let f = flaky.counts();
         assert!(
