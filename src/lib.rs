@@ -96,7 +96,7 @@
 //! - [`pack`], [`index`], [`manifest`], [`record`]: the on-storage formats.
 //! - [`container`]: object names and container-level operations. [`store`]: the storage trait,
 //!   filesystem and in-memory backends. [`s3`]: S3-compatible object storage.
-//! - [`gc`]: the garbage collector.
+//! - [`gc`]: the garbage collector. [`verify`]: checks that backups can be restored.
 //! - [`retry`]: retries of transient store failures. [`faults`]: a fault-injecting store for
 //!   tests.
 //! - [`error`]: the error type; every variant names the object and offset.
@@ -145,5 +145,6 @@ pub mod source;
 pub mod store;
 #[doc(hidden)]
 pub mod testdata;
+pub mod verify;
 
 pub use error::{Error, Result};

@@ -1,7 +1,7 @@
 //! The `volback` command line: the driver's verbs for operators and scripts.
 //!
 //! Exit status: 0 on success, 1 on any error (the message names the object and offset), 2 on a
-//! usage error. With `--json`, stdout carries exactly one JSON object (an error too:
+//! usage error, 3 when `verify` finds damage. With `--json`, stdout carries exactly one JSON object (an error too:
 //! `{"error": kind, "message": ...}`) and nothing else.
 
 use std::io::{IsTerminal, Read};
@@ -20,6 +20,7 @@ use volback::record::BackupRecord;
 use volback::restore::{TargetMode, run_restore};
 use volback::s3::S3Options;
 use volback::source::VolumeSource;
+use volback::verify::{VerifyOptions, run_verify};
 use volback::{Error, Result};
 
 #[derive(Parser)]
@@ -180,6 +181,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check that backups can be restored: structure always, every chunk with --read-data.
+    /// Exit status 3 if anything is damaged.
+    Verify {
+        #[arg(long)]
+        container: String,
+        /// Only this backup (default: all).
+        #[arg(long)]
+        backup_id: Option<String>,
+        /// Read back, decompress and re-hash every chunk.
+        #[arg(long)]
+        read_data: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that a container is reachable and writable (creating it if missing).
     Check {
         #[arg(long)]
@@ -196,13 +211,15 @@ fn main() -> ExitCode {
         | Cmd::Import { json, .. }
         | Cmd::List { json, .. }
         | Cmd::RebuildIndex { json, .. }
-        | Cmd::Gc { json, .. } => *json,
+        | Cmd::Gc { json, .. }
+        | Cmd::Verify { json, .. } => *json,
         _ => false,
     };
     let s3 = cli.s3.options();
     init_logging();
     match run(cli.cmd, &s3) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Damaged) => ExitCode::from(3),
         Err(e) => {
             if json {
                 println!("{}", json!({"error": e.kind(), "message": e.to_string()}));
@@ -273,7 +290,14 @@ fn read_input(path: &str) -> Result<String> {
         .map_err(|_| volback::error::RecordError::Malformed("not UTF-8 text".into()).into())
 }
 
-fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
+/// How a command that did not fail ended.
+enum Outcome {
+    Done,
+    /// `verify` found damage.
+    Damaged,
+}
+
+fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
     match cmd {
         Cmd::Backup {
             container,
@@ -356,7 +380,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
                     r.elapsed_s
                 );
             }
-            Ok(())
+            Ok(Outcome::Done)
         }
         Cmd::Restore {
             container,
@@ -400,7 +424,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
                     r.elapsed_s
                 );
             }
-            Ok(())
+            Ok(Outcome::Done)
         }
         Cmd::Delete {
             container,
@@ -417,7 +441,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
             } else {
                 println!("deleted backup {backup_id}");
             }
-            Ok(())
+            Ok(Outcome::Done)
         }
         Cmd::Export {
             container,
@@ -429,7 +453,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
                 ..Default::default()
             })?;
             print!("{text}");
-            Ok(())
+            Ok(Outcome::Done)
         }
         Cmd::Import {
             container,
@@ -451,7 +475,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
                     r.id, r.volume_id, r.size
                 );
             }
-            Ok(())
+            Ok(Outcome::Done)
         }
         Cmd::List { container, json } => {
             let c = Container::open_with(&container, false, None, s3)?;
@@ -488,7 +512,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
                     }
                 }
             }
-            Ok(())
+            Ok(Outcome::Done)
         }
         Cmd::RebuildIndex { container, json } => {
             let c = Container::open_with(&container, false, None, s3)?;
@@ -498,7 +522,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
             } else {
                 println!("indexed {chunks} chunks from {packs} packs");
             }
-            Ok(())
+            Ok(Outcome::Done)
         }
         Cmd::Gc {
             container,
@@ -549,7 +573,58 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
                     );
                 }
             }
-            Ok(())
+            Ok(Outcome::Done)
+        }
+        Cmd::Verify {
+            container,
+            backup_id,
+            read_data,
+            json,
+        } => {
+            let c = Container::open_with(&container, false, None, s3)?;
+            let r = run_verify(
+                &c,
+                &VerifyOptions {
+                    backup_id,
+                    read_data,
+                },
+            )?;
+            if json {
+                print_json(&r);
+            } else {
+                for b in &r.backups {
+                    if b.ok {
+                        println!("ok       {}", b.backup_id);
+                    } else {
+                        println!("DAMAGED  {} ({} problems)", b.backup_id, b.problem_count);
+                        for p in &b.problems {
+                            println!("         {}: {}", p.object, p.message);
+                        }
+                    }
+                }
+                for p in &r.damaged_objects {
+                    println!("DAMAGED  object {}: {}", p.object, p.message);
+                }
+                println!(
+                    "{} backups checked, {} damaged; {} chunk references checked{}",
+                    r.backups_checked,
+                    r.damaged_backups.len(),
+                    r.chunks_checked,
+                    if read_data {
+                        format!(
+                            ", {} chunks ({} bytes) read and re-hashed",
+                            r.chunks_read, r.bytes_read
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            Ok(if r.ok() {
+                Outcome::Done
+            } else {
+                Outcome::Damaged
+            })
         }
         Cmd::Check { container } => {
             let driver = Driver::new(DriverConfig {
@@ -560,7 +635,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<()> {
             });
             driver.check_for_setup_error()?;
             println!("ok");
-            Ok(())
+            Ok(Outcome::Done)
         }
     }
 }
