@@ -289,6 +289,9 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
     Ok(report)
 }
 
+/// Of one ranged read: chunks read, bytes read, chunks that failed.
+type RangeOutcome = (u64, u64, Vec<(Hash, BadChunk)>);
+
 /// Reads and re-hashes `needed` chunks; returns the ones that failed, with the problem.
 fn read_back(
     c: &Container,
@@ -304,7 +307,7 @@ fn read_back(
         let ranges = plan_ranges(index, batch, |id| {
             Error::Internal(format!("{id} not indexed"))
         })?;
-        let results: Vec<(u64, u64, Vec<(Hash, BadChunk)>)> = c.on_io_pool(|| {
+        let results: Vec<RangeOutcome> = c.on_io_pool(|| {
             ranges
                 .par_iter()
                 .map(|r| {
