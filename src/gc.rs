@@ -50,6 +50,9 @@ pub const CONDEMNED_FORMAT: &str = "volback-condemned";
 pub const CONDEMNED_VERSION: u64 = 1;
 /// Live chunks copied per batch while repacking (bounds memory).
 const REPACK_BATCH: usize = 2048;
+/// A temporary file is written and renamed within one store request, so one this old was left
+/// by a process that died.
+const TEMPORARY_MAX_AGE: Duration = Duration::from_secs(3600);
 /// Index segments are merged when a run deletes packs, or when there are more than this many.
 const MERGE_SEGMENTS_ABOVE: usize = 64;
 
@@ -176,6 +179,8 @@ pub struct GcReport {
     pub leases_removed: usize,
     /// Chunks that committed backups reference but no existing pack holds (damage: run verify).
     pub live_chunks_missing: usize,
+    /// Temporary files of interrupted writes removed (filesystem containers).
+    pub temporaries_removed: u64,
     pub requests: RequestCounts,
     pub elapsed_s: f64,
 }
@@ -569,6 +574,7 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
             report.leases_removed += 1;
         }
     }
+    report.temporaries_removed = c.store().sweep_temporaries(TEMPORARY_MAX_AGE)?;
     report.bytes_reclaimed = report.bytes_deleted as i64 - report.bytes_written as i64;
     Ok(finish(c, report, started, &requests_before))
 }

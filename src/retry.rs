@@ -102,4 +102,8 @@ impl ObjectStore for RetryStore {
     fn concurrency(&self) -> usize {
         self.inner.concurrency()
     }
+
+    fn sweep_temporaries(&self, age: Duration) -> Result<u64> {
+        self.inner.sweep_temporaries(age)
+    }
 }

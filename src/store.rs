@@ -127,6 +127,12 @@ pub trait ObjectStore: Send + Sync {
     fn concurrency(&self) -> usize {
         2
     }
+    /// Removes leftovers of writes interrupted by a crash that are older than `age` (temporary
+    /// files of a filesystem container); returns how many. Stores without any: 0.
+    fn sweep_temporaries(&self, age: std::time::Duration) -> Result<u64> {
+        let _ = age;
+        Ok(0)
+    }
 }
 
 /// Checks that a key is a relative, normalised path made of safe characters, so that no key can
@@ -396,6 +402,28 @@ impl ObjectStore for FsStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("delete object", &path, e)),
         }
+    }
+
+    fn sweep_temporaries(&self, age: std::time::Duration) -> Result<u64> {
+        let dir = self.root.join(FS_TMP_DIR);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io("list temporary objects", &dir, e)),
+        };
+        let mut removed = 0;
+        for entry in rd.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|elapsed| elapsed >= age);
+            if old && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     fn requests(&self) -> RequestCounts {

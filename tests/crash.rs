@@ -1,0 +1,233 @@
+//! Crashes: `volback backup` killed with SIGKILL at many points, on a filesystem container and
+//! on the local S3 server. Afterwards `list`, `verify`, `gc` and `restore` agree, nothing
+//! committed is lost, and re-running the killed backup completes, reusing what was uploaded.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::backend::{BUCKET, Env};
+use common::*;
+use volback::container::{Container, ContainerConfig};
+
+on_both_backends!(
+    backups_killed_at_random_points_leave_a_consistent_container,
+    a_rerun_after_a_crash_at_90_percent_stores_little
+);
+
+/// A second container in the test's backend, with 1 MiB packs (many packs per backup, so a
+/// crash lands between uploads).
+fn small_pack_container(e: &Env, name: &str) -> String {
+    let url = match &e.server {
+        Some(_) => format!("s3://{BUCKET}/{name}"),
+        None => e.root.join(name).display().to_string(),
+    };
+    let cfg = ContainerConfig {
+        pack_target: 1 << 20,
+        ..Default::default()
+    };
+    Container::open_with(&url, true, Some(cfg), &e.s3).unwrap();
+    url
+}
+
+fn cli(e: &Env) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_volback"));
+    c.envs(e.cli_env());
+    c
+}
+
+fn run(e: &Env, args: &[&str]) -> Output {
+    cli(e).args(args).output().unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "not JSON: {} / {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn listed(e: &Env, url: &str) -> Vec<String> {
+    let out = run(e, &["list", "--container", url, "--json"]);
+    assert!(out.status.success());
+    json(&out)["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            b["backup_id"]
+                .as_str()
+                .expect("no damaged backup")
+                .to_string()
+        })
+        .collect()
+}
+
+fn hash(p: &Path) -> String {
+    blake3::hash(&std::fs::read(p).unwrap())
+        .to_hex()
+        .to_string()
+}
+
+fn backup_args<'a>(url: &'a str, vol: &'a str, id: &'a str) -> Vec<&'a str> {
+    vec![
+        "backup",
+        "--container",
+        url,
+        "--volume",
+        vol,
+        "--backup-id",
+        id,
+        "--json",
+    ]
+}
+
+fn backups_killed_at_random_points_leave_a_consistent_container(e: &Env) {
+    let url = small_pack_container(e, "crashes");
+    let vol = e.root.join("v.img");
+    make_image(&vol, 24 << 20, 3);
+    let v = vol.display().to_string();
+    // How long an uninterrupted backup takes here.
+    let t0 = Instant::now();
+    assert!(run(e, &backup_args(&url, &v, "base")).status.success());
+    let full = t0.elapsed();
+    let mut expected = vec![("base".to_string(), hash(&vol))];
+    let runs = 25;
+    let jitter = pseudo_random(runs * 8, 5);
+    let mut completed_before_kill = 0;
+    for i in 0..runs {
+        scattered_writes(&vol, 30, 100 + i as u64);
+        write_at(
+            &vol,
+            (i as u64 * 700_000) % (20 << 20),
+            1 << 20,
+            200 + i as u64,
+        );
+        let id = format!("k{i}");
+        let r = u64::from_le_bytes(jitter[i * 8..i * 8 + 8].try_into().unwrap());
+        // Kill anywhere from process start to a little after a full run's time.
+        let delay = full.mul_f64((r % 1000) as f64 / 900.0);
+        let mut child = cli(e)
+            .args(backup_args(&url, &v, &id))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        child.kill().unwrap(); // SIGKILL
+        let status = child.wait().unwrap();
+        let ids = listed(e, &url);
+        let committed = ids.contains(&id);
+        if status.success() {
+            assert!(committed, "run {i}: exited 0 without a committed backup");
+            completed_before_kill += 1;
+        }
+        // Consistent after the crash: every listed backup's structure is intact.
+        let out = run(e, &["verify", "--container", &url, "--json"]);
+        assert_eq!(out.status.code(), Some(0), "run {i}: {}", json(&out));
+        if !committed {
+            // Re-running the same backup completes.
+            let out = run(e, &backup_args(&url, &v, &id));
+            assert!(out.status.success(), "rerun {id}: {}", json(&out));
+        }
+        expected.push((id, hash(&vol)));
+        if i % 10 == 9 {
+            let out = run(e, &["gc", "--container", &url, "--json"]);
+            assert!(out.status.success(), "gc: {}", json(&out));
+        }
+    }
+    eprintln!("{runs} kills, {completed_before_kill} runs finished before their kill");
+    assert!(
+        completed_before_kill < runs / 2,
+        "most kills interrupted a backup"
+    );
+    // Everything committed is there and restores byte-identically; data re-hashed.
+    assert_eq!(listed(e, &url).len(), expected.len());
+    let out = run(e, &["verify", "--container", &url, "--read-data", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", json(&out));
+    for (id, h) in expected.iter().rev().step_by(7) {
+        let target = e.root.join(format!("r-{id}"));
+        let t = target.display().to_string();
+        let out = run(
+            e,
+            &[
+                "restore",
+                "--container",
+                &url,
+                "--backup-id",
+                id,
+                "--target",
+                &t,
+                "--json",
+            ],
+        );
+        assert!(out.status.success(), "restore {id}: {}", json(&out));
+        assert_eq!(&hash(&target), h, "{id}");
+        std::fs::remove_file(&target).unwrap();
+    }
+}
+
+/// Bytes of packs stored so far (read from the objects' files, as the backup runs).
+fn pack_bytes(dir: &Path) -> u64 {
+    if dir.exists() { dir_size(dir) } else { 0 }
+}
+
+fn a_rerun_after_a_crash_at_90_percent_stores_little(e: &Env) {
+    let url = small_pack_container(e, "resume");
+    let packs_dir = match &e.server {
+        Some(_) => e.objects.parent().unwrap().join("resume/packs"),
+        None => e.root.join("resume/packs"),
+    };
+    let vol = e.root.join("big.img");
+    let size: u64 = 96 << 20;
+    std::fs::write(&vol, pseudo_random(size as usize, 9)).unwrap();
+    let v = vol.display().to_string();
+    let mut child = cli(e)
+        .args(backup_args(&url, &v, "big"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill when 90 % of the volume's stored size has been uploaded.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pack_bytes(&packs_dir) < size * 9 / 10 {
+        assert!(Instant::now() < deadline, "backup too slow");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backup ended before 90 %"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(listed(e, &url).is_empty(), "nothing committed");
+    let out = run(e, &backup_args(&url, &v, "big"));
+    assert!(out.status.success(), "{}", json(&out));
+    let r = json(&out);
+    let new = r["bytes_new"].as_u64().unwrap();
+    eprintln!("re-run after a crash at 90 %: {new} new bytes of {size}");
+    assert!(
+        new * 100 <= size * 15,
+        "re-run stored {new} bytes of {size}"
+    );
+    let target = e.root.join("big.out");
+    let t = target.display().to_string();
+    let out = run(
+        e,
+        &[
+            "restore",
+            "--container",
+            &url,
+            "--backup-id",
+            "big",
+            "--target",
+            &t,
+        ],
+    );
+    assert!(out.status.success());
+    assert_same(&vol, &target);
+}
