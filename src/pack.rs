@@ -121,15 +121,15 @@ fn zstd_compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     })
 }
 
-fn zstd_decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+fn zstd_decompress_into(data: &[u8], out: &mut [u8]) -> std::io::Result<usize> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = Some(zstd::bulk::Decompressor::new()?);
         }
         match slot.as_mut() {
-            Some(d) => d.decompress(data, capacity),
-            None => zstd::bulk::decompress(data, capacity),
+            Some(d) => d.decompress_to_buffer(data, out),
+            None => zstd::bulk::decompress_to_buffer(data, out),
         }
     })
 }
@@ -169,6 +169,13 @@ pub fn decode_chunk(
     raw_len: u32,
     stored: &[u8],
 ) -> Result<Bytes> {
+    check_raw_len(key, offset, raw_len)?;
+    let mut raw = vec![0u8; raw_len as usize];
+    decode_chunk_into(key, offset, id, compression, stored, &mut raw)?;
+    Ok(Bytes::from(raw))
+}
+
+fn check_raw_len(key: &str, offset: u64, raw_len: u32) -> Result<()> {
     if raw_len > MAX_CHUNK_LIMIT {
         return Err(Error::corrupt(
             key,
@@ -176,30 +183,44 @@ pub fn decode_chunk(
             format!("chunk length {raw_len} exceeds limit"),
         ));
     }
-    let raw = match compression {
-        Compression::None => Bytes::copy_from_slice(stored),
-        Compression::Zstd => {
-            let v = zstd_decompress(stored, raw_len as usize).map_err(|e| {
-                Error::corrupt(
-                    key,
-                    offset,
-                    format!("zstd frame of chunk {id} does not decode: {e}"),
-                )
-            })?;
-            Bytes::from(v)
+    Ok(())
+}
+
+/// Like [`decode_chunk`], into `out`, whose length is the chunk's raw length: the restore path
+/// decompresses straight into the buffer it writes to the target, with no allocation or copy
+/// per chunk.
+pub fn decode_chunk_into(
+    key: &str,
+    offset: u64,
+    id: &Hash,
+    compression: Compression,
+    stored: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
+    check_raw_len(key, offset, out.len() as u32)?;
+    let n = match compression {
+        Compression::None => {
+            if stored.len() == out.len() {
+                out.copy_from_slice(stored);
+            }
+            stored.len()
         }
+        Compression::Zstd => zstd_decompress_into(stored, out).map_err(|e| {
+            Error::corrupt(
+                key,
+                offset,
+                format!("zstd frame of chunk {id} does not decode: {e}"),
+            )
+        })?,
     };
-    if raw.len() != raw_len as usize {
+    if n != out.len() {
         return Err(Error::corrupt(
             key,
             offset,
-            format!(
-                "chunk {id} decodes to {} bytes, expected {raw_len}",
-                raw.len()
-            ),
+            format!("chunk {id} decodes to {n} bytes, expected {}", out.len()),
         ));
     }
-    if Hash::of(&raw) != *id {
+    if Hash::of(out) != *id {
         return Err(Error::ChunkHashMismatch {
             key: key.to_string(),
             offset,
@@ -207,7 +228,7 @@ pub fn decode_chunk(
             volume_offset: 0,
         });
     }
-    Ok(raw)
+    Ok(())
 }
 
 /// Builds one pack in memory.
