@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::ids::{Hash, validate_id};
-use crate::index::{Index, Location, Segment, decode_segment, encode_segment};
+use crate::index::{ChunkSet, Index, Location, Segment, decode_segment, encode_segment};
 use crate::manifest::{Extent, ExtentListReader, Manifest, decode_versioned_json};
 use crate::pack::{PackEntry, decode_chunk};
 use crate::s3::{S3Options, S3Store};
@@ -219,6 +219,17 @@ pub struct LoadedIndex {
     /// Packs no readable segment described, read from their own tables.
     pub adopted: usize,
 }
+
+/// What [`Container::scan_index`] learnt besides the entries.
+pub struct IndexScan {
+    pub condemned: HashSet<Hash>,
+    pub segments: usize,
+    pub damaged_segments: Vec<(String, Error)>,
+    pub adopted: usize,
+}
+
+/// Index segments read at once while scanning the index.
+const SEGMENTS_AT_ONCE: usize = 16;
 
 /// Index segments read from a container.
 #[derive(Default)]
@@ -467,9 +478,15 @@ impl Container {
     /// returned apart: a segment is only a cache of pack tables, so the packs it described are
     /// read from their own tables instead (see [`Container::load_index_for`]).
     pub fn read_segments(&self) -> Result<Segments> {
-        let mut attempt = 0;
-        loop {
-            let keys = self.store.list("index/")?;
+        let mut out = Segments::default();
+        let mut seen: HashSet<String> = HashSet::new();
+        for attempt in 0.. {
+            let keys: Vec<_> = self
+                .store
+                .list("index/")?
+                .into_iter()
+                .filter(|o| !seen.contains(&o.key))
+                .collect();
             let read: Vec<Result<(String, Result<Segment>)>> = self.on_io_pool(|| {
                 keys.par_iter()
                     .map(|o| {
@@ -478,12 +495,13 @@ impl Container {
                     })
                     .collect()
             });
-            match read.into_iter().collect::<Result<Vec<_>>>() {
-                Err(Error::MissingObject { .. }) if attempt < 8 => attempt += 1,
-                Err(e) => return Err(e),
-                Ok(all) => {
-                    let mut out = Segments::default();
-                    for (key, seg) in all {
+            let mut missed = false;
+            for r in read {
+                match r {
+                    Err(Error::MissingObject { .. }) if attempt < 16 => missed = true,
+                    Err(e) => return Err(e),
+                    Ok((key, seg)) => {
+                        seen.insert(key.clone());
                         match seg {
                             Ok(seg) => out.good.push((key, seg)),
                             Err(e) => {
@@ -492,10 +510,13 @@ impl Container {
                             }
                         }
                     }
-                    return Ok(out);
                 }
             }
+            if !missed {
+                break;
+            }
         }
+        Ok(out)
     }
 
     /// Every pack that exists now, with its size (one paged LIST).
@@ -529,27 +550,117 @@ impl Container {
         Ok(self.load_index_for(IndexUse::Read)?.index)
     }
 
-    /// Loads the index in the order the collection protocol requires (`docs/gc.md`):
-    /// condemnation records first, then the segments, then the pack listing. Packs that exist
-    /// but no readable segment describes (an interrupted backup's last packs, a damaged
-    /// segment's) are read from their own tables, and a backup writes a segment for them, so a
-    /// re-run after a crash reuses everything that was uploaded.
-    ///
-    /// For a backup only chunks in packs that exist and are not condemned are indexed (a chunk
-    /// whose only copies are condemned is stored again); for reading, condemned and unlisted
-    /// packs are the fallback, so that a missing pack is reported by name when it is needed.
+    /// Loads the index for reading, in the order the collection protocol requires
+    /// (`docs/gc.md`): every indexed chunk, located preferably in a pack that exists and is not
+    /// condemned, then in a condemned one, then in one that is not listed (so that a missing
+    /// pack is reported by name when it is really needed). See [`Container::scan_index`].
     pub fn load_index_for(&self, usage: IndexUse) -> Result<LoadedIndex> {
+        let mut index = Index::new();
+        let scan = self.scan_index(usage, |pack, entries, exists, condemned| {
+            let rank = match (exists, condemned) {
+                (true, false) => 0,
+                (true, true) => 1,
+                (false, _) => 2,
+            };
+            if usage == IndexUse::Read || rank == 0 {
+                index.add_pack_ranked(*pack, entries, rank);
+            }
+        })?;
+        Ok(LoadedIndex {
+            index,
+            condemned: scan.condemned,
+            segments: scan.segments,
+            damaged_segments: scan.damaged_segments,
+            adopted: scan.adopted,
+        })
+    }
+
+    /// What a backup deduplicates against: the chunks held by packs that exist and are not
+    /// condemned, as a compact [`ChunkSet`], and the condemned pack names it must not produce.
+    pub fn load_dedup_set(&self) -> Result<(ChunkSet, HashSet<Hash>)> {
+        let mut set = ChunkSet::new();
+        let scan = self.scan_index(IndexUse::Backup, |_, entries, exists, condemned| {
+            if exists && !condemned {
+                for e in entries {
+                    set.insert(&e.id);
+                }
+            }
+        })?;
+        set.compact();
+        Ok((set, scan.condemned))
+    }
+
+    /// Visits every pack the index knows, with whether it exists and whether it is condemned,
+    /// in the protocol's order: condemnation records first, then the pack listing (a pack a
+    /// sweep deleted is either condemned by a record still there, or absent from the listing),
+    /// then the segments, streamed a few at a time so memory does not grow with the index.
+    /// Packs that exist but no readable segment describes (an interrupted backup's last packs, a
+    /// damaged segment's) are read from their own tables; for a backup, a segment is written
+    /// for them, so a re-run after a crash reuses everything that was uploaded.
+    pub fn scan_index(
+        &self,
+        usage: IndexUse,
+        mut visit: impl FnMut(&Hash, &[PackEntry], bool, bool),
+    ) -> Result<IndexScan> {
         let condemned: HashSet<Hash> = crate::gc::load_condemned(self)?
             .iter()
             .flat_map(|(_, c)| c.pack_ids())
             .collect();
-        let segments = self.read_segments()?;
         let listed = self.listed_packs()?;
-        let covered: HashSet<Hash> = segments
-            .good
-            .iter()
-            .flat_map(|(_, seg)| seg.iter().map(|(p, _)| *p))
-            .collect();
+        // A segment that vanishes between the listing and the read was merged by a concurrent
+        // collector, which wrote the merged segment first: a listing taken after the miss has
+        // it, so list again and read only the keys not seen yet.
+        let mut seen_keys: HashSet<String> = HashSet::new();
+        let mut covered: HashSet<Hash> = HashSet::new();
+        let mut damaged = Vec::new();
+        let mut segments = 0;
+        for attempt in 0.. {
+            let keys: Vec<_> = self
+                .store
+                .list("index/")?
+                .into_iter()
+                .filter(|o| !seen_keys.contains(&o.key))
+                .collect();
+            let mut missed = false;
+            for group in keys.chunks(SEGMENTS_AT_ONCE) {
+                let read: Vec<Result<(String, Result<Segment>)>> = self.on_io_pool(|| {
+                    group
+                        .par_iter()
+                        .map(|o| {
+                            let bytes = self.store.get(&o.key)?;
+                            Ok((o.key.clone(), decode_segment(&o.key, &bytes)))
+                        })
+                        .collect()
+                });
+                for r in read {
+                    match r {
+                        Err(Error::MissingObject { .. }) if attempt < 16 => missed = true,
+                        Err(e) => return Err(e),
+                        Ok((key, Ok(seg))) => {
+                            seen_keys.insert(key);
+                            segments += 1;
+                            for (pack, entries) in &seg {
+                                covered.insert(*pack);
+                                visit(
+                                    pack,
+                                    entries,
+                                    listed.contains_key(pack),
+                                    condemned.contains(pack),
+                                );
+                            }
+                        }
+                        Ok((key, Err(e))) => {
+                            tracing::warn!("{e}; reading the packs' own tables instead");
+                            seen_keys.insert(key.clone());
+                            damaged.push((key, e));
+                        }
+                    }
+                }
+            }
+            if !missed {
+                break;
+            }
+        }
         let mut unindexed: Vec<(Hash, u64)> = listed
             .iter()
             .filter(|(p, _)| !covered.contains(*p))
@@ -569,34 +680,13 @@ impl Container {
                 self.write_index_segment(group)?;
             }
         }
-        let mut index = Index::new();
-        let passes: &[fn(bool, bool) -> bool] = match usage {
-            IndexUse::Backup => &[|exists, cond| exists && !cond],
-            IndexUse::Read => &[
-                |exists, cond| exists && !cond,
-                |exists, cond| exists && cond,
-                |exists, _| !exists,
-            ],
-        };
-        let all = segments
-            .good
-            .iter()
-            .map(|(_, seg)| seg)
-            .chain(std::iter::once(&tables));
-        for pass in passes {
-            for seg in all.clone() {
-                for (pack, entries) in seg {
-                    if pass(listed.contains_key(pack), condemned.contains(pack)) {
-                        index.add_pack(*pack, entries);
-                    }
-                }
-            }
+        for (pack, entries) in &tables {
+            visit(pack, entries, true, condemned.contains(pack));
         }
-        Ok(LoadedIndex {
-            index,
+        Ok(IndexScan {
             condemned,
-            segments: segments.good.len(),
-            damaged_segments: segments.damaged,
+            segments,
+            damaged_segments: damaged,
             adopted: tables.len(),
         })
     }

@@ -26,12 +26,10 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::chunker::{Piece, Splitter};
-use crate::container::{
-    Container, IndexUse, LeaseGuard, LoadedIndex, manifest_key, now_rfc3339, now_unix, pack_key,
-};
+use crate::container::{Container, LeaseGuard, manifest_key, now_rfc3339, now_unix, pack_key};
 use crate::error::{Error, Result};
 use crate::ids::{Hash, new_backup_id, validate_id};
-use crate::index::Index;
+use crate::index::ChunkSet;
 use crate::manifest::{
     ExtentListWriter, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestStats, MetaRef,
 };
@@ -186,10 +184,12 @@ fn unpoison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Chunk dedup and packing state of one backup.
 struct Packer<'a> {
-    index: &'a Index,
+    /// Chunks the container holds (in packs that exist and are not condemned) and chunks this
+    /// backup has stored: 16 bytes each, so memory stays a few hundred MiB per TiB of unique
+    /// data.
+    known: ChunkSet,
     /// Condemned pack ids: never produce a pack with one of these names.
     avoid: &'a HashSet<Hash>,
-    seen: HashSet<Hash>,
     level: i32,
     /// Data chunks and extent-list chunks go to separate packs, so that a backup's extent list
     /// sits together and is read with a few requests (and the collector can walk manifests
@@ -203,7 +203,7 @@ struct Packer<'a> {
 
 impl Packer<'_> {
     fn is_known(&mut self, id: &Hash) -> bool {
-        self.index.contains(id) || !self.seen.insert(*id)
+        !self.known.insert(id)
     }
 
     fn add(&mut self, chunks: Vec<EncodedChunk>) -> Result<()> {
@@ -310,9 +310,7 @@ pub fn run_backup(
     // condemns packs after this point sees the lease and waits for this backup to end; one that
     // condemned packs before it is seen by the index load, which skips condemned packs.
     let lease = LeaseGuard::take(container, &backup_id, opts.lease_ttl.unwrap_or(LEASE_TTL))?;
-    let LoadedIndex {
-        index, condemned, ..
-    } = container.load_index_for(IndexUse::Backup)?;
+    let (known, condemned) = container.load_dedup_set()?;
 
     let bytes_read = AtomicU64::new(0);
     let result = std::thread::scope(|s| -> Result<_> {
@@ -360,9 +358,8 @@ pub fn run_backup(
         let writer = s.spawn(move || writer_loop(container, pack_rx, threads));
 
         let mut packer = Packer {
-            index: &index,
+            known,
             avoid: &condemned,
-            seen: HashSet::new(),
             level,
             data_pack: PackBuilder::new(),
             meta_pack: PackBuilder::new(),

@@ -110,8 +110,8 @@ fn backups_killed_at_random_points_leave_a_consistent_container(e: &Env) {
         );
         let id = format!("k{i}");
         let r = u64::from_le_bytes(jitter[i * 8..i * 8 + 8].try_into().unwrap());
-        // Kill anywhere from process start to a little after a full run's time.
-        let delay = full.mul_f64((r % 1000) as f64 / 900.0);
+        // Kill anywhere from process start to the time a full run took.
+        let delay = full.mul_f64((r % 1000) as f64 / 1000.0);
         let mut child = cli(e)
             .args(backup_args(&url, &v, &id))
             .stdout(Stdio::null())
