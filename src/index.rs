@@ -154,21 +154,26 @@ impl Index {
 /// restore would refuse the backup (it looks chunks up by the full id and verifies them), not
 /// return wrong data.
 ///
-/// Layout: a sorted array with a radix table over its top bits (lookups touch one or two cache
-/// lines), plus a small hash set of recent inserts merged into the array in place every
-/// [`ChunkSet::MERGE_AT`] inserts (growth reallocates with `mremap`, without copying).
+/// Layout, a small log-structured merge: inserts go to a hash set of at most
+/// [`ChunkSet::RECENT_MAX`] keys, which is merged into a sorted middle level, which is merged
+/// into the sorted base (with a radix table over its top bits, so a lookup touches one or two
+/// cache lines) when it reaches an eighth of it. Merges run in place from the back and grow
+/// arrays with exact reservations, so memory stays ~16 bytes per key and does not jump.
 #[derive(Default)]
 pub struct ChunkSet {
-    sorted: Vec<u128>,
-    /// `sorted[radix[b]..radix[b + 1]]` holds the keys whose top `bits` bits are `b`.
+    base: Vec<u128>,
+    /// `base[radix[b]..radix[b + 1]]` holds the keys whose top `bits` bits are `b`.
     radix: Vec<u32>,
     bits: u32,
+    mid: Vec<u128>,
     recent: std::collections::HashSet<u128>,
 }
 
 impl ChunkSet {
-    /// Inserts between merges (bounds the hash set at ~34 MiB).
-    pub const MERGE_AT: usize = 1 << 20;
+    /// Keys in the hash set before it is merged (~1 MiB).
+    pub const RECENT_MAX: usize = 1 << 16;
+    /// Smallest middle level that is merged into the base.
+    const MID_MIN: usize = 1 << 20;
 
     /// An empty set.
     pub fn new() -> Self {
@@ -183,7 +188,7 @@ impl ChunkSet {
 
     /// Number of chunks.
     pub fn len(&self) -> usize {
-        self.sorted.len() + self.recent.len()
+        self.base.len() + self.mid.len() + self.recent.len()
     }
 
     /// True if empty.
@@ -193,79 +198,95 @@ impl ChunkSet {
 
     /// Bytes of memory held (for measurements).
     pub fn memory_bytes(&self) -> usize {
-        self.sorted.capacity() * 16 + self.radix.capacity() * 4 + self.recent.capacity() * 17
+        (self.base.capacity() + self.mid.capacity()) * 16
+            + self.radix.capacity() * 4
+            + self.recent.capacity() * 17
     }
 
     /// Whether the chunk is in the set.
     pub fn contains(&self, id: &Hash) -> bool {
-        let k = Self::key(id);
-        self.recent.contains(&k) || self.sorted_contains(k)
+        self.has(Self::key(id))
     }
 
-    fn sorted_contains(&self, k: u128) -> bool {
-        if self.sorted.is_empty() {
+    fn has(&self, k: u128) -> bool {
+        self.base_contains(k) || self.mid.binary_search(&k).is_ok() || self.recent.contains(&k)
+    }
+
+    fn base_contains(&self, k: u128) -> bool {
+        if self.base.is_empty() {
             return false;
         }
         let b = (k >> (128 - self.bits)) as usize;
         let (lo, hi) = (self.radix[b] as usize, self.radix[b + 1] as usize);
-        self.sorted[lo..hi].binary_search(&k).is_ok()
+        self.base[lo..hi].binary_search(&k).is_ok()
     }
 
     /// Adds the chunk; returns false if it was already there.
     pub fn insert(&mut self, id: &Hash) -> bool {
         let k = Self::key(id);
-        if self.sorted_contains(k) || !self.recent.insert(k) {
+        if self.base_contains(k) || self.mid.binary_search(&k).is_ok() || !self.recent.insert(k) {
             return false;
         }
-        if self.recent.len() >= Self::MERGE_AT {
-            self.merge();
+        if self.recent.len() >= Self::RECENT_MAX {
+            let mut add: Vec<u128> = self.recent.drain().collect();
+            add.sort_unstable();
+            merge_into(&mut self.mid, &add);
+            if self.mid.len() >= Self::MID_MIN.max(self.base.len() / 8) {
+                self.merge_mid();
+            }
         }
         true
     }
 
-    /// Merges the recent inserts into the sorted array, in place from the back.
-    fn merge(&mut self) {
-        let mut add: Vec<u128> = self.recent.drain().collect();
-        self.recent.shrink_to(Self::MERGE_AT);
-        add.sort_unstable();
-        let (n, m) = (self.sorted.len(), add.len());
-        self.sorted.reserve_exact(m);
-        self.sorted.resize(n + m, 0);
-        let (mut i, mut j, mut w) = (n, m, n + m);
-        while j > 0 {
-            if i > 0 && self.sorted[i - 1] > add[j - 1] {
-                self.sorted[w - 1] = self.sorted[i - 1];
-                i -= 1;
-            } else {
-                self.sorted[w - 1] = add[j - 1];
-                j -= 1;
-            }
-            w -= 1;
-        }
-        // About 8 keys per radix bucket: a lookup reads one or two cache lines.
-        let len = self.sorted.len().max(1);
+    fn merge_mid(&mut self) {
+        let mid = std::mem::take(&mut self.mid);
+        merge_into(&mut self.base, &mid);
+        // About 8 keys per radix bucket.
+        let len = self.base.len().max(1);
         self.bits = (usize::BITS - len.leading_zeros())
             .saturating_sub(3)
             .clamp(1, 24);
         let buckets = 1usize << self.bits;
         self.radix.clear();
+        self.radix.shrink_to(buckets + 1);
         self.radix.reserve_exact(buckets + 1);
         let mut at = 0usize;
         for b in 0..buckets {
             self.radix.push(at as u32);
-            while at < self.sorted.len() && (self.sorted[at] >> (128 - self.bits)) as usize == b {
+            while at < self.base.len() && (self.base[at] >> (128 - self.bits)) as usize == b {
                 at += 1;
             }
         }
         self.radix.push(at as u32);
     }
 
-    /// Moves everything into the sorted array (after loading, before the lookups of a backup).
+    /// Moves everything into the base (after loading, before a backup's lookups).
     pub fn compact(&mut self) {
-        if !self.recent.is_empty() {
-            self.merge();
-        }
+        let mut add: Vec<u128> = self.recent.drain().collect();
+        add.sort_unstable();
+        merge_into(&mut self.mid, &add);
         self.recent = std::collections::HashSet::new();
+        if !self.mid.is_empty() {
+            self.merge_mid();
+        }
+    }
+}
+
+/// Merges sorted `add` into sorted `into`, in place from the back, growing it exactly.
+fn merge_into(into: &mut Vec<u128>, add: &[u128]) {
+    let (n, m) = (into.len(), add.len());
+    into.reserve_exact(m);
+    into.resize(n + m, 0);
+    let (mut i, mut j, mut w) = (n, m, n + m);
+    while j > 0 {
+        if i > 0 && into[i - 1] > add[j - 1] {
+            into[w - 1] = into[i - 1];
+            i -= 1;
+        } else {
+            into[w - 1] = add[j - 1];
+            j -= 1;
+        }
+        w -= 1;
     }
 }
 
@@ -414,7 +435,7 @@ mod tests {
     fn chunk_set_agrees_with_a_hash_set_across_merges() {
         let mut set = ChunkSet::new();
         let mut reference = std::collections::HashSet::new();
-        let ids: Vec<Hash> = (0..(ChunkSet::MERGE_AT as u64 * 2 + 1000))
+        let ids: Vec<Hash> = (0..(ChunkSet::RECENT_MAX as u64 * 40 + 1000))
             .map(|i| Hash::of(&i.to_le_bytes()))
             .collect();
         for (n, id) in ids.iter().enumerate() {

@@ -40,6 +40,8 @@ use crate::store::RequestCounts;
 /// Index segments are written every this many packs (and at the end), so an interrupted backup
 /// leaves indexed packs that a re-run can reuse.
 const PACKS_PER_SEGMENT: usize = 64;
+/// Extent-list packs are closed at this size (or the container's pack size if smaller).
+const META_PACK_TARGET: u64 = 4 << 20;
 /// Pack bytes being uploaded at once (bounds memory; see the writer threads).
 const MAX_UPLOAD_BYTES: u64 = 96 << 20;
 /// How long a lease is valid unless the caller says otherwise. It is renewed every eighth of
@@ -219,7 +221,13 @@ impl Packer<'_> {
                 *pack = PackBuilder::with_capacity(self.target as usize + (1 << 20));
             }
             pack.add(&c);
-            if pack.size() >= self.target {
+            // Extent-list packs are closed early: they fill slowly (~1 MiB per GiB of volume)
+            // and would otherwise grow with the volume until the end of the backup.
+            let target = match c.kind {
+                ChunkKind::Data => self.target,
+                ChunkKind::Meta => self.target.min(META_PACK_TARGET),
+            };
+            if pack.size() >= target {
                 let full = std::mem::take(pack);
                 self.send(full)?;
             }
