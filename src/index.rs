@@ -6,7 +6,10 @@
 //! deleting the old ones after. A chunk may appear in several segments (two backups racing to
 //! store it); any entry whose pack exists is valid, so duplicates are harmless.
 //!
-//! In memory the index is a hash map from chunk id to a compact [`Location`].
+//! In memory, a restore or verify loads an [`Index`]: a hash map from chunk id to a compact
+//! [`Location`], preferring copies in live packs. A backup needs only to know which chunks
+//! exist, and loads a [`ChunkSet`]: 16 bytes per chunk, so a TiB of unique data costs about
+//! half a GiB of RAM, not two.
 //!
 //! Segment layout (little-endian; see `docs/format.md`):
 //!

@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! backup:  volume ──read (SEEK_HOLE skips holes)──> zero runs + FastCDC chunks      [source, chunker]
-//!            ──BLAKE3 (parallel)──> dedup against the index ──zstd (parallel)──>   [pipeline]
+//!            ──BLAKE3 (parallel)──> dedup (ChunkSet, 16 B/chunk) ──zstd (parallel)──> [pipeline, index]
 //!            pack builder ──PUT pack──> index segment ──PUT──> manifest (create-only) [pack, index, manifest]
 //!
 //! restore: manifest ──> extent-list chunks ──> windows of extents ──group by pack──>  [restore]
