@@ -472,13 +472,28 @@ impl Container {
         Ok((key, n))
     }
 
-    /// Reads every index segment. A segment that disappears between the listing and the read
-    /// was merged by a concurrent collector (which writes the merged segment before it deletes
-    /// the old ones), so the listing is simply taken again. Segments that fail to decode are
-    /// returned apart: a segment is only a cache of pack tables, so the packs it described are
-    /// read from their own tables instead (see [`Container::load_index_for`]).
+    /// Reads every index segment into memory (the collector needs them all). Segments that
+    /// fail to decode are returned apart: a segment is only a cache of pack tables, so the packs
+    /// it described are read from their own tables instead (see [`Container::scan_index`]).
     pub fn read_segments(&self) -> Result<Segments> {
         let mut out = Segments::default();
+        self.for_each_segment(usize::MAX, |key, seg| match seg {
+            Ok(seg) => out.good.push((key, seg)),
+            Err(e) => out.damaged.push((key, e)),
+        })?;
+        Ok(out)
+    }
+
+    /// Reads the index segments `at_once` at a time (in parallel) and hands each to `f`, with
+    /// its decode error if it is damaged (logged). A segment that vanishes between the listing
+    /// and the read was merged by a concurrent collector, which wrote the merged segment first:
+    /// a listing taken after the miss has it, so the listing is taken again and only keys not
+    /// seen yet are read.
+    fn for_each_segment(
+        &self,
+        at_once: usize,
+        mut f: impl FnMut(String, Result<Segment>),
+    ) -> Result<()> {
         let mut seen: HashSet<String> = HashSet::new();
         for attempt in 0.. {
             let keys: Vec<_> = self
@@ -487,27 +502,27 @@ impl Container {
                 .into_iter()
                 .filter(|o| !seen.contains(&o.key))
                 .collect();
-            let read: Vec<Result<(String, Result<Segment>)>> = self.on_io_pool(|| {
-                keys.par_iter()
-                    .map(|o| {
-                        let bytes = self.store.get(&o.key)?;
-                        Ok((o.key.clone(), decode_segment(&o.key, &bytes)))
-                    })
-                    .collect()
-            });
             let mut missed = false;
-            for r in read {
-                match r {
-                    Err(Error::MissingObject { .. }) if attempt < 16 => missed = true,
-                    Err(e) => return Err(e),
-                    Ok((key, seg)) => {
-                        seen.insert(key.clone());
-                        match seg {
-                            Ok(seg) => out.good.push((key, seg)),
-                            Err(e) => {
+            for group in keys.chunks(at_once.max(1)) {
+                let read: Vec<Result<(String, Result<Segment>)>> = self.on_io_pool(|| {
+                    group
+                        .par_iter()
+                        .map(|o| {
+                            let bytes = self.store.get(&o.key)?;
+                            Ok((o.key.clone(), decode_segment(&o.key, &bytes)))
+                        })
+                        .collect()
+                });
+                for r in read {
+                    match r {
+                        Err(Error::MissingObject { .. }) if attempt < 16 => missed = true,
+                        Err(e) => return Err(e),
+                        Ok((key, seg)) => {
+                            if let Err(e) = &seg {
                                 tracing::warn!("{e}; reading the packs' own tables instead");
-                                out.damaged.push((key, e));
                             }
+                            seen.insert(key.clone());
+                            f(key, seg);
                         }
                     }
                 }
@@ -516,7 +531,7 @@ impl Container {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Every pack that exists now, with its size (one paged LIST).
@@ -607,60 +622,24 @@ impl Container {
             .flat_map(|(_, c)| c.pack_ids())
             .collect();
         let listed = self.listed_packs()?;
-        // A segment that vanishes between the listing and the read was merged by a concurrent
-        // collector, which wrote the merged segment first: a listing taken after the miss has
-        // it, so list again and read only the keys not seen yet.
-        let mut seen_keys: HashSet<String> = HashSet::new();
         let mut covered: HashSet<Hash> = HashSet::new();
         let mut damaged = Vec::new();
         let mut segments = 0;
-        for attempt in 0.. {
-            let keys: Vec<_> = self
-                .store
-                .list("index/")?
-                .into_iter()
-                .filter(|o| !seen_keys.contains(&o.key))
-                .collect();
-            let mut missed = false;
-            for group in keys.chunks(SEGMENTS_AT_ONCE) {
-                let read: Vec<Result<(String, Result<Segment>)>> = self.on_io_pool(|| {
-                    group
-                        .par_iter()
-                        .map(|o| {
-                            let bytes = self.store.get(&o.key)?;
-                            Ok((o.key.clone(), decode_segment(&o.key, &bytes)))
-                        })
-                        .collect()
-                });
-                for r in read {
-                    match r {
-                        Err(Error::MissingObject { .. }) if attempt < 16 => missed = true,
-                        Err(e) => return Err(e),
-                        Ok((key, Ok(seg))) => {
-                            seen_keys.insert(key);
-                            segments += 1;
-                            for (pack, entries) in &seg {
-                                covered.insert(*pack);
-                                visit(
-                                    pack,
-                                    entries,
-                                    listed.contains_key(pack),
-                                    condemned.contains(pack),
-                                );
-                            }
-                        }
-                        Ok((key, Err(e))) => {
-                            tracing::warn!("{e}; reading the packs' own tables instead");
-                            seen_keys.insert(key.clone());
-                            damaged.push((key, e));
-                        }
-                    }
+        self.for_each_segment(SEGMENTS_AT_ONCE, |key, seg| match seg {
+            Ok(seg) => {
+                segments += 1;
+                for (pack, entries) in &seg {
+                    covered.insert(*pack);
+                    visit(
+                        pack,
+                        entries,
+                        listed.contains_key(pack),
+                        condemned.contains(pack),
+                    );
                 }
             }
-            if !missed {
-                break;
-            }
-        }
+            Err(e) => damaged.push((key, e)),
+        })?;
         let mut unindexed: Vec<(Hash, u64)> = listed
             .iter()
             .filter(|(p, _)| !covered.contains(*p))

@@ -92,22 +92,7 @@ impl Index {
 
     /// Adds a pack's entries. The first location recorded for a chunk wins.
     pub fn add_pack(&mut self, pack: Hash, entries: &[PackEntry]) {
-        let next = self.packs.len() as u32;
-        let pos = *self.pack_pos.entry(pack).or_insert(next);
-        if pos == next {
-            self.packs.push(pack);
-            self.ranks.push(0);
-        }
-        for e in entries {
-            self.chunks.entry(e.id).or_insert(Location {
-                pack: pos,
-                offset: e.offset,
-                stored_len: e.stored_len,
-                raw_len: e.raw_len,
-                kind: e.kind,
-                compression: e.compression,
-            });
-        }
+        self.add_pack_ranked(pack, entries, 0);
     }
 
     /// Adds a pack's entries with a rank (lower is better): a chunk already located in a pack

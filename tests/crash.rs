@@ -5,10 +5,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::backend::{BUCKET, Env};
+use common::backend::{BUCKET, Env, hash_file, json_of};
 use common::*;
 use volback::container::{Container, ContainerConfig};
 
@@ -38,24 +38,10 @@ fn cli(e: &Env) -> Command {
     c
 }
 
-fn run(e: &Env, args: &[&str]) -> Output {
-    cli(e).args(args).output().unwrap()
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "not JSON: {} / {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 fn listed(e: &Env, url: &str) -> Vec<String> {
-    let out = run(e, &["list", "--container", url, "--json"]);
+    let out = e.cli(&["list", "--container", url, "--json"]);
     assert!(out.status.success());
-    json(&out)["backups"]
+    json_of(&out)["backups"]
         .as_array()
         .unwrap()
         .iter()
@@ -66,12 +52,6 @@ fn listed(e: &Env, url: &str) -> Vec<String> {
                 .to_string()
         })
         .collect()
-}
-
-fn hash(p: &Path) -> String {
-    blake3::hash(&std::fs::read(p).unwrap())
-        .to_hex()
-        .to_string()
 }
 
 fn backup_args<'a>(url: &'a str, vol: &'a str, id: &'a str) -> Vec<&'a str> {
@@ -94,9 +74,9 @@ fn backups_killed_at_random_points_leave_a_consistent_container(e: &Env) {
     let v = vol.display().to_string();
     // How long an uninterrupted backup takes here.
     let t0 = Instant::now();
-    assert!(run(e, &backup_args(&url, &v, "base")).status.success());
+    assert!(e.cli(&backup_args(&url, &v, "base")).status.success());
     let full = t0.elapsed();
-    let mut expected = vec![("base".to_string(), hash(&vol))];
+    let mut expected = vec![("base".to_string(), hash_file(&vol))];
     let runs = 25;
     let jitter = pseudo_random(runs * 8, 5);
     let mut completed_before_kill = 0;
@@ -128,17 +108,17 @@ fn backups_killed_at_random_points_leave_a_consistent_container(e: &Env) {
             completed_before_kill += 1;
         }
         // Consistent after the crash: every listed backup's structure is intact.
-        let out = run(e, &["verify", "--container", &url, "--json"]);
-        assert_eq!(out.status.code(), Some(0), "run {i}: {}", json(&out));
+        let out = e.cli(&["verify", "--container", &url, "--json"]);
+        assert_eq!(out.status.code(), Some(0), "run {i}: {}", json_of(&out));
         if !committed {
             // Re-running the same backup completes.
-            let out = run(e, &backup_args(&url, &v, &id));
-            assert!(out.status.success(), "rerun {id}: {}", json(&out));
+            let out = e.cli(&backup_args(&url, &v, &id));
+            assert!(out.status.success(), "rerun {id}: {}", json_of(&out));
         }
-        expected.push((id, hash(&vol)));
+        expected.push((id, hash_file(&vol)));
         if i % 10 == 9 {
-            let out = run(e, &["gc", "--container", &url, "--json"]);
-            assert!(out.status.success(), "gc: {}", json(&out));
+            let out = e.cli(&["gc", "--container", &url, "--json"]);
+            assert!(out.status.success(), "gc: {}", json_of(&out));
         }
     }
     eprintln!("{runs} kills, {completed_before_kill} runs finished before their kill");
@@ -148,26 +128,13 @@ fn backups_killed_at_random_points_leave_a_consistent_container(e: &Env) {
     );
     // Everything committed is there and restores byte-identically; data re-hashed.
     assert_eq!(listed(e, &url).len(), expected.len());
-    let out = run(e, &["verify", "--container", &url, "--read-data", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", json(&out));
+    let out = e.cli(&["verify", "--container", &url, "--read-data", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", json_of(&out));
     for (id, h) in expected.iter().rev().step_by(7) {
         let target = e.root.join(format!("r-{id}"));
-        let t = target.display().to_string();
-        let out = run(
-            e,
-            &[
-                "restore",
-                "--container",
-                &url,
-                "--backup-id",
-                id,
-                "--target",
-                &t,
-                "--json",
-            ],
-        );
-        assert!(out.status.success(), "restore {id}: {}", json(&out));
-        assert_eq!(&hash(&target), h, "{id}");
+        let out = e.cli_restore(&url, id, &target);
+        assert!(out.status.success(), "restore {id}: {}", json_of(&out));
+        assert_eq!(&hash_file(&target), h, "{id}");
         std::fs::remove_file(&target).unwrap();
     }
 }
@@ -205,9 +172,9 @@ fn a_rerun_after_a_crash_at_90_percent_stores_little(e: &Env) {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(listed(e, &url).is_empty(), "nothing committed");
-    let out = run(e, &backup_args(&url, &v, "big"));
-    assert!(out.status.success(), "{}", json(&out));
-    let r = json(&out);
+    let out = e.cli(&backup_args(&url, &v, "big"));
+    assert!(out.status.success(), "{}", json_of(&out));
+    let r = json_of(&out);
     let new = r["bytes_new"].as_u64().unwrap();
     eprintln!("re-run after a crash at 90 %: {new} new bytes of {size}");
     assert!(
@@ -215,19 +182,7 @@ fn a_rerun_after_a_crash_at_90_percent_stores_little(e: &Env) {
         "re-run stored {new} bytes of {size}"
     );
     let target = e.root.join("big.out");
-    let t = target.display().to_string();
-    let out = run(
-        e,
-        &[
-            "restore",
-            "--container",
-            &url,
-            "--backup-id",
-            "big",
-            "--target",
-            &t,
-        ],
-    );
-    assert!(out.status.success());
+    let out = e.cli_restore(&url, "big", &target);
+    assert!(out.status.success(), "{}", json_of(&out));
     assert_same(&vol, &target);
 }

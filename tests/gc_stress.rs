@@ -5,13 +5,11 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::backend::Env;
+use common::backend::{Env, hash_file, json_of};
 use common::*;
 
 on_both_backends!(processes_backing_up_deleting_and_collecting_at_once);
@@ -24,30 +22,6 @@ fn duration() -> Duration {
             .and_then(|v| v.parse().ok())
             .unwrap_or(10),
     )
-}
-
-fn run(e: &Env, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_volback"))
-        .args(args)
-        .envs(e.cli_env())
-        .output()
-        .unwrap()
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "not JSON: {} / {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn hash_file(p: &Path) -> String {
-    blake3::hash(&std::fs::read(p).unwrap())
-        .to_hex()
-        .to_string()
 }
 
 fn processes_backing_up_deleting_and_collecting_at_once(e: &Env) {
@@ -86,7 +60,7 @@ fn processes_backing_up_deleting_and_collecting_at_once(e: &Env) {
                     if let Some(p) = &parent {
                         args.extend(["--parent", p]);
                     }
-                    let out = run(e, &args);
+                    let out = e.cli(&args);
                     if out.status.success() {
                         committed
                             .lock()
@@ -119,10 +93,7 @@ fn processes_backing_up_deleting_and_collecting_at_once(e: &Env) {
                         std::thread::sleep(Duration::from_millis(50));
                         continue;
                     };
-                    let out = run(
-                        e,
-                        &["delete", "--container", url, "--backup-id", id, "--json"],
-                    );
+                    let out = e.cli(&["delete", "--container", url, "--backup-id", id, "--json"]);
                     assert!(out.status.success(), "delete {id}: {}", json_of(&out));
                     deleted.lock().unwrap().insert(id.clone());
                     std::thread::sleep(Duration::from_millis(100));
@@ -133,10 +104,7 @@ fn processes_backing_up_deleting_and_collecting_at_once(e: &Env) {
             let gc_runs = &gc_runs;
             s.spawn(move || {
                 while Instant::now() < deadline {
-                    let out = run(
-                        e,
-                        &["gc", "--container", url, "--clock-skew", "0", "--json"],
-                    );
+                    let out = e.cli(&["gc", "--container", url, "--clock-skew", "0", "--json"]);
                     assert!(out.status.success(), "gc: {}", json_of(&out));
                     *gc_runs.lock().unwrap() += 1;
                 }
@@ -144,10 +112,7 @@ fn processes_backing_up_deleting_and_collecting_at_once(e: &Env) {
         }
     });
     // Backups that ended with the deadline may still hold expired-free leases: none left now.
-    let out = run(
-        e,
-        &["gc", "--container", url, "--clock-skew", "0", "--json"],
-    );
+    let out = e.cli(&["gc", "--container", url, "--clock-skew", "0", "--json"]);
     assert!(out.status.success(), "final gc: {}", json_of(&out));
     let last = json_of(&out);
 
@@ -166,20 +131,7 @@ fn processes_backing_up_deleting_and_collecting_at_once(e: &Env) {
     assert!(committed.len() >= 6 && !deleted.is_empty() && !live.is_empty());
     for (id, hash) in live {
         let out_path = e.root.join(format!("restore-{id}.img"));
-        let target = out_path.display().to_string();
-        let out = run(
-            e,
-            &[
-                "restore",
-                "--container",
-                url,
-                "--backup-id",
-                id,
-                "--target",
-                &target,
-                "--json",
-            ],
-        );
+        let out = e.cli_restore(url, id, &out_path);
         assert!(out.status.success(), "restore {id}: {}", json_of(&out));
         assert_eq!(
             &hash_file(&out_path),
@@ -190,20 +142,7 @@ fn processes_backing_up_deleting_and_collecting_at_once(e: &Env) {
     }
     // A deleted backup says so.
     if let Some(id) = deleted.iter().next() {
-        let target = e.root.join("gone.img").display().to_string();
-        let out = run(
-            e,
-            &[
-                "restore",
-                "--container",
-                url,
-                "--backup-id",
-                id,
-                "--target",
-                &target,
-                "--json",
-            ],
-        );
+        let out = e.cli_restore(url, id, &e.root.join("gone.img"));
         assert_eq!(json_of(&out)["error"], "backup_deleted");
     }
 }

@@ -197,3 +197,52 @@ impl Env {
         }
     }
 }
+
+impl Env {
+    /// Runs the `volback` binary against this backend (S3 settings in its environment).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_volback"))
+            .args(args)
+            .envs(self.cli_env())
+            .output()
+            .unwrap()
+    }
+
+    /// `volback restore --json` of backup `id` in container `url` to a new file `target`.
+    pub fn cli_restore(
+        &self,
+        url: &str,
+        id: &str,
+        target: &std::path::Path,
+    ) -> std::process::Output {
+        let t = target.display().to_string();
+        self.cli(&[
+            "restore",
+            "--container",
+            url,
+            "--backup-id",
+            id,
+            "--target",
+            &t,
+            "--json",
+        ])
+    }
+}
+
+/// The JSON object a `--json` command printed (panics with its output if there is none).
+pub fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "not JSON: {} / {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// BLAKE3 of a file's contents, hex.
+pub fn hash_file(p: &std::path::Path) -> String {
+    blake3::hash(&std::fs::read(p).unwrap())
+        .to_hex()
+        .to_string()
+}
