@@ -18,10 +18,9 @@
 //!    two collectors condemning each other's copies see each other (each writes its record
 //!    before it reads the other's). Index segments are then merged without the deleted packs,
 //!    the packs deleted, and the record deleted last.
-//! 4. **Writers** (`Container::load_index_for(IndexUse::Backup)`) read the records before the
-//!    index and the pack listing after it, and deduplicate only against chunks in packs that
-//!    exist and are not condemned; they never produce a pack whose name is condemned
-//!    (`PackBuilder::finish_avoiding`).
+//! 4. **Writers** (`Container::load_dedup_set`) read the records, then the pack listing, then
+//!    the index, and deduplicate only against chunks in packs that exist and are not condemned;
+//!    they never produce a pack whose name is condemned (`PackBuilder::finish_avoiding`).
 //!
 //! Why this is safe, and for which pairs of operations, is argued in `docs/gc.md`.
 
@@ -288,7 +287,8 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
         ..Default::default()
     };
 
-    // Records before segments before packs: the order writers use too (see module docs).
+    // Records first: a pack a concurrent sweep deletes is then either condemned by a record we
+    // read, or absent from the pack listing taken after it (the order writers use too).
     let records = load_condemned(c)?;
     let Segments {
         good: segments,

@@ -61,8 +61,8 @@
 //!    every live chunk in it has a copy in a pack that exists and no record condemns, checked
 //!    twice, the second time on fresh listings. Index segments are merged, then packs deleted,
 //!    then the record.
-//! 5. **Writers skip condemned packs.** A backup reads the records before the index and lists
-//!    packs after it, deduplicates only against chunks in existing, uncondemned packs, and never
+//! 5. **Writers skip condemned packs.** A backup reads the records, then lists packs, then reads
+//!    the index; it deduplicates only against chunks in existing, uncondemned packs, and never
 //!    builds a pack whose name is condemned.
 //!
 //! ## Which operations may run concurrently
