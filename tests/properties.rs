@@ -140,6 +140,7 @@ proptest! {
         let _ = parse_pack("p", &data);
         let _ = decode_segment("i", &data);
         let _ = volback::manifest::Manifest::decode("m", &data);
+        let _ = volback::gc::Condemnation::decode("gc/condemned-0-x", &data);
         let mut r = ExtentListReader::new();
         let mut out = Vec::new();
         if r.push("m", &data, &mut out).is_ok() {
@@ -149,5 +150,23 @@ proptest! {
             let _ = volback::record::ExportedRecord::parse(t);
             let _ = volback::container::ContainerUrl::parse(t);
         }
+    }
+
+    #[test]
+    fn condemnation_records_round_trip(ids in prop::collection::vec(any::<[u8; 32]>(), 0..50), t in any::<u32>()) {
+        let c = volback::gc::Condemnation {
+            format: volback::gc::CONDEMNED_FORMAT.into(),
+            version: volback::gc::CONDEMNED_VERSION,
+            created_unix: u64::from(t),
+            created_at: "2026-11-22T00:00:00Z".into(),
+            host: "h".into(),
+            packs: ids.iter().map(|i| Hash(*i).to_hex()).collect(),
+        };
+        let bytes = serde_json::to_vec(&c).unwrap();
+        let back = volback::gc::Condemnation::decode("gc/condemned-0-x", &bytes).unwrap();
+        let got: Vec<Hash> = back.pack_ids().collect();
+        let want: Vec<Hash> = ids.iter().map(|i| Hash(*i)).collect();
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(back.created_unix, u64::from(t));
     }
 }
