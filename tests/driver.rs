@@ -51,15 +51,7 @@ fn index_is_rebuilt_from_self_describing_packs(e: &Env) {
 }
 
 fn backup(c: &Container, vol: &Path, id: &str, parent: Option<&str>) -> BackupReport {
-    let opts = BackupOptions {
-        backup_id: Some(id.into()),
-        volume_id: "vol".into(),
-        parent_id: parent.map(String::from),
-        ..Default::default()
-    };
-    run_backup(c, VolumeSource::Path(vol.into()), &opts, None)
-        .unwrap()
-        .2
+    backup_file(c, vol, id, parent)
 }
 
 fn restore_new(c: &Container, id: &str, out: &Path) -> volback::Result<()> {

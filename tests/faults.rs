@@ -11,18 +11,18 @@ use common::*;
 use volback::container::Container;
 use volback::faults::{FaultConfig, FaultStore};
 use volback::gc::{GcOptions, run_gc};
-use volback::pipeline::{BackupOptions, run_backup};
+use volback::pipeline::run_backup;
 use volback::restore::{TargetMode, run_restore};
 use volback::source::VolumeSource;
 use volback::store::{MemStore, ObjectStore};
 
-fn opts(id: &str, parent: Option<&str>) -> BackupOptions {
-    BackupOptions {
-        backup_id: Some(id.into()),
-        volume_id: "vol".into(),
-        parent_id: parent.map(String::from),
+/// A collection that treats every unexpired lease as alive but allows no clock skew.
+fn gc_now(c: &Container) {
+    let opts = GcOptions {
+        clock_skew: Duration::ZERO,
         ..Default::default()
-    }
+    };
+    run_gc(c, &opts).unwrap_or_else(|e| panic!("gc: {e}"));
 }
 
 fn restore_matches(c: &Container, id: &str, expected: &[u8], scratch: &std::path::Path) {
@@ -78,21 +78,14 @@ fn a_flaky_store_is_retried_and_every_operation_succeeds() {
             run_backup(
                 &c,
                 source(&v),
-                &opts(&format!("d{day}"), parent.as_deref()),
+                &backup_opts(&format!("d{day}"), parent.as_deref()),
                 None,
             )
             .unwrap_or_else(|e| panic!("seed {seed} day {day}: {e}"));
             versions.push(v.clone());
         }
         c.delete_backup("d0").unwrap();
-        run_gc(
-            &c,
-            &GcOptions {
-                clock_skew: Duration::ZERO,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        gc_now(&c);
         for (day, v) in versions.iter().enumerate().skip(1) {
             restore_matches(&c, &format!("d{day}"), v, scratch.path());
         }
@@ -118,9 +111,9 @@ fn a_permanent_failure_at_any_request_commits_nothing_partial_and_loses_nothing(
     // How many requests a healthy run of the second backup makes.
     let probe = Arc::new(MemStore::new());
     let c = Container::with_store(probe.clone(), "mem://".into(), true, None).unwrap();
-    run_backup(&c, source(&base), &opts("base", None), None).unwrap();
+    run_backup(&c, source(&base), &backup_opts("base", None), None).unwrap();
     let before = probe.requests();
-    run_backup(&c, source(&next), &opts("next", Some("base")), None).unwrap();
+    run_backup(&c, source(&next), &backup_opts("next", Some("base")), None).unwrap();
     let n = probe.requests().since(&before);
     let total = n.put + n.get + n.head + n.list + n.delete;
     assert!(total > 8, "{n:?}");
@@ -128,7 +121,7 @@ fn a_permanent_failure_at_any_request_commits_nothing_partial_and_loses_nothing(
     for fail_after in 0..=total + 1 {
         let mem = Arc::new(MemStore::new());
         let c = Container::with_store(mem.clone(), "mem://".into(), true, None).unwrap();
-        run_backup(&c, source(&base), &opts("base", None), None).unwrap();
+        run_backup(&c, source(&base), &backup_opts("base", None), None).unwrap();
         let failing = Arc::new(FaultStore::new(
             mem.clone(),
             FaultConfig {
@@ -137,8 +130,9 @@ fn a_permanent_failure_at_any_request_commits_nothing_partial_and_loses_nothing(
             },
         ));
         let fc = Container::with_store(failing, "mem://".into(), false, None);
-        let result =
-            fc.and_then(|fc| run_backup(&fc, source(&next), &opts("next", Some("base")), None));
+        let result = fc.and_then(|fc| {
+            run_backup(&fc, source(&next), &backup_opts("next", Some("base")), None)
+        });
         let committed = mem.head("backups/next").unwrap().is_some();
         match &result {
             Ok(_) => assert!(
@@ -167,17 +161,11 @@ fn a_permanent_failure_at_any_request_commits_nothing_partial_and_loses_nothing(
             1 + usize::from(committed),
             "fail_after {fail_after}: {ids:?}"
         );
-        run_gc(
-            &c,
-            &GcOptions {
-                clock_skew: Duration::ZERO,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        gc_now(&c);
         restore_matches(&c, "base", &base, scratch.path());
         if !committed {
-            let r = run_backup(&c, source(&next), &opts("next", Some("base")), None).unwrap();
+            let r =
+                run_backup(&c, source(&next), &backup_opts("next", Some("base")), None).unwrap();
             assert!(r.2.chunks_new <= r.2.chunks_total);
         }
         restore_matches(&c, "next", &next, scratch.path());

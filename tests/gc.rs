@@ -27,16 +27,7 @@ on_both_backends!(
 );
 
 fn backup(c: &Container, vol: &Path, id: &str, parent: Option<&str>) -> u64 {
-    let opts = BackupOptions {
-        backup_id: Some(id.into()),
-        volume_id: "vol".into(),
-        parent_id: parent.map(String::from),
-        ..Default::default()
-    };
-    run_backup(c, VolumeSource::Path(vol.into()), &opts, None)
-        .unwrap_or_else(|e| panic!("backup {id}: {e}"))
-        .2
-        .bytes_new
+    backup_file(c, vol, id, parent).bytes_new
 }
 
 fn restores_to(c: &Container, id: &str, expected: &Path, scratch: &Path) {

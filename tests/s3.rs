@@ -10,18 +10,9 @@ use std::time::{Duration, Instant};
 use common::backend::{ACCESS_KEY, BUCKET, Env, S3Server, SECRET_KEY, free_port, s3_options};
 use common::*;
 use volback::container::Container;
-use volback::pipeline::{BackupOptions, run_backup};
+use volback::pipeline::run_backup;
 use volback::restore::{TargetMode, run_restore};
 use volback::source::VolumeSource;
-
-fn opts(id: &str, parent: Option<&str>) -> BackupOptions {
-    BackupOptions {
-        backup_id: Some(id.into()),
-        volume_id: "vol".into(),
-        parent_id: parent.map(String::from),
-        ..Default::default()
-    }
-}
 
 #[test]
 fn wrong_credentials_fail_fast_and_never_show_the_secret() {
@@ -119,7 +110,7 @@ fn server_stopped_mid_backup_commits_nothing_and_the_next_backup_succeeds() {
     let err = run_backup(
         &e.c,
         VolumeSource::Path(vol.clone()),
-        &opts("b1", None),
+        &backup_opts("b1", None),
         Some(&stop_at_half),
     )
     .expect_err("backup must fail when the server stops");
@@ -135,9 +126,14 @@ fn server_stopped_mid_backup_commits_nothing_and_the_next_backup_succeeds() {
     let _server = S3Server::start_on(&root, port);
     let c = Container::open_with(&e.url, false, None, &e.s3).unwrap();
     assert!(c.list_backups().unwrap().is_empty());
-    let r = run_backup(&c, VolumeSource::Path(vol.clone()), &opts("b1", None), None)
-        .unwrap()
-        .2;
+    let r = run_backup(
+        &c,
+        VolumeSource::Path(vol.clone()),
+        &backup_opts("b1", None),
+        None,
+    )
+    .unwrap()
+    .2;
     assert_eq!(r.size, 160 << 20);
     let out = e.root.join("out.img");
     run_restore(&c, "b1", &out, TargetMode::New, None).unwrap();
@@ -155,7 +151,7 @@ fn request_budgets() {
     let full = run_backup(
         &e.c,
         VolumeSource::Path(vol.clone()),
-        &opts("full", None),
+        &backup_opts("full", None),
         None,
     )
     .unwrap()
@@ -168,7 +164,7 @@ fn request_budgets() {
     let inc = run_backup(
         &e.c,
         VolumeSource::Path(vol.clone()),
-        &opts("inc", Some("full")),
+        &backup_opts("inc", Some("full")),
         None,
     )
     .unwrap()
@@ -208,9 +204,14 @@ fn multipart_uploads_above_the_threshold_round_trip() {
     let c = Container::open_with(&e.url, true, None, &o).unwrap();
     let vol = e.root.join("v.img");
     std::fs::write(&vol, pseudo_random(40 << 20, 3)).unwrap();
-    let r = run_backup(&c, VolumeSource::Path(vol.clone()), &opts("mp", None), None)
-        .unwrap()
-        .2;
+    let r = run_backup(
+        &c,
+        VolumeSource::Path(vol.clone()),
+        &backup_opts("mp", None),
+        None,
+    )
+    .unwrap()
+    .2;
     // A 32 MiB pack in 16 MiB parts is create + 2 parts + complete: more requests than objects.
     assert!(r.requests.put > r.object_count + 2, "{:?}", r.requests);
     let out = e.root.join("out.img");

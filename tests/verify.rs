@@ -10,21 +10,13 @@ use std::process::Command;
 use common::backend::Env;
 use common::*;
 use volback::container::Container;
-use volback::pipeline::{BackupOptions, run_backup};
 use volback::restore::{TargetMode, run_restore};
-use volback::source::VolumeSource;
 use volback::verify::{VerifyOptions, VerifyReport, run_verify};
 
 on_both_backends!(verify_names_exactly_the_damaged_backups_and_objects);
 
 fn backup(c: &Container, vol: &Path, id: &str, parent: Option<&str>) {
-    let opts = BackupOptions {
-        backup_id: Some(id.into()),
-        volume_id: "vol".into(),
-        parent_id: parent.map(String::from),
-        ..Default::default()
-    };
-    run_backup(c, VolumeSource::Path(vol.into()), &opts, None).unwrap();
+    backup_file(c, vol, id, parent);
 }
 
 fn files_under(dir: &Path) -> BTreeSet<PathBuf> {

@@ -137,3 +137,26 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Options for backup `id` of volume "vol", incremental of `parent` if given.
+pub fn backup_opts(id: &str, parent: Option<&str>) -> volback::pipeline::BackupOptions {
+    volback::pipeline::BackupOptions {
+        backup_id: Some(id.into()),
+        volume_id: "vol".into(),
+        parent_id: parent.map(String::from),
+        ..Default::default()
+    }
+}
+
+/// Backs up the file `vol` into `c` as `id` (panics with the error otherwise).
+pub fn backup_file(
+    c: &volback::container::Container,
+    vol: &Path,
+    id: &str,
+    parent: Option<&str>,
+) -> volback::pipeline::BackupReport {
+    let source = volback::source::VolumeSource::Path(vol.into());
+    volback::pipeline::run_backup(c, source, &backup_opts(id, parent), None)
+        .unwrap_or_else(|e| panic!("backup {id}: {e}"))
+        .2
+}
