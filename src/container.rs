@@ -198,7 +198,7 @@ pub fn pack_id_of_key(key: &str) -> Option<Hash> {
     (name.starts_with(dir) && dir.len() == 2).then_some(id)
 }
 
-/// What an index is loaded for (see [`Container::load_index_for`]).
+/// What an index is scanned for (see [`Container::scan_index`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IndexUse {
     /// Deduplication: only chunks the collector cannot be about to delete.
@@ -562,24 +562,23 @@ impl Container {
     /// Loads the index for reading (restore, verify, export): every indexed chunk, located
     /// preferably in a pack that exists and is not condemned by the collector.
     pub fn load_index(&self) -> Result<Index> {
-        Ok(self.load_index_for(IndexUse::Read)?.index)
+        Ok(self.load_index_report()?.index)
     }
 
-    /// Loads the index for reading, in the order the collection protocol requires
-    /// (`docs/gc.md`): every indexed chunk, located preferably in a pack that exists and is not
-    /// condemned, then in a condemned one, then in one that is not listed (so that a missing
-    /// pack is reported by name when it is really needed). See [`Container::scan_index`].
-    pub fn load_index_for(&self, usage: IndexUse) -> Result<LoadedIndex> {
+    /// Like [`Container::load_index`], with what was learnt while loading (damaged segments,
+    /// packs read from their own tables). Chunks are located preferably in a pack that exists
+    /// and is not condemned, then in a condemned one, then in one that is not listed (so that a
+    /// missing pack is reported by name when it is really needed). See
+    /// [`Container::scan_index`] for the order of reads the collection protocol requires.
+    pub fn load_index_report(&self) -> Result<LoadedIndex> {
         let mut index = Index::new();
-        let scan = self.scan_index(usage, |pack, entries, exists, condemned| {
+        let scan = self.scan_index(IndexUse::Read, |pack, entries, exists, condemned| {
             let rank = match (exists, condemned) {
                 (true, false) => 0,
                 (true, true) => 1,
                 (false, _) => 2,
             };
-            if usage == IndexUse::Read || rank == 0 {
-                index.add_pack_ranked(*pack, entries, rank);
-            }
+            index.add_pack_ranked(*pack, entries, rank);
         })?;
         Ok(LoadedIndex {
             index,

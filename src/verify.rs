@@ -17,9 +17,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::container::{
-    Container, IndexUse, LeaseGuard, LoadedIndex, manifest_key, pack_key, plan_ranges,
-};
+use crate::container::{Container, LeaseGuard, LoadedIndex, manifest_key, pack_key, plan_ranges};
 use crate::error::{Error, Result};
 use crate::ids::Hash;
 use crate::index::Index;
@@ -167,7 +165,7 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
         index,
         damaged_segments,
         ..
-    } = c.load_index_for(IndexUse::Read)?;
+    } = c.load_index_report()?;
     for (key, e) in &damaged_segments {
         report.damaged_objects.push(Problem::of(key, e));
     }

@@ -378,9 +378,7 @@ fn corrupt_and_missing_objects_are_refused_by_name(e: &Env) {
     std::fs::write(&seg, &s).unwrap();
     // A segment is a cache of pack tables: the packs it described are read from their own
     // tables, and the restore is still byte-identical.
-    let loaded =
-        e.c.load_index_for(volback::container::IndexUse::Read)
-            .unwrap();
+    let loaded = e.c.load_index_report().unwrap();
     assert_eq!(loaded.damaged_segments.len(), 1);
     assert!(loaded.damaged_segments[0].1.to_string().contains("index/"));
     assert!(loaded.adopted >= 1);
