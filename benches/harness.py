@@ -2,7 +2,9 @@
 """Throughput harness: volback side by side with restic and BorgBackup on the same images.
 
 Builds the images itself (benches/make_images.py, no download), then runs, in one session:
-  - full backup of the filesystem image (day 1), next-day incremental (day 2), restore of day 2;
+  - full backup of the filesystem image (day 1), next-day incremental (day 2), restore of day 2
+    twice: durable (volback's default fsync; restic and borg followed by `sync FILE`, since they
+    do not flush) and to the page cache (volback --no-sync; restic and borg as they are);
   - an unchanged-volume incremental (day 2 again);
   - full backups of a random image, a 90 %-zero image and a sparse file;
 and volback's primitives limits on the day-1 image (benches/primitives.rs). restic (default
@@ -57,6 +59,7 @@ def place(src, dst):
     if os.path.exists(dst):
         os.remove(dst)
     subprocess.run(["cp", "--sparse=always", src, dst], check=True)
+    settle()
 
 
 class Volback:
@@ -79,8 +82,9 @@ class Volback:
             cmd += ["--parent", parent]
         return run(cmd, env=self.env)
 
-    def restore(self, tag, target):
-        return run([self.bin, "restore", "--container", self.container, "--backup-id", tag, "--target", target, "--json"], env=self.env)
+    def restore(self, tag, target, durable):
+        cmd = [self.bin, "restore", "--container", self.container, "--backup-id", tag, "--target", target, "--json"]
+        return run(cmd + ([] if durable else ["--no-sync"]), env=self.env)
 
     def stored(self):
         return du(self.store)
@@ -99,11 +103,11 @@ class Restic:
     def backup(self, vol, tag, parent=None):
         return run(["restic", "backup", "-q", "--tag", tag, os.path.basename(vol)], env=self.env, cwd=os.path.dirname(vol))
 
-    def restore(self, tag, target):
+    def restore(self, tag, target, durable):
         d = target + ".d"
         shutil.rmtree(d, ignore_errors=True)
-        r = run(["restic", "restore", "-q", "latest", "--tag", tag, "--target", d], env=self.env)
-        return r
+        cmd = ["restic", "restore", "-q", "latest", "--tag", tag, "--target", d]
+        return run(then_sync(cmd, os.path.join(d, "vol.img"), durable), env=self.env)
 
     def stored(self):
         return du(self.repo)
@@ -122,14 +126,29 @@ class Borg:
         return run(["borg", "create", "--compression", "zstd,3", "%s::%s" % (self.repo, tag), os.path.basename(vol)],
                    env=self.env, cwd=os.path.dirname(vol))
 
-    def restore(self, tag, target):
+    def restore(self, tag, target, durable):
         d = target + ".d"
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
-        return run(["borg", "extract", "--sparse", "%s::%s" % (self.repo, tag)], env=self.env, cwd=d)
+        cmd = ["borg", "extract", "--sparse", "%s::%s" % (self.repo, tag)]
+        return run(then_sync(cmd, os.path.join(d, "vol.img"), durable), env=self.env, cwd=d)
 
     def stored(self):
         return du(self.repo)
+
+
+def then_sync(cmd, restored, durable):
+    """restic and borg return before their restored file is on disk; a durable restore of
+    theirs is timed as the restore followed by `sync FILE` (an fsync of that file)."""
+    if not durable:
+        return cmd
+    return ["sh", "-c", '"$@" && sync "%s"' % restored, "sh"] + cmd
+
+
+def settle():
+    """Writes back earlier runs' dirty pages, untimed, so they do not slow the next run."""
+    subprocess.run(["sync"], check=True)
+    time.sleep(2)
 
 
 def start_s3(work):
@@ -203,16 +222,18 @@ def main():
         r = tool.backup(vol, "day2", "day1")
         record("next-day incremental", tool, r, size1, tool.stored() - s_before)
         s_before = tool.stored()
+        settle()
         r = tool.backup(vol, "day2b", "day2")
         record("unchanged incremental", tool, r, size1, tool.stored() - s_before)
         target = os.path.join(work, "restored-%s.img" % tool.name)
-        r = tool.restore("day2", target)
-        record("restore (day 2)", tool, r, size1)
+        for case, durable in (("restore (day 2), durable", True), ("restore (day 2), to page cache", False)):
+            settle()
+            r = tool.restore("day2", target, durable)
+            record(case, tool, r, size1)
+            if os.path.exists(target):
+                os.remove(target)
+            shutil.rmtree(target + ".d", ignore_errors=True)
         rows[("stored after full + incremental", tool.name)] = {"stored": None}
-        for f in (target,):
-            if os.path.exists(f):
-                os.remove(f)
-        shutil.rmtree(target + ".d", ignore_errors=True)
     for case, img in (("full backup (random)", "random"), ("full backup (90 % zeros)", "thin"), ("full backup (sparse file)", "sparse")):
         p = os.path.join(imgs, img + ".img")
         for tool in tools:
@@ -256,7 +277,7 @@ def main():
         print("90 %%-zero image backup takes %.0f %% of the random image's time" % (100 * thin["wall"] / rnd["wall"]))
     if server:
         server.kill()
-        for c in ("full backup (fs image)", "restore (day 2)"):
+        for c in ("full backup (fs image)", "restore (day 2), durable"):
             j = json.loads(rows[(c, "volback")]["out"])
             req = j.get("requests", {})
             gib = size1 / 2**30

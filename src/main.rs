@@ -17,7 +17,7 @@ use volback::driver::{Driver, DriverConfig};
 use volback::gc::{GcOptions, run_gc};
 use volback::pipeline::BackupOptions;
 use volback::record::BackupRecord;
-use volback::restore::{TargetMode, run_restore};
+use volback::restore::{RestoreOptions, TargetMode, run_restore_with};
 use volback::s3::S3Options;
 use volback::source::VolumeSource;
 use volback::verify::{VerifyOptions, run_verify};
@@ -119,6 +119,10 @@ enum Cmd {
         /// Write the volume metadata stored with the backup to this file.
         #[arg(long)]
         metadata_out: Option<PathBuf>,
+        /// Do not flush the target to stable storage before reporting success (scratch
+        /// targets only; by default a restore that reports success is on disk).
+        #[arg(long)]
+        no_sync: bool,
         #[arg(long)]
         json: bool,
     },
@@ -388,13 +392,17 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
             target,
             existing,
             metadata_out,
+            no_sync,
             json,
         } => {
             let c = Container::open_with(&container, false, None, s3)?;
-            let mode = if existing {
-                TargetMode::Existing
-            } else {
-                TargetMode::New
+            let opts = RestoreOptions {
+                mode: if existing {
+                    TargetMode::Existing
+                } else {
+                    TargetMode::New
+                },
+                sync: !no_sync,
             };
             let pb = progress_bar(json, None);
             let cb = |n: u64| {
@@ -402,7 +410,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
                     pb.set_position(n);
                 }
             };
-            let r = run_restore(&c, &backup_id, &target, mode, Some(&cb));
+            let r = run_restore_with(&c, &backup_id, &target, &opts, Some(&cb));
             if let Some(pb) = pb {
                 pb.finish_and_clear();
             }

@@ -205,14 +205,18 @@ impl Target {
         Ok(())
     }
 
-    fn finish(self) -> Result<()> {
-        self.file
-            .sync_all()
-            .map_err(|e| Error::io("sync restore target", &self.path, e))?;
+    /// Flushes (if `sync`) and moves a new file into place.
+    fn finish(self, sync: bool) -> Result<()> {
+        if sync {
+            self.file
+                .sync_all()
+                .map_err(|e| Error::io("sync restore target", &self.path, e))?;
+        }
         if let Some(to) = &self.rename_to {
             std::fs::rename(&self.path, to)
                 .map_err(|e| Error::io("rename restore target", to, e))?;
-            if let Some(dir) = to.parent()
+            if sync
+                && let Some(dir) = to.parent()
                 && let Ok(d) = File::open(if dir.as_os_str().is_empty() {
                     Path::new(".")
                 } else {
@@ -359,12 +363,35 @@ pub fn check_complete(container: &Container, index: &Index, manifest: &Manifest)
     })
 }
 
-/// Restores backup `backup_id` onto `target`.
+/// How a restore treats its target.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreOptions {
+    pub mode: TargetMode,
+    /// Flush the target to stable storage before reporting success (the default). Without
+    /// it the restore ends once its data is in the page cache, as restic's and borg's do:
+    /// for scratch targets (a tmpfs, a file about to be copied elsewhere) where durability is
+    /// not wanted and the disk's write speed would otherwise bound the restore.
+    pub sync: bool,
+}
+
+/// Restores backup `backup_id` onto `target`, durably.
 pub fn run_restore(
     container: &Container,
     backup_id: &str,
     target: &Path,
     mode: TargetMode,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<RestoreReport> {
+    let opts = RestoreOptions { mode, sync: true };
+    run_restore_with(container, backup_id, target, &opts, progress)
+}
+
+/// Restores backup `backup_id` onto `target` as `opts` says.
+pub fn run_restore_with(
+    container: &Container,
+    backup_id: &str,
+    target: &Path,
+    opts: &RestoreOptions,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
@@ -376,7 +403,7 @@ pub fn run_restore(
     let _lease = LeaseGuard::take(container, backup_id, LEASE_TTL).ok();
     let index = container.load_index()?;
     check_complete(container, &index, &manifest)?;
-    let t = Target::open(target, mode, manifest.size)?;
+    let t = Target::open(target, opts.mode, manifest.size)?;
     let mut window = Vec::with_capacity(WINDOW_CHUNKS);
     let mut bytes_written = 0u64;
     let mut zero_bytes = 0u64;
@@ -388,11 +415,13 @@ pub fn run_restore(
         // its own: each call covers everything written so far.
         let (flush, flushes) = std::sync::mpsc::sync_channel::<()>(1);
         let t = &t;
-        s.spawn(move || {
-            for () in flushes {
-                t.start_writeback();
-            }
-        });
+        if opts.sync {
+            s.spawn(move || {
+                for () in flushes {
+                    t.start_writeback();
+                }
+            });
+        }
         let res = container.walk_extents(&index, &manifest, |off, e| {
             match e {
                 Extent::Data { len, id } => {
@@ -421,7 +450,7 @@ pub fn run_restore(
         t.abandon();
         return Err(e);
     }
-    t.finish()?;
+    t.finish(opts.sync)?;
     if let Some(p) = progress {
         p(manifest.size);
     }
