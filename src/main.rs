@@ -4,7 +4,7 @@
 //! usage error, 3 when `verify` finds damage. With `--json`, stdout carries exactly one JSON object (an error too:
 //! `{"error": kind, "message": ...}`) and nothing else.
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -226,7 +226,11 @@ fn main() -> ExitCode {
         Ok(Outcome::Damaged) => ExitCode::from(3),
         Err(e) => {
             if json {
-                println!("{}", json!({"error": e.kind(), "message": e.to_string()}));
+                let _ = writeln!(
+                    std::io::stdout().lock(),
+                    "{}",
+                    json!({"error": e.kind(), "message": e.to_string()})
+                );
             }
             eprintln!("volback: error: {e}");
             ExitCode::FAILURE
@@ -251,8 +255,17 @@ fn progress_bar(json: bool, len: Option<u64>) -> Option<ProgressBar> {
     Some(pb)
 }
 
-fn print_json(v: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string(v).unwrap_or_default());
+/// Writes a line to stdout. A closed stdout (`volback list | head -1`) is a typed error (the
+/// report or record did not reach its reader), never a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+            .map_err(|e| Error::io("write output", "<stdout>", e))
+    };
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<(), Error> {
+    out!("{}", serde_json::to_string(v).unwrap_or_default())
 }
 
 /// A volume id from a file name: invalid characters become '_'.
@@ -369,9 +382,9 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
             }
             let r = out?.report;
             if json {
-                print_json(&r);
+                print_json(&r)?;
             } else {
-                println!(
+                out!(
                     "backup {} of {} bytes: read {}, stored {} new bytes in {} objects ({} of {} chunks new, {} zero bytes) in {:.2}s",
                     r.backup_id,
                     r.size,
@@ -382,7 +395,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
                     r.chunks_total,
                     r.zero_bytes,
                     r.elapsed_s
-                );
+                )?;
             }
             Ok(Outcome::Done)
         }
@@ -420,9 +433,9 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
                     .map_err(|e| Error::io("write metadata", &p, e))?;
             }
             if json {
-                print_json(&r);
+                print_json(&r)?;
             } else {
-                println!(
+                out!(
                     "restored backup {} ({} bytes, {} data, {} zero) to {} in {:.2}s",
                     r.backup_id,
                     r.size,
@@ -430,7 +443,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
                     r.zero_bytes,
                     target.display(),
                     r.elapsed_s
-                );
+                )?;
             }
             Ok(Outcome::Done)
         }
@@ -445,9 +458,9 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
                 ..Default::default()
             })?;
             if json {
-                print_json(&json!({"backup_id": backup_id, "deleted": true}));
+                print_json(&json!({"backup_id": backup_id, "deleted": true}))?;
             } else {
-                println!("deleted backup {backup_id}");
+                out!("deleted backup {backup_id}")?;
             }
             Ok(Outcome::Done)
         }
@@ -460,7 +473,8 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
                 id: backup_id,
                 ..Default::default()
             })?;
-            print!("{text}");
+            write!(std::io::stdout().lock(), "{text}")
+                .map_err(|e| Error::io("write output", "<stdout>", e))?;
             Ok(Outcome::Done)
         }
         Cmd::Import {
@@ -476,12 +490,14 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
             });
             let r = driver.import_record(&text, Some(&container))?;
             if json {
-                print_json(&r);
+                print_json(&r)?;
             } else {
-                println!(
+                out!(
                     "imported backup {} of volume {} ({} bytes)",
-                    r.id, r.volume_id, r.size
-                );
+                    r.id,
+                    r.volume_id,
+                    r.size
+                )?;
             }
             Ok(Outcome::Done)
         }
@@ -500,23 +516,26 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
                         Err(e) => json!({"error": e.kind(), "message": e.to_string()}),
                     })
                     .collect();
-                print_json(&json!({"container": c.url(), "backups": items}));
+                print_json(&json!({"container": c.url(), "backups": items}))?;
             } else {
-                println!(
+                out!(
                     "{:<38} {:<20} {:>16} {:<22} parent",
-                    "backup", "volume", "size", "created"
-                );
+                    "backup",
+                    "volume",
+                    "size",
+                    "created"
+                )?;
                 for b in &backups {
                     match b {
-                        Ok(m) => println!(
+                        Ok(m) => out!(
                             "{:<38} {:<20} {:>16} {:<22} {}",
                             m.backup_id,
                             m.volume_id,
                             m.size,
                             m.created_at,
                             m.parent_id.as_deref().unwrap_or("-")
-                        ),
-                        Err(e) => println!("damaged: {e}"),
+                        )?,
+                        Err(e) => out!("damaged: {e}")?,
                     }
                 }
             }
@@ -526,9 +545,9 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
             let c = Container::open_with(&container, false, None, s3)?;
             let (packs, chunks) = c.rebuild_index()?;
             if json {
-                print_json(&json!({"packs": packs, "chunks": chunks}));
+                print_json(&json!({"packs": packs, "chunks": chunks}))?;
             } else {
-                println!("indexed {chunks} chunks from {packs} packs");
+                out!("indexed {chunks} chunks from {packs} packs")?;
             }
             Ok(Outcome::Done)
         }
@@ -556,9 +575,9 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
                 },
             )?;
             if json {
-                print_json(&r);
+                print_json(&r)?;
             } else {
-                println!(
+                out!(
                     "{}{} backups, {} live chunks; condemned {} unreferenced and {} sparse packs; wrote {} packs ({} bytes); deleted {} packs ({} bytes); reclaimed {} bytes; {} condemnation records swept, {} deferred, in {:.2}s",
                     if dry_run { "dry run: " } else { "" },
                     r.backups,
@@ -573,12 +592,12 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
                     r.records_swept,
                     r.records_deferred,
                     r.elapsed_s
-                );
+                )?;
                 if r.live_chunks_missing > 0 {
-                    println!(
+                    out!(
                         "warning: {} chunks needed by backups are in no pack; run verify",
                         r.live_chunks_missing
-                    );
+                    )?;
                 }
             }
             Ok(Outcome::Done)
@@ -598,22 +617,22 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
                 },
             )?;
             if json {
-                print_json(&r);
+                print_json(&r)?;
             } else {
                 for b in &r.backups {
                     if b.ok {
-                        println!("ok       {}", b.backup_id);
+                        out!("ok       {}", b.backup_id)?;
                     } else {
-                        println!("DAMAGED  {} ({} problems)", b.backup_id, b.problem_count);
+                        out!("DAMAGED  {} ({} problems)", b.backup_id, b.problem_count)?;
                         for p in &b.problems {
-                            println!("         {}: {}", p.object, p.message);
+                            out!("         {}: {}", p.object, p.message)?;
                         }
                     }
                 }
                 for p in &r.damaged_objects {
-                    println!("DAMAGED  object {}: {}", p.object, p.message);
+                    out!("DAMAGED  object {}: {}", p.object, p.message)?;
                 }
-                println!(
+                out!(
                     "{} backups checked, {} damaged; {} chunk references checked{}",
                     r.backups_checked,
                     r.damaged_backups.len(),
@@ -626,7 +645,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
                     } else {
                         String::new()
                     }
-                );
+                )?;
             }
             Ok(if r.ok() {
                 Outcome::Done
@@ -642,7 +661,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
                 ..Default::default()
             });
             driver.check_for_setup_error()?;
-            println!("ok");
+            out!("ok")?;
             Ok(Outcome::Done)
         }
     }

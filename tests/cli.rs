@@ -246,6 +246,34 @@ fn stdin_backup_and_plain_path_container() {
         t.to_str().unwrap(),
     ]));
     assert!(std::fs::read(&t).unwrap() == data);
+
+    // A reader that went away (`volback export … | head -c 0`): a typed error and exit 1,
+    // never a panic; the backup that was reported is still there.
+    for args in [
+        vec!["list", "--container", c.to_str().unwrap()],
+        vec![
+            "export",
+            "--container",
+            c.to_str().unwrap(),
+            "--backup-id",
+            "s",
+        ],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_volback"))
+            .args(&args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("write output") && !err.contains("panicked"),
+            "{err}"
+        );
+    }
 }
 
 fn export_then_import_in_a_fresh_process_into_a_copy(e: &Env) {
