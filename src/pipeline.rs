@@ -323,7 +323,7 @@ pub fn run_backup(
     let bytes_read = AtomicU64::new(0);
     let result = std::thread::scope(|s| -> Result<_> {
         let (batch_tx, batch_rx) = sync_channel::<Result<Vec<Piece>>>(2);
-        let (pack_tx, pack_rx) = sync_channel::<WriterMsg>(1);
+        let (pack_tx, pack_rx) = sync_channel::<WriterMsg>(0);
         // Reading and chunking are separate threads: reading copies from the page cache or
         // waits on the device while the chunker (zero runs + FastCDC, sequential by nature)
         // works on the previous buffer.
