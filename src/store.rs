@@ -225,11 +225,11 @@ impl FsStore {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(|e| Error::io("create temporary object", &tmp, e))?;
+            .map_err(|e| fs_err("create temporary object", &tmp, e))?;
         let res = f.write_all(data).and_then(|_| f.sync_all());
         if let Err(e) = res {
             let _ = fs::remove_file(&tmp);
-            return Err(Error::io("write temporary object", &tmp, e));
+            return Err(fs_err("write temporary object", &tmp, e));
         }
         Ok(tmp)
     }
@@ -240,7 +240,7 @@ impl FsStore {
                 .recursive(true)
                 .mode(0o700)
                 .create(parent)
-                .map_err(|e| Error::io("create directory", parent, e))?;
+                .map_err(|e| fs_err("create directory", parent, e))?;
         }
         Ok(())
     }
@@ -261,7 +261,7 @@ impl FsStore {
                 key: key.to_string(),
             }
         } else {
-            Error::io("read object", path, e)
+            fs_err("read object", path, e)
         }
     }
 }
@@ -274,7 +274,7 @@ impl ObjectStore for FsStore {
         let tmp = self.write_temp(&data)?;
         if let Err(e) = fs::rename(&tmp, &path) {
             let _ = fs::remove_file(&tmp);
-            return Err(Error::io("rename object into place", &path, e));
+            return Err(fs_err("rename object into place", &path, e));
         }
         Self::sync_parent(&path);
         Ok(())
@@ -294,7 +294,7 @@ impl ObjectStore for FsStore {
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(Error::io("link object into place", &path, e)),
+            Err(e) => Err(fs_err("link object into place", &path, e)),
         }
     }
 
@@ -323,7 +323,7 @@ impl ObjectStore for FsStore {
                 }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("read object", &path, e)),
+                Err(e) => return Err(fs_err("read object", &path, e)),
             }
         }
         self.counters.get(buf.len());
@@ -336,7 +336,7 @@ impl ObjectStore for FsStore {
         match fs::metadata(&path) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("stat object", &path, e)),
+            Err(e) => Err(fs_err("stat object", &path, e)),
         }
     }
 
@@ -358,10 +358,10 @@ impl ObjectStore for FsStore {
             let rd = match fs::read_dir(&path) {
                 Ok(rd) => rd,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("list container", &path, e)),
+                Err(e) => return Err(fs_err("list container", &path, e)),
             };
             for entry in rd {
-                let entry = entry.map_err(|e| Error::io("list container", &path, e))?;
+                let entry = entry.map_err(|e| fs_err("list container", &path, e))?;
                 let name = entry.file_name();
                 let Some(name) = name.to_str() else { continue };
                 if name.starts_with('.') {
@@ -374,7 +374,7 @@ impl ObjectStore for FsStore {
                 };
                 let ft = entry
                     .file_type()
-                    .map_err(|e| Error::io("list container", entry.path(), e))?;
+                    .map_err(|e| fs_err("list container", entry.path(), e))?;
                 if ft.is_dir() {
                     if prefix.starts_with(&format!("{key}/")) || key.starts_with(prefix) {
                         stack.push((entry.path(), key));
@@ -384,7 +384,7 @@ impl ObjectStore for FsStore {
                     let size = match entry.metadata() {
                         Ok(m) => m.len(),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(Error::io("list container", entry.path(), e)),
+                        Err(e) => return Err(fs_err("list container", entry.path(), e)),
                     };
                     out.push(ObjectMeta { key, size });
                 }
@@ -400,7 +400,7 @@ impl ObjectStore for FsStore {
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("delete object", &path, e)),
+            Err(e) => Err(fs_err("delete object", &path, e)),
         }
     }
 
@@ -409,7 +409,7 @@ impl ObjectStore for FsStore {
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(Error::io("list temporary objects", &dir, e)),
+            Err(e) => return Err(fs_err("list temporary objects", &dir, e)),
         };
         let mut removed = 0;
         for entry in rd.flatten() {
@@ -531,6 +531,22 @@ impl ObjectStore for MemStore {
     }
 }
 
+/// An I/O error of the filesystem store on an object. Interrupted and timed-out calls — what a
+/// network filesystem (NFS, SMB) under load returns — are [`Error::Transient`] and retried by
+/// [`crate::retry`] like a flaky S3 request; everything else is final.
+fn fs_err(op: &'static str, path: impl AsRef<Path>, e: std::io::Error) -> Error {
+    use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+    let path = path.as_ref();
+    if matches!(e.kind(), Interrupted | TimedOut | WouldBlock) {
+        return Error::Transient {
+            op,
+            key: path.display().to_string(),
+            message: e.to_string(),
+        };
+    }
+    Error::io(op, path, e)
+}
+
 /// Reads a whole local file, mapping errors to [`Error::Io`]; used for records and metadata.
 pub fn read_local_file(path: &Path) -> Result<Vec<u8>> {
     let mut f = File::open(path).map_err(|e| Error::io("open", path, e))?;
@@ -544,6 +560,30 @@ pub fn read_local_file(path: &Path) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_filesystem_timeouts_are_transient_and_other_errors_final() {
+        use std::io::{Error as IoError, ErrorKind};
+        for kind in [
+            ErrorKind::TimedOut,
+            ErrorKind::Interrupted,
+            ErrorKind::WouldBlock,
+        ] {
+            let e = fs_err("read object", "/c/packs/ab", IoError::from(kind));
+            assert_eq!(e.kind(), "transient", "{kind:?}");
+            assert!(e.to_string().contains("/c/packs/ab"), "{e}");
+        }
+        let e = fs_err(
+            "read object",
+            "/c/x",
+            IoError::from_raw_os_error(libc::ETIMEDOUT),
+        );
+        assert_eq!(e.kind(), "transient");
+        for kind in [ErrorKind::PermissionDenied, ErrorKind::StorageFull] {
+            let e = fs_err("write temporary object", "/c/x", IoError::from(kind));
+            assert_eq!(e.kind(), "io", "{kind:?}");
+        }
+    }
 
     #[test]
     fn keys_cannot_escape_the_container() {
