@@ -208,7 +208,7 @@ enum Cmd {
 
 /// Pins glibc's mmap threshold at its initial 128 KiB. By default glibc raises it to the size
 /// of any large block freed, after which the pipeline's 8 MiB buffers come from the heap and
-/// fragment it: a 16 GiB backup then peaked 39 % above a 4 GiB one; pinned, within 2 %
+/// fragment it: a 16 GiB backup then peaked 39 % above a 4 GiB one; pinned, within 5 %
 /// (`docs/performance.md`, peak RSS), at no measurable cost in throughput.
 fn pin_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
