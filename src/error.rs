@@ -152,6 +152,18 @@ pub enum Error {
     Internal(String),
 }
 
+/// Whether `message` carries the HTTP status `code` as a token of its own: "status 403",
+/// "403 Forbidden", not the digits inside a duration ("1.774039699s"), a port or a pack name.
+fn has_status(message: &str, code: &str) -> bool {
+    let bytes = message.as_bytes();
+    let part_of_word = |b: u8| b.is_ascii_alphanumeric() || b == b'.';
+    message.match_indices(code).any(|(i, _)| {
+        let before = i.checked_sub(1).map(|j| bytes[j]);
+        let after = bytes.get(i + code.len()).copied();
+        !before.is_some_and(part_of_word) && !after.is_some_and(part_of_word)
+    })
+}
+
 impl Error {
     /// Wraps an I/O error on a local path.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -179,7 +191,7 @@ impl Error {
             Error::Remote { message, .. } => {
                 if message.contains("NoSuchBucket") {
                     "missing_bucket"
-                } else if message.contains("403")
+                } else if has_status(message, "403")
                     || message.contains("AccessDenied")
                     || message.contains("SignatureDoesNotMatch")
                     || message.contains("InvalidAccessKeyId")
@@ -211,5 +223,40 @@ impl Error {
             Error::LeaseExpired { .. } => "lease_expired",
             Error::Internal(_) => "internal",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(message: &str) -> Error {
+        Error::Remote {
+            op: "get",
+            location: "s3://b/c/config".into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn remote_errors_are_classified_by_status_tokens_not_stray_digits() {
+        for m in [
+            "Client error with status 403 Forbidden: <Error><Code>X</Code></Error>",
+            "GET http://h/b failed: 403",
+            "<Code>AccessDenied</Code>",
+            "<Code>SignatureDoesNotMatch</Code>",
+        ] {
+            assert_eq!(remote(m).kind(), "access_denied", "{m}");
+        }
+        // A refused connection whose message happens to contain the digits 4, 0, 3 (this
+        // one came from CI): not a denial.
+        for m in [
+            "Error performing GET http://127.0.0.1:46189/b/c1/config in 1.774039699s, after 6 \
+             retries - HTTP error: error sending request",
+            "PUT http://127.0.0.1:40312/b/packs/ab/ab403f failed: connection reset",
+        ] {
+            assert_eq!(remote(m).kind(), "remote", "{m}");
+        }
+        assert_eq!(remote("<Code>NoSuchBucket</Code>").kind(), "missing_bucket");
     }
 }
