@@ -126,14 +126,7 @@ fn server_stopped_mid_backup_commits_nothing_and_the_next_backup_succeeds() {
     let _server = S3Server::start_on(&root, port);
     let c = Container::open_with(&e.url, false, None, &e.s3).unwrap();
     assert!(c.list_backups().unwrap().is_empty());
-    let r = run_backup(
-        &c,
-        VolumeSource::Path(vol.clone()),
-        &backup_opts("b1", None),
-        None,
-    )
-    .unwrap()
-    .2;
+    let r = backup_file(&c, &vol, "b1", None);
     assert_eq!(r.size, 160 << 20);
     let out = e.root.join("out.img");
     run_restore(&c, "b1", &out, TargetMode::New, None).unwrap();
@@ -204,14 +197,7 @@ fn multipart_uploads_above_the_threshold_round_trip() {
     let c = Container::open_with(&e.url, true, None, &o).unwrap();
     let vol = e.root.join("v.img");
     std::fs::write(&vol, pseudo_random(40 << 20, 3)).unwrap();
-    let r = run_backup(
-        &c,
-        VolumeSource::Path(vol.clone()),
-        &backup_opts("mp", None),
-        None,
-    )
-    .unwrap()
-    .2;
+    let r = backup_file(&c, &vol, "mp", None);
     // A 32 MiB pack in 16 MiB parts is create + 2 parts + complete: more requests than objects.
     assert!(r.requests.put > r.object_count + 2, "{:?}", r.requests);
     let out = e.root.join("out.img");
