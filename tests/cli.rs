@@ -246,6 +246,19 @@ fn stdin_backup_and_plain_path_container() {
         t.to_str().unwrap(),
     ]));
     assert!(std::fs::read(&t).unwrap() == data);
+    // --no-sync skips only the flush: the same bytes, under the target's name.
+    let t2 = d.join("s-nosync.img");
+    ok(volback(&[
+        "restore",
+        "--container",
+        c.to_str().unwrap(),
+        "--backup-id",
+        "s",
+        "--target",
+        t2.to_str().unwrap(),
+        "--no-sync",
+    ]));
+    assert!(std::fs::read(&t2).unwrap() == data);
 
     // A reader that went away (`volback export … | head -c 0`): a typed error and exit 1,
     // never a panic; the backup that was reported is still there.
