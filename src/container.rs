@@ -26,11 +26,11 @@ use serde::{Deserialize, Serialize};
 use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::ids::{Hash, validate_id};
-use crate::index::{ChunkSet, Index, Location, Segment, decode_segment, encode_segment};
+use crate::index::{ChunkSet, Index, Locate, Location, Segment, decode_segment, encode_segment};
 use crate::manifest::{Extent, ExtentListReader, Manifest, decode_versioned_json};
 use crate::pack::{PackEntry, decode_chunk};
 use crate::s3::{S3Options, S3Store};
-use crate::store::{FsStore, ObjectStore};
+use crate::store::{FsStore, ObjectMeta, ObjectStore};
 
 /// Container config format name and version.
 pub const CONFIG_FORMAT: &str = "volback-container";
@@ -228,8 +228,22 @@ pub struct IndexScan {
     pub adopted: usize,
 }
 
-/// Index segments read at once while scanning the index.
+/// How good a copy of a chunk is for reading (lower is better): in a pack that exists and is
+/// not condemned, then in a condemned one, then in one that is not listed (so that a missing
+/// pack is reported by name when it is really needed).
+pub(crate) fn read_rank(exists: bool, condemned: bool) -> u8 {
+    match (exists, condemned) {
+        (true, false) => 0,
+        (true, true) => 1,
+        (false, _) => 2,
+    }
+}
+
+/// Index segments read at once while scanning the index, at most, and their bytes at most (a
+/// full segment is ~3.4 MiB; decoded segments are held until the group is visited, so this
+/// bounds a scan's memory whatever the index's size).
 const SEGMENTS_AT_ONCE: usize = 16;
+const SEGMENT_BYTES_AT_ONCE: u64 = 8 << 20;
 
 /// Index segments read from a container.
 #[derive(Default)]
@@ -477,7 +491,7 @@ impl Container {
     /// it described are read from their own tables instead (see [`Container::scan_index`]).
     pub fn read_segments(&self) -> Result<Segments> {
         let mut out = Segments::default();
-        self.for_each_segment(usize::MAX, |key, seg| match seg {
+        self.for_each_segment(usize::MAX, u64::MAX, |key, seg| match seg {
             Ok(seg) => out.good.push((key, seg)),
             Err(e) => out.damaged.push((key, e)),
         })?;
@@ -492,6 +506,7 @@ impl Container {
     fn for_each_segment(
         &self,
         at_once: usize,
+        bytes_at_once: u64,
         mut f: impl FnMut(String, Result<Segment>),
     ) -> Result<()> {
         let mut seen: HashSet<String> = HashSet::new();
@@ -503,7 +518,7 @@ impl Container {
                 .filter(|o| !seen.contains(&o.key))
                 .collect();
             let mut missed = false;
-            for group in keys.chunks(at_once.max(1)) {
+            for group in groups(&keys, at_once.max(1), bytes_at_once) {
                 let read: Vec<Result<(String, Result<Segment>)>> = self.on_io_pool(|| {
                     group
                         .par_iter()
@@ -533,7 +548,27 @@ impl Container {
         }
         Ok(())
     }
+}
 
+/// Splits `objects` into consecutive groups of at most `count` objects and `bytes` bytes (a
+/// larger object makes a group of its own).
+fn groups(objects: &[ObjectMeta], count: usize, bytes: u64) -> Vec<&[ObjectMeta]> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0u64);
+    for (i, o) in objects.iter().enumerate() {
+        if i > start && (i - start == count || size + o.size > bytes) {
+            out.push(&objects[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += o.size;
+    }
+    if start < objects.len() {
+        out.push(&objects[start..]);
+    }
+    out
+}
+
+impl Container {
     /// Every pack that exists now, with its size (one paged LIST).
     pub fn listed_packs(&self) -> Result<HashMap<Hash, u64>> {
         Ok(self
@@ -573,12 +608,7 @@ impl Container {
     pub fn load_index_report(&self) -> Result<LoadedIndex> {
         let mut index = Index::new();
         let scan = self.scan_index(IndexUse::Read, |pack, entries, exists, condemned| {
-            let rank = match (exists, condemned) {
-                (true, false) => 0,
-                (true, true) => 1,
-                (false, _) => 2,
-            };
-            index.add_pack_ranked(*pack, entries, rank);
+            index.add_pack_ranked(*pack, entries, read_rank(exists, condemned));
         })?;
         Ok(LoadedIndex {
             index,
@@ -624,21 +654,25 @@ impl Container {
         let mut covered: HashSet<Hash> = HashSet::new();
         let mut damaged = Vec::new();
         let mut segments = 0;
-        self.for_each_segment(SEGMENTS_AT_ONCE, |key, seg| match seg {
-            Ok(seg) => {
-                segments += 1;
-                for (pack, entries) in &seg {
-                    covered.insert(*pack);
-                    visit(
-                        pack,
-                        entries,
-                        listed.contains_key(pack),
-                        condemned.contains(pack),
-                    );
+        self.for_each_segment(
+            SEGMENTS_AT_ONCE,
+            SEGMENT_BYTES_AT_ONCE,
+            |key, seg| match seg {
+                Ok(seg) => {
+                    segments += 1;
+                    for (pack, entries) in &seg {
+                        covered.insert(*pack);
+                        visit(
+                            pack,
+                            entries,
+                            listed.contains_key(pack),
+                            condemned.contains(pack),
+                        );
+                    }
                 }
-            }
-            Err(e) => damaged.push((key, e)),
-        })?;
+                Err(e) => damaged.push((key, e)),
+            },
+        )?;
         let mut unindexed: Vec<(Hash, u64)> = listed
             .iter()
             .filter(|(p, _)| !covered.contains(*p))
@@ -799,7 +833,7 @@ impl Container {
     /// the extents add up to the manifest's size.
     pub fn walk_extents(
         &self,
-        index: &Index,
+        index: &(impl Locate + ?Sized),
         manifest: &Manifest,
         mut f: impl FnMut(u64, &Extent) -> Result<()>,
     ) -> Result<()> {
@@ -811,12 +845,11 @@ impl Container {
         // Extent-list chunks are fetched a group at a time with coalesced ranged reads (a
         // backup's extent list sits together in its metadata packs).
         for group in metas.chunks(META_FETCH) {
-            let ranges = plan_ranges(index, group.iter().map(|(id, _)| id), |id| {
-                Error::ChunkNotIndexed {
-                    backup_id: manifest.backup_id.clone(),
-                    chunk: id.to_hex(),
-                    volume_offset: offset,
-                }
+            let ids: Vec<Hash> = group.iter().map(|(id, _)| *id).collect();
+            let ranges = plan_ranges(index, &ids, |id| Error::ChunkNotIndexed {
+                backup_id: manifest.backup_id.clone(),
+                chunk: id.to_hex(),
+                volume_offset: offset,
             })?;
             let fetched: Vec<Vec<(Hash, Bytes)>> = self.on_io_pool(|| {
                 ranges
@@ -961,14 +994,14 @@ pub struct FetchRange {
 
 /// Groups chunks by pack and merges neighbours into ranged reads. `missing` builds the error
 /// for a chunk that no index entry locates.
-pub fn plan_ranges<'a>(
-    index: &Index,
-    ids: impl IntoIterator<Item = &'a Hash>,
+pub fn plan_ranges(
+    index: &(impl Locate + ?Sized),
+    ids: &[Hash],
     missing: impl Fn(&Hash) -> Error,
 ) -> Result<Vec<FetchRange>> {
     let mut by_pack: HashMap<u32, Vec<(Hash, Location)>> = HashMap::new();
-    for id in ids {
-        let loc = *index.get(id).ok_or_else(|| missing(id))?;
+    for (id, loc) in ids.iter().zip(index.locate_all(ids)?) {
+        let loc = loc.ok_or_else(|| missing(id))?;
         by_pack.entry(loc.pack).or_default().push((*id, loc));
     }
     let mut ranges = Vec::new();
@@ -1072,6 +1105,30 @@ mod tests {
         assert!(ContainerUrl::parse("s3://bucket/../x").is_err());
         assert!(ContainerUrl::parse("").is_err());
         assert!(ContainerUrl::parse("a\nb").is_err());
+    }
+
+    #[test]
+    fn segment_reads_are_grouped_by_count_and_bytes() {
+        let objs: Vec<ObjectMeta> = [5u64, 5, 20, 1, 1, 1, 1]
+            .iter()
+            .map(|&size| ObjectMeta {
+                key: String::new(),
+                size,
+            })
+            .collect();
+        let sizes = |count, bytes| -> Vec<Vec<u64>> {
+            groups(&objs, count, bytes)
+                .iter()
+                .map(|g| g.iter().map(|o| o.size).collect())
+                .collect()
+        };
+        assert_eq!(sizes(16, 10), vec![vec![5, 5], vec![20], vec![1, 1, 1, 1]]);
+        assert_eq!(
+            sizes(3, u64::MAX),
+            vec![vec![5, 5, 20], vec![1, 1, 1], vec![1]]
+        );
+        assert_eq!(sizes(16, 0).len(), 7);
+        assert!(groups(&[], 16, 10).is_empty());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use crate::container::{Container, ContainerConfig, manifest_key};
 use crate::error::{Error, RecordError, Result};
 use crate::ids::Hash;
+use crate::locations::{DEFAULT_MEM_ENTRIES, LocationTable};
 use crate::pipeline::{BackupOptions, BackupReport, Progress, run_backup};
 use crate::record::{BackupRecord, ExportedRecord, RECORD_FORMAT, RECORD_VERSION};
 use crate::restore::{RestoreReport, TargetMode, check_complete, run_restore};
@@ -261,7 +262,8 @@ impl Driver {
             .into());
         }
         let (m, _) = c.read_manifest(&r.backup.id)?;
-        let index = c.load_index()?;
+        // Bounded memory whatever the container's size, as for a restore.
+        let index = LocationTable::load(&c, DEFAULT_MEM_ENTRIES)?;
         check_complete(&c, &index, &m)?;
         Ok(BackupRecord {
             container: Some(c.url().to_string()),

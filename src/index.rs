@@ -96,8 +96,13 @@ impl Index {
     }
 
     /// Adds a pack's entries with a rank (lower is better): a chunk already located in a pack
-    /// of a worse rank moves to this one.
-    pub fn add_pack_ranked(&mut self, pack: Hash, entries: &[PackEntry], rank: u8) {
+    /// of a worse rank moves to this one. Returns the pack's position.
+    pub fn add_pack_ranked<'a>(
+        &mut self,
+        pack: Hash,
+        entries: impl IntoIterator<Item = &'a PackEntry>,
+        rank: u8,
+    ) -> u32 {
         let next = self.packs.len() as u32;
         let pos = *self.pack_pos.entry(pack).or_insert(next);
         if pos == next {
@@ -124,11 +129,33 @@ impl Index {
                 }
             }
         }
+        pos
     }
 
     /// Iterates over every (chunk id, location).
     pub fn iter(&self) -> impl Iterator<Item = (&Hash, &Location)> {
         self.chunks.iter()
+    }
+}
+
+/// Where chunks are, for reading a backup: an in-memory [`Index`], or the bounded-memory
+/// [`crate::locations::LocationTable`] a restore uses.
+pub trait Locate: Sync {
+    /// The locations of `ids`, in their order (`None`: not indexed). Callers pass many ids at
+    /// once: a table on disk answers a sorted batch with one read per block it touches.
+    fn locate_all(&self, ids: &[Hash]) -> Result<Vec<Option<Location>>>;
+
+    /// The id of the pack at position `pos` of a location.
+    fn pack_id(&self, pos: u32) -> Hash;
+}
+
+impl Locate for Index {
+    fn locate_all(&self, ids: &[Hash]) -> Result<Vec<Option<Location>>> {
+        Ok(ids.iter().map(|id| self.chunks.get(id).copied()).collect())
+    }
+
+    fn pack_id(&self, pos: u32) -> Hash {
+        self.packs[pos as usize]
     }
 }
 

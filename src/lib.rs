@@ -12,9 +12,15 @@
 //!            ──BLAKE3 (parallel)──> dedup (ChunkSet, 16 B/chunk) ──zstd (parallel)──> [pipeline, index]
 //!            pack builder ──PUT pack──> index segment ──PUT──> manifest (create-only) [pack, index, manifest]
 //!
-//! restore: manifest ──> extent-list chunks ──> windows of extents ──group by pack──>  [restore]
+//! restore: index segments ──external sort──> location table (temp file)          [locations]
+//!          manifest ──> extent-list chunks ──> windows of extents ──group by pack──>  [restore]
 //!            ranged GETs (coalesced, parallel) ──zstd -d, BLAKE3 verify──> pwrite at offsets
 //! ```
+//!
+//! Memory does not grow with the volume: a backup holds a window of the pipeline and a dedup
+//! set of 16 bytes per chunk of the container; a restore holds a window of extents and keeps
+//! the container's chunk locations in a sorted temporary file (half a byte per chunk stays in
+//! memory).
 //!
 //! ## Container format in brief (full specification: `docs/format.md`)
 //!
@@ -93,7 +99,8 @@
 //! - [`driver`]: the Cinder verbs; start here as a caller.
 //! - [`pipeline`]: the backup pipeline. [`restore`]: the restore pipeline.
 //! - [`chunker`]: zero runs and FastCDC. [`source`]: reading volumes.
-//! - [`pack`], [`index`], [`manifest`], [`record`]: the on-storage formats.
+//! - [`pack`], [`index`], [`manifest`], [`record`]: the on-storage formats. [`locations`]: the
+//!   restore's chunk-location table, in bounded memory.
 //! - [`container`]: object names and container-level operations. [`store`]: the storage trait,
 //!   filesystem and in-memory backends. [`s3`]: S3-compatible object storage.
 //! - [`gc`]: the garbage collector. [`verify`]: checks that backups can be restored.
@@ -134,6 +141,7 @@ pub mod faults;
 pub mod gc;
 pub mod ids;
 pub mod index;
+pub mod locations;
 pub mod manifest;
 pub mod pack;
 pub mod pipeline;

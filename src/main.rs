@@ -423,12 +423,12 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
         } => {
             let c = Container::open_with(&container, false, None, s3)?;
             let opts = RestoreOptions {
-                mode: if existing {
+                sync: !no_sync,
+                ..RestoreOptions::new(if existing {
                     TargetMode::Existing
                 } else {
                     TargetMode::New
-                },
-                sync: !no_sync,
+                })
             };
             let pb = progress_bar(json, None);
             let cb = |n: u64| {

@@ -27,7 +27,8 @@ use crate::container::LeaseGuard;
 use crate::container::{Container, pack_key, plan_ranges, with_volume_offset};
 use crate::error::{Error, Result};
 use crate::ids::Hash;
-use crate::index::{Index, Location};
+use crate::index::{Locate, Location};
+use crate::locations::{DEFAULT_MEM_ENTRIES, LocationTable};
 use crate::manifest::{Extent, Manifest};
 use crate::pack::decode_chunk_into;
 use crate::pipeline::LEASE_TTL;
@@ -257,7 +258,7 @@ thread_local! {
 /// Restores a window of data extents: `(volume offset, chunk id)`.
 fn restore_window(
     container: &Container,
-    index: &Index,
+    index: &(impl Locate + ?Sized),
     backup_id: &str,
     target: &Target,
     window: &mut Vec<(u64, Hash)>,
@@ -266,7 +267,8 @@ fn restore_window(
     for (off, id) in window.drain(..) {
         offsets.entry(id).or_default().push(off);
     }
-    let ranges = plan_ranges(index, offsets.keys(), |id| Error::ChunkNotIndexed {
+    let ids: Vec<Hash> = offsets.keys().copied().collect();
+    let ranges = plan_ranges(index, &ids, |id| Error::ChunkNotIndexed {
         backup_id: backup_id.into(),
         chunk: id.to_hex(),
         volume_offset: offsets[id][0],
@@ -328,12 +330,19 @@ fn restore_window(
 }
 
 /// Checks, before writing anything, that every chunk of the backup is indexed and every pack it
-/// needs exists.
-pub fn check_complete(container: &Container, index: &Index, manifest: &Manifest) -> Result<()> {
+/// needs exists. Chunks are looked up a window at a time (a [`LocationTable`] on disk answers a
+/// sorted batch with one read per block).
+pub fn check_complete(
+    container: &Container,
+    index: &(impl Locate + ?Sized),
+    manifest: &Manifest,
+) -> Result<()> {
     let mut packs = std::collections::HashSet::new();
-    container.walk_extents(index, manifest, |off, e| {
-        if let Extent::Data { id, .. } = e {
-            let loc = index.get(id).ok_or_else(|| Error::ChunkNotIndexed {
+    let mut window: Vec<(u64, Hash)> = Vec::with_capacity(WINDOW_CHUNKS);
+    let mut check = |window: &mut Vec<(u64, Hash)>| -> Result<()> {
+        let ids: Vec<Hash> = window.iter().map(|(_, id)| *id).collect();
+        for ((off, id), loc) in window.drain(..).zip(index.locate_all(&ids)?) {
+            let loc = loc.ok_or_else(|| Error::ChunkNotIndexed {
                 backup_id: manifest.backup_id.clone(),
                 chunk: id.to_hex(),
                 volume_offset: off,
@@ -341,7 +350,17 @@ pub fn check_complete(container: &Container, index: &Index, manifest: &Manifest)
             packs.insert(loc.pack);
         }
         Ok(())
+    };
+    container.walk_extents(index, manifest, |off, e| {
+        if let Extent::Data { id, .. } = e {
+            window.push((off, *id));
+            if window.len() >= WINDOW_CHUNKS {
+                check(&mut window)?;
+            }
+        }
+        Ok(())
     })?;
+    check(&mut window)?;
     let keys: Vec<String> = packs
         .into_iter()
         .map(|p| pack_key(&index.pack_id(p)))
@@ -372,6 +391,20 @@ pub struct RestoreOptions {
     /// for scratch targets (a tmpfs, a file about to be copied elsewhere) where durability is
     /// not wanted and the disk's write speed would otherwise bound the restore.
     pub sync: bool,
+    /// Data-chunk locations held in memory; beyond this the container's locations go to a
+    /// temporary file (see [`LocationTable`]), so memory does not grow with the container.
+    pub locations_in_memory: usize,
+}
+
+impl RestoreOptions {
+    /// The defaults for `mode`: durable, [`DEFAULT_MEM_ENTRIES`] locations in memory.
+    pub fn new(mode: TargetMode) -> Self {
+        RestoreOptions {
+            mode,
+            sync: true,
+            locations_in_memory: DEFAULT_MEM_ENTRIES,
+        }
+    }
 }
 
 /// Restores backup `backup_id` onto `target`, durably.
@@ -382,8 +415,13 @@ pub fn run_restore(
     mode: TargetMode,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<RestoreReport> {
-    let opts = RestoreOptions { mode, sync: true };
-    run_restore_with(container, backup_id, target, &opts, progress)
+    run_restore_with(
+        container,
+        backup_id,
+        target,
+        &RestoreOptions::new(mode),
+        progress,
+    )
 }
 
 /// Restores backup `backup_id` onto `target` as `opts` says.
@@ -401,7 +439,7 @@ pub fn run_restore_with(
     // locations it loads. Best effort: with read-only credentials there is no lease, and a
     // concurrent sweep can at worst make the restore fail cleanly, naming the missing pack.
     let _lease = LeaseGuard::take(container, backup_id, LEASE_TTL).ok();
-    let index = container.load_index()?;
+    let index = LocationTable::load(container, opts.locations_in_memory)?;
     check_complete(container, &index, &manifest)?;
     let t = Target::open(target, opts.mode, manifest.size)?;
     let mut window = Vec::with_capacity(WINDOW_CHUNKS);

@@ -12,7 +12,7 @@ use volback::container::Container;
 use volback::driver::{Driver, VolumeMetadata};
 use volback::pipeline::{BackupOptions, BackupReport, run_backup};
 use volback::record::BackupRecord;
-use volback::restore::{TargetMode, run_restore};
+use volback::restore::{RestoreOptions, TargetMode, run_restore, run_restore_with};
 use volback::source::VolumeSource;
 
 use common::backend::Env;
@@ -112,6 +112,18 @@ fn chain_of_incrementals_restores_every_link_byte_identically(e: &Env) {
         assert!(
             std::fs::read(&out).unwrap() == *want,
             "backup b{i} restores differently"
+        );
+        // The same with the chunk locations in a temporary file (sorted runs of 64, merged),
+        // as a restore of a large container keeps them.
+        let out = e.root.join(format!("restore{i}-spilled.img"));
+        let opts = RestoreOptions {
+            locations_in_memory: 64,
+            ..RestoreOptions::new(TargetMode::New)
+        };
+        run_restore_with(&e.c, &format!("b{i}"), &out, &opts, None).unwrap();
+        assert!(
+            std::fs::read(&out).unwrap() == *want,
+            "backup b{i} restores differently through a spilled location table"
         );
     }
 }
