@@ -175,6 +175,10 @@ impl ObjectStore for FaultStore {
         self.run("get", key, || self.inner.get_range(key, range))
     }
 
+    fn get_range_into(&self, key: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
+        self.run("get", key, || self.inner.get_range_into(key, range, buf))
+    }
+
     fn head(&self, key: &str) -> Result<Option<u64>> {
         self.run("head", key, || self.inner.head(key))
     }

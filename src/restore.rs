@@ -249,6 +249,8 @@ struct Buffers {
     /// Plain copies of the range's chunks that occur more than once in the window, so each is
     /// decompressed and verified once (a quarter of a real filesystem image's data repeats).
     repeats: Vec<u8>,
+    /// The stored bytes of the range being restored.
+    read: Vec<u8>,
 }
 
 thread_local! {
@@ -276,7 +278,6 @@ fn restore_window(
     container.on_io_pool(|| {
         ranges.par_iter().try_for_each(|r| {
             let key = pack_key(&r.pack);
-            let data = container.store().get_range(&key, r.start..r.end)?;
             // Every place each chunk of the range goes, in volume order.
             let mut places: Vec<(u64, &Location, &Hash)> = r
                 .chunks
@@ -285,7 +286,15 @@ fn restore_window(
                 .collect();
             places.sort_unstable_by_key(|p| p.0);
             BUFFERS.with(|cell| {
-                let Buffers { run: buf, repeats } = &mut *cell.borrow_mut();
+                let Buffers {
+                    run: buf,
+                    repeats,
+                    read,
+                } = &mut *cell.borrow_mut();
+                container
+                    .store()
+                    .get_range_into(&key, r.start..r.end, read)?;
+                let data = &read[..(r.end - r.start) as usize];
                 repeats.clear();
                 // Chunk → where its plain copy is in `repeats`.
                 let mut repeated: HashMap<&Hash, usize> = HashMap::new();

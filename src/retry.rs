@@ -79,6 +79,10 @@ impl ObjectStore for RetryStore {
         self.retry(|_| self.inner.get_range(key, range.clone()))
     }
 
+    fn get_range_into(&self, key: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
+        self.retry(|_| self.inner.get_range_into(key, range.clone(), buf))
+    }
+
     fn head(&self, key: &str) -> Result<Option<u64>> {
         self.retry(|_| self.inner.head(key))
     }

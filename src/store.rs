@@ -113,6 +113,17 @@ pub trait ObjectStore: Send + Sync {
     fn get(&self, key: &str) -> Result<Bytes>;
     /// Reads `range` of an object; fails with [`Error::Corrupt`] if the object is shorter.
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes>;
+    /// Like [`ObjectStore::get_range`], into `buf[..range length]`, growing `buf` if it is
+    /// shorter (never shrinking it). A caller reading many ranges reuses one buffer: no fresh
+    /// pages to fault in and zero for every read (~5 % of a restore's CPU on a filesystem).
+    fn get_range_into(&self, key: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
+        let data = self.get_range(key, range)?;
+        if buf.len() < data.len() {
+            buf.resize(data.len(), 0);
+        }
+        buf[..data.len()].copy_from_slice(&data);
+        Ok(())
+    }
     /// The size of an object, or None if there is none.
     fn head(&self, key: &str) -> Result<Option<u64>>;
     /// Every object whose key starts with `prefix`, sorted by key.
@@ -306,11 +317,20 @@ impl ObjectStore for FsStore {
     }
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        let mut buf = Vec::new();
+        self.get_range_into(key, range, &mut buf)?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn get_range_into(&self, key: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let path = self.path(key)?;
         let f = File::open(&path).map_err(|e| self.map_read_err(key, &path, e))?;
-        let len = range.end.saturating_sub(range.start);
-        let mut buf = vec![0u8; len as usize];
+        let len = range.end.saturating_sub(range.start) as usize;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let buf = &mut buf[..len];
         let mut done = 0usize;
         while done < buf.len() {
             match f.read_at(&mut buf[done..], range.start + done as u64) {
@@ -326,8 +346,8 @@ impl ObjectStore for FsStore {
                 Err(e) => return Err(fs_err("read object", &path, e)),
             }
         }
-        self.counters.get(buf.len());
-        Ok(Bytes::from(buf))
+        self.counters.get(len);
+        Ok(())
     }
 
     fn head(&self, key: &str) -> Result<Option<u64>> {
