@@ -6,7 +6,10 @@
 //! fetched, decompressed and BLAKE3-verified in parallel (a chunk that occurs several times in
 //! the window once), and each chunk is written with positional writes at every offset where it
 //! occurs, in whatever order ranges complete. Writeback of finished windows runs on a thread of
-//! its own. Memory is bounded by the window and the ranges in flight, not by the volume.
+//! its own. Chunk locations come from a [`LocationTable`], which keeps them in a sorted scratch
+//! file once the container is large, so memory is bounded by the window and the ranges in
+//! flight, not by the volume or the container. Each restore thread reuses its buffers (ranged
+//! read, assembled run, repeated chunks): no fresh pages to fault in per range.
 //!
 //! Before anything is written, every chunk the backup needs is checked to be in the index and
 //! every pack it needs to exist, so a backup that lost objects is refused up front. A new file
