@@ -24,7 +24,6 @@ use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use crate::container::{Container, IndexUse, read_rank};
 use crate::error::{Error, Result};
@@ -44,8 +43,8 @@ const REC_LEN: usize = 52;
 /// Entries read at once from each run while merging.
 const MERGE_READ: usize = 1024;
 
-/// Names the scratch file in errors.
-const SCRATCH: &str = "<restore location table in $TMPDIR>";
+/// Names the scratch files in internal errors.
+const SCRATCH: &str = "restore location table";
 
 #[derive(Clone, Copy)]
 struct Rec {
@@ -100,8 +99,9 @@ impl Rec {
     }
 }
 
+/// An I/O error on a scratch file, naming the directory it lives in (`$TMPDIR`).
 fn scratch_err(op: &'static str) -> impl Fn(std::io::Error) -> Error {
-    move |e| Error::io(op, Path::new(SCRATCH), e)
+    move |e| Error::io(op, std::env::temp_dir(), e)
 }
 
 /// Sorts by id (best rank first, else first seen: the sort is stable) and keeps one entry per id.
@@ -197,7 +197,7 @@ impl LocationTable {
                                 &mut block[..n * REC_LEN],
                                 (b * BLOCK_ENTRIES * REC_LEN) as u64,
                             )
-                            .map_err(scratch_err("read"))?;
+                            .map_err(scratch_err("read restore location table in"))?;
                             loaded = Some((b, n));
                             n
                         }
@@ -254,6 +254,9 @@ struct Builder {
 
 impl Builder {
     fn add(&mut self, pack: Hash, entries: &[PackEntry], rank: u8) {
+        if self.failed.is_some() {
+            return;
+        }
         let meta = entries.iter().filter(|e| e.kind == ChunkKind::Meta);
         let pos = self.meta.add_pack_ranked(pack, meta, rank);
         for e in entries.iter().filter(|e| e.kind != ChunkKind::Meta) {
@@ -269,9 +272,10 @@ impl Builder {
                 },
                 rank,
             });
-            if self.buf.len() >= self.mem_entries && self.failed.is_none() {
+            if self.buf.len() >= self.mem_entries {
                 if let Err(e) = self.spill() {
                     self.failed = Some(e);
+                    return;
                 }
                 self.buf.clear();
             }
@@ -283,15 +287,16 @@ impl Builder {
         sort_dedup(&mut self.buf);
         let file = match &mut self.runs {
             Some(f) => f,
-            None => self
-                .runs
-                .insert(tempfile::tempfile().map_err(scratch_err("create"))?),
+            None => self.runs.insert(
+                tempfile::tempfile().map_err(scratch_err("create restore location table in"))?,
+            ),
         };
         let mut bytes = Vec::with_capacity(self.buf.len() * REC_LEN);
         for r in &self.buf {
             r.encode(&mut bytes);
         }
-        file.write_all(&bytes).map_err(scratch_err("write"))?;
+        file.write_all(&bytes)
+            .map_err(scratch_err("write restore location table in"))?;
         self.run_lens.push(self.buf.len());
         Ok(())
     }
@@ -344,7 +349,7 @@ impl RunReader<'_> {
             let mut bytes = vec![0u8; n * REC_LEN];
             self.file
                 .read_exact_at(&mut bytes, (self.next * REC_LEN) as u64)
-                .map_err(scratch_err("read"))?;
+                .map_err(scratch_err("read restore location table in"))?;
             self.buf.clear();
             for r in bytes.chunks_exact(REC_LEN) {
                 self.buf.push(Rec::decode(r)?);
@@ -377,7 +382,7 @@ fn merge(runs: &File, run_lens: &[usize]) -> Result<Data> {
             heap.push(Reverse((rec.key(), i)));
         }
     }
-    let mut file = tempfile::tempfile().map_err(scratch_err("create"))?;
+    let mut file = tempfile::tempfile().map_err(scratch_err("create restore location table in"))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 18, &mut file);
     let mut bytes = Vec::with_capacity(REC_LEN);
     let mut fences = Vec::new();
@@ -399,10 +404,12 @@ fn merge(runs: &File, run_lens: &[usize]) -> Result<Data> {
         }
         bytes.clear();
         rec.encode(&mut bytes);
-        out.write_all(&bytes).map_err(scratch_err("write"))?;
+        out.write_all(&bytes)
+            .map_err(scratch_err("write restore location table in"))?;
         len += 1;
     }
-    out.flush().map_err(scratch_err("write"))?;
+    out.flush()
+        .map_err(scratch_err("write restore location table in"))?;
     drop(out);
     fences.shrink_to_fit();
     Ok(Data::File { file, len, fences })
