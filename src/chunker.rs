@@ -16,6 +16,11 @@
 //! The chunker holds at most one maximum-size chunk of carried-over bytes between input
 //! buffers, so memory does not depend on the volume size. A data chunk that happens to be all
 //! zeros is emitted as a zero extent as well.
+//!
+//! Cutting is the pipeline's one sequential stage, so a long buffer is cut on several threads
+//! at once, each part from its own start, and the parts' chains of cuts are joined where they
+//! meet the true one ([`Cdc::cut_parallel`]): the cut points are exactly those of cutting in
+//! one go (tested against it, including data whose chains never meet).
 
 use bytes::{Bytes, BytesMut};
 use fastcdc::v2020::{self, Normalization};
@@ -127,6 +132,9 @@ fn zero_bytes(len: u64) -> Bytes {
     }
 }
 
+/// Smallest stretch of a buffer cut on a thread of its own (see [`Cdc::cut_parallel`]).
+const PAR_SEGMENT: usize = 1 << 20;
+
 /// FastCDC over a stream of region slices; emits a chunk only once its cut point is certain.
 pub(crate) struct Cdc {
     min: usize,
@@ -135,6 +143,9 @@ pub(crate) struct Cdc {
     mask_s: u64,
     mask_l: u64,
     pending: BytesMut,
+    /// Threads a long buffer is cut on, and the least bytes each gets.
+    threads: usize,
+    par_segment: usize,
 }
 
 impl Cdc {
@@ -147,6 +158,8 @@ impl Cdc {
             mask_s,
             mask_l,
             pending: BytesMut::new(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+            par_segment: PAR_SEGMENT,
         }
     }
 
@@ -196,6 +209,13 @@ impl Cdc {
                 self.pending.clear();
             }
         }
+        let parts = ((data.len() - pos) / self.par_segment).min(self.threads);
+        if parts >= 2 {
+            if let Some(rest) = self.cut_parallel(&data, pos, parts, &mut sink) {
+                self.pending.extend_from_slice(&data[rest..]);
+            }
+            return;
+        }
         while pos < data.len() {
             let rest = &data[pos..];
             let n = self.cut(rest);
@@ -205,6 +225,89 @@ impl Cdc {
             }
             sink(data.slice(pos..pos + n));
             pos += n;
+        }
+    }
+
+    /// The chain of cuts that starts at `q`, as chunk ends, until a chunk ends at or past
+    /// `stop`; and where the chain stops without a final cut (the rest would be pending), if it
+    /// does.
+    fn chain(&self, data: &[u8], mut q: usize, stop: usize) -> (Vec<usize>, Option<usize>) {
+        let mut ends = Vec::new();
+        while q < stop {
+            let n = self.cut(&data[q..]);
+            if !self.is_final(n, data.len() - q) {
+                return (ends, Some(q));
+            }
+            q += n;
+            ends.push(q);
+        }
+        (ends, None)
+    }
+
+    /// Cuts `data[pos..]` (`pos` is a chunk start) on `parts` threads, with exactly the cut
+    /// points of cutting it in one go. Chunking is the one sequential stage of a backup, and it
+    /// bounds an incremental of mostly unchanged data.
+    ///
+    /// Each part is cut from its own start as if a chunk began there. A cut depends only on the
+    /// bytes from its chunk's start (FastCDC's hash restarts with every chunk), so once the true
+    /// chain of cuts, continued from the previous part, lands on a cut (or the start) of this
+    /// part's chain, the two coincide from there on. Until then the true chain is continued one
+    /// cut at a time: usually a chunk or two per part. Returns where the pending rest starts, if
+    /// the last chunk's cut is not final.
+    fn cut_parallel(
+        &self,
+        data: &Bytes,
+        pos: usize,
+        parts: usize,
+        sink: &mut impl FnMut(Bytes),
+    ) -> Option<usize> {
+        let len = data.len();
+        let step = (len - pos) / parts;
+        let starts: Vec<usize> = (0..parts).map(|k| pos + k * step).collect();
+        let stop = |k: usize| starts.get(k + 1).copied().unwrap_or(len);
+        let chains: Vec<(Vec<usize>, Option<usize>)> = std::thread::scope(|s| {
+            let others: Vec<_> = (1..parts)
+                .map(|k| {
+                    let (from, to) = (starts[k], stop(k));
+                    s.spawn(move || self.chain(data, from, to))
+                })
+                .collect();
+            let mut chains = vec![self.chain(data, starts[0], stop(0))];
+            for h in others {
+                chains.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            }
+            chains
+        });
+        let (mut q, mut k) = (pos, 0);
+        loop {
+            while k + 1 < parts && q >= starts[k + 1] {
+                k += 1;
+            }
+            let (ends, tail) = &chains[k];
+            let joined = if q == starts[k] {
+                Some(0)
+            } else {
+                ends.binary_search(&q).ok().map(|i| i + 1)
+            };
+            if let Some(from) = joined {
+                for &e in &ends[from..] {
+                    sink(data.slice(q..e));
+                    q = e;
+                }
+                if tail.is_some() {
+                    return Some(q);
+                }
+            } else {
+                let n = self.cut(&data[q..]);
+                if !self.is_final(n, len - q) {
+                    return Some(q);
+                }
+                sink(data.slice(q..q + n));
+                q += n;
+            }
+            if q >= len {
+                return None;
+            }
         }
     }
 
@@ -481,6 +584,56 @@ mod tests {
             let got = split_in_pieces(p, &data, &sizes);
             assert_eq!(lens(&got), lens(&reference), "pieces {sizes:?}");
             assert_eq!(got, reference);
+        }
+    }
+
+    /// Cutting a buffer on several threads gives exactly the sequential cut points, whether
+    /// the parts' chains join the true one at once, late, or never (periodic data whose cuts
+    /// all fall at the maximum size, offset from the parts' starts).
+    #[test]
+    fn parallel_cutting_matches_sequential() {
+        let p = ChunkerParams {
+            min: 256,
+            avg: 1024,
+            max: 4096,
+            zero_min: 8192,
+        };
+        let random = pseudo_random(300_000, 5);
+        let constant = vec![7u8; 300_000];
+        let mut mixed = pseudo_random(300_000, 6);
+        mixed[50_000..170_000].fill(9);
+        let periodic: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let cut_all = |c: &mut Cdc, data: &[u8], feeds: &[usize]| -> Vec<Bytes> {
+            let mut out = Vec::new();
+            let mut at = 0;
+            for &n in feeds.iter().chain(std::iter::once(&data.len())) {
+                let end = n.min(data.len());
+                if end > at {
+                    c.feed(Bytes::copy_from_slice(&data[at..end]), |b| out.push(b));
+                    at = end;
+                }
+            }
+            c.end_region(|b| out.push(b));
+            out
+        };
+        for data in [&random, &constant, &mixed, &periodic] {
+            let mut seq = Cdc::new(&p);
+            seq.threads = 1;
+            let want = cut_all(&mut seq, data, &[]);
+            assert!(want.len() > 50);
+            for (threads, segment) in [(2, 8192), (3, 10_000), (4, 50_000), (7, 4096), (2, 1 << 20)]
+            {
+                for feeds in [vec![], vec![1000], vec![123_457, 200_000]] {
+                    let mut c = Cdc::new(&p);
+                    c.threads = threads;
+                    c.par_segment = segment;
+                    let got = cut_all(&mut c, data, &feeds);
+                    assert!(
+                        got == want,
+                        "{threads} threads, segments of {segment}, feeds {feeds:?}"
+                    );
+                }
+            }
         }
     }
 

@@ -8,7 +8,7 @@
 //! ## Data flow
 //!
 //! ```text
-//! backup:  volume ──read (SEEK_HOLE skips holes)──> zero runs + FastCDC chunks      [source, chunker]
+//! backup:  volume ──read (SEEK_HOLE skips holes)──> zero runs + FastCDC (parallel) [source, chunker]
 //!            ──BLAKE3 (parallel)──> dedup (ChunkSet, 16 B/chunk) ──zstd (parallel)──> [pipeline, index]
 //!            pack builder ──PUT pack──> index segment ──PUT──> manifest (create-only) [pack, index, manifest]
 //!
