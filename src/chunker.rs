@@ -19,7 +19,7 @@
 //!
 //! Cutting is the pipeline's one sequential stage, so a long buffer is cut on several threads
 //! at once, each part from its own start, and the parts' chains of cuts are joined where they
-//! meet the true one ([`Cdc::cut_parallel`]): the cut points are exactly those of cutting in
+//! meet the true one (`Cdc::cut_parallel`): the cut points are exactly those of cutting in
 //! one go (tested against it, including data whose chains never meet).
 
 use bytes::{Bytes, BytesMut};
