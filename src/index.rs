@@ -44,6 +44,20 @@ pub struct Location {
     pub compression: Compression,
 }
 
+impl Location {
+    /// Where pack entry `e` is, the pack being at position `pack`.
+    pub fn of(e: &PackEntry, pack: u32) -> Location {
+        Location {
+            pack,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+            kind: e.kind,
+            compression: e.compression,
+        }
+    }
+}
+
 /// All chunk locations known from the segments loaded so far.
 #[derive(Default)]
 pub struct Index {
@@ -110,14 +124,7 @@ impl Index {
             self.ranks.push(rank);
         }
         for e in entries {
-            let loc = Location {
-                pack: pos,
-                offset: e.offset,
-                stored_len: e.stored_len,
-                raw_len: e.raw_len,
-                kind: e.kind,
-                compression: e.compression,
-            };
+            let loc = Location::of(e, pos);
             match self.chunks.entry(e.id) {
                 std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(loc);

@@ -262,14 +262,7 @@ impl Builder {
         for e in entries.iter().filter(|e| e.kind != ChunkKind::Meta) {
             self.buf.push(Rec {
                 id: e.id,
-                loc: Location {
-                    pack: pos,
-                    offset: e.offset,
-                    stored_len: e.stored_len,
-                    raw_len: e.raw_len,
-                    kind: e.kind,
-                    compression: e.compression,
-                },
+                loc: Location::of(e, pos),
                 rank,
             });
             if self.buf.len() >= self.mem_entries {
