@@ -175,7 +175,12 @@ impl ObjectStore for FaultStore {
         self.run("get", key, || self.inner.get_range(key, range))
     }
 
-    fn get_range_into(&self, key: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
+    fn get_range_into(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Bytes>> {
         self.run("get", key, || self.inner.get_range_into(key, range, buf))
     }
 

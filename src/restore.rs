@@ -252,7 +252,7 @@ struct Buffers {
     /// Plain copies of the range's chunks that occur more than once in the window, so each is
     /// decompressed and verified once (a quarter of a real filesystem image's data repeats).
     repeats: Vec<u8>,
-    /// The stored bytes of the range being restored.
+    /// The stored bytes of the range being restored (from stores that read into it).
     read: Vec<u8>,
 }
 
@@ -294,10 +294,13 @@ fn restore_window(
                     repeats,
                     read,
                 } = &mut *cell.borrow_mut();
-                container
+                let own = container
                     .store()
                     .get_range_into(&key, r.start..r.end, read)?;
-                let data = &read[..(r.end - r.start) as usize];
+                let data = match &own {
+                    Some(bytes) => &bytes[..],
+                    None => &read[..(r.end - r.start) as usize],
+                };
                 repeats.clear();
                 // Chunk → where its plain copy is in `repeats`.
                 let mut repeated: HashMap<&Hash, usize> = HashMap::new();

@@ -79,7 +79,12 @@ impl ObjectStore for RetryStore {
         self.retry(|_| self.inner.get_range(key, range.clone()))
     }
 
-    fn get_range_into(&self, key: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
+    fn get_range_into(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Bytes>> {
         self.retry(|_| self.inner.get_range_into(key, range.clone(), buf))
     }
 
