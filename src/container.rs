@@ -38,8 +38,10 @@ pub const CONFIG_FORMAT: &str = "volback-container";
 pub const CONFIG_VERSION: u64 = 1;
 /// Key of the container config.
 pub const CONFIG_KEY: &str = "config";
-/// Extent-list chunks fetched per group when walking a manifest.
-const META_FETCH: usize = 512;
+/// Extent-list chunks fetched per group when walking a manifest (~1 MiB: a group's fetched
+/// ranges are held while it is walked, and 512 made a 16 GiB restore's peak 1–2 MiB higher
+/// than a 4 GiB one's).
+const META_FETCH: usize = 128;
 
 /// Per-container settings, fixed when the container is created so that every backup in it
 /// chunks identically (the precondition for dedup across backups and volumes).
