@@ -242,6 +242,9 @@ impl Target {
 
 /// Largest run of adjacent chunks assembled in memory and written with one `pwrite`.
 const MAX_RUN: usize = 8 << 20;
+/// The run buffers of all restore threads together: a store read with many threads in flight
+/// (S3: 8) gets shorter runs, so its restore holds ~32 MiB of them, not 8 × 8 MiB.
+const RUN_BUDGET: usize = 32 << 20;
 
 /// Per-thread buffers, allocated once and reused for every range.
 #[derive(Default)]
@@ -278,6 +281,7 @@ fn restore_window(
         chunk: id.to_hex(),
         volume_offset: offsets[id][0],
     })?;
+    let max_run = (RUN_BUDGET / container.store().concurrency().max(1)).clamp(1 << 20, MAX_RUN);
     container.on_io_pool(|| {
         ranges.par_iter().try_for_each(|r| {
             let key = pack_key(&r.pack);
@@ -308,7 +312,7 @@ fn restore_window(
                 let (mut run_start, mut run_len) = (0u64, 0usize);
                 for &(off, loc, id) in &places {
                     let len = loc.raw_len as usize;
-                    if run_len > 0 && (run_start + run_len as u64 != off || run_len + len > MAX_RUN)
+                    if run_len > 0 && (run_start + run_len as u64 != off || run_len + len > max_run)
                     {
                         target.write(&buf[..run_len], run_start)?;
                         run_len = 0;
@@ -317,7 +321,7 @@ fn restore_window(
                         run_start = off;
                     }
                     if buf.len() < run_len + len {
-                        buf.resize(MAX_RUN + len, 0);
+                        buf.resize(max_run + len, 0);
                     }
                     let out = &mut buf[run_len..run_len + len];
                     if let Some(&p) = repeated.get(id) {
