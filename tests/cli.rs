@@ -235,30 +235,22 @@ fn stdin_backup_and_plain_path_container() {
     child.stdin.take().unwrap().write_all(&data).unwrap();
     let out = ok(child.wait_with_output().unwrap());
     assert_eq!(json_of(&out)["size"], data.len());
-    let t = d.join("s.img");
-    ok(volback(&[
-        "restore",
-        "--container",
-        c.to_str().unwrap(),
-        "--backup-id",
-        "s",
-        "--target",
-        t.to_str().unwrap(),
-    ]));
-    assert!(std::fs::read(&t).unwrap() == data);
     // --no-sync skips only the flush: the same bytes, under the target's name.
-    let t2 = d.join("s-nosync.img");
-    ok(volback(&[
-        "restore",
-        "--container",
-        c.to_str().unwrap(),
-        "--backup-id",
-        "s",
-        "--target",
-        t2.to_str().unwrap(),
-        "--no-sync",
-    ]));
-    assert!(std::fs::read(&t2).unwrap() == data);
+    for (name, flags) in [("s.img", &[][..]), ("s-nosync.img", &["--no-sync"][..])] {
+        let t = d.join(name);
+        let mut args = vec![
+            "restore",
+            "--container",
+            c.to_str().unwrap(),
+            "--backup-id",
+            "s",
+            "--target",
+            t.to_str().unwrap(),
+        ];
+        args.extend_from_slice(flags);
+        ok(volback(&args));
+        assert!(std::fs::read(&t).unwrap() == data, "restore {flags:?}");
+    }
 
     // A reader that went away (`volback export … | head -c 0`): a typed error and exit 1,
     // never a panic; the backup that was reported is still there.
