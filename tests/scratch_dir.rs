@@ -1,0 +1,45 @@
+//! A restore whose chunk locations must go to a scratch file, with `$TMPDIR` unusable, fails
+//! with a typed error naming that directory, before anything is written. (A test binary of its
+//! own: it sets `TMPDIR` for the whole process before any thread starts.)
+
+mod common;
+
+use common::*;
+use volback::Error;
+use volback::container::Container;
+use volback::restore::{RestoreOptions, TargetMode, run_restore_with};
+
+#[test]
+fn unusable_scratch_dir_is_a_typed_error_and_nothing_is_written() {
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("scratch-dir-test");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let missing = root.join("no-such-tmpdir");
+    // SAFETY: set before this test starts any thread; the binary runs no other test.
+    unsafe { std::env::set_var("TMPDIR", &missing) };
+    let c = Container::open(root.join("c").to_str().unwrap(), true, None).unwrap();
+    let vol = root.join("v.img");
+    make_image(&vol, 4 << 20, 3);
+    backup_file(&c, &vol, "b", None);
+    let out = root.join("out.img");
+    let spilled = RestoreOptions {
+        locations_in_memory: 64,
+        ..RestoreOptions::new(TargetMode::New)
+    };
+    match run_restore_with(&c, "b", &out, &spilled, None) {
+        Err(Error::Io { path, .. }) => assert_eq!(path, missing),
+        other => panic!(
+            "expected an io error naming {}: {other:?}",
+            missing.display()
+        ),
+    }
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("out.img"))
+        .collect();
+    assert!(left.is_empty(), "restore left {left:?}");
+    // With the table in memory the same restore needs no scratch file.
+    run_restore_with(&c, "b", &out, &RestoreOptions::new(TargetMode::New), None).unwrap();
+    assert_same(&vol, &out);
+}
