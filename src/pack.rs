@@ -103,21 +103,29 @@ pub struct EncodedChunk {
 
 thread_local! {
     // One zstd context per thread and level, reused for every chunk: creating a context costs
-    // more than compressing a small chunk.
+    // more than compressing a small chunk. Its output goes to a reused scratch buffer: a fresh
+    // one per chunk meant fresh pages (page faults) for output that, for incompressible data,
+    // is thrown away.
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-fn zstd_compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+/// Compresses `data`; returns the compressed bytes only if they are shorter than `limit`.
+fn zstd_compress_below(data: &[u8], level: i32, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
     COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if !matches!(&*slot, Some((l, _)) if *l == level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        match slot.as_mut() {
-            Some((_, c)) => c.compress(data),
-            None => zstd::bulk::compress(data, level),
-        }
+        SCRATCH.with(|scratch| {
+            let mut slot = cell.borrow_mut();
+            let (_, c) = match slot.take() {
+                Some((l, c)) if l == level => slot.insert((l, c)),
+                _ => slot.insert((level, zstd::bulk::Compressor::new(level)?)),
+            };
+            let mut out = scratch.borrow_mut();
+            out.clear();
+            out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+            c.compress_to_buffer(data, &mut *out)?;
+            Ok((out.len() < limit).then(|| out.to_vec()))
+        })
     })
 }
 
@@ -139,8 +147,7 @@ fn zstd_decompress_into(data: &[u8], out: &mut [u8]) -> std::io::Result<usize> {
 pub fn encode_chunk(id: Hash, kind: ChunkKind, raw: &Bytes, level: i32) -> EncodedChunk {
     let raw_len = raw.len() as u32;
     if level > 0
-        && let Ok(c) = zstd_compress(raw, level)
-        && c.len() + raw.len() / 32 < raw.len()
+        && let Ok(Some(c)) = zstd_compress_below(raw, level, raw.len() - raw.len() / 32)
     {
         return EncodedChunk {
             id,
@@ -252,6 +259,7 @@ impl PackBuilder {
     /// An empty pack with room for `bytes` (so filling it never reallocates and copies).
     pub fn with_capacity(bytes: usize) -> Self {
         let mut buf = Vec::with_capacity(bytes);
+        advise_huge_pages(&mut buf);
         buf.extend_from_slice(HEADER);
         buf.extend_from_slice(&PACK_VERSION.to_le_bytes());
         buf.extend_from_slice(&[0, 0]);
@@ -346,6 +354,29 @@ impl PackBuilder {
         self.buf.extend_from_slice(&[0; 6]);
         self.buf.extend_from_slice(END);
         Hash::of(&self.buf)
+    }
+}
+
+/// Asks the kernel to back a large, still untouched buffer with transparent huge pages.
+///
+/// A data pack is a fresh 33 MiB buffer, filled once and freed after upload: with 4 KiB pages
+/// that is ~8,400 page faults per pack, ~10 % of a backup's CPU on incompressible data. With
+/// 2 MiB pages it is 17. Only a hint: where THP is off or unsupported, nothing changes.
+fn advise_huge_pages(buf: &mut Vec<u8>) {
+    const MIN: usize = 4 << 20;
+    if buf.capacity() < MIN {
+        return;
+    }
+    let page = 4096usize;
+    let start = buf.as_mut_ptr() as usize;
+    let first = start.next_multiple_of(page);
+    let end = (start + buf.capacity()) & !(page - 1);
+    if end > first {
+        // SAFETY: the range lies inside `buf`'s own allocation and is page aligned; the advice
+        // changes no contents and the call takes no other memory.
+        unsafe {
+            libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
+        }
     }
 }
 
