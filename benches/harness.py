@@ -10,7 +10,8 @@ Builds the images itself (benches/make_images.py, no download), then runs, in on
 and volback's primitives limits on the day-1 image (benches/primitives.rs). restic (default
 settings) and borg (--compression zstd,3, default chunker) run when installed (Debian packages
 `restic`, `borgbackup`). Prints one Markdown table: wall s, MB/s, CPU s, peak RSS, stored bytes,
-and volback/peer ratios.
+volback/peer ratios, and the share of the machine's CPU the hypervisor stole during each run
+(a shared VM can lose half its CPU to neighbours: such a run's ratios say little).
 
 Usage: python3 benches/harness.py [--images DIR] [--work DIR] [--tree-mib N] [--random-mib N]
                                   [--tools volback,restic,borg] [--s3]
@@ -28,13 +29,34 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def cpu_ticks():
+    """The machine's CPU time so far, from /proc/stat: (all ticks, stolen ticks), or None."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        return sum(v), v[7]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# Share of the machine's CPU time the hypervisor took during the last run (None if unknown).
+# A shared VM can lose half its CPU to neighbours; a run with a high share is not comparable.
+LAST_STEAL = None
+
+
 def run(cmd, env=None, cwd=None, stdin=None):
     """Runs cmd; returns (wall s, cpu s, peak RSS bytes, stdout)."""
+    global LAST_STEAL
+    ticks = cpu_ticks()
     t = time.monotonic()
     out = tempfile.TemporaryFile()
     p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.PIPE, stdin=stdin)
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.monotonic() - t
+    after = cpu_ticks()
+    LAST_STEAL = None
+    if ticks and after and after[0] > ticks[0]:
+        LAST_STEAL = (after[1] - ticks[1]) / (after[0] - ticks[0])
     err = p.stderr.read().decode(errors="replace")
     out.seek(0)
     text = out.read().decode(errors="replace")
@@ -209,7 +231,7 @@ def main():
     def record(case, tool, r, size, stored=None, extra=None):
         wall, cpu, rss, out = r
         rows[(case, tool.name)] = {"wall": wall, "cpu": cpu, "rss": rss, "mbps": size / 1e6 / wall,
-                                   "stored": stored, "out": out, **(extra or {})}
+                                   "stored": stored, "out": out, "steal": LAST_STEAL, **(extra or {})}
 
     day1 = os.path.join(imgs, "day1.img")
     size1 = os.path.getsize(day1)
@@ -246,8 +268,8 @@ def main():
 
     names = [t.name for t in tools]
     print("\nmachine: %s, %d cores; images: %s (day1 %.0f MiB)" % (cpu_model(), os.cpu_count(), imgs, size1 / 2**20))
-    print("\n| case | tool | wall s | MB/s | CPU s | peak RSS MiB | stored MiB | wall vs volback |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| case | tool | wall s | MB/s | CPU s | peak RSS MiB | stored MiB | wall vs volback | steal % |")
+    print("|---|---|---|---|---|---|---|---|---|")
     cases = []
     for (c, _) in rows:
         if c not in cases:
@@ -260,7 +282,9 @@ def main():
                 continue
             ratio = "" if n == "volback" or not base else "%.1fx" % (r["wall"] / base["wall"])
             stored = "" if r.get("stored") is None else "%.1f" % (r["stored"] / 2**20)
-            print("| %s | %s | %.2f | %.0f | %.2f | %.0f | %s | %s |" % (c, n, r["wall"], r["mbps"], r["cpu"], r["rss"] / 2**20, stored, ratio))
+            steal = "" if r.get("steal") is None else "%.0f" % (100 * r["steal"])
+            print("| %s | %s | %.2f | %.0f | %.2f | %.0f | %s | %s | %s |"
+                  % (c, n, r["wall"], r["mbps"], r["cpu"], r["rss"] / 2**20, stored, ratio, steal))
     for n in names:
         full = rows[("full backup (fs image)", n)]["stored"]
         inc = rows[("next-day incremental", n)]["stored"]

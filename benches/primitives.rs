@@ -19,7 +19,10 @@ fn main() {
         eprintln!("usage: primitives IMAGE [ZSTD_LEVEL]");
         std::process::exit(2);
     };
-    let level: i32 = args.get(2).and_then(|l| l.parse().ok()).unwrap_or(3);
+    let level: i32 = args
+        .get(2)
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(volback::container::ContainerConfig::default().zstd_level);
     // Read once to warm the page cache, then time a second read.
     let _ = std::fs::read(path).expect("read image");
     let t = Instant::now();
