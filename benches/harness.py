@@ -42,6 +42,9 @@ def cpu_ticks():
 # Share of the machine's CPU time the hypervisor took during the last run (None if unknown).
 # A shared VM can lose half its CPU to neighbours; a run with a high share is not comparable.
 LAST_STEAL = None
+# The day-1/day-2 cases run again (every tool alike) when more than this share was stolen.
+STEAL_MAX = float(os.environ.get("HARNESS_STEAL_MAX", "0.10"))
+TRIES = 3
 
 
 def run(cmd, env=None, cwd=None, stdin=None):
@@ -98,6 +101,11 @@ class Volback:
             self.container = os.path.join(work, "volback-repo")
             self.store = self.container
 
+    def reset(self):
+        """Removes the container (its directory, or its prefix's directory in the S3 server's
+        bucket); the next backup creates it again."""
+        shutil.rmtree(self.store, ignore_errors=True)
+
     def backup(self, vol, tag, parent=None):
         cmd = [self.bin, "backup", "--container", self.container, "--volume", vol, "--backup-id", tag, "--json"]
         if parent:
@@ -119,8 +127,12 @@ class Restic:
         self.repo = os.path.join(work, "restic-repo")
         self.env = dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_REPOSITORY=self.repo,
                         RESTIC_CACHE_DIR=os.path.join(work, "restic-cache"))
-        subprocess.run(["restic", "init", "-q"], env=self.env, check=True, stdout=subprocess.DEVNULL)
         self.work = work
+        self.reset()
+
+    def reset(self):
+        shutil.rmtree(self.repo, ignore_errors=True)
+        subprocess.run(["restic", "init", "-q"], env=self.env, check=True, stdout=subprocess.DEVNULL)
 
     def backup(self, vol, tag, parent=None):
         return run(["restic", "backup", "-q", "--tag", tag, os.path.basename(vol)], env=self.env, cwd=os.path.dirname(vol))
@@ -142,6 +154,10 @@ class Borg:
         self.repo = os.path.join(work, "borg-repo")
         self.env = dict(os.environ, BORG_BASE_DIR=os.path.join(work, "borg-base"),
                         BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes", BORG_RELOCATED_REPO_ACCESS_IS_OK="yes")
+        self.reset()
+
+    def reset(self):
+        shutil.rmtree(self.repo, ignore_errors=True)
         subprocess.run(["borg", "init", "-e", "none", self.repo], env=self.env, check=True)
 
     def backup(self, vol, tag, parent=None):
@@ -228,30 +244,69 @@ def main():
 
     rows = {}  # (case, tool) -> dict
 
-    def record(case, tool, r, size, stored=None, extra=None):
+    def record(case, tool, r, size, stored=None, steal=None):
         wall, cpu, rss, out = r
         rows[(case, tool.name)] = {"wall": wall, "cpu": cpu, "rss": rss, "mbps": size / 1e6 / wall,
-                                   "stored": stored, "out": out, "steal": LAST_STEAL, **(extra or {})}
+                                   "stored": stored, "out": out, "steal": steal}
+
+    def steady(case, tool, attempt):
+        """Runs attempt() (whose last run() is the timed one) until the hypervisor took less than
+        STEAL_MAX of the machine during it, at most TRIES times; keeps the least disturbed try.
+        Every tool gets the same rule, so no tool's figure is a lucky or unlucky draw alone."""
+        best = None
+        for i in range(TRIES):
+            got = attempt(i)
+            steal = LAST_STEAL
+            if best is None or (steal or 0) < (best[1] or 0):
+                best = (got, steal)
+            if steal is None or steal < STEAL_MAX:
+                break
+            print("note: %s, %s: %.0f %% stolen; run again" % (case, tool.name, 100 * steal), file=sys.stderr)
+        return best
 
     day1 = os.path.join(imgs, "day1.img")
+    day2 = os.path.join(imgs, "day2.img")
     size1 = os.path.getsize(day1)
     for tool in tools:
-        place(day1, vol)
-        r = tool.backup(vol, "day1")
-        record("full backup (fs image)", tool, r, size1, tool.stored())
-        s_before = tool.stored()
-        place(os.path.join(imgs, "day2.img"), vol)
-        r = tool.backup(vol, "day2", "day1")
-        record("next-day incremental", tool, r, size1, tool.stored() - s_before)
-        s_before = tool.stored()
-        settle()
-        r = tool.backup(vol, "day2b", "day2")
-        record("unchanged incremental", tool, r, size1, tool.stored() - s_before)
+        def full(i):
+            if i:
+                tool.reset()
+            place(day1, vol)
+            return tool.backup(vol, "day1"), tool.stored()
+
+        (r, stored), steal = steady("full backup", tool, full)
+        record("full backup (fs image)", tool, r, size1, stored, steal)
+
+        def incremental(i):
+            if i:  # back to a repository holding day 1 only
+                tool.reset()
+                place(day1, vol)
+                tool.backup(vol, "day1")
+            before = tool.stored()
+            place(day2, vol)
+            return tool.backup(vol, "day2", "day1"), tool.stored() - before
+
+        (r, stored), steal = steady("next-day incremental", tool, incremental)
+        record("next-day incremental", tool, r, size1, stored, steal)
+
+        def unchanged(i):
+            before = tool.stored()
+            settle()
+            return tool.backup(vol, "day2-again-%d" % i, "day2"), tool.stored() - before
+
+        (r, stored), steal = steady("unchanged incremental", tool, unchanged)
+        record("unchanged incremental", tool, r, size1, stored, steal)
         target = os.path.join(work, "restored-%s.img" % tool.name)
         for case, durable in (("restore (day 2), durable", True), ("restore (day 2), to page cache", False)):
-            settle()
-            r = tool.restore("day2", target, durable)
-            record(case, tool, r, size1)
+            def restore(i):
+                if os.path.exists(target):
+                    os.remove(target)
+                shutil.rmtree(target + ".d", ignore_errors=True)
+                settle()
+                return tool.restore("day2", target, durable)
+
+            r, steal = steady(case, tool, restore)
+            record(case, tool, r, size1, None, steal)
             if os.path.exists(target):
                 os.remove(target)
             shutil.rmtree(target + ".d", ignore_errors=True)
@@ -262,7 +317,7 @@ def main():
             place(p, vol)
             before = tool.stored()
             r = tool.backup(vol, img)
-            record(case, tool, r, os.path.getsize(p), tool.stored() - before)
+            record(case, tool, r, os.path.getsize(p), tool.stored() - before, LAST_STEAL)
 
     lim = json.loads(run([os.path.join(ROOT, "target", "release", "deps", find_primitives()), day1])[3])
 
