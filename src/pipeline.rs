@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!  reader thread            main thread (rayon pool)                 writer thread
-//!  read 8 MiB buffers  -->  BLAKE3 every chunk (parallel)        -->  PUT pack (data first)
+//!  read 4 MiB buffers  -->  BLAKE3 every chunk (parallel)        -->  PUT pack (data first)
 //!  SEEK_HOLE, zero runs     dedup against index + this backup        every 64 packs and at the
 //!  FastCDC cut points       zstd new chunks (parallel)                end: PUT index segment
 //!                           append to pack; extent list

@@ -18,8 +18,10 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 
-/// Bytes read per buffer.
-pub const READ_BUF: usize = 8 << 20;
+/// Bytes read per buffer. Up to ~8 buffers are in flight between reader, chunker and packer,
+/// so this sets most of a backup's memory: 4 MiB reads cost no speed against 8 MiB here and
+/// peak ~30 MiB less (fs-image full backup 112–123 → 83–92 MiB; 16 GiB stream 175 → 132 MiB).
+pub const READ_BUF: usize = 4 << 20;
 
 /// Read buffers are recycled: a buffer returns to the pool when the last chunk slicing it is
 /// dropped. Fresh 8 MiB allocations would each cost thousands of page faults and a memset.
