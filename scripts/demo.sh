@@ -4,7 +4,15 @@
 # compare them byte for byte with the images they came from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-work=${VOLBACK_DEMO_DIR:-$(mktemp -d /tmp/volback-demo.XXXXXX)}
+# The work directory (~760 MiB: a copy of /usr/share/doc, images, restores, the container) is
+# removed after a successful run unless VOLBACK_DEMO_DIR names one to keep.
+if [ -n "${VOLBACK_DEMO_DIR:-}" ]; then
+  work=$VOLBACK_DEMO_DIR
+  keep=1
+else
+  work=$(mktemp -d /tmp/volback-demo.XXXXXX)
+  keep=0
+fi
 mkdir -p "$work"
 echo "== building volback (release)"
 cargo build --release --quiet
@@ -41,4 +49,9 @@ cmp "$work/day1.img" "$work/r1.img"
 cmp "$img" "$work/r2.img"
 $vb list --container "$work/container"
 echo "container: $(du -sh "$work/container" | cut -f1) on disk for two backups of a $(du -h --apparent-size "$img" | cut -f1) volume"
-echo "OK: both restores are byte-identical ($work)"
+if [ "$keep" = 1 ]; then
+  echo "OK: both restores are byte-identical (files kept in $work)"
+else
+  rm -rf "$work"
+  echo "OK: both restores are byte-identical (set VOLBACK_DEMO_DIR=DIR to keep the files)"
+fi
