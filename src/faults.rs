@@ -207,4 +207,8 @@ impl ObjectStore for FaultStore {
     fn concurrency(&self) -> usize {
         self.inner.concurrency()
     }
+
+    fn upload_concurrency(&self) -> usize {
+        self.inner.upload_concurrency()
+    }
 }

@@ -357,10 +357,11 @@ pub fn run_backup(
             let _ = tx.send(Ok(out));
         });
         // Uploads in flight hold whole packs: cap them at ~96 MiB whatever the store's request
-        // concurrency, so peak memory stays bounded (3 x 32 MiB packs by default).
+        // concurrency, so peak memory stays bounded (3 x 32 MiB packs by default; one on a
+        // filesystem).
         let threads = container
             .store()
-            .concurrency()
+            .upload_concurrency()
             .min((MAX_UPLOAD_BYTES / cfg.pack_target.max(1)) as usize)
             .max(1);
         let writer = s.spawn(move || writer_loop(container, pack_rx, threads));

@@ -112,6 +112,10 @@ impl ObjectStore for RetryStore {
         self.inner.concurrency()
     }
 
+    fn upload_concurrency(&self) -> usize {
+        self.inner.upload_concurrency()
+    }
+
     fn sweep_temporaries(&self, age: Duration) -> Result<u64> {
         self.inner.sweep_temporaries(age)
     }
