@@ -42,8 +42,9 @@ def cpu_ticks():
 # Share of the machine's CPU time the hypervisor took during the last run (None if unknown).
 # A shared VM can lose half its CPU to neighbours; a run with a high share is not comparable.
 LAST_STEAL = None
-# The day-1/day-2 cases run again (every tool alike) when more than this share was stolen.
-STEAL_MAX = float(os.environ.get("HARNESS_STEAL_MAX", "0.10"))
+# The day-1/day-2 cases run again (every tool alike) when more than this share was stolen:
+# volback keeps both cores busy, so even 8 % stolen slows it by half.
+STEAL_MAX = float(os.environ.get("HARNESS_STEAL_MAX", "0.05"))
 TRIES = 3
 
 
