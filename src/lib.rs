@@ -19,9 +19,9 @@
 //!
 //! Memory does not grow with the volume: a backup holds a window of the pipeline (a few 4 MiB
 //! read buffers, the pack being built and the packs uploading: one on a filesystem, up to three
-//! on S3) and a dedup set of 16 bytes per chunk of the container; a restore holds a window of extents and keeps
-//! the container's chunk locations in a sorted temporary file (half a byte per chunk stays in
-//! memory).
+//! on S3) and a dedup set of 16 bytes per chunk of the container; a restore holds a window of
+//! extents and keeps the container's chunk locations in a sorted temporary file (half a byte
+//! per chunk stays in memory).
 //!
 //! ## Container format in brief (full specification: `docs/format.md`)
 //!

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 pub const READ_BUF: usize = 4 << 20;
 
 /// Read buffers are recycled: a buffer returns to the pool when the last chunk slicing it is
-/// dropped. Fresh 8 MiB allocations would each cost thousands of page faults and a memset.
+/// dropped. Fresh 4 MiB allocations would each cost thousands of page faults and a memset.
 #[derive(Clone, Default)]
 struct BufferPool(Arc<Mutex<Vec<Vec<u8>>>>);
 
