@@ -559,6 +559,43 @@ mod tests {
         }
     }
 
+    /// The per-thread compression scratch buffer is reused from chunk to chunk: every chunk,
+    /// large after small and small after large, must still come back exactly, and chunks that
+    /// do not shrink by 1/32 must stay raw.
+    #[test]
+    fn reused_scratch_buffer_keeps_chunks_apart() {
+        let noise = |n: usize, seed: u64| -> Bytes {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect::<Vec<u8>>()
+                .into()
+        };
+        let mut half = noise(64 << 10, 1).to_vec();
+        half[..2 << 10].fill(0); // saves ~3 %: just under the 1/32 it must save
+        let chunks: Vec<(Bytes, Compression)> = vec![
+            (Bytes::from(vec![1u8; 128 << 10]), Compression::Zstd),
+            (noise(128 << 10, 2), Compression::None),
+            (Bytes::from(vec![2u8; 100]), Compression::Zstd),
+            (noise(3000, 3), Compression::None),
+            (Bytes::from(half), Compression::None),
+            (Bytes::from(b"abc".repeat(20_000)), Compression::Zstd),
+            (Bytes::from(vec![3u8; 7]), Compression::None),
+        ];
+        for (raw, want) in &chunks {
+            let id = Hash::of(raw);
+            let e = encode_chunk(id, ChunkKind::Data, raw, 1);
+            assert_eq!(e.compression, *want, "chunk of {} bytes", raw.len());
+            let got = decode_chunk("p", 0, &id, e.compression, e.raw_len, &e.stored).unwrap();
+            assert_eq!(&got, raw);
+        }
+    }
+
     #[test]
     fn damage_is_detected_by_name_and_offset() {
         let (bytes, _, entries, _) = sample();
