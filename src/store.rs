@@ -702,6 +702,22 @@ mod tests {
         assert!(tmp.is_empty());
     }
 
+    /// A backup sees its store through the retry layer (and, in fault tests, the fault layer):
+    /// both must keep the filesystem's one pack upload at a time, or a backup holds twice the
+    /// packs in memory.
+    #[test]
+    fn wrappers_keep_the_inner_stores_upload_concurrency() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs: std::sync::Arc<dyn ObjectStore> =
+            std::sync::Arc::new(FsStore::open(&dir.path().join("c"), true).unwrap());
+        let retry = crate::retry::RetryStore::new(fs.clone());
+        assert_eq!(retry.upload_concurrency(), 1);
+        let faults = crate::faults::FaultStore::new(fs, crate::faults::FaultConfig::default());
+        assert_eq!(faults.upload_concurrency(), 1);
+        let mem = crate::retry::RetryStore::new(std::sync::Arc::new(MemStore::new()));
+        assert_eq!(mem.upload_concurrency(), mem.concurrency());
+    }
+
     #[test]
     fn mem_store_behaves_like_an_object_store() {
         exercise(&MemStore::new());
