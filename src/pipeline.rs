@@ -382,15 +382,25 @@ pub fn run_backup(
             let mut size = 0u64;
             let mut zero_bytes = 0u64;
             let mut chunks_total = 0u64;
+            // The previous batch's compressed chunks, appended to packs (a serial copy) while
+            // the pool hashes this batch, rather than leaving a core idle.
+            let mut pending: Vec<EncodedChunk> = Vec::new();
             for batch in batch_rx {
                 let pieces = batch?;
-                let ids: Vec<Option<Hash>> = pieces
-                    .par_iter()
-                    .map(|p| match p {
-                        Piece::Data(b) => Some(Hash::of(b)),
-                        Piece::Zero(_) => None,
-                    })
-                    .collect();
+                let done = std::mem::take(&mut pending);
+                let (ids, added) = rayon::join(
+                    || -> Vec<Option<Hash>> {
+                        pieces
+                            .par_iter()
+                            .map(|p| match p {
+                                Piece::Data(b) => Some(Hash::of(b)),
+                                Piece::Zero(_) => None,
+                            })
+                            .collect()
+                    },
+                    || packer.add(done),
+                );
+                added?;
                 let mut new: Vec<(&Bytes, Hash)> = Vec::new();
                 for (p, id) in pieces.iter().zip(&ids) {
                     size += p.len();
@@ -408,16 +418,16 @@ pub fn run_backup(
                         }
                     }
                 }
-                let encoded: Vec<EncodedChunk> = new
+                pending = new
                     .par_iter()
                     .map(|(b, id)| encode_chunk(*id, ChunkKind::Data, b, level))
                     .collect();
-                packer.add(encoded)?;
                 packer.add_meta(extents.take_chunks(), &mut meta_refs)?;
                 if let Some(p) = progress {
                     p(size);
                 }
             }
+            packer.add(pending)?;
             packer.add_meta(extents.finish(), &mut meta_refs)?;
             packer.flush()?;
             Ok((extents, meta_refs, size, zero_bytes, chunks_total))
