@@ -211,23 +211,28 @@ enum Cmd {
 /// fragment it: a 16 GiB backup then peaked 39 % above a 4 GiB one; pinned, within 5 %
 /// (`docs/performance.md`, peak RSS), at no measurable cost in throughput.
 ///
-/// Pinning the mmap threshold also pins the trim threshold, at 128 KiB: each worker's arena was
-/// then handed back to the kernel after every batch of compressed chunks was freed and faulted
-/// in again for the next (~70k page faults, ~10 % of a full backup's CPU). An 8 MiB trim
-/// threshold keeps one batch's worth per arena: faults 92–106k → 26–28k, CPU 8.3 → 7.4 s, peak
-/// RSS +3–5 MiB on the fs image (`docs/performance.md`, sixth session).
-fn tune_malloc() {
+/// Pinning the mmap threshold also pins the trim threshold, at 128 KiB: in a backup, each
+/// worker's arena was then handed back to the kernel after every batch of compressed chunks was
+/// freed, and faulted in again for the next (~70k page faults, ~10 % of a full backup's CPU).
+/// Backups keep 8 MiB per arena (one batch's worth): faults 92–106k → 26–28k, CPU 8.3 → 7.4 s,
+/// peak RSS +3–5 MiB on the fs image. Other commands keep the low threshold: a restore holds
+/// +5–8 MiB with it, more at 16 GiB than at 4 (`docs/performance.md`, sixth session).
+fn tune_malloc(backup: bool) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tunables; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+        if backup {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+        }
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = backup;
 }
 
 fn main() -> ExitCode {
-    tune_malloc();
     let cli = Cli::parse();
+    tune_malloc(matches!(cli.cmd, Cmd::Backup { .. }));
     let json = match &cli.cmd {
         Cmd::Backup { json, .. }
         | Cmd::Restore { json, .. }
