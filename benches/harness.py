@@ -11,10 +11,13 @@ and volback's primitives limits on the day-1 image (benches/primitives.rs). rest
 settings) and borg (--compression zstd,3, default chunker) run when installed (Debian packages
 `restic`, `borgbackup`). Prints one Markdown table: wall s, MB/s, CPU s, peak RSS, stored bytes,
 volback/peer ratios, and the share of the machine's CPU the hypervisor stole during each run
-(a shared VM can lose half its CPU to neighbours: such a run's ratios say little).
+(a shared VM can lose half its CPU to neighbours: such a run's ratios say little). The
+day-1/day-2 cases run in rounds (default 3), the tools interleaved within each round, and each
+cell is the median round, with the range of wall times beside it: this machine's speed drifts
+by tens of percent within minutes, and a single run per tool can land on either side of it.
 
 Usage: python3 benches/harness.py [--images DIR] [--work DIR] [--tree-mib N] [--random-mib N]
-                                  [--tools volback,restic,borg] [--s3]
+                                  [--tools volback,restic,borg] [--s3] [--rounds N]
 """
 import argparse
 import json
@@ -220,6 +223,8 @@ def main():
     ap.add_argument("--random-mib", type=int, default=1024)
     ap.add_argument("--tools", default="volback,restic,borg")
     ap.add_argument("--s3", action="store_true", help="volback against a local S3 server (s3s-fs)")
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("HARNESS_ROUNDS", "3")),
+                    help="rounds of the day-1/day-2 cases, tools interleaved; each cell is the median")
     a = ap.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bench", "primitives"], cwd=ROOT, check=True)
@@ -244,12 +249,15 @@ def main():
         else:
             print("note: %s is not installed; skipped" % t, file=sys.stderr)
 
-    rows = {}  # (case, tool) -> dict
+    rows = {}  # (case, tool) -> dict: the median run
+    samples = {}  # (case, tool) -> every run, one per round
 
     def record(case, tool, r, size, stored=None, steal=None):
         wall, cpu, rss, out = r
-        rows[(case, tool.name)] = {"wall": wall, "cpu": cpu, "rss": rss, "mbps": size / 1e6 / wall,
-                                   "stored": stored, "out": out, "steal": steal}
+        samples.setdefault((case, tool.name), []).append(
+            {"wall": wall, "cpu": cpu, "rss": rss, "mbps": size / 1e6 / wall, "stored": stored, "out": out, "steal": steal})
+        runs = sorted(samples[(case, tool.name)], key=lambda x: x["wall"])
+        rows[(case, tool.name)] = dict(runs[(len(runs) - 1) // 2], walls=[x["wall"] for x in runs])
 
     def steady(case, tool, attempt):
         """Runs attempt() (whose last run() is the timed one) until the hypervisor took less than
@@ -269,49 +277,55 @@ def main():
     day1 = os.path.join(imgs, "day1.img")
     day2 = os.path.join(imgs, "day2.img")
     size1 = os.path.getsize(day1)
-    for tool in tools:
-        def full(i):
-            if i:
+    # Rounds interleave the tools, so a slow spell of this shared machine falls on all of them;
+    # each cell is the median round (lower median for an even count).
+    for rnd in range(max(1, a.rounds)):
+        for tool in tools:
+            if rnd:
                 tool.reset()
-            place(day1, vol)
-            return tool.backup(vol, "day1"), tool.stored()
-
-        (r, stored), steal = steady("full backup", tool, full)
-        record("full backup (fs image)", tool, r, size1, stored, steal)
-
-        def incremental(i):
-            if i:  # back to a repository holding day 1 only
-                tool.reset()
+            def full(i):
+                if i:
+                    tool.reset()
                 place(day1, vol)
-                tool.backup(vol, "day1")
-            before = tool.stored()
-            place(day2, vol)
-            return tool.backup(vol, "day2", "day1"), tool.stored() - before
+                return tool.backup(vol, "day1"), tool.stored()
 
-        (r, stored), steal = steady("next-day incremental", tool, incremental)
-        record("next-day incremental", tool, r, size1, stored, steal)
+            (r, stored), steal = steady("full backup", tool, full)
+            record("full backup (fs image)", tool, r, size1, stored, steal)
 
-        def unchanged(i):
-            before = tool.stored()
-            settle()
-            return tool.backup(vol, "day2-again-%d" % i, "day2"), tool.stored() - before
+            def incremental(i):
+                if i:  # back to a repository holding day 1 only
+                    tool.reset()
+                    place(day1, vol)
+                    tool.backup(vol, "day1")
+                before = tool.stored()
+                place(day2, vol)
+                return tool.backup(vol, "day2", "day1"), tool.stored() - before
 
-        (r, stored), steal = steady("unchanged incremental", tool, unchanged)
-        record("unchanged incremental", tool, r, size1, stored, steal)
-        target = os.path.join(work, "restored-%s.img" % tool.name)
-        for case, durable in (("restore (day 2), durable", True), ("restore (day 2), to page cache", False)):
-            def restore(i):
+            (r, stored), steal = steady("next-day incremental", tool, incremental)
+            record("next-day incremental", tool, r, size1, stored, steal)
+
+            def unchanged(i):
+                before = tool.stored()
+                settle()
+                return tool.backup(vol, "day2-again-%d" % i, "day2"), tool.stored() - before
+
+            (r, stored), steal = steady("unchanged incremental", tool, unchanged)
+            record("unchanged incremental", tool, r, size1, stored, steal)
+            target = os.path.join(work, "restored-%s.img" % tool.name)
+            for case, durable in (("restore (day 2), durable", True), ("restore (day 2), to page cache", False)):
+                def restore(i):
+                    if os.path.exists(target):
+                        os.remove(target)
+                    shutil.rmtree(target + ".d", ignore_errors=True)
+                    settle()
+                    return tool.restore("day2", target, durable)
+
+                r, steal = steady(case, tool, restore)
+                record(case, tool, r, size1, None, steal)
                 if os.path.exists(target):
                     os.remove(target)
                 shutil.rmtree(target + ".d", ignore_errors=True)
-                settle()
-                return tool.restore("day2", target, durable)
-
-            r, steal = steady(case, tool, restore)
-            record(case, tool, r, size1, None, steal)
-            if os.path.exists(target):
-                os.remove(target)
-            shutil.rmtree(target + ".d", ignore_errors=True)
+    for tool in tools:
         rows[("stored after full + incremental", tool.name)] = {"stored": None}
     for case, img in (("full backup (random)", "random"), ("full backup (90 % zeros)", "thin"), ("full backup (sparse file)", "sparse")):
         p = os.path.join(imgs, img + ".img")
@@ -325,6 +339,7 @@ def main():
 
     names = [t.name for t in tools]
     print("\nmachine: %s, %d cores; images: %s (day1 %.0f MiB)" % (cpu_model(), os.cpu_count(), imgs, size1 / 2**20))
+    print("\nday-1/day-2 cases: median of %d rounds, tools interleaved (wall range in brackets)" % max(1, a.rounds))
     print("\n| case | tool | wall s | MB/s | CPU s | peak RSS MiB | stored MiB | wall vs volback | steal % |")
     print("|---|---|---|---|---|---|---|---|---|")
     cases = []
@@ -340,8 +355,10 @@ def main():
             ratio = "" if n == "volback" or not base else "%.1fx" % (r["wall"] / base["wall"])
             stored = "" if r.get("stored") is None else "%.1f" % (r["stored"] / 2**20)
             steal = "" if r.get("steal") is None else "%.0f" % (100 * r["steal"])
-            print("| %s | %s | %.2f | %.0f | %.2f | %.0f | %s | %s | %s |"
-                  % (c, n, r["wall"], r["mbps"], r["cpu"], r["rss"] / 2**20, stored, ratio, steal))
+            walls = r.get("walls", [])
+            wall = "%.2f" % r["wall"] + (" (%.2f–%.2f)" % (walls[0], walls[-1]) if len(walls) > 1 else "")
+            print("| %s | %s | %s | %.0f | %.2f | %.0f | %s | %s | %s |"
+                  % (c, n, wall, r["mbps"], r["cpu"], r["rss"] / 2**20, stored, ratio, steal))
     for n in names:
         full = rows[("full backup (fs image)", n)]["stored"]
         inc = rows[("next-day incremental", n)]["stored"]
