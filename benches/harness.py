@@ -281,10 +281,8 @@ def main():
     # each cell is the median round (lower median for an even count).
     for rnd in range(max(1, a.rounds)):
         for tool in tools:
-            if rnd:
-                tool.reset()
             def full(i):
-                if i:
+                if rnd or i:  # an empty repository for every round and every try
                     tool.reset()
                 place(day1, vol)
                 return tool.backup(vol, "day1"), tool.stored()
