@@ -401,6 +401,19 @@ pub fn decode_segment(key: &str, b: &[u8]) -> Result<Segment> {
         })
         .collect();
     let base = HEADER_LEN + n_packs * 32;
+    // Each pack's entries get their exact capacity up front: growing them by doubling left
+    // a trail of freed blocks in the allocator, which a restore's heap then kept for its whole
+    // run (~3 MiB more for a 16 GiB backup than a 4 GiB one).
+    let mut counts = vec![0usize; n_packs];
+    for i in 0..n_entries {
+        let pack = u32_at(&b[base + i * ENTRY_LEN..], 32) as usize;
+        if let Some(c) = counts.get_mut(pack) {
+            *c += 1;
+        }
+    }
+    for ((_, entries), n) in out.iter_mut().zip(counts) {
+        entries.reserve_exact(n);
+    }
     for i in 0..n_entries {
         let at = base + i * ENTRY_LEN;
         let e = &b[at..at + ENTRY_LEN];

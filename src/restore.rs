@@ -16,7 +16,6 @@
 //! target is written under a temporary name and renamed into place only when complete and
 //! fsync'd: a failed restore never leaves a half-written file under the target's name.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::os::unix::io::AsRawFd;
@@ -30,8 +29,8 @@ use crate::container::LeaseGuard;
 use crate::container::{Container, pack_key, plan_ranges, with_volume_offset};
 use crate::error::{Error, Result};
 use crate::ids::Hash;
-use crate::index::{Locate, Location};
-use crate::locations::{DEFAULT_MEM_ENTRIES, LocationTable};
+use crate::index::Locate;
+use crate::locations::{DEFAULT_MEM_ENTRIES, LocationTable, trim_heap};
 use crate::manifest::{Extent, Manifest};
 use crate::pack::decode_chunk_into;
 use crate::pipeline::LEASE_TTL;
@@ -255,12 +254,55 @@ struct Buffers {
     /// Plain copies of the range's chunks that occur more than once in the window, so each is
     /// decompressed and verified once (a quarter of a real filesystem image's data repeats).
     repeats: Vec<u8>,
+    /// Where each chunk of the range (by its position in the range) is in `repeats`.
+    repeat_at: Vec<Option<usize>>,
+    /// Every place a chunk of the range goes: (volume offset, position in the range).
+    places: Vec<(u64, usize)>,
     /// The stored bytes of the range being restored (from stores that read into it).
     read: Vec<u8>,
 }
 
 thread_local! {
     static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::new(Buffers::default());
+}
+
+/// A window's chunks, each with the volume offsets it is restored to. Built by sorting the
+/// window in place, not as a map of small vectors: a restore makes no allocation per chunk, so
+/// its heap neither churns nor fragments as the volume grows.
+struct Places<'a> {
+    /// `(offset, chunk)`, sorted by chunk and then offset.
+    sorted: &'a [(u64, Hash)],
+    /// The distinct chunks, sorted.
+    ids: Vec<Hash>,
+    /// `sorted[starts[i]..starts[i + 1]]` are the places of `ids[i]`.
+    starts: Vec<usize>,
+}
+
+impl<'a> Places<'a> {
+    fn new(window: &'a mut [(u64, Hash)]) -> Self {
+        window.sort_unstable_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+        let (mut ids, mut starts) = (Vec::new(), Vec::new());
+        for (i, (_, id)) in window.iter().enumerate() {
+            if ids.last() != Some(id) {
+                ids.push(*id);
+                starts.push(i);
+            }
+        }
+        starts.push(window.len());
+        Places {
+            sorted: window,
+            ids,
+            starts,
+        }
+    }
+
+    /// The places of a chunk of the window, in volume order.
+    fn of(&self, id: &Hash) -> &[(u64, Hash)] {
+        match self.ids.binary_search(id) {
+            Ok(i) => &self.sorted[self.starts[i]..self.starts[i + 1]],
+            Err(_) => &[],
+        }
+    }
 }
 
 /// Restores a window of data extents: `(volume offset, chunk id)`.
@@ -271,33 +313,30 @@ fn restore_window(
     target: &Target,
     window: &mut Vec<(u64, Hash)>,
 ) -> Result<()> {
-    let mut offsets: HashMap<Hash, Vec<u64>> = HashMap::new();
-    for (off, id) in window.drain(..) {
-        offsets.entry(id).or_default().push(off);
-    }
-    let ids: Vec<Hash> = offsets.keys().copied().collect();
-    let ranges = plan_ranges(index, &ids, |id| Error::ChunkNotIndexed {
+    let places = Places::new(window);
+    let ranges = plan_ranges(index, &places.ids, |id| Error::ChunkNotIndexed {
         backup_id: backup_id.into(),
         chunk: id.to_hex(),
-        volume_offset: offsets[id][0],
+        volume_offset: places.of(id).first().map_or(0, |p| p.0),
     })?;
     let max_run = (RUN_BUDGET / container.store().concurrency().max(1)).clamp(1 << 20, MAX_RUN);
-    container.on_io_pool(|| {
+    let res = container.on_io_pool(|| {
         ranges.par_iter().try_for_each(|r| {
             let key = pack_key(&r.pack);
-            // Every place each chunk of the range goes, in volume order.
-            let mut places: Vec<(u64, &Location, &Hash)> = r
-                .chunks
-                .iter()
-                .flat_map(|(id, loc)| offsets[id].iter().map(move |o| (*o, loc, id)))
-                .collect();
-            places.sort_unstable_by_key(|p| p.0);
             BUFFERS.with(|cell| {
                 let Buffers {
                     run: buf,
                     repeats,
+                    repeat_at,
+                    places: order,
                     read,
                 } = &mut *cell.borrow_mut();
+                // Every place each chunk of the range goes, in volume order.
+                order.clear();
+                for (k, (id, _)) in r.chunks.iter().enumerate() {
+                    order.extend(places.of(id).iter().map(|p| (p.0, k)));
+                }
+                order.sort_unstable_by_key(|p| p.0);
                 let own = container
                     .store()
                     .get_range_into(&key, r.start..r.end, read)?;
@@ -306,11 +345,12 @@ fn restore_window(
                     None => &read[..(r.end - r.start) as usize],
                 };
                 repeats.clear();
-                // Chunk → where its plain copy is in `repeats`.
-                let mut repeated: HashMap<&Hash, usize> = HashMap::new();
+                repeat_at.clear();
+                repeat_at.resize(r.chunks.len(), None);
                 // Adjacent chunks are decoded side by side and written together.
                 let (mut run_start, mut run_len) = (0u64, 0usize);
-                for &(off, loc, id) in &places {
+                for &(off, k) in order.iter() {
+                    let (id, loc) = &r.chunks[k];
                     let len = loc.raw_len as usize;
                     if run_len > 0 && (run_start + run_len as u64 != off || run_len + len > max_run)
                     {
@@ -324,7 +364,7 @@ fn restore_window(
                         buf.resize(max_run + len, 0);
                     }
                     let out = &mut buf[run_len..run_len + len];
-                    if let Some(&p) = repeated.get(id) {
+                    if let Some(p) = repeat_at[k] {
                         out.copy_from_slice(&repeats[p..p + len]);
                     } else {
                         let at = u64::from(loc.offset);
@@ -332,8 +372,8 @@ fn restore_window(
                         let stored = &data[s..s + loc.stored_len as usize];
                         decode_chunk_into(&key, at, id, loc.compression, stored, out)
                             .map_err(|e| with_volume_offset(e, off))?;
-                        if offsets[id].len() > 1 {
-                            repeated.insert(id, repeats.len());
+                        if places.of(id).len() > 1 {
+                            repeat_at[k] = Some(repeats.len());
                             repeats.extend_from_slice(out);
                         }
                     }
@@ -345,7 +385,9 @@ fn restore_window(
                 Ok::<(), Error>(())
             })
         })
-    })
+    });
+    window.clear();
+    res
 }
 
 /// Checks, before writing anything, that every chunk of the backup is indexed and every pack it
@@ -460,6 +502,10 @@ pub fn run_restore_with(
     let _lease = LeaseGuard::take(container, backup_id, LEASE_TTL).ok();
     let index = LocationTable::load(container, opts.locations_in_memory)?;
     check_complete(container, &index, &manifest)?;
+    // The check's transient listings and lookups leave holes in the heap (more of them the
+    // larger the backup); so does every window. Trimming after each keeps a 16 GiB restore's
+    // peak within a few percent of a 4 GiB one's instead of ~10 % above it.
+    trim_heap();
     let t = Target::open(target, opts.mode, manifest.size)?;
     let mut window = Vec::with_capacity(WINDOW_CHUNKS);
     let mut bytes_written = 0u64;
@@ -486,6 +532,7 @@ pub fn run_restore_with(
                     window.push((off, *id));
                     if window.len() >= WINDOW_CHUNKS {
                         restore_window(container, &index, backup_id, t, &mut window)?;
+                        trim_heap();
                         let _ = flush.try_send(());
                         if let Some(p) = progress {
                             p(off + u64::from(*len));
