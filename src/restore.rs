@@ -38,6 +38,9 @@ use crate::store::RequestCounts;
 
 /// Chunks per restore window.
 const WINDOW_CHUNKS: usize = 8192;
+/// Writeback of a durable restore's target is started each time this many more bytes have
+/// been written (see `run_restore_with`).
+const WRITEBACK_EVERY: u64 = 32 << 20;
 
 /// How the target is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +315,7 @@ fn restore_window(
     backup_id: &str,
     target: &Target,
     window: &mut Vec<(u64, Hash)>,
+    wrote: &(dyn Fn(usize) + Sync),
 ) -> Result<()> {
     let places = Places::new(window);
     let ranges = plan_ranges(index, &places.ids, |id| Error::ChunkNotIndexed {
@@ -355,6 +359,7 @@ fn restore_window(
                     if run_len > 0 && (run_start + run_len as u64 != off || run_len + len > max_run)
                     {
                         target.write(&buf[..run_len], run_start)?;
+                        wrote(run_len);
                         run_len = 0;
                     }
                     if run_len == 0 {
@@ -381,6 +386,7 @@ fn restore_window(
                 }
                 if run_len > 0 {
                     target.write(&buf[..run_len], run_start)?;
+                    wrote(run_len);
                 }
                 Ok::<(), Error>(())
             })
@@ -511,12 +517,19 @@ pub fn run_restore_with(
     let mut bytes_written = 0u64;
     let mut zero_bytes = 0u64;
     let res = std::thread::scope(|s| {
-        // Writeback of each finished window is started on a thread of its own: the kernel's
-        // block allocation and I/O submission (~0.1 s per window here) then overlap the next
-        // window instead of stalling both restore threads, and the final fsync waits only
-        // for the last window. A window finished while the thread is busy needs no call of
-        // its own: each call covers everything written so far.
+        // Writeback is started on a thread of its own every WRITEBACK_EVERY bytes written: the
+        // kernel's block allocation and I/O submission then overlap the restore instead of
+        // stalling its threads, and the final fsync waits only for the last few MiB. A signal
+        // sent while the thread is busy needs no call of its own: each call covers everything
+        // written so far.
         let (flush, flushes) = std::sync::mpsc::sync_channel::<()>(1);
+        let written = std::sync::atomic::AtomicU64::new(0);
+        let wrote = |n: usize| {
+            let before = written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            if opts.sync && (before + n as u64) / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
+                let _ = flush.try_send(());
+            }
+        };
         let t = &t;
         if opts.sync {
             s.spawn(move || {
@@ -531,9 +544,8 @@ pub fn run_restore_with(
                     bytes_written += u64::from(*len);
                     window.push((off, *id));
                     if window.len() >= WINDOW_CHUNKS {
-                        restore_window(container, &index, backup_id, t, &mut window)?;
+                        restore_window(container, &index, backup_id, t, &mut window, &wrote)?;
                         trim_heap();
-                        let _ = flush.try_send(());
                         if let Some(p) = progress {
                             p(off + u64::from(*len));
                         }
@@ -548,7 +560,7 @@ pub fn run_restore_with(
             }
             Ok(())
         });
-        res.and_then(|_| restore_window(container, &index, backup_id, t, &mut window))
+        res.and_then(|_| restore_window(container, &index, backup_id, t, &mut window, &wrote))
     });
     if let Err(e) = res {
         t.abandon();
