@@ -984,6 +984,10 @@ impl Drop for LeaseGuard {
 const COALESCE_GAP: u64 = 256 << 10;
 /// Largest single ranged read (bounds memory per request in flight).
 const MAX_RANGE: u64 = 4 << 20;
+/// Most uncompressed bytes one range serves. Well-compressed data would otherwise make ranges
+/// of 20 MiB and more of work each: a restore window of only a dozen such ranges left one of
+/// two threads idle for a third of it, waiting on the other's last range.
+const MAX_RANGE_RAW: u64 = 8 << 20;
 
 /// One ranged read of a pack and the chunks it serves.
 pub struct FetchRange {
@@ -992,6 +996,8 @@ pub struct FetchRange {
     pub end: u64,
     /// (chunk id, its location)
     pub chunks: Vec<(Hash, Location)>,
+    /// Uncompressed bytes of its chunks: the work of decoding it.
+    pub raw: u64,
 }
 
 /// Groups chunks by pack and merges neighbours into ranged reads. `missing` builds the error
@@ -1016,8 +1022,10 @@ pub fn plan_ranges(
             if let Some(r) = &mut cur
                 && start <= r.end + COALESCE_GAP
                 && end - r.start <= MAX_RANGE
+                && r.raw + u64::from(loc.raw_len) <= MAX_RANGE_RAW
             {
                 r.end = r.end.max(end);
+                r.raw += u64::from(loc.raw_len);
                 r.chunks.push((id, loc));
                 continue;
             }
@@ -1027,6 +1035,7 @@ pub fn plan_ranges(
                 start,
                 end,
                 chunks: vec![(id, loc)],
+                raw: u64::from(loc.raw_len),
             });
         }
         ranges.extend(cur);

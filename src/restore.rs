@@ -20,13 +20,14 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::container::LeaseGuard;
-use crate::container::{Container, pack_key, plan_ranges, with_volume_offset};
+use crate::container::{Container, FetchRange, pack_key, plan_ranges, with_volume_offset};
 use crate::error::{Error, Result};
 use crate::ids::Hash;
 use crate::index::Locate;
@@ -324,76 +325,103 @@ fn restore_window(
         volume_offset: places.of(id).first().map_or(0, |p| p.0),
     })?;
     let max_run = (RUN_BUDGET / container.store().concurrency().max(1)).clamp(1 << 20, MAX_RUN);
+    // Largest first, each thread taking the next range when it is done with one: the window
+    // ends with the small ranges, so no thread waits long for another's last one.
+    let mut ranges = ranges;
+    ranges.sort_unstable_by_key(|r| std::cmp::Reverse(r.raw));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let take = || {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        ranges.get(i).filter(|_| !failed.load(Ordering::Relaxed))
+    };
     let res = container.on_io_pool(|| {
-        ranges.par_iter().try_for_each(|r| {
-            let key = pack_key(&r.pack);
-            BUFFERS.with(|cell| {
-                let Buffers {
-                    run: buf,
-                    repeats,
-                    repeat_at,
-                    places: order,
-                    read,
-                } = &mut *cell.borrow_mut();
-                // Every place each chunk of the range goes, in volume order.
-                order.clear();
-                for (k, (id, _)) in r.chunks.iter().enumerate() {
-                    order.extend(places.of(id).iter().map(|p| (p.0, k)));
-                }
-                order.sort_unstable_by_key(|p| p.0);
-                let own = container
-                    .store()
-                    .get_range_into(&key, r.start..r.end, read)?;
-                let data = match &own {
-                    Some(bytes) => &bytes[..],
-                    None => &read[..(r.end - r.start) as usize],
-                };
-                repeats.clear();
-                repeat_at.clear();
-                repeat_at.resize(r.chunks.len(), None);
-                // Adjacent chunks are decoded side by side and written together.
-                let (mut run_start, mut run_len) = (0u64, 0usize);
-                for &(off, k) in order.iter() {
-                    let (id, loc) = &r.chunks[k];
-                    let len = loc.raw_len as usize;
-                    if run_len > 0 && (run_start + run_len as u64 != off || run_len + len > max_run)
-                    {
-                        target.write(&buf[..run_len], run_start)?;
-                        wrote(run_len);
-                        run_len = 0;
-                    }
-                    if run_len == 0 {
-                        run_start = off;
-                    }
-                    if buf.len() < run_len + len {
-                        buf.resize(max_run + len, 0);
-                    }
-                    let out = &mut buf[run_len..run_len + len];
-                    if let Some(p) = repeat_at[k] {
-                        out.copy_from_slice(&repeats[p..p + len]);
-                    } else {
-                        let at = u64::from(loc.offset);
-                        let s = (at - r.start) as usize;
-                        let stored = &data[s..s + loc.stored_len as usize];
-                        decode_chunk_into(&key, at, id, loc.compression, stored, out)
-                            .map_err(|e| with_volume_offset(e, off))?;
-                        if places.of(id).len() > 1 {
-                            repeat_at[k] = Some(repeats.len());
-                            repeats.extend_from_slice(out);
-                        }
-                    }
-                    run_len += len;
-                }
-                if run_len > 0 {
-                    target.write(&buf[..run_len], run_start)?;
-                    wrote(run_len);
-                }
-                Ok::<(), Error>(())
-            })
+        let threads = rayon::current_num_threads().min(ranges.len());
+        (0..threads).into_par_iter().try_for_each(|_| {
+            while let Some(r) = take() {
+                restore_range(container, target, &places, r, max_run, wrote).inspect_err(|_| {
+                    failed.store(true, Ordering::Relaxed);
+                })?;
+            }
+            Ok(())
         })
     });
     window.clear();
     res
+}
+
+/// Reads, decodes and verifies one range and writes its chunks wherever they go.
+fn restore_range(
+    container: &Container,
+    target: &Target,
+    places: &Places<'_>,
+    r: &FetchRange,
+    max_run: usize,
+    wrote: &(dyn Fn(usize) + Sync),
+) -> Result<()> {
+    let key = pack_key(&r.pack);
+    BUFFERS.with(|cell| {
+        let Buffers {
+            run: buf,
+            repeats,
+            repeat_at,
+            places: order,
+            read,
+        } = &mut *cell.borrow_mut();
+        // Every place each chunk of the range goes, in volume order.
+        order.clear();
+        for (k, (id, _)) in r.chunks.iter().enumerate() {
+            order.extend(places.of(id).iter().map(|p| (p.0, k)));
+        }
+        order.sort_unstable_by_key(|p| p.0);
+        let own = container
+            .store()
+            .get_range_into(&key, r.start..r.end, read)?;
+        let data = match &own {
+            Some(bytes) => &bytes[..],
+            None => &read[..(r.end - r.start) as usize],
+        };
+        repeats.clear();
+        repeat_at.clear();
+        repeat_at.resize(r.chunks.len(), None);
+        // Adjacent chunks are decoded side by side and written together.
+        let (mut run_start, mut run_len) = (0u64, 0usize);
+        for &(off, k) in order.iter() {
+            let (id, loc) = &r.chunks[k];
+            let len = loc.raw_len as usize;
+            if run_len > 0 && (run_start + run_len as u64 != off || run_len + len > max_run) {
+                target.write(&buf[..run_len], run_start)?;
+                wrote(run_len);
+                run_len = 0;
+            }
+            if run_len == 0 {
+                run_start = off;
+            }
+            if buf.len() < run_len + len {
+                buf.resize(max_run + len, 0);
+            }
+            let out = &mut buf[run_len..run_len + len];
+            if let Some(p) = repeat_at[k] {
+                out.copy_from_slice(&repeats[p..p + len]);
+            } else {
+                let at = u64::from(loc.offset);
+                let s = (at - r.start) as usize;
+                let stored = &data[s..s + loc.stored_len as usize];
+                decode_chunk_into(&key, at, id, loc.compression, stored, out)
+                    .map_err(|e| with_volume_offset(e, off))?;
+                if places.of(id).len() > 1 {
+                    repeat_at[k] = Some(repeats.len());
+                    repeats.extend_from_slice(out);
+                }
+            }
+            run_len += len;
+        }
+        if run_len > 0 {
+            target.write(&buf[..run_len], run_start)?;
+            wrote(run_len);
+        }
+        Ok::<(), Error>(())
+    })
 }
 
 /// Checks, before writing anything, that every chunk of the backup is indexed and every pack it
