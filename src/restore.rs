@@ -3,10 +3,10 @@
 //! A backup restores from its own manifest alone (never by replaying a parent chain). The
 //! extent list is walked in windows of a few thousand chunks; within a window, chunks are grouped
 //! by pack and neighbouring chunks of one pack are fetched with one ranged read, ranges are
-//! fetched, decompressed and BLAKE3-verified in parallel (a chunk that occurs several times in
-//! the window once), and each chunk is written with positional writes at every offset where it
-//! occurs, in whatever order ranges complete. Writeback of finished windows runs on a thread of
-//! its own. Chunk locations come from a [`LocationTable`], which keeps them in a sorted scratch
+//! fetched, decompressed and BLAKE3-verified in parallel, largest first (a chunk that occurs
+//! several times in the window once), and each chunk is written with positional writes at every
+//! offset where it occurs, in whatever order ranges complete. Writeback of what was written is
+//! started every 32 MiB on a thread of its own, so the final fsync has little left to wait for. Chunk locations come from a [`LocationTable`], which keeps them in a sorted scratch
 //! file once the container is large, so memory is bounded by the window and the ranges in
 //! flight, not by the volume or the container. Each restore thread reuses its buffers (ranged
 //! read, assembled run, repeated chunks): no fresh pages to fault in per range.
