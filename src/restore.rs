@@ -6,7 +6,8 @@
 //! fetched, decompressed and BLAKE3-verified in parallel, largest first (a chunk that occurs
 //! several times in the window once), and each chunk is written with positional writes at every
 //! offset where it occurs, in whatever order ranges complete. Writeback of what was written is
-//! started every 32 MiB on a thread of its own, so the final fsync has little left to wait for. Chunk locations come from a [`LocationTable`], which keeps them in a sorted scratch
+//! started every 32 MiB on a thread of its own, so the final fsync has little left to wait for.
+//! Chunk locations come from a [`LocationTable`], which keeps them in a sorted scratch
 //! file once the container is large, so memory is bounded by the window and the ranges in
 //! flight, not by the volume or the container. Each restore thread reuses its buffers (ranged
 //! read, assembled run, repeated chunks): no fresh pages to fault in per range.
