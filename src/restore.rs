@@ -261,6 +261,8 @@ struct Buffers {
     repeats: Vec<u8>,
     /// Where each chunk of the range (by its position in the range) is in `repeats`.
     repeat_at: Vec<Option<usize>>,
+    /// Whether each chunk of the range goes to more than one place.
+    many: Vec<bool>,
     /// Every place a chunk of the range goes: (volume offset, position in the range).
     places: Vec<(u64, usize)>,
     /// The stored bytes of the range being restored (from stores that read into it).
@@ -320,7 +322,7 @@ fn restore_window(
     wrote: &(dyn Fn(usize) + Sync),
 ) -> Result<()> {
     let places = Places::new(window);
-    let ranges = plan_ranges(index, &places.ids, |id| Error::ChunkNotIndexed {
+    let mut ranges = plan_ranges(index, &places.ids, |id| Error::ChunkNotIndexed {
         backup_id: backup_id.into(),
         chunk: id.to_hex(),
         volume_offset: places.of(id).first().map_or(0, |p| p.0),
@@ -328,7 +330,6 @@ fn restore_window(
     let max_run = (RUN_BUDGET / container.store().concurrency().max(1)).clamp(1 << 20, MAX_RUN);
     // Largest first, each thread taking the next range when it is done with one: the window
     // ends with the small ranges, so no thread waits long for another's last one.
-    let mut ranges = ranges;
     ranges.sort_unstable_by_key(|r| std::cmp::Reverse(r.raw));
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
@@ -366,13 +367,17 @@ fn restore_range(
             run: buf,
             repeats,
             repeat_at,
+            many,
             places: order,
             read,
         } = &mut *cell.borrow_mut();
         // Every place each chunk of the range goes, in volume order.
         order.clear();
+        many.clear();
         for (k, (id, _)) in r.chunks.iter().enumerate() {
-            order.extend(places.of(id).iter().map(|p| (p.0, k)));
+            let at = places.of(id);
+            order.extend(at.iter().map(|p| (p.0, k)));
+            many.push(at.len() > 1);
         }
         order.sort_unstable_by_key(|p| p.0);
         let own = container
@@ -410,7 +415,7 @@ fn restore_range(
                 let stored = &data[s..s + loc.stored_len as usize];
                 decode_chunk_into(&key, at, id, loc.compression, stored, out)
                     .map_err(|e| with_volume_offset(e, off))?;
-                if places.of(id).len() > 1 {
+                if many[k] {
                     repeat_at[k] = Some(repeats.len());
                     repeats.extend_from_slice(out);
                 }
