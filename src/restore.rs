@@ -310,8 +310,8 @@ struct Buffers {
     many: Vec<bool>,
     /// Every place a chunk of the range goes: (volume offset, position in the range).
     places: Vec<(u64, usize)>,
-    /// Decoded runs of `run` not yet written: (volume offset, start, end in `run`).
-    unwritten: Vec<(u64, usize, usize)>,
+    /// What `run` holds that is not written yet.
+    unwritten: Unwritten,
     /// The stored bytes of the range being restored (from stores that read into it).
     read: Vec<u8>,
 }
@@ -441,18 +441,18 @@ fn restore_range(
         // Chunks are decoded into the run buffer, adjacent ones side by side, and written
         // when the buffer is full or the range done, or earlier if no other thread is writing.
         unwritten.clear();
-        let (mut used, mut pending, mut end) = (0usize, 0usize, 0u64);
         for &(off, k) in order.iter() {
             let (id, loc) = &r.chunks[k];
             let len = loc.raw_len as usize;
+            let used = unwritten.used();
             if used > 0 && used + len > max_run {
-                write_runs(target, buf, unwritten, true, wrote)?;
-                (used, pending) = (0, 0);
+                unwritten.write_all(buf, &target.writer(), wrote)?;
             }
-            if buf.len() < used + len {
+            let at = unwritten.used();
+            if buf.len() < at + len {
                 buf.resize(max_run + len, 0);
             }
-            let out = &mut buf[used..used + len];
+            let out = &mut buf[at..at + len];
             if let Some(p) = repeat_at[k] {
                 out.copy_from_slice(&repeats[p..p + len]);
             } else {
@@ -466,46 +466,72 @@ fn restore_range(
                     repeats.extend_from_slice(out);
                 }
             }
-            match unwritten.last_mut() {
-                Some(run) if run.2 == used && end == off => run.2 += len,
-                _ => unwritten.push((off, used, used + len)),
-            }
-            (used, pending, end) = (used + len, pending + len, off + len as u64);
-            if pending >= EAGER_WRITE && write_runs(target, buf, unwritten, false, wrote)? {
-                (used, pending) = (0, 0);
+            unwritten.push(off, len);
+            if unwritten.used() >= EAGER_WRITE
+                && let Some(one) = target.try_writer()
+            {
+                unwritten.write_all(buf, &one, wrote)?;
             }
         }
-        write_runs(target, buf, unwritten, true, wrote)?;
+        if unwritten.used() > 0 {
+            unwritten.write_all(buf, &target.writer(), wrote)?;
+        }
         Ok::<(), Error>(())
     })
 }
 
-/// Writes the decoded runs (all, or none if `wait` is false and another thread is writing);
-/// returns whether it did.
-fn write_runs(
-    target: &Target,
-    buf: &[u8],
-    runs: &mut Vec<(u64, usize, usize)>,
-    wait: bool,
-    wrote: &(dyn Fn(usize) + Sync),
-) -> Result<bool> {
-    if runs.is_empty() {
-        return Ok(true);
+/// The decoded chunks in a restore thread's run buffer that are not written yet: runs of chunks
+/// adjacent in the volume, `(volume offset, start, end in the buffer)`, back to back from the
+/// buffer's start.
+#[derive(Default)]
+struct Unwritten {
+    runs: Vec<(u64, usize, usize)>,
+}
+
+impl Unwritten {
+    fn clear(&mut self) {
+        self.runs.clear();
     }
-    let one = if wait {
-        target.writer()
-    } else {
-        match target.try_writer() {
-            Some(one) => one,
-            None => return Ok(false),
+
+    /// Bytes of the buffer in use; the next chunk is decoded right after them.
+    fn used(&self) -> usize {
+        self.runs.last().map_or(0, |r| r.2)
+    }
+
+    /// Records that the next `len` bytes of the buffer hold the chunk at volume offset `off`.
+    fn push(&mut self, off: u64, len: usize) {
+        let at = self.used();
+        match self.runs.last_mut() {
+            Some(run) if run.0 + (run.2 - run.1) as u64 == off => run.2 += len,
+            _ => self.runs.push((off, at, at + len)),
         }
-    };
-    for &(off, from, to) in runs.iter() {
-        one.write(&buf[from..to], off)?;
-        wrote(to - from);
     }
-    runs.clear();
-    Ok(true)
+
+    /// Writes every run and empties the buffer.
+    fn write_all(
+        &mut self,
+        buf: &[u8],
+        to: &impl WriteAt,
+        wrote: &(dyn Fn(usize) + Sync),
+    ) -> Result<()> {
+        for &(off, from, end) in &self.runs {
+            to.write_at(&buf[from..end], off)?;
+            wrote(end - from);
+        }
+        self.runs.clear();
+        Ok(())
+    }
+}
+
+/// Where [`Unwritten`] writes to: a [`Writer`], or an image in memory in tests.
+trait WriteAt {
+    fn write_at(&self, data: &[u8], offset: u64) -> Result<()>;
+}
+
+impl WriteAt for Writer<'_> {
+    fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
+        self.write(data, offset)
+    }
 }
 
 /// Checks, before writing anything, that every chunk of the backup is indexed and every pack it
@@ -691,4 +717,78 @@ pub fn run_restore_with(
         requests: container.store().requests().since(&requests_before),
         volume_metadata: manifest.volume_metadata,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::cell::RefCell;
+
+    /// A volume image in memory.
+    struct Image(RefCell<Vec<u8>>);
+
+    impl WriteAt for Image {
+        fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
+            let mut img = self.0.borrow_mut();
+            let at = offset as usize;
+            if img.len() < at + data.len() {
+                img.resize(at + data.len(), 0);
+            }
+            img[at..at + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    fn byte(off: u64) -> u8 {
+        (off % 251) as u8 + 1
+    }
+
+    proptest! {
+        /// Chunks decoded into one buffer, written whenever the buffer would overflow, at random
+        /// moments in between (the target was free) and at the end, land at their offsets:
+        /// runs of adjacent chunks merge, gaps stay gaps, nothing is written twice.
+        #[test]
+        fn unwritten_runs_land_where_they_belong(
+            chunks in proptest::collection::vec((0u64..3, 1usize..3000, any::<bool>()), 1..60),
+            max_run in 1usize..8000,
+        ) {
+            let img = Image(RefCell::new(Vec::new()));
+            let written = std::sync::atomic::AtomicUsize::new(0);
+            let wrote = |n: usize| {
+                written.fetch_add(n, Ordering::Relaxed);
+            };
+            let (mut buf, mut pending) = (Vec::new(), Unwritten::default());
+            let (mut off, mut expected) = (0u64, Vec::new());
+            for &(gap, len, free) in &chunks {
+                off += gap * 1000;
+                let used = pending.used();
+                if used > 0 && used + len > max_run {
+                    pending.write_all(&buf, &img, &wrote).unwrap();
+                }
+                let at = pending.used();
+                if buf.len() < at + len {
+                    buf.resize(max_run + len, 0);
+                }
+                for (i, b) in buf[at..at + len].iter_mut().enumerate() {
+                    *b = byte(off + i as u64);
+                }
+                pending.push(off, len);
+                prop_assert!(pending.used() <= max_run.max(len));
+                if free {
+                    pending.write_all(&buf, &img, &wrote).unwrap();
+                    prop_assert_eq!(pending.used(), 0);
+                }
+                expected.resize((off as usize) + len, 0);
+                for i in 0..len {
+                    expected[off as usize + i] = byte(off + i as u64);
+                }
+                off += len as u64;
+            }
+            pending.write_all(&buf, &img, &wrote).unwrap();
+            prop_assert_eq!(&*img.0.borrow(), &expected);
+            let total: usize = chunks.iter().map(|c| c.1).sum();
+            prop_assert_eq!(written.load(Ordering::Relaxed), total);
+        }
+    }
 }
