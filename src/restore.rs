@@ -5,7 +5,9 @@
 //! by pack and neighbouring chunks of one pack are fetched with one ranged read, ranges are
 //! fetched, decompressed and BLAKE3-verified in parallel, largest first (a chunk that occurs
 //! several times in the window once), and each chunk is written with positional writes at every
-//! offset where it occurs, in whatever order ranges complete. Writeback of what was written is
+//! offset where it occurs, in whatever order ranges complete. One thread writes at a time: a
+//! thread that finds the target busy keeps decoding and writes its runs later, rather than
+//! spinning on the file's lock in the kernel. Writeback of what was written is
 //! started every 32 MiB on a thread of its own, so the final fsync has little left to wait for.
 //! Chunk locations come from a [`LocationTable`], which keeps them in a sorted scratch
 //! file once the container is large, so memory is bounded by the window and the ranges in
