@@ -79,9 +79,9 @@ impl ContainerConfig {
                 self.pack_target
             )));
         }
-        if !(1..=22).contains(&self.zstd_level) {
+        if !crate::pack::valid_zstd_level(self.zstd_level) {
             return Err(Error::Config(format!(
-                "zstd level {} must be 1..=22",
+                "zstd level {} must be -7..=-1 or 1..=22",
                 self.zstd_level
             )));
         }

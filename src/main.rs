@@ -91,8 +91,9 @@ enum Cmd {
         /// Point-in-time label stored with the backup (Cinder's data_timestamp).
         #[arg(long)]
         data_timestamp: Option<String>,
-        /// zstd level for this backup (default: the container's).
-        #[arg(long)]
+        /// zstd level for this backup (default: the container's): 1..=22, or -7..=-1 for
+        /// zstd's fast levels (faster, larger).
+        #[arg(long, allow_negative_numbers = true)]
         zstd_level: Option<i32>,
         /// Average chunk size in bytes for a container created by this command.
         #[arg(long)]

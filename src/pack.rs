@@ -142,11 +142,17 @@ fn zstd_decompress_into(data: &[u8], out: &mut [u8]) -> std::io::Result<usize> {
     })
 }
 
+/// zstd levels a container or backup may use: zstd's fast (negative) levels down to -7 and
+/// its regular levels 1..=22. Level 0 would mean zstd's own default (3), so it is refused.
+pub fn valid_zstd_level(level: i32) -> bool {
+    (-7..=22).contains(&level) && level != 0
+}
+
 /// Compresses a chunk with zstd at `level`, keeping the raw bytes when compression saves less
 /// than 1/32 (decompressing costs more than the bytes saved are worth).
 pub fn encode_chunk(id: Hash, kind: ChunkKind, raw: &Bytes, level: i32) -> EncodedChunk {
     let raw_len = raw.len() as u32;
-    if level > 0
+    if level != 0
         && let Ok(Some(c)) = zstd_compress_below(raw, level, raw.len() - raw.len() / 32)
     {
         return EncodedChunk {

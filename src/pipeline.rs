@@ -309,8 +309,10 @@ pub fn run_backup(
     }
     let cfg = container.config().clone();
     let level = opts.zstd_level.unwrap_or(cfg.zstd_level);
-    if !(1..=22).contains(&level) {
-        return Err(Error::Config(format!("zstd level {level} must be 1..=22")));
+    if !crate::pack::valid_zstd_level(level) {
+        return Err(Error::Config(format!(
+            "zstd level {level} must be -7..=-1 or 1..=22"
+        )));
     }
     let volume = OpenVolume::open(source)?;
     let volume_name = volume.name().to_string();

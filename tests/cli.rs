@@ -433,3 +433,75 @@ fn usage_and_bad_input() {
     let err = fails(volback(&["list", "--container", cs]));
     assert!(err.contains("config"), "{err}");
 }
+
+/// zstd's fast levels are a per-backup choice from the command line (`--zstd-level -1`, not
+/// taken for a flag): they store more than level 1 and restore the same bytes. Level 0 (zstd's
+/// "default") and levels out of range are refused before anything is written.
+#[test]
+fn fast_zstd_levels_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = text_like(4_000_000, 5);
+    let vol = d.join("v.img");
+    std::fs::write(&vol, &data).unwrap();
+    let mut stored = Vec::new();
+    for level in ["1", "-1", "-7"] {
+        let c = d.join(format!("c{level}"));
+        let cs = c.to_str().unwrap();
+        let out = ok(volback(&[
+            "backup",
+            "--container",
+            cs,
+            "--volume",
+            vol.to_str().unwrap(),
+            "--backup-id",
+            "b",
+            "--zstd-level",
+            level,
+            "--json",
+        ]));
+        let bytes_new = json_of(&out)["bytes_new"].as_u64().unwrap();
+        assert!(
+            bytes_new < data.len() as u64 / 2,
+            "level {level}: {bytes_new}"
+        );
+        stored.push(bytes_new);
+        let t = d.join(format!("r{level}.img"));
+        ok(volback(&[
+            "restore",
+            "--container",
+            cs,
+            "--backup-id",
+            "b",
+            "--target",
+            t.to_str().unwrap(),
+            "--no-sync",
+        ]));
+        assert!(std::fs::read(&t).unwrap() == data, "level {level}");
+    }
+    assert!(stored[0] < stored[1] && stored[1] < stored[2], "{stored:?}");
+    for level in ["0", "-8", "23"] {
+        let c = d.join("refused");
+        let err = fails(volback(&[
+            "backup",
+            "--container",
+            c.to_str().unwrap(),
+            "--volume",
+            vol.to_str().unwrap(),
+            "--zstd-level",
+            level,
+        ]));
+        assert!(err.contains("zstd level"), "{level}: {err}");
+        let l = json_of(&ok(volback(&[
+            "list",
+            "--container",
+            c.to_str().unwrap(),
+            "--json",
+        ])));
+        assert_eq!(
+            l["backups"].as_array().map(Vec::len),
+            Some(0),
+            "level {level}"
+        );
+    }
+}
