@@ -17,13 +17,23 @@
 //! buffers, so memory does not depend on the volume size. A data chunk that happens to be all
 //! zeros is emitted as a zero extent as well.
 //!
+//! An incremental is cut with its parent's chunks as a [`Guide`]: a chunk that starts where a
+//! parent chunk started and hashes to its id is taken without scanning for its cut, which
+//! FastCDC would have put at the same place. The pieces are the same as without a guide
+//! (tested on random edits, holes and buffer sizes); the guide saves the scan and the hash.
+//!
 //! Cutting is the pipeline's one sequential stage, so a long buffer is cut on several threads
 //! at once, each part from its own start, and the parts' chains of cuts are joined where they
 //! meet the true one (`Cdc::cut_parallel`): the cut points are exactly those of cutting in
 //! one go (tested against it, including data whose chains never meet).
 
+use std::sync::Mutex;
+use std::sync::mpsc::Receiver;
+
 use bytes::{Bytes, BytesMut};
 use fastcdc::v2020::{self, Normalization};
+
+use crate::ids::Hash;
 
 /// Zero detection works on blocks of this size, aligned to absolute volume offsets.
 pub const ZERO_BLOCK: u64 = 4096;
@@ -91,6 +101,9 @@ pub enum Piece {
     Zero(u64),
     /// One content-defined chunk.
     Data(Bytes),
+    /// A chunk identical to the parent backup's chunk at the same offset: the chunker has
+    /// already hashed it (to this id) to know so. See [`Guide`].
+    Seen(Bytes, Hash),
 }
 
 impl Piece {
@@ -98,7 +111,7 @@ impl Piece {
     pub fn len(&self) -> u64 {
         match self {
             Piece::Zero(n) => *n,
-            Piece::Data(b) => b.len() as u64,
+            Piece::Data(b) | Piece::Seen(b, _) => b.len() as u64,
         }
     }
 
@@ -132,6 +145,91 @@ fn zero_bytes(len: u64) -> Bytes {
     }
 }
 
+/// A chunk of the parent backup that ended at a FastCDC cut (the next extent is data too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuideEntry {
+    /// Volume offset where the chunk starts.
+    pub offset: u64,
+    pub len: u32,
+    pub id: Hash,
+}
+
+/// The parent backup's chunks, streamed in offset order, as a guide for cutting an incremental.
+///
+/// FastCDC's cut depends only on the bytes from the chunk's start. So when a chunk starts where
+/// a parent chunk started, and the next `len` bytes hash to that chunk's id, FastCDC would cut
+/// exactly there: the chunker takes the cut without scanning for it, and the chunk's id is
+/// already known. Only chunks that ended at a true cut are guides, never the last chunk of a
+/// region (its end was the region's, not a cut). An unchanged volume is then hashed once and
+/// never scanned; the chunks are exactly those of cutting without a guide.
+pub struct Guide {
+    // In a mutex only to be `Sync` (the chunker shares itself with its cutting threads); it is
+    // locked once per batch of entries.
+    rx: Mutex<Receiver<Vec<GuideEntry>>>,
+    buf: Vec<GuideEntry>,
+    next: usize,
+}
+
+impl Guide {
+    /// A guide fed, in increasing offset order, through `rx`. When the sender is gone, it
+    /// simply has no more entries.
+    pub fn new(rx: Receiver<Vec<GuideEntry>>) -> Self {
+        Guide {
+            rx: Mutex::new(rx),
+            buf: Vec::new(),
+            next: 0,
+        }
+    }
+
+    /// The first parent chunk that starts at or after `offset`. Offsets asked for never
+    /// decrease, so entries before it are dropped.
+    fn from(&mut self, offset: u64) -> Option<GuideEntry> {
+        loop {
+            while let Some(e) = self.buf.get(self.next) {
+                if e.offset >= offset {
+                    return Some(*e);
+                }
+                self.next += 1;
+            }
+            self.buf = self.rx.lock().ok()?.recv().ok()?;
+            self.next = 0;
+        }
+    }
+
+    /// The length and id of the chunk starting at `offset` in `src` (which starts there) if it
+    /// is the parent's chunk at that offset.
+    fn follow(&mut self, offset: u64, src: &[u8]) -> Option<(usize, Hash)> {
+        let e = self.from(offset).filter(|e| e.offset == offset)?;
+        let n = e.len as usize;
+        if n == 0 || n > src.len() {
+            return None;
+        }
+        let id = Hash::of(&src[..n]);
+        (id == e.id).then_some((n, id))
+    }
+}
+
+/// Picks a backup's guide entries from its extents, given in order: a data chunk is a guide only
+/// if the extent after it is data too (then its end was a FastCDC cut, not a region's end).
+#[derive(Debug, Default)]
+pub struct GuideFilter {
+    prev: Option<GuideEntry>,
+}
+
+impl GuideFilter {
+    /// The next extent, at `offset`: `Some((len, id))` for a data chunk, `None` for zeros.
+    /// Returns the data chunk before it if that one is a guide.
+    pub fn next(&mut self, offset: u64, data: Option<(u32, Hash)>) -> Option<GuideEntry> {
+        let this = data.map(|(len, id)| GuideEntry { offset, len, id });
+        let prev = std::mem::replace(&mut self.prev, this);
+        prev.filter(|_| this.is_some())
+    }
+}
+
+/// Guide misses in a row (no parent chunk starts there, or its bytes changed) after which the
+/// rest of a buffer is cut in parallel, unguided: the data there has moved or changed.
+const GUIDE_MISSES: u32 = 4;
+
 /// Smallest stretch of a buffer cut on a thread of its own (see [`Cdc::cut_parallel`]).
 const PAR_SEGMENT: usize = 1 << 20;
 
@@ -146,6 +244,10 @@ pub(crate) struct Cdc {
     /// Threads a long buffer is cut on, and the least bytes each gets.
     threads: usize,
     par_segment: usize,
+    /// Volume offset of the next chunk's start (where `pending` starts).
+    pos: u64,
+    guide: Option<Guide>,
+    misses: u32,
 }
 
 impl Cdc {
@@ -160,7 +262,23 @@ impl Cdc {
             pending: BytesMut::new(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
             par_segment: PAR_SEGMENT,
+            pos: 0,
+            guide: None,
+            misses: 0,
         }
+    }
+
+    /// The chunk at the start of `src` (which starts at `self.pos`), if the guide has it.
+    fn follow(&mut self, src: &[u8]) -> Option<(usize, Hash)> {
+        let hit = self.guide.as_mut()?.follow(self.pos, src);
+        self.misses = if hit.is_some() { 0 } else { self.misses + 1 };
+        hit
+    }
+
+    /// Volume bytes that bypass the chunker (a zero extent between regions).
+    pub(crate) fn skip(&mut self, len: u64) {
+        debug_assert!(self.pending.is_empty());
+        self.pos += len;
     }
 
     /// Length of the first chunk of `src`, as FastCDC would cut it if `src` were all there is.
@@ -189,6 +307,11 @@ impl Cdc {
     /// Feeds the next bytes of the current region; `sink` receives every chunk whose cut point is
     /// final.
     pub(crate) fn feed(&mut self, data: Bytes, mut sink: impl FnMut(Bytes)) {
+        self.feed_guided(data, |c, _| sink(c));
+    }
+
+    /// Like [`Self::feed`]; `sink` also gets the id of a chunk the guide recognised.
+    fn feed_guided(&mut self, data: Bytes, mut sink: impl FnMut(Bytes, Option<Hash>)) {
         let mut pos = 0;
         // While a chunk is in progress in `pending`, top it up from `data` and cut it there. (A
         // cut may fall inside the old pending bytes: FastCDC never tests the last byte of an
@@ -198,33 +321,51 @@ impl Cdc {
             let take = (data.len() - pos).min(self.max - old);
             self.pending.extend_from_slice(&data[pos..pos + take]);
             pos += take;
-            let n = self.cut(&self.pending);
-            if !self.is_final(n, self.pending.len()) {
+            let pending = std::mem::take(&mut self.pending);
+            let guided = self.follow(&pending);
+            self.pending = pending;
+            let (n, id) = match guided {
+                Some((n, id)) => (n, Some(id)),
+                None => (self.cut(&self.pending), None),
+            };
+            if id.is_none() && !self.is_final(n, self.pending.len()) {
                 return; // all of `data` is pending now
             }
-            sink(self.pending.split_to(n).freeze());
+            sink(self.pending.split_to(n).freeze(), id);
+            self.pos += n as u64;
             if n >= old {
                 // The rest of `pending` was copied from `data`: continue there without copying.
                 pos -= self.pending.len();
                 self.pending.clear();
             }
         }
-        let parts = ((data.len() - pos) / self.par_segment).min(self.threads);
-        if parts >= 2 {
-            if let Some(rest) = self.cut_parallel(&data, pos, parts, &mut sink) {
-                self.pending.extend_from_slice(&data[rest..]);
-            }
-            return;
-        }
         while pos < data.len() {
             let rest = &data[pos..];
+            if let Some((n, id)) = self.follow(rest) {
+                sink(data.slice(pos..pos + n), Some(id));
+                pos += n;
+                self.pos += n as u64;
+                continue;
+            }
+            // Unguided, or the guide keeps missing: cut what is left of a long buffer in
+            // parallel.
+            let parts = (rest.len() / self.par_segment).min(self.threads);
+            if parts >= 2 && (self.guide.is_none() || self.misses >= GUIDE_MISSES) {
+                self.misses = 0;
+                let rest = self.cut_parallel(&data, pos, parts, &mut |c| sink(c, None));
+                let end = rest.unwrap_or(data.len());
+                self.pos += (end - pos) as u64;
+                self.pending.extend_from_slice(&data[end..]);
+                return;
+            }
             let n = self.cut(rest);
             if !self.is_final(n, rest.len()) {
                 self.pending.extend_from_slice(rest);
                 return;
             }
-            sink(data.slice(pos..pos + n));
+            sink(data.slice(pos..pos + n), None);
             pos += n;
+            self.pos += n as u64;
         }
     }
 
@@ -314,6 +455,7 @@ impl Cdc {
     /// The region ends: whatever is pending is its last chunk.
     pub(crate) fn end_region(&mut self, mut sink: impl FnMut(Bytes)) {
         if !self.pending.is_empty() {
+            self.pos += self.pending.len() as u64;
             sink(self.pending.split().freeze());
         }
     }
@@ -341,6 +483,15 @@ impl Splitter {
             zrun: 0,
             tail: BytesMut::new(),
         }
+    }
+
+    /// A splitter for an incremental, guided by the parent backup's chunks: the same pieces as
+    /// [`Self::new`], but chunks that did not change are hashed once and never scanned for a cut
+    /// (they come out as [`Piece::Seen`]).
+    pub fn with_guide(params: ChunkerParams, guide: Guide) -> Self {
+        let mut s = Splitter::new(params);
+        s.cdc.guide = Some(guide);
+        s
     }
 
     /// Bytes pushed so far (data and holes).
@@ -390,16 +541,20 @@ impl Splitter {
                 if self.zrun >= u64::from(self.params.zero_min) {
                     if run_start > data_start {
                         self.cdc
-                            .feed(buf.slice(data_start..run_start), |c| emit(out, c));
+                            .feed_guided(buf.slice(data_start..run_start), |c, id| {
+                                emit(out, c, id)
+                            });
                     }
-                    self.cdc.end_region(|c| emit(out, c));
+                    self.cdc.end_region(|c| emit(out, c, None));
+                    self.cdc.skip(self.zrun);
                     push_zero(out, self.zrun);
                     data_start = i;
                 } else if carried > 0 {
                     // The run began in an earlier buffer or hole and is too short to be a zero
                     // extent: its earlier part becomes data ahead of this buffer's bytes
                     // (data_start is 0 here, since the run covers the buffer up to `i`).
-                    self.cdc.feed(zero_bytes(carried), |c| emit(out, c));
+                    self.cdc
+                        .feed_guided(zero_bytes(carried), |c, id| emit(out, c, id));
                 }
                 self.zrun = 0;
                 run_in_buf = 0;
@@ -411,7 +566,7 @@ impl Splitter {
         let feed_end = len - run_in_buf;
         if feed_end > data_start {
             self.cdc
-                .feed(buf.slice(data_start..feed_end), |c| emit(out, c));
+                .feed_guided(buf.slice(data_start..feed_end), |c, id| emit(out, c, id));
         }
         self.offset += len as u64;
     }
@@ -441,22 +596,28 @@ impl Splitter {
         }
         if self.zrun > 0 {
             if self.zrun >= u64::from(self.params.zero_min) {
-                self.cdc.end_region(|c| emit(out, c));
+                self.cdc.end_region(|c| emit(out, c, None));
+                self.cdc.skip(self.zrun);
                 push_zero(out, self.zrun);
             } else {
-                self.cdc.feed(zero_bytes(self.zrun), |c| emit(out, c));
-                self.cdc.end_region(|c| emit(out, c));
+                self.cdc
+                    .feed_guided(zero_bytes(self.zrun), |c, id| emit(out, c, id));
+                self.cdc.end_region(|c| emit(out, c, None));
             }
             self.zrun = 0;
         } else {
-            self.cdc.end_region(|c| emit(out, c));
+            self.cdc.end_region(|c| emit(out, c, None));
         }
+        debug_assert_eq!(self.cdc.pos, self.offset, "chunker position lost track");
     }
 }
 
-/// Appends a chunk; one that is all zeros becomes a zero extent (it needs no storage).
-fn emit(out: &mut Vec<Piece>, chunk: Bytes) {
-    if is_zero(&chunk) {
+/// Appends a chunk; one that is all zeros becomes a zero extent (it needs no storage). A chunk
+/// the guide recognised is a parent's data chunk, so not all zeros.
+fn emit(out: &mut Vec<Piece>, chunk: Bytes, seen: Option<Hash>) {
+    if let Some(id) = seen {
+        out.push(Piece::Seen(chunk, id));
+    } else if is_zero(&chunk) {
         push_zero(out, chunk.len() as u64);
     } else {
         out.push(Piece::Data(chunk));
@@ -478,7 +639,10 @@ mod tests {
     use crate::testdata::pseudo_random;
 
     fn split_all(params: ChunkerParams, input: &[Input]) -> Vec<Piece> {
-        let mut s = Splitter::new(params);
+        split_with(Splitter::new(params), input)
+    }
+
+    fn split_with(mut s: Splitter, input: &[Input]) -> Vec<Piece> {
         let mut out = Vec::new();
         for i in input {
             match i {
@@ -515,7 +679,7 @@ mod tests {
         for p in pieces {
             match p {
                 Piece::Zero(n) => v.resize(v.len() + *n as usize, 0),
-                Piece::Data(b) => v.extend_from_slice(b),
+                Piece::Data(b) | Piece::Seen(b, _) => v.extend_from_slice(b),
             }
         }
         v
@@ -723,6 +887,141 @@ mod tests {
         // Too short for a zero run, but an all-zero chunk is stored as a zero extent anyway.
         let pieces = split_all(p, &[Input::Data(vec![0; 5000])]);
         assert_eq!(pieces, vec![Piece::Zero(5000)]);
+    }
+
+    /// Cuts `new` guided by the chunks of `parent` (fed in buffers of `sizes`), and checks the
+    /// pieces against cutting `new` without a guide: the same pieces, with the guided ones' ids
+    /// right. Returns how many chunks the guide recognised.
+    fn guided_matches_unguided(
+        params: ChunkerParams,
+        parent: &[Input],
+        new: &[u8],
+        sizes: &[usize],
+    ) -> usize {
+        let mut filter = GuideFilter::default();
+        let mut entries = Vec::new();
+        let mut offset = 0;
+        for p in split_all(params, parent) {
+            let data = match &p {
+                Piece::Data(b) => Some((b.len() as u32, Hash::of(b))),
+                Piece::Zero(_) => None,
+                Piece::Seen(..) => unreachable!("unguided"),
+            };
+            entries.extend(filter.next(offset, data));
+            offset += p.len();
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(entries.len().div_ceil(3) + 1);
+        for batch in entries.chunks(3) {
+            tx.send(batch.to_vec()).unwrap();
+        }
+        drop(tx);
+        let mut input = Vec::new();
+        let (mut pos, mut k) = (0, 0);
+        while pos < new.len() {
+            let n = sizes[k % sizes.len()].min(new.len() - pos);
+            input.push(Input::Data(new[pos..pos + n].to_vec()));
+            pos += n;
+            k += 1;
+        }
+        let guided = split_with(Splitter::with_guide(params, Guide::new(rx)), &input);
+        let plain = split_all(params, &input);
+        let mut seen = 0;
+        let unguided: Vec<Piece> = guided
+            .iter()
+            .map(|p| match p {
+                Piece::Seen(b, id) => {
+                    assert_eq!(*id, Hash::of(b));
+                    seen += 1;
+                    Piece::Data(b.clone())
+                }
+                p => p.clone(),
+            })
+            .collect();
+        assert_eq!(lens(&unguided), lens(&plain));
+        assert!(unguided == plain);
+        seen
+    }
+
+    fn small_params() -> ChunkerParams {
+        ChunkerParams {
+            min: 1024,
+            avg: 4096,
+            max: 16384,
+            zero_min: 8192,
+        }
+    }
+
+    /// An unchanged volume is recognised chunk by chunk, except each region's last chunk.
+    #[test]
+    fn guide_recognises_an_unchanged_volume() {
+        let p = small_params();
+        let mut data = pseudo_random(300_000, 7);
+        data[100_000..120_000].fill(0); // two regions
+        let parent = [Input::Data(data.clone())];
+        let plain = split_all(p, &parent);
+        let data_chunks = plain.iter().filter(|p| matches!(p, Piece::Data(_))).count();
+        for sizes in [&[1 << 20][..], &[4096, 10_000, 333]] {
+            let seen = guided_matches_unguided(p, &parent, &data, sizes);
+            assert_eq!(seen, data_chunks - 2, "buffers {sizes:?}");
+        }
+    }
+
+    /// A region's last chunk is no guide: here the zero run that ended the parent's first region
+    /// is data now, so the region goes on and FastCDC cuts elsewhere.
+    #[test]
+    fn a_region_end_is_no_guide() {
+        let p = small_params();
+        let mut data = pseudo_random(200_000, 9);
+        // Whole aligned blocks, so the zero run is exactly these bytes and the region's last
+        // chunk ends at 53,248 with the same bytes in both.
+        data[53_248..73_728].fill(0);
+        let parent = [Input::Data(data.clone())];
+        data[53_248..73_728].copy_from_slice(&pseudo_random(20_480, 10));
+        let seen = guided_matches_unguided(p, &parent, &data, &[7000]);
+        assert!(seen > 0);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Whatever changed (bytes overwritten, inserted, deleted, zeroed, or a hole), guided
+        /// cutting gives exactly the pieces of unguided cutting, whatever the buffer sizes.
+        #[test]
+        fn guided_cutting_is_cutting(
+            seed in 0u64..1000,
+            edits in proptest::collection::vec((0usize..400_000, 0u8..4, 1usize..30_000), 0..6),
+            hole in proptest::option::of((0u64..90, 1u64..8)),
+            sizes in proptest::collection::vec(1usize..70_000, 1..4),
+        ) {
+            let p = small_params();
+            let parent = pseudo_random(400_000, seed);
+            let mut new = parent.clone();
+            for (at, kind, len) in edits {
+                let at = at.min(new.len());
+                let end = (at + len).min(new.len());
+                match kind {
+                    0 => new[at..end].copy_from_slice(&pseudo_random(end - at, seed + 1)),
+                    1 => { new.splice(at..at, pseudo_random(len, seed + 2)); }
+                    2 => { new.drain(at..end); }
+                    _ => new[at..end].fill(0),
+                }
+            }
+            let parent_input = match hole {
+                // The parent had a hole where `new` has data.
+                Some((at, n)) => {
+                    let (a, n) = ((at * 4096) as usize, (n * 4096) as usize);
+                    let a = a.min(parent.len());
+                    let n = n.min(parent.len() - a);
+                    vec![
+                        Input::Data(parent[..a].to_vec()),
+                        Input::Hole(n as u64),
+                        Input::Data(parent[a + n..].to_vec()),
+                    ]
+                }
+                None => vec![Input::Data(parent.clone())],
+            };
+            guided_matches_unguided(p, &parent_input, &new, &sizes);
+        }
     }
 
     #[test]

@@ -623,17 +623,34 @@ impl Container {
 
     /// What a backup deduplicates against: the chunks held by packs that exist and are not
     /// condemned, as a compact [`ChunkSet`], and the condemned pack names it must not produce.
-    pub fn load_dedup_set(&self) -> Result<(ChunkSet, HashSet<Hash>)> {
+    ///
+    /// Also returns where the chunks in `wanted` are (an incremental's parent extent list), so
+    /// they are found in the same pass over the index.
+    pub fn load_dedup_set(
+        &self,
+        wanted: &HashSet<Hash>,
+    ) -> Result<(ChunkSet, HashSet<Hash>, Index)> {
         let mut set = ChunkSet::new();
-        let scan = self.scan_index(IndexUse::Backup, |_, entries, exists, condemned| {
+        let mut found = Index::new();
+        let scan = self.scan_index(IndexUse::Backup, |pack, entries, exists, condemned| {
             if exists && !condemned {
                 for e in entries {
                     set.insert(&e.id);
                 }
+                if !wanted.is_empty() {
+                    let hits: Vec<PackEntry> = entries
+                        .iter()
+                        .filter(|e| wanted.contains(&e.id))
+                        .copied()
+                        .collect();
+                    if !hits.is_empty() {
+                        found.add_pack(*pack, &hits);
+                    }
+                }
             }
         })?;
         set.compact();
-        Ok((set, scan.condemned))
+        Ok((set, scan.condemned, found))
     }
 
     /// Visits every pack the index knows, with whether it exists and whether it is condemned,

@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! backup:  volume ──read (SEEK_HOLE skips holes)──> zero runs + FastCDC (parallel) [source, chunker]
+//!            (incremental: parent's chunks as a guide; an unchanged chunk is hashed, not scanned)
 //!            ──BLAKE3 (parallel)──> dedup (ChunkSet, 16 B/chunk) ──zstd (parallel)──> [pipeline, index]
 //!            pack builder ──PUT pack──> index segment ──PUT──> manifest (create-only) [pack, index, manifest]
 //!
@@ -16,6 +17,13 @@
 //!          manifest ──> extent-list chunks ──> windows of extents ──group by pack──>  [restore]
 //!            ranged GETs (coalesced, parallel) ──zstd -d, BLAKE3 verify──> pwrite at offsets
 //! ```
+//!
+//! An incremental reads its parent's extent list alongside the volume. Where a chunk starts at
+//! the offset where a parent chunk started, and its bytes hash to that chunk's id, FastCDC
+//! would cut exactly there. So the chunker takes that cut without scanning for it
+//! ([`chunker::Guide`]). The chunks are the same as without the guide; an unchanged volume is
+//! hashed once and never scanned. The guide only saves work: its ids are computed from the
+//! volume's bytes, and a parent that cannot be read leaves the volume unguided.
 //!
 //! Memory does not grow with the volume: a backup holds a window of the pipeline (a few 4 MiB
 //! read buffers, the pack being built and the packs uploading: one on a filesystem, up to three

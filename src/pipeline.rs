@@ -11,6 +11,10 @@
 //!                           append to pack; extent list
 //! ```
 //!
+//! An incremental adds one more thread: it walks the parent's extent list and feeds the chunker
+//! the parent's chunks as a guide (`chunker::Guide`), so unchanged chunks are hashed once and
+//! not scanned for cut points.
+//!
 //! Then the manifest is committed with a create-only write: the backup exists from that moment,
 //! and not a moment before. A failure anywhere leaves only unreferenced packs and index entries,
 //! which the garbage collector reclaims after its grace period.
@@ -25,13 +29,14 @@ use bytes::Bytes;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::chunker::{Piece, Splitter};
+use crate::chunker::{Guide, GuideEntry, GuideFilter, Piece, Splitter};
 use crate::container::{Container, LeaseGuard, manifest_key, now_rfc3339, now_unix, pack_key};
 use crate::error::{Error, Result};
 use crate::ids::{Hash, new_backup_id, validate_id};
 use crate::index::ChunkSet;
+use crate::index::Index;
 use crate::manifest::{
-    ExtentListWriter, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestStats, MetaRef,
+    Extent, ExtentListWriter, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestStats, MetaRef,
 };
 use crate::pack::{ChunkKind, EncodedChunk, PackBuilder, PackEntry, encode_chunk};
 use crate::source::{Input, OpenVolume, VolumeSource};
@@ -295,10 +300,11 @@ pub fn run_backup(
             container: container.url().into(),
         });
     }
+    let mut parent_manifest = None;
     if let Some(parent) = &opts.parent_id {
         validate_id("parent id", parent)?;
         match container.read_manifest(parent) {
-            Ok(_) => {}
+            Ok((m, _)) => parent_manifest = Some(m),
             Err(
                 Error::BackupNotFound { id, container } | Error::BackupDeleted { id, container },
             ) => {
@@ -320,7 +326,17 @@ pub fn run_backup(
     // condemns packs after this point sees the lease and waits for this backup to end; one that
     // condemned packs before it is seen by the index load, which skips condemned packs.
     let lease = LeaseGuard::take(container, &backup_id, opts.lease_ttl.unwrap_or(LEASE_TTL))?;
-    let (known, condemned) = container.load_dedup_set()?;
+    // An incremental is cut guided by its parent's chunks (`chunker::Guide`); their extent list
+    // is located in the same pass over the index.
+    let parent_metas: HashSet<Hash> = match &parent_manifest {
+        Some(m) => m
+            .meta_ids(&manifest_key(&m.backup_id))?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect(),
+        None => HashSet::new(),
+    };
+    let (known, condemned, parent_index) = container.load_dedup_set(&parent_metas)?;
 
     let bytes_read = AtomicU64::new(0);
     let result = std::thread::scope(|s| -> Result<_> {
@@ -337,8 +353,17 @@ pub fn run_backup(
                 let _ = tx.send(Err(e));
             }
         });
+        let guide = parent_manifest.as_ref().map(|parent| {
+            let (tx, rx) = sync_channel(2);
+            let parent_index = &parent_index;
+            s.spawn(move || feed_guide(container, parent_index, parent, tx));
+            Guide::new(rx)
+        });
         let chunker = s.spawn(|| {
-            let mut splitter = Splitter::new(cfg.chunker);
+            let mut splitter = match guide {
+                Some(g) => Splitter::with_guide(cfg.chunker, g),
+                None => Splitter::new(cfg.chunker),
+            };
             let tx = batch_tx;
             for input in input_rx {
                 let mut out = Vec::new();
@@ -396,6 +421,7 @@ pub fn run_backup(
                             .par_iter()
                             .map(|p| match p {
                                 Piece::Data(b) => Some(Hash::of(b)),
+                                Piece::Seen(_, id) => Some(*id),
                                 Piece::Zero(_) => None,
                             })
                             .collect()
@@ -407,7 +433,7 @@ pub fn run_backup(
                 for (p, id) in pieces.iter().zip(&ids) {
                     size += p.len();
                     match (p, id) {
-                        (Piece::Data(b), Some(id)) => {
+                        (Piece::Data(b) | Piece::Seen(b, _), Some(id)) => {
                             chunks_total += 1;
                             extents.push_data(b.len() as u32, id);
                             if !packer.is_known(id) {
@@ -514,4 +540,50 @@ pub fn run_backup(
         requests: container.store().requests().since(&requests_before),
     };
     Ok((manifest, bytes, report))
+}
+
+/// Guide entries sent to the chunker at a time.
+const GUIDE_BATCH: usize = 4096;
+
+/// Walks the parent's extent list and sends the chunker the parent's chunks that ended at a
+/// FastCDC cut: a data extent followed by another data extent (see `chunker::Guide`). The guide
+/// only saves work, so a parent whose extent list cannot be read just leaves the rest of the
+/// volume unguided (with a warning); the backup does not depend on it.
+fn feed_guide(
+    container: &Container,
+    index: &Index,
+    parent: &Manifest,
+    tx: SyncSender<Vec<GuideEntry>>,
+) {
+    let mut batch = Vec::with_capacity(GUIDE_BATCH);
+    let mut filter = GuideFilter::default();
+    let mut gone = false;
+    let res = container.walk_extents(index, parent, |offset, e| {
+        let data = match e {
+            Extent::Data { len, id } => Some((*len, *id)),
+            Extent::Zero { .. } => None,
+        };
+        if let Some(g) = filter.next(offset, data) {
+            batch.push(g);
+            if batch.len() == GUIDE_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(GUIDE_BATCH));
+                if tx.send(full).is_err() {
+                    gone = true;
+                    return Err(Error::Internal("chunker gone".into()));
+                }
+            }
+        }
+        Ok(())
+    });
+    match res {
+        Ok(()) => {
+            let _ = tx.send(batch);
+        }
+        Err(_) if gone => {} // the chunker stopped first
+        Err(e) => tracing::warn!(
+            parent = %parent.backup_id,
+            error = %e,
+            "parent extent list unreadable: the rest of the volume is cut unguided"
+        ),
+    }
 }
