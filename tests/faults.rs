@@ -171,3 +171,40 @@ fn a_permanent_failure_at_any_request_commits_nothing_partial_and_loses_nothing(
         restore_matches(&c, "next", &next, scratch.path());
     }
 }
+
+/// The parent guides an incremental's chunking only to save work. With the parent's extent
+/// list gone (its metadata packs deleted), the incremental is still made, complete and
+/// restorable, with the same chunks as a guided one.
+#[test]
+fn an_unreadable_parent_only_costs_the_guide() {
+    let scratch = tempfile::tempdir().unwrap();
+    let base = volume(3);
+    let mut next = base.clone();
+    next[700_000..760_000].copy_from_slice(&pseudo_random(60_000, 5));
+    let mut reports = Vec::new();
+    for damage in [false, true] {
+        let mem = Arc::new(MemStore::new());
+        let c = Container::with_store(mem.clone(), "mem://".into(), true, None).unwrap();
+        run_backup(&c, source(&base), &backup_opts("base", None), None).unwrap();
+        if damage {
+            let mut deleted = 0;
+            for o in mem.list("packs/").unwrap() {
+                let pack = mem.get(&o.key).unwrap();
+                let entries = volback::pack::parse_pack(&o.key, &pack).unwrap();
+                if entries
+                    .iter()
+                    .any(|e| e.kind == volback::pack::ChunkKind::Meta)
+                {
+                    mem.delete(&o.key).unwrap();
+                    deleted += 1;
+                }
+            }
+            assert!(deleted > 0);
+        }
+        let (_, _, r) =
+            run_backup(&c, source(&next), &backup_opts("next", Some("base")), None).unwrap();
+        restore_matches(&c, "next", &next, scratch.path());
+        reports.push((r.chunks_total, r.size, r.zero_bytes));
+    }
+    assert_eq!(reports[0], reports[1]);
+}
