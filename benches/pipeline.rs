@@ -44,7 +44,7 @@ fn chunks_of(data: &Bytes) -> Vec<Bytes> {
     split(data)
         .into_iter()
         .filter_map(|p| match p {
-            Piece::Data(b) | Piece::Seen(b, _) => Some(b),
+            Piece::Data(b) | Piece::Hashed(b, _) => Some(b),
             Piece::Zero(_) => None,
         })
         .collect()

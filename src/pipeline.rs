@@ -91,6 +91,9 @@ pub struct BackupReport {
     pub bytes_new: u64,
     pub chunks_total: u64,
     pub chunks_new: u64,
+    /// Chunks an incremental took from its parent's guide, without scanning for their cut
+    /// (`chunker::Guide`): how much of the volume was recognised in place or followed.
+    pub chunks_guided: u64,
     pub zero_bytes: u64,
     /// Objects this backup wrote (packs, index segments, the manifest).
     pub object_count: u64,
@@ -359,7 +362,8 @@ pub fn run_backup(
             s.spawn(move || feed_guide(container, parent_index, parent, tx));
             Guide::new(rx)
         });
-        let chunker = s.spawn(|| {
+        // Returns how many chunks the guide gave.
+        let chunker = s.spawn(|| -> u64 {
             let mut splitter = match guide {
                 Some(g) => Splitter::with_guide(cfg.chunker, g),
                 None => Splitter::new(cfg.chunker),
@@ -372,16 +376,17 @@ pub fn run_backup(
                     Ok(Input::Hole(n)) => splitter.push_hole(n, &mut out),
                     Err(e) => {
                         let _ = tx.send(Err(e));
-                        return;
+                        return 0;
                     }
                 }
                 if !out.is_empty() && tx.send(Ok(out)).is_err() {
-                    return;
+                    return 0;
                 }
             }
             let mut out = Vec::new();
             splitter.finish(&mut out);
             let _ = tx.send(Ok(out));
+            splitter.followed()
         });
         // Uploads in flight hold whole packs: cap them at ~96 MiB whatever the store's request
         // concurrency, so peak memory stays bounded (3 x 32 MiB packs by default; one on a
@@ -421,7 +426,7 @@ pub fn run_backup(
                             .par_iter()
                             .map(|p| match p {
                                 Piece::Data(b) => Some(Hash::of(b)),
-                                Piece::Seen(_, id) => Some(*id),
+                                Piece::Hashed(_, id) => Some(*id),
                                 Piece::Zero(_) => None,
                             })
                             .collect()
@@ -433,7 +438,7 @@ pub fn run_backup(
                 for (p, id) in pieces.iter().zip(&ids) {
                     size += p.len();
                     match (p, id) {
-                        (Piece::Data(b) | Piece::Seen(b, _), Some(id)) => {
+                        (Piece::Data(b) | Piece::Hashed(b, _), Some(id)) => {
                             chunks_total += 1;
                             extents.push_data(b.len() as u32, id);
                             if !packer.is_known(id) {
@@ -468,23 +473,25 @@ pub fn run_backup(
         reader
             .join()
             .map_err(|_| Error::Internal("volume reader panicked".into()))?;
-        chunker
+        let chunks_guided = chunker
             .join()
             .map_err(|_| Error::Internal("chunker panicked".into()))?;
         // The writer's error is the root cause when the main loop only saw a closed channel.
         let written = written?;
         let (extents, meta_refs, size, zero_bytes, chunks_total) = main?;
-        Ok((
-            extents,
-            meta_refs,
-            size,
-            zero_bytes,
-            chunks_total,
-            chunks_new,
-            written,
-        ))
+        let counts = ChunkCounts {
+            total: chunks_total,
+            new: chunks_new,
+            guided: chunks_guided,
+        };
+        Ok((extents, meta_refs, size, zero_bytes, counts, written))
     });
-    let (extents, meta_refs, size, zero_bytes, chunks_total, chunks_new, written) = result?;
+    let (extents, meta_refs, size, zero_bytes, counts, written) = result?;
+    let ChunkCounts {
+        total: chunks_total,
+        new: chunks_new,
+        guided: chunks_guided,
+    } = counts;
     if let Some(expected) = opts.expected_size
         && expected != size
     {
@@ -534,12 +541,19 @@ pub fn run_backup(
         bytes_new: written.bytes + bytes.len() as u64,
         chunks_total,
         chunks_new,
+        chunks_guided,
         zero_bytes,
         object_count: manifest.stats.object_count,
         elapsed_s: started.elapsed().as_secs_f64(),
         requests: container.store().requests().since(&requests_before),
     };
     Ok((manifest, bytes, report))
+}
+
+struct ChunkCounts {
+    total: u64,
+    new: u64,
+    guided: u64,
 }
 
 /// Guide entries sent to the chunker at a time.

@@ -65,6 +65,7 @@ fn chain_of_incrementals_restores_every_link_byte_identically(e: &Env) {
     let mut versions = Vec::new();
     let full = backup(&e.c, &vol, "b0", None);
     assert_eq!(full.size, 24 << 20);
+    assert_eq!(full.chunks_guided, 0, "a full backup has no guide");
     versions.push(std::fs::read(&vol).unwrap());
     let mut parent = "b0".to_string();
     for day in 1..=5u64 {
@@ -88,6 +89,13 @@ fn chain_of_incrementals_restores_every_link_byte_identically(e: &Env) {
         let r = backup(&e.c, &vol, &id, Some(&parent));
         assert_eq!(r.parent_id.as_deref(), Some(parent.as_str()));
         assert_eq!(r.size, std::fs::metadata(&vol).unwrap().len());
+        // Unchanged chunks are recognised from the parent rather than scanned for.
+        assert!(
+            r.chunks_guided * 10 >= r.chunks_total * 8,
+            "day {day}: {} of {} chunks guided",
+            r.chunks_guided,
+            r.chunks_total
+        );
         // An incremental stores a small fraction of the volume.
         assert!(
             r.bytes_new < r.size / 10,

@@ -53,7 +53,7 @@ fn flatten(pieces: &[Piece]) -> Vec<u8> {
     for p in pieces {
         match p {
             Piece::Zero(n) => v.resize(v.len() + *n as usize, 0),
-            Piece::Data(b) | Piece::Seen(b, _) => v.extend_from_slice(b),
+            Piece::Data(b) | Piece::Hashed(b, _) => v.extend_from_slice(b),
         }
     }
     v
