@@ -17,10 +17,14 @@
 //! buffers, so memory does not depend on the volume size. A data chunk that happens to be all
 //! zeros is emitted as a zero extent as well.
 //!
-//! An incremental is cut with its parent's chunks as a [`Guide`]: a chunk that starts where a
-//! parent chunk started and hashes to its id is taken without scanning for its cut, which
-//! FastCDC would have put at the same place. The pieces are the same as without a guide
-//! (tested on random edits, holes and buffer sizes); the guide saves the scan and the hash.
+//! An incremental is cut with its parent's chunks as a [`Guide`]. A chunk is taken without
+//! scanning for its cut when it hashes to the id of a parent chunk the guide expects there:
+//! - the one at the same offset;
+//! - or the successor of the parent chunk the previous chunk matched.
+//!
+//! FastCDC would have cut at the same place, so the pieces are the same as without a guide
+//! (tested on random edits, moves, holes and buffer sizes). The guide saves the scan and the
+//! pipeline's hash.
 //!
 //! Cutting is the pipeline's one sequential stage, so a long buffer is cut on several threads
 //! at once, each part from its own start, and the parts' chains of cuts are joined where they

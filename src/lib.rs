@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! backup:  volume ──read (SEEK_HOLE skips holes)──> zero runs + FastCDC (parallel) [source, chunker]
-//!            (incremental: parent's chunks as a guide; an unchanged chunk is hashed, not scanned)
+//!            (incremental: the parent's chunks guide the cuts; an unchanged chunk is hashed, not scanned)
 //!            ──BLAKE3 (parallel)──> dedup (ChunkSet, 16 B/chunk) ──zstd (parallel)──> [pipeline, index]
 //!            pack builder ──PUT pack──> index segment ──PUT──> manifest (create-only) [pack, index, manifest]
 //!
@@ -18,12 +18,17 @@
 //!            ranged GETs (coalesced, parallel) ──zstd -d, BLAKE3 verify──> pwrite at offsets
 //! ```
 //!
-//! An incremental reads its parent's extent list alongside the volume. Where a chunk starts at
-//! the offset where a parent chunk started, and its bytes hash to that chunk's id, FastCDC
-//! would cut exactly there. So the chunker takes that cut without scanning for it
-//! ([`chunker::Guide`]). The chunks are the same as without the guide; an unchanged volume is
-//! hashed once and never scanned. The guide only saves work: its ids are computed from the
-//! volume's bytes, and a parent that cannot be read leaves the volume unguided.
+//! An incremental reads its parent's extent list alongside the volume, as a guide
+//! ([`chunker::Guide`]). FastCDC's cut depends only on the bytes from the chunk's start. So
+//! where the next bytes hash to the id of a parent chunk the guide expects there, FastCDC
+//! would cut exactly there, and the chunker takes that cut without scanning for it. The guide
+//! expects two chunks:
+//! - the parent's chunk at the same offset (data that stayed in place);
+//! - the successor of the parent chunk the previous chunk matched (data that moved).
+//!
+//! The chunks are the same as without the guide. An unchanged volume is hashed once and never
+//! scanned. The guide only saves work: ids are computed from the volume's bytes, and a parent
+//! that cannot be read leaves the volume unguided.
 //!
 //! Memory does not grow with the volume: a backup holds a window of the pipeline (a few 4 MiB
 //! read buffers, the pack being built and the packs uploading: one on a filesystem, up to three
