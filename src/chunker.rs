@@ -611,8 +611,8 @@ impl Splitter {
     }
 
     /// A splitter for an incremental, guided by the parent backup's chunks: the same pieces as
-    /// [`Self::new`], but chunks that did not change are hashed once and never scanned for a cut
-    /// (they come out as [`Piece::Hashed`]).
+    /// [`Self::new`], but chunks the guide recognises are hashed once and never scanned for a
+    /// cut. Most chunks come out as [`Piece::Hashed`], with their ids.
     pub fn with_guide(params: ChunkerParams, guide: Guide) -> Self {
         let mut s = Splitter::new(params);
         s.cdc.guide = Some(guide);

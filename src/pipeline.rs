@@ -33,8 +33,7 @@ use crate::chunker::{Guide, GuideEntry, GuideFilter, Piece, Splitter};
 use crate::container::{Container, LeaseGuard, manifest_key, now_rfc3339, now_unix, pack_key};
 use crate::error::{Error, Result};
 use crate::ids::{Hash, new_backup_id, validate_id};
-use crate::index::ChunkSet;
-use crate::index::Index;
+use crate::index::{ChunkSet, Index};
 use crate::manifest::{
     Extent, ExtentListWriter, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestStats, MetaRef,
 };
@@ -317,6 +316,9 @@ pub fn run_backup(
         }
     }
     let cfg = container.config().clone();
+    // A parent cut with other parameters (impossible within one container) would guide to cuts
+    // FastCDC would not make here.
+    parent_manifest = parent_manifest.filter(|m| m.chunker == cfg.chunker);
     let level = opts.zstd_level.unwrap_or(cfg.zstd_level);
     if !crate::pack::valid_zstd_level(level) {
         return Err(Error::Config(format!(
@@ -331,12 +333,16 @@ pub fn run_backup(
     let lease = LeaseGuard::take(container, &backup_id, opts.lease_ttl.unwrap_or(LEASE_TTL))?;
     // An incremental is cut guided by its parent's chunks (`chunker::Guide`); their extent list
     // is located in the same pass over the index.
-    let parent_metas: HashSet<Hash> = match &parent_manifest {
-        Some(m) => m
-            .meta_ids(&manifest_key(&m.backup_id))?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect(),
+    let parent_metas: HashSet<Hash> = match parent_manifest
+        .as_ref()
+        .map(|m| m.meta_ids(&manifest_key(&m.backup_id)))
+    {
+        Some(Ok(ids)) => ids.into_iter().map(|(id, _)| id).collect(),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "parent extent list unreadable: the volume is cut unguided");
+            parent_manifest = None;
+            HashSet::new()
+        }
         None => HashSet::new(),
     };
     let (known, condemned, parent_index) = container.load_dedup_set(&parent_metas)?;
