@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use volback::chunker::{ChunkerParams, Piece, Splitter, is_zero};
+use volback::chunker::{ChunkerParams, Guide, GuideEntry, GuideFilter, Piece, Splitter, is_zero};
 use volback::ids::Hash;
 use volback::manifest::{ExtentListReader, ExtentListWriter};
 use volback::pack::{ChunkKind, PackBuilder, decode_chunk, encode_chunk};
@@ -31,13 +31,40 @@ fn text_like(len: usize) -> Vec<u8> {
 }
 
 fn split(data: &Bytes) -> Vec<Piece> {
-    let mut s = Splitter::new(ChunkerParams::default());
+    split_with(Splitter::new(ChunkerParams::default()), data)
+}
+
+fn split_with(mut s: Splitter, data: &Bytes) -> Vec<Piece> {
     let mut out = Vec::new();
     for i in (0..data.len()).step_by(8 << 20) {
         s.push_data(data.slice(i..(i + (8 << 20)).min(data.len())), &mut out);
     }
     s.finish(&mut out);
     out
+}
+
+/// What an incremental's guide thread sends for a parent backup of `data`.
+fn guide_entries(data: &Bytes) -> Vec<GuideEntry> {
+    let mut filter = GuideFilter::default();
+    let mut offset = 0;
+    let mut entries = Vec::new();
+    for p in split(data) {
+        let chunk = match &p {
+            Piece::Data(b) | Piece::Hashed(b, _) => Some((b.len() as u32, Hash::of(b))),
+            Piece::Zero(_) => None,
+        };
+        entries.extend(filter.next(offset, chunk));
+        offset += p.len();
+    }
+    entries
+}
+
+fn guided(entries: &[GuideEntry]) -> Splitter {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for batch in entries.chunks(4096) {
+        let _ = tx.send(batch.to_vec());
+    }
+    Splitter::with_guide(ChunkerParams::default(), Guide::new(rx))
 }
 
 fn chunks_of(data: &Bytes) -> Vec<Bytes> {
@@ -61,6 +88,13 @@ fn benches(c: &mut Criterion) {
     g.bench_function("zero runs + FastCDC, 32 MiB random", |b| {
         b.iter(|| black_box(split(&random)).len())
     });
+    // An unchanged volume cut with its parent as the guide: hashed (the pipeline's hash comes
+    // with it), not scanned.
+    let entries = guide_entries(&random);
+    g.bench_function(
+        "guided by an identical parent (hashing included), 32 MiB random",
+        |b| b.iter(|| black_box(split_with(guided(&entries), &random)).len()),
+    );
     g.finish();
 
     let mut g = c.benchmark_group("zero detection");
