@@ -410,8 +410,14 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
             if json {
                 print_json(&r)?;
             } else {
+                // An incremental says how much of the volume its parent's chunks recognised.
+                let guided = if r.parent_id.is_some() {
+                    format!(", {} recognised from the parent", r.chunks_guided)
+                } else {
+                    String::new()
+                };
                 out!(
-                    "backup {} of {} bytes: read {}, stored {} new bytes in {} objects ({} of {} chunks new, {} zero bytes) in {:.2}s",
+                    "backup {} of {} bytes: read {}, stored {} new bytes in {} objects ({} of {} chunks new{guided}, {} zero bytes) in {:.2}s",
                     r.backup_id,
                     r.size,
                     r.bytes_read,

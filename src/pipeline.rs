@@ -91,7 +91,10 @@ pub struct BackupReport {
     pub chunks_total: u64,
     pub chunks_new: u64,
     /// Chunks an incremental took from its parent's guide, without scanning for their cut
-    /// (`chunker::Guide`): how much of the volume was recognised in place or followed.
+    /// (`chunker::Guide`): how much of the volume was recognised in place or followed. It
+    /// counts work saved, not what was stored: two runs over the same volume make the same
+    /// chunks, but this count can differ slightly between them (by ~0.5 % on the harness's
+    /// next-day image, with a cold or a warm page cache).
     pub chunks_guided: u64,
     pub zero_bytes: u64,
     /// Objects this backup wrote (packs, index segments, the manifest).
