@@ -192,6 +192,8 @@ pub struct Guide {
     last: Option<u64>,
     /// Chunks taken from the guide (not scanned for), for the record.
     followed: u64,
+    /// Chunk starts in a row where no candidate matched.
+    misses: u32,
 }
 
 /// Parent chunks kept behind the chunker's position for moved data to be found in (~512 MiB of
@@ -217,6 +219,7 @@ impl Guide {
             cursor: 0,
             last: None,
             followed: 0,
+            misses: 0,
         }
     }
 
@@ -294,12 +297,14 @@ impl Guide {
             if id == e.id {
                 self.last = Some(seq);
                 self.followed += 1;
+                self.misses = 0;
                 return Some((n, id));
             }
         }
         if short {
             self.last = prev;
         }
+        self.misses += 1;
         None
     }
 
@@ -352,7 +357,6 @@ pub(crate) struct Cdc {
     /// Volume offset of the next chunk's start (where `pending` starts).
     pos: u64,
     guide: Option<Guide>,
-    misses: u32,
 }
 
 impl Cdc {
@@ -369,15 +373,7 @@ impl Cdc {
             par_segment: PAR_SEGMENT,
             pos: 0,
             guide: None,
-            misses: 0,
         }
-    }
-
-    /// The chunk at the start of `src` (which starts at `self.pos`), if the guide has it.
-    fn follow(&mut self, src: &[u8]) -> Option<(usize, Hash)> {
-        let hit = self.guide.as_mut()?.follow(self.pos, src);
-        self.misses = if hit.is_some() { 0 } else { self.misses + 1 };
-        hit
     }
 
     /// With a guide, a chunk cut by scanning is hashed, so that the guide can follow the parent
@@ -438,9 +434,10 @@ impl Cdc {
             let take = (data.len() - pos).min(self.max - old);
             self.pending.extend_from_slice(&data[pos..pos + take]);
             pos += take;
-            let pending = std::mem::take(&mut self.pending);
-            let guided = self.follow(&pending);
-            self.pending = pending;
+            let guided = self
+                .guide
+                .as_mut()
+                .and_then(|g| g.follow(self.pos, &self.pending));
             let (n, id) = match guided {
                 Some((n, id)) => (n, Some(id)),
                 None => (self.cut(&self.pending), None),
@@ -459,7 +456,7 @@ impl Cdc {
         }
         while pos < data.len() {
             let rest = &data[pos..];
-            if let Some((n, id)) = self.follow(rest) {
+            if let Some((n, id)) = self.guide.as_mut().and_then(|g| g.follow(self.pos, rest)) {
                 sink(data.slice(pos..pos + n), Some(id));
                 pos += n;
                 self.pos += n as u64;
@@ -468,9 +465,10 @@ impl Cdc {
             // Unguided, or the guide keeps missing: cut what is left of a long buffer in
             // parallel.
             let parts = (rest.len() / self.par_segment).min(self.threads);
-            if parts >= 2 && (self.guide.is_none() || self.misses >= GUIDE_MISSES) {
-                self.misses = 0;
+            let unguided = self.guide.as_ref().is_none_or(|g| g.misses >= GUIDE_MISSES);
+            if parts >= 2 && unguided {
                 if let Some(g) = self.guide.as_mut() {
+                    g.misses = 0;
                     g.last = None;
                 }
                 let rest = self.cut_parallel(&data, pos, parts, &mut |c| sink(c, None));
