@@ -152,6 +152,7 @@
 
 pub mod chunker;
 pub mod container;
+pub mod direct;
 pub mod driver;
 pub mod error;
 pub mod faults;

@@ -192,112 +192,6 @@ pub struct FsStore {
     counters: RequestCounters,
 }
 
-/// Large objects written around the page cache (`O_DIRECT`).
-///
-/// Every object is fsync'd before it is renamed into place, so a pack's bytes go to the disk
-/// during the backup either way. Written through the page cache they are first copied into
-/// freshly allocated cache pages (with the filesystem's delayed-allocation bookkeeping per
-/// page) and then written back; a full backup of the day-1 image spent ~8 % of its CPU on that
-/// in the writer thread, plus the kernel's writeback threads. With `O_DIRECT` the disk reads
-/// the bytes from a reused, aligned buffer: full backups of the fs image took 1.99–2.27 s
-/// against 2.15–2.69 s, of a 1 GiB random image 1.15–1.16 s against 1.29–1.79 s (four and three
-/// interleaved runs, `docs/performance.md`). It also keeps a backup from filling the page
-/// cache with packs that are rarely read soon.
-///
-/// Filesystems without direct I/O (tmpfs, some FUSE and network filesystems) refuse it with
-/// `EINVAL` before anything is written, and the object is written through the page cache.
-mod direct {
-    use std::fs::OpenOptions;
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    use std::path::Path;
-
-    /// Objects smaller than this are written through the page cache: manifests, index
-    /// segments and small packs gain nothing worth a second open.
-    pub const MIN: usize = 1 << 20;
-    /// Bytes copied into the aligned buffer and written per request.
-    const BUF: usize = 4 << 20;
-    /// Offsets, lengths and the buffer's address are multiples of this: the largest logical
-    /// block size direct I/O asks for on Linux filesystems.
-    const ALIGN: usize = 4096;
-
-    /// A `BUF`-byte buffer aligned to `ALIGN`, allocated once per writing thread.
-    struct Aligned(std::ptr::NonNull<u8>);
-
-    impl Aligned {
-        fn layout() -> std::alloc::Layout {
-            // BUF and ALIGN are constants that form a valid layout.
-            std::alloc::Layout::from_size_align(BUF, ALIGN).unwrap_or_else(|_| unreachable!())
-        }
-
-        fn new() -> Option<Self> {
-            // SAFETY: the layout has a non-zero size.
-            std::ptr::NonNull::new(unsafe { std::alloc::alloc(Self::layout()) }).map(Aligned)
-        }
-
-        fn as_mut(&mut self) -> &mut [u8] {
-            // SAFETY: the allocation is BUF bytes, owned by self, and borrowed mutably here only.
-            unsafe { std::slice::from_raw_parts_mut(self.0.as_ptr(), BUF) }
-        }
-    }
-
-    impl Drop for Aligned {
-        fn drop(&mut self) {
-            // SAFETY: allocated in `new` with the same layout.
-            unsafe { std::alloc::dealloc(self.0.as_ptr(), Self::layout()) }
-        }
-    }
-
-    thread_local! {
-        static BUFFER: std::cell::RefCell<Option<Aligned>> = const { std::cell::RefCell::new(None) };
-    }
-
-    /// Writes `data` to the empty file at `path` with direct I/O and sets its length. Returns
-    /// `Ok(false)`, having written nothing, where direct I/O is unsupported (or the object is
-    /// small); the caller then writes it the usual way. The caller still fsyncs the file: direct
-    /// I/O puts the data on the disk, not the file's size and block map.
-    pub fn write(path: &Path, data: &[u8]) -> std::io::Result<bool> {
-        if data.len() < MIN {
-            return Ok(false);
-        }
-        let unsupported = |e: &std::io::Error| e.raw_os_error() == Some(libc::EINVAL);
-        let f = match OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if unsupported(&e) => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        BUFFER.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Aligned::new();
-            }
-            let Some(buf) = slot.as_mut() else {
-                return Ok(false);
-            };
-            let buf = buf.as_mut();
-            let mut at = 0usize;
-            while at < data.len() {
-                let n = (data.len() - at).min(BUF);
-                // The last piece is padded to a whole block and the file cut back below.
-                let padded = n.div_ceil(ALIGN) * ALIGN;
-                buf[..n].copy_from_slice(&data[at..at + n]);
-                buf[n..padded].fill(0);
-                match f.write_all_at(&buf[..padded], at as u64) {
-                    Ok(()) => {}
-                    Err(e) if at == 0 && unsupported(&e) => return Ok(false),
-                    Err(e) => return Err(e),
-                }
-                at += n;
-            }
-            f.set_len(data.len() as u64)?;
-            Ok(true)
-        })
-    }
-}
-
 /// Directory (under the root) for objects being written; never a valid key because of the dot.
 const FS_TMP_DIR: &str = ".tmp";
 
@@ -352,7 +246,8 @@ impl FsStore {
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| fs_err("create temporary object", &tmp, e))?;
-        let res = match direct::write(&tmp, data) {
+        // Large objects (packs) skip the page cache: they are fsync'd next anyway (`direct`).
+        let res = match crate::direct::write_file(&tmp, data) {
             Ok(true) => f.sync_all(),
             Ok(false) => f.write_all(data).and_then(|_| f.sync_all()),
             Err(e) => Err(e),
@@ -743,10 +638,11 @@ mod tests {
     fn large_objects_round_trip_whatever_the_write_path() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path(), true).unwrap();
+        let min = crate::direct::FILE_MIN;
         let sizes = [
-            direct::MIN - 1,
-            direct::MIN,
-            direct::MIN + 1,
+            min - 1,
+            min,
+            min + 1,
             4 << 20,
             (4 << 20) + 4095,
             (9 << 20) + 17,
@@ -764,24 +660,6 @@ mod tests {
                 "size {n}"
             );
         }
-    }
-
-    /// Where the filesystem takes direct I/O, the object's length is exact (the padding of the
-    /// last block is cut off); where it does not, nothing was written and the caller is told so.
-    #[test]
-    fn direct_writes_are_exact_or_declined() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("object");
-        let data: Vec<u8> = (0..(5 << 20) + 123).map(|k| (k % 251) as u8).collect();
-        File::create(&path).unwrap();
-        let wrote = direct::write(&path, &data).unwrap();
-        let on_disk = fs::read(&path).unwrap();
-        if wrote {
-            assert_eq!(on_disk, data);
-        } else {
-            assert!(on_disk.is_empty());
-        }
-        assert!(!direct::write(&path, &data[..direct::MIN - 1]).unwrap());
     }
 
     #[test]
