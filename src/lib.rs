@@ -18,6 +18,12 @@
 //!            ranged GETs (coalesced, parallel) ──zstd -d, BLAKE3 verify──> pwrite at offsets
 //! ```
 //!
+//! Bytes that must be on the disk before the operation succeeds skip the page cache
+//! ([`direct`]): a filesystem container's packs (fsync'd before they are renamed into place) and
+//! the whole blocks of a durable restore's target go to the disk with direct I/O from a reused
+//! aligned buffer, rather than being copied into new cache pages and written back before the
+//! fsync. Filesystems that refuse direct I/O get buffered writes.
+//!
 //! An incremental reads its parent's extent list alongside the volume, as a guide
 //! ([`chunker::Guide`]). FastCDC's cut depends only on the bytes from the chunk's start. So
 //! where the next bytes hash to the id of a parent chunk the guide expects there, FastCDC
@@ -119,7 +125,8 @@
 //! - [`pack`], [`index`], [`manifest`], [`record`]: the on-storage formats. [`locations`]: the
 //!   restore's chunk-location table, in bounded memory.
 //! - [`container`]: object names and container-level operations. [`store`]: the storage trait,
-//!   filesystem and in-memory backends. [`s3`]: S3-compatible object storage.
+//!   filesystem and in-memory backends. [`s3`]: S3-compatible object storage. [`direct`]:
+//!   writes around the page cache.
 //! - [`gc`]: the garbage collector. [`verify`]: checks that backups can be restored.
 //! - [`retry`]: retries of transient store failures. [`faults`]: a fault-injecting store for
 //!   tests.

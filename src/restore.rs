@@ -7,8 +7,10 @@
 //! several times in the window once), and each chunk is written with positional writes at every
 //! offset where it occurs, in whatever order ranges complete. One thread writes at a time: a
 //! thread that finds the target busy keeps decoding and writes its runs later, rather than
-//! spinning on the file's lock in the kernel. Writeback of what was written is
-//! started every 32 MiB on a thread of its own, so the final fsync has little left to wait for.
+//! spinning on the file's lock in the kernel. A durable restore writes the whole blocks of each
+//! run with direct I/O ([`crate::direct`]) and only the partial blocks at its ends through the
+//! page cache; writeback of those is started every 32 MiB on a thread of its own, so the final
+//! fsync has little left to wait for.
 //! Chunk locations come from a [`LocationTable`], which keeps them in a sorted scratch
 //! file once the container is large, so memory is bounded by the window and the ranges in
 //! flight, not by the volume or the container. Each restore thread reuses its buffers (ranged
