@@ -86,12 +86,17 @@ struct Target {
     write_zeros: bool,
     /// Held by whoever is writing data: one writer at a time (see [`Target::try_writer`]).
     writing: Mutex<()>,
-    /// The target opened again for direct I/O, for a durable restore (see [`Target::direct`]).
-    direct: Option<File>,
+    /// For a durable restore, the target opened again for direct I/O (see [`Target::direct`]).
+    direct: Option<DirectTarget>,
+}
+
+/// What a durable restore writes whole blocks through.
+struct DirectTarget {
+    file: File,
+    /// The aligned buffer the blocks are copied into (only the writer uses it).
+    buf: Mutex<direct::Aligned>,
     /// Cleared when the target refuses a direct write; later writes go through the page cache.
-    direct_ok: AtomicBool,
-    /// The aligned buffer direct writes go through (only the writer uses it).
-    direct_buf: Mutex<Option<direct::Aligned>>,
+    ok: AtomicBool,
 }
 
 /// Runs shorter than this are written through the page cache even in a durable restore.
@@ -113,8 +118,6 @@ impl Target {
             write_zeros,
             writing: Mutex::new(()),
             direct: None,
-            direct_ok: AtomicBool::new(true),
-            direct_buf: Mutex::new(None),
         }
     }
 
@@ -207,7 +210,14 @@ impl Target {
     /// direct I/O writes whole blocks only. Where the target refuses direct I/O, nothing
     /// changes.
     fn direct(&mut self) {
-        self.direct = crate::direct::open(&self.path).ok().flatten();
+        let file = direct::open(&self.path).ok().flatten();
+        self.direct = file
+            .zip(direct::Aligned::new())
+            .map(|(file, buf)| DirectTarget {
+                file,
+                buf: Mutex::new(buf),
+                ok: AtomicBool::new(true),
+            });
     }
 
     /// The right to write data, once no other thread is writing.
@@ -313,26 +323,19 @@ impl Writer<'_> {
         let err = |e| Error::io("write restore target", &t.path, e);
         if let Some(d) = &t.direct
             && data.len() >= DIRECT_MIN
-            && t.direct_ok.load(Ordering::Relaxed)
+            && d.ok.load(Ordering::Relaxed)
             && let Some((start, end)) = direct::blocks(offset, data.len())
         {
-            let mut slot = t.direct_buf.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.is_none() {
-                *slot = direct::Aligned::new();
-            }
-            if let Some(buf) = slot.as_mut() {
-                let (s, e) = ((start - offset) as usize, (end - offset) as usize);
-                match direct::write_blocks(d, buf, &data[s..e], start) {
-                    Ok(()) => {
-                        t.file.write_all_at(&data[..s], offset).map_err(err)?;
-                        return t.file.write_all_at(&data[e..], end).map_err(err);
-                    }
-                    // Refused: this write and every later one go through the page cache.
-                    Err(e) if direct::unsupported(&e) => {
-                        t.direct_ok.store(false, Ordering::Relaxed);
-                    }
-                    Err(e) => return Err(err(e)),
+            let mut buf = d.buf.lock().unwrap_or_else(|p| p.into_inner());
+            let (s, e) = ((start - offset) as usize, (end - offset) as usize);
+            match direct::write_blocks(&d.file, &mut buf, &data[s..e], start) {
+                Ok(()) => {
+                    t.file.write_all_at(&data[..s], offset).map_err(err)?;
+                    return t.file.write_all_at(&data[e..], end).map_err(err);
                 }
+                // Refused: this write and every later one go through the page cache.
+                Err(e) if direct::unsupported(&e) => d.ok.store(false, Ordering::Relaxed),
+                Err(e) => return Err(err(e)),
             }
         }
         t.file.write_all_at(data, offset).map_err(err)
