@@ -161,9 +161,11 @@ pub struct GuideEntry {
 
 /// The parent backup's chunks, streamed in offset order, as a guide for cutting an incremental.
 ///
-/// FastCDC's cut depends only on the bytes from the chunk's start. So when the next `len` bytes
-/// from a chunk start hash to the id of a parent chunk that ended at a true cut, FastCDC would
-/// cut exactly there: the chunker takes that cut without scanning for it, and the chunk's id is
+/// FastCDC's cut depends only on the bytes from the chunk's start up to and including the byte
+/// after its end (it decides on a cut after hashing that byte). So when the next `len` bytes
+/// from a chunk start hash to the id of a parent chunk that ended at a true cut, and the cut
+/// test passes there on the byte that follows here (`CutRule::cuts_at`), FastCDC would cut
+/// exactly there: the chunker takes that cut without scanning for it, and the chunk's id is
 /// already known. Only chunks that ended at a true cut are guides, never the last chunk of a
 /// region (its end was the region's, not a cut). The chunks are exactly those of cutting
 /// without a guide; the guide saves the scan (and the pipeline's hash).
@@ -271,8 +273,14 @@ impl Guide {
     }
 
     /// The length and id of the chunk starting at `offset` in `src` (which starts there), if it
-    /// is a parent chunk the guide expects there.
-    fn follow(&mut self, offset: u64, src: &[u8]) -> Option<(usize, Hash)> {
+    /// is a parent chunk the guide expects there and FastCDC cuts after it here too
+    /// (`cuts_at`, see [`CutRule::cuts_at`]: the cut also depends on the byte after the chunk).
+    fn follow(
+        &mut self,
+        offset: u64,
+        src: &[u8],
+        cuts_at: impl Fn(&[u8], usize) -> Option<bool>,
+    ) -> Option<(usize, Hash)> {
         let next = self.successor();
         let here = self.at(offset).filter(|&h| Some(h) != next);
         let prev = self.last.take();
@@ -294,11 +302,18 @@ impl Guide {
                 _ => Hash::of(&src[..n]),
             };
             tried = Some((n, id));
-            if id == e.id {
-                self.last = Some(seq);
-                self.followed += 1;
-                self.misses = 0;
-                return Some((n, id));
+            if id != e.id {
+                continue;
+            }
+            match cuts_at(src, n) {
+                None => short = true, // the byte after the chunk is not there yet
+                Some(false) => {}     // same bytes, but the next byte moves the cut
+                Some(true) => {
+                    self.last = Some(seq);
+                    self.followed += 1;
+                    self.misses = 0;
+                    return Some((n, id));
+                }
             }
         }
         if short {
@@ -342,6 +357,51 @@ const GUIDE_MISSES: u32 = 4;
 
 /// Smallest stretch of a buffer cut on a thread of its own (see [`Cdc::cut_parallel`]).
 const PAR_SEGMENT: usize = 1 << 20;
+
+/// FastCDC's parameters and masks, enough to tell whether it cuts at a given position.
+#[derive(Clone, Copy)]
+struct CutRule {
+    min: usize,
+    avg: usize,
+    max: usize,
+    mask_s: u64,
+    mask_l: u64,
+}
+
+impl CutRule {
+    /// Whether FastCDC, given `src` (a chunk's start onwards) whose first `n` bytes are a chunk
+    /// another volume cut at `n`, cuts at `n` here too; None if `src` ends before it can tell.
+    ///
+    /// The bytes before `n` are the same, so FastCDC makes no earlier cut here either. But it
+    /// decides a cut at `n` after hashing the byte at `n`, the next chunk's first byte (the crate's
+    /// `cut_gear` returns the index it just hashed), so a chunk followed by other bytes may not
+    /// end there. The gear hash shifts one bit per byte, so at `n` it is the sum of the gear
+    /// values of bytes `n - 63 ..= n` (no further back than the scan's start at `min`), each
+    /// shifted by its distance from `n`; the mask is the small-chunk one before `avg`. A cut at
+    /// the maximum size needs no byte after it.
+    fn cuts_at(self, src: &[u8], n: usize) -> Option<bool> {
+        if n == self.max {
+            return Some(true);
+        }
+        if n < self.min || n > self.max {
+            return Some(false);
+        }
+        if n >= src.len() {
+            return None;
+        }
+        let (gear, _) = v2020::get_gear_with_seed(0);
+        let from = n.saturating_sub(63).max(self.min);
+        let hash = src[from..=n]
+            .iter()
+            .fold(0u64, |h, &b| (h << 1).wrapping_add(gear[b as usize]));
+        let mask = if n < self.avg {
+            self.mask_s
+        } else {
+            self.mask_l
+        };
+        Some(hash & mask == 0)
+    }
+}
 
 /// FastCDC over a stream of region slices; emits a chunk only once its cut point is certain.
 pub(crate) struct Cdc {
@@ -409,6 +469,17 @@ impl Cdc {
         .1
     }
 
+    /// FastCDC's cut condition with this chunker's parameters, for the guide to check with.
+    fn rule(&self) -> CutRule {
+        CutRule {
+            min: self.min,
+            avg: self.avg,
+            max: self.max,
+            mask_s: self.mask_s,
+            mask_l: self.mask_l,
+        }
+    }
+
     /// A cut at `n` of `avail` bytes is final if FastCDC stopped before the end of the data it
     /// was given, or at the maximum size. Otherwise more bytes could move it, so we wait. (A cut
     /// found before the end never moves: FastCDC's masks at a position depend only on that
@@ -434,10 +505,11 @@ impl Cdc {
             let take = (data.len() - pos).min(self.max - old);
             self.pending.extend_from_slice(&data[pos..pos + take]);
             pos += take;
+            let rule = self.rule();
             let guided = self
                 .guide
                 .as_mut()
-                .and_then(|g| g.follow(self.pos, &self.pending));
+                .and_then(|g| g.follow(self.pos, &self.pending, |src, n| rule.cuts_at(src, n)));
             let (n, id) = match guided {
                 Some((n, id)) => (n, Some(id)),
                 None => (self.cut(&self.pending), None),
@@ -456,7 +528,12 @@ impl Cdc {
         }
         while pos < data.len() {
             let rest = &data[pos..];
-            if let Some((n, id)) = self.guide.as_mut().and_then(|g| g.follow(self.pos, rest)) {
+            let rule = self.rule();
+            if let Some((n, id)) = self
+                .guide
+                .as_mut()
+                .and_then(|g| g.follow(self.pos, rest, |src, n| rule.cuts_at(src, n)))
+            {
                 sink(data.slice(pos..pos + n), Some(id));
                 pos += n;
                 self.pos += n as u64;
@@ -1079,6 +1156,62 @@ mod tests {
             avg: 4096,
             max: 16384,
             zero_min: 8192,
+        }
+    }
+
+    /// The guide's cut check agrees with FastCDC: the first position where it says "cut" is
+    /// where the crate cuts, for many inputs and both parameter sets.
+    #[test]
+    fn cut_rule_agrees_with_fastcdc() {
+        for p in [small_params(), ChunkerParams::default()] {
+            let cdc = Cdc::new(&p);
+            let rule = cdc.rule();
+            for seed in 0..200 {
+                let src = pseudo_random(p.max as usize + 1, 1000 + seed);
+                let want = cdc.cut(&src);
+                let got = (rule.min..=rule.max)
+                    .find(|&n| rule.cuts_at(&src, n) == Some(true))
+                    .unwrap();
+                assert_eq!(got, want, "seed {seed}, avg {}", p.avg);
+            }
+        }
+    }
+
+    /// A parent chunk whose bytes come back unchanged but followed by a different byte is not
+    /// taken as a cut when FastCDC would not cut there: the cut depends on that byte too.
+    #[test]
+    fn a_changed_next_byte_is_no_guide() {
+        let p = small_params();
+        let rule = Cdc::new(&p).rule();
+        let parent = pseudo_random(200_000, 21);
+        let cuts: Vec<usize> = split_all(p, &[Input::Data(parent.clone())])
+            .iter()
+            .scan(0, |at, c| {
+                *at += c.len() as usize;
+                Some(*at)
+            })
+            .collect();
+        // A byte right after a cut such that, changed, FastCDC no longer cuts there.
+        let (at, byte) = cuts[..cuts.len() - 1]
+            .iter()
+            .find_map(|&c| {
+                let start = cuts.iter().rev().find(|&&x| x < c).copied().unwrap_or(0);
+                (0..=255u8)
+                    .find(|&b| {
+                        let mut v = parent[start..=c].to_vec();
+                        v[c - start] = b;
+                        rule.cuts_at(&v, c - start) == Some(false)
+                    })
+                    .map(|b| (c, b))
+            })
+            .unwrap();
+        let new = {
+            let mut n = parent.clone();
+            n[at] = byte;
+            n
+        };
+        for sizes in [&[1][..], &[7000], &[1 << 20]] {
+            guided_matches_unguided(p, &[Input::Data(parent.clone())], &new, sizes);
         }
     }
 

@@ -25,9 +25,11 @@
 //! fsync. Filesystems that refuse direct I/O get buffered writes.
 //!
 //! An incremental reads its parent's extent list alongside the volume, as a guide
-//! ([`chunker::Guide`]). FastCDC's cut depends only on the bytes from the chunk's start. So
-//! where the next bytes hash to the id of a parent chunk the guide expects there, FastCDC
-//! would cut exactly there, and the chunker takes that cut without scanning for it. The guide
+//! ([`chunker::Guide`]). FastCDC's cut depends only on the bytes from the chunk's start up to
+//! and including the byte after its end. So where the next bytes hash to the id of a parent
+//! chunk the guide expects there, and FastCDC's cut test passes at its end on the byte that
+//! follows here (64 table lookups, not a scan), FastCDC would cut exactly there, and the
+//! chunker takes that cut without scanning for it. The guide
 //! expects two chunks:
 //! - the parent's chunk at the same offset (data that stayed in place);
 //! - the successor of the parent chunk the previous chunk matched (data that moved).
