@@ -91,6 +91,20 @@ pub enum Error {
         chunk: String,
         volume_offset: u64,
     },
+    /// The index's length for a chunk is not the length of the extent the backup restores it
+    /// to: the index or the manifest is damaged, and writing the chunk would spill into its
+    /// neighbour or leave part of its extent unwritten.
+    #[error(
+        "chunk {chunk} (volume offset {volume_offset}) of backup '{backup_id}' is {chunk_len} \
+         bytes by the index, but its extent is {extent_len} bytes"
+    )]
+    ChunkLengthMismatch {
+        backup_id: String,
+        chunk: String,
+        volume_offset: u64,
+        extent_len: u32,
+        chunk_len: u32,
+    },
     /// A stored object declares a format version this build cannot read.
     #[error("object '{key}' has {what} version {found}; this volback reads version {supported}")]
     UnsupportedVersion {
@@ -206,6 +220,7 @@ impl Error {
             Error::Corrupt { .. } => "corrupt",
             Error::ChunkHashMismatch { .. } => "hash_mismatch",
             Error::ChunkNotIndexed { .. } => "chunk_not_indexed",
+            Error::ChunkLengthMismatch { .. } => "chunk_length_mismatch",
             Error::UnsupportedVersion { .. } => "unsupported_version",
             Error::BackupNotFound { .. } => "backup_not_found",
             Error::BackupDeleted { .. } => "backup_deleted",

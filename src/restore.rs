@@ -16,8 +16,9 @@
 //! flight, not by the volume or the container. Each restore thread reuses its buffers (ranged
 //! read, assembled run, repeated chunks): no fresh pages to fault in per range.
 //!
-//! Before anything is written, every chunk the backup needs is checked to be in the index and
-//! every pack it needs to exist, so a backup that lost objects is refused up front. A new file
+//! Before anything is written, every chunk the backup needs is checked to be in the index, as
+//! long as its extent, and every pack it needs to exist, so a backup that lost objects is
+//! refused up front. A new file
 //! target is written under a temporary name and renamed into place only when complete and
 //! fsync'd: a failed restore never leaves a half-written file under the target's name.
 
@@ -598,22 +599,33 @@ pub fn check_complete(
     manifest: &Manifest,
 ) -> Result<()> {
     let mut packs = std::collections::HashSet::new();
-    let mut window: Vec<(u64, Hash)> = Vec::with_capacity(WINDOW_CHUNKS);
-    let mut check = |window: &mut Vec<(u64, Hash)>| -> Result<()> {
-        let ids: Vec<Hash> = window.iter().map(|(_, id)| *id).collect();
-        for ((off, id), loc) in window.drain(..).zip(index.locate_all(&ids)?) {
+    let mut window: Vec<(u64, Hash, u32)> = Vec::with_capacity(WINDOW_CHUNKS);
+    let mut check = |window: &mut Vec<(u64, Hash, u32)>| -> Result<()> {
+        let ids: Vec<Hash> = window.iter().map(|(_, id, _)| *id).collect();
+        for ((off, id, len), loc) in window.drain(..).zip(index.locate_all(&ids)?) {
             let loc = loc.ok_or_else(|| Error::ChunkNotIndexed {
                 backup_id: manifest.backup_id.clone(),
                 chunk: id.to_hex(),
                 volume_offset: off,
             })?;
+            // A chunk is written over exactly its extent: one of another length would spill
+            // into its neighbour or leave part of its extent unwritten.
+            if loc.raw_len != len {
+                return Err(Error::ChunkLengthMismatch {
+                    backup_id: manifest.backup_id.clone(),
+                    chunk: id.to_hex(),
+                    volume_offset: off,
+                    extent_len: len,
+                    chunk_len: loc.raw_len,
+                });
+            }
             packs.insert(loc.pack);
         }
         Ok(())
     };
     container.walk_extents(index, manifest, |off, e| {
-        if let Extent::Data { id, .. } = e {
-            window.push((off, *id));
+        if let Extent::Data { id, len } = e {
+            window.push((off, *id, *len));
             if window.len() >= WINDOW_CHUNKS {
                 check(&mut window)?;
             }

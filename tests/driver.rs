@@ -513,3 +513,60 @@ fn driver_verbs_with_metadata_export_and_import_into_a_copy(e: &Env) {
     std::fs::write(&m, &manifest).unwrap();
     other.import_record(&text, Some(&copy_url)).unwrap();
 }
+
+/// An index entry whose length differs from the extent the manifest restores it to (a damaged
+/// index) is refused before anything is written, naming the chunk and its volume offset: the
+/// chunk would otherwise spill into its neighbour or leave part of its extent as it was.
+#[test]
+fn a_chunk_whose_length_differs_from_its_extent_is_refused() {
+    use volback::ids::Hash;
+    use volback::index::{Index, Locate, Location};
+    use volback::pack::ChunkKind;
+    use volback::restore::check_complete;
+
+    /// The container's index, but every data chunk one byte shorter (the extent list's own
+    /// chunks are left alone, so the walk reaches the data extents).
+    struct Shortened(Index);
+    impl Locate for Shortened {
+        fn locate_all(&self, ids: &[Hash]) -> volback::Result<Vec<Option<Location>>> {
+            let locs = self.0.locate_all(ids)?;
+            Ok(locs
+                .into_iter()
+                .map(|l| {
+                    l.map(|l| match l.kind {
+                        ChunkKind::Data => Location {
+                            raw_len: l.raw_len - 1,
+                            ..l
+                        },
+                        ChunkKind::Meta => l,
+                    })
+                })
+                .collect())
+        }
+        fn pack_id(&self, pos: u32) -> Hash {
+            self.0.pack_id(pos)
+        }
+    }
+
+    let e = Env::fs();
+    let vol = e.root.join("v.img");
+    make_image(&vol, 3 << 20, 7);
+    backup(&e.c, &vol, "b", None);
+    let (manifest, _) = e.c.read_manifest("b").unwrap();
+    let index = e.c.load_index().unwrap();
+    check_complete(&e.c, &index, &manifest).unwrap();
+    let err = check_complete(&e.c, &Shortened(index), &manifest).unwrap_err();
+    assert_eq!(err.kind(), "chunk_length_mismatch", "{err}");
+    let Error::ChunkLengthMismatch {
+        backup_id,
+        volume_offset,
+        extent_len,
+        chunk_len,
+        ..
+    } = err
+    else {
+        unreachable!()
+    };
+    assert_eq!((backup_id.as_str(), chunk_len + 1), ("b", extent_len));
+    assert!(volume_offset < 3 << 20);
+}
