@@ -4,7 +4,9 @@
 Builds the images itself (benches/make_images.py, no download), then runs, in one session:
   - full backup of the filesystem image (day 1), next-day incremental (day 2), restore of day 2
     twice: durable (volback's default fsync; restic and borg followed by `sync FILE`, since they
-    do not flush) and to the page cache (volback --no-sync; restic and borg as they are);
+    do not flush) and without a flush (volback --no-sync, whose whole blocks still bypass the
+    page cache with direct I/O, its default; restic and borg as they are, through the page
+    cache);
   - an unchanged-volume incremental (day 2 again);
   - full backups of a random image, a 90 %-zero image and a sparse file;
 and volback's primitives limits on the day-1 image (benches/primitives.rs), measured in each
@@ -325,7 +327,7 @@ def main():
                 lim = limits()
                 limit_rounds.append((size1 / 2**20 / r[0] / lim["cdc_b3"], lim))
             target = os.path.join(work, "restored-%s.img" % tool.name)
-            for case, durable in (("restore (day 2), durable", True), ("restore (day 2), to page cache", False)):
+            for case, durable in (("restore (day 2), durable", True), ("restore (day 2), no flush", False)):
                 def restore(i):
                     if os.path.exists(target):
                         os.remove(target)

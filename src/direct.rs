@@ -1,9 +1,12 @@
 //! Direct I/O (`O_DIRECT`): writing large amounts of data to a file without the page cache.
 //!
-//! Two writers use it, and for the same reason: the bytes must reach the disk before the
-//! operation reports success, so copying them into the page cache first buys nothing.
-//! - A filesystem container's packs are fsync'd before they are renamed into place.
-//! - A durable restore fsyncs its target before it reports success.
+//! Two writers use it:
+//! - A filesystem container's packs, which are fsync'd before they are renamed into place: the
+//!   bytes must reach the disk before the backup goes on, so copying them into the page cache
+//!   first buys nothing.
+//! - A restore's target (unless `--buffered`): a restored volume is rarely read again soon,
+//!   and a volume of many GiB written through the page cache would evict the host's cache;
+//!   Cinder copies volumes with `dd oflag=direct` for the same reason.
 //!
 //! Through the page cache every byte is first copied into a newly allocated cache page, with the
 //! filesystem's delayed-allocation bookkeeping for each page, and written back later. On the
@@ -13,14 +16,14 @@
 //! reused buffer that is already resident (see `docs/performance.md`, "Direct I/O").
 //!
 //! Direct I/O wants the buffer's address, the file offset and the length aligned to the
-//! device's logical block size. Callers' data has no such alignment (a pack is a `Bytes`; a
-//! restored run of chunks starts wherever a chunk starts), so each piece is copied into an
-//! aligned buffer first, a user-space copy into memory that stays resident. Parts of a write
-//! that do not cover whole blocks are left to the caller, which writes them through the page
-//! cache.
+//! device's logical block size. A pack is a `Bytes` with no such alignment, so it is copied into
+//! an aligned buffer first ([`write_file`]), a user-space copy into memory that stays resident.
+//! A restore decodes into an [`Aligned`] stripe laid out like the file, and writes from it
+//! directly. Parts of a write that do not cover whole blocks are left to the caller, which
+//! writes them through the page cache.
 //!
-//! Filesystems without direct I/O (tmpfs, some FUSE and network filesystems) refuse it with
-//! `EINVAL`; callers then write through the page cache as before.
+//! Filesystems without direct I/O (some FUSE and network filesystems) refuse it with `EINVAL`;
+//! callers then write through the page cache as before.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -33,35 +36,64 @@ pub const ALIGN: u64 = 4096;
 /// Bytes copied into the aligned buffer and written per request.
 const BUF: usize = 4 << 20;
 
-/// A `BUF`-byte buffer aligned to `ALIGN`.
-pub struct Aligned(std::ptr::NonNull<u8>);
+/// A zero-initialised buffer whose address is a multiple of [`ALIGN`].
+pub struct Aligned {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
 
 // SAFETY: the buffer is plain memory owned by this value alone.
 unsafe impl Send for Aligned {}
+// SAFETY: shared references read it; writers through `as_mut_ptr` keep to disjoint parts.
+unsafe impl Sync for Aligned {}
 
 impl Aligned {
-    fn layout() -> std::alloc::Layout {
-        // BUF and ALIGN are constants that form a valid layout.
-        std::alloc::Layout::from_size_align(BUF, ALIGN as usize).unwrap_or_else(|_| unreachable!())
+    fn layout(len: usize) -> Option<std::alloc::Layout> {
+        std::alloc::Layout::from_size_align(len.max(1), ALIGN as usize).ok()
     }
 
-    /// A new buffer, or None if the allocator has none (the caller writes through the page
-    /// cache instead).
-    pub fn new() -> Option<Self> {
-        // SAFETY: the layout has a non-zero size.
-        std::ptr::NonNull::new(unsafe { std::alloc::alloc(Self::layout()) }).map(Aligned)
+    /// A new buffer of `len` bytes, or None if the allocator has none (the caller writes
+    /// through the page cache instead).
+    pub fn new(len: usize) -> Option<Self> {
+        let layout = Self::layout(len)?;
+        // SAFETY: the layout has a non-zero size. Zeroed memory is only mapped, not touched,
+        // until it is written.
+        let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        Some(Aligned { ptr, len })
     }
 
-    fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: the allocation is BUF bytes, owned by self, and borrowed mutably here only.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_ptr(), BUF) }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the allocation is `len` initialised bytes, owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The buffer's address, for callers that hand out disjoint parts of it to several
+    /// threads at once (see `restore::Stripe::claim`).
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the allocation is `len` initialised bytes, owned by self and borrowed
+        // mutably here only.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl Drop for Aligned {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with the same layout.
-        unsafe { std::alloc::dealloc(self.0.as_ptr(), Self::layout()) }
+        if let Some(layout) = Self::layout(self.len) {
+            // SAFETY: allocated in `new` with the same layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }
+        }
     }
 }
 
@@ -96,10 +128,10 @@ pub fn blocks(offset: u64, len: usize) -> Option<(u64, u64)> {
 /// padded with zeros, which the caller must overwrite or cut off (`set_len`).
 pub fn write_blocks(f: &File, buf: &mut Aligned, data: &[u8], offset: u64) -> io::Result<()> {
     debug_assert_eq!(offset % ALIGN, 0);
-    let buf = buf.as_mut();
+    let buf = buf.as_mut_slice();
     let mut at = 0usize;
     while at < data.len() {
-        let n = (data.len() - at).min(BUF);
+        let n = (data.len() - at).min(buf.len());
         let padded = (n as u64).div_ceil(ALIGN) as usize * ALIGN as usize;
         buf[..n].copy_from_slice(&data[at..at + n]);
         buf[n..padded].fill(0);
@@ -132,7 +164,7 @@ pub fn write_file(path: &Path, data: &[u8]) -> io::Result<bool> {
     FILE_BUFFER.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            *slot = Aligned::new();
+            *slot = Aligned::new(BUF);
         }
         let Some(buf) = slot.as_mut() else {
             return Ok(false);

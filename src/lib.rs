@@ -15,14 +15,16 @@
 //!
 //! restore: index segments ──external sort──> location table (temp file)          [locations]
 //!          manifest ──> extent-list chunks ──> windows of extents ──group by pack──>  [restore]
-//!            ranged GETs (coalesced, parallel) ──zstd -d, BLAKE3 verify──> pwrite at offsets
+//!            ranged GETs (coalesced, parallel) ──zstd -d, BLAKE3 verify──> 32 MiB stripe
+//!            ──writer thread, volume order──> target
 //! ```
 //!
-//! Bytes that must be on the disk before the operation succeeds skip the page cache
-//! ([`direct`]): a filesystem container's packs (fsync'd before they are renamed into place) and
-//! the whole blocks of a durable restore's target go to the disk with direct I/O from a reused
-//! aligned buffer, rather than being copied into new cache pages and written back before the
-//! fsync. Filesystems that refuse direct I/O get buffered writes.
+//! Large writes skip the page cache ([`direct`]): a filesystem container's packs (fsync'd
+//! before they are renamed into place) go to the disk with direct I/O from a reused aligned
+//! buffer, and a restore decodes into aligned stripes laid out like the target, whose whole
+//! blocks a writer thread writes with direct I/O while the next stripe is decoded (unless
+//! `--buffered`), rather than copying them into new cache pages to be written back later.
+//! Filesystems that refuse direct I/O get buffered writes.
 //!
 //! An incremental reads its parent's extent list alongside the volume, as a guide
 //! ([`chunker::Guide`]). FastCDC's cut depends only on the bytes from the chunk's start up to

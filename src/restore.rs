@@ -1,33 +1,38 @@
-//! The restore pipeline: manifest → extents → packs → target.
+//! The restore pipeline: manifest → extents → packs → stripes → target.
 //!
 //! A backup restores from its own manifest alone (never by replaying a parent chain). The
-//! extent list is walked in windows of a few thousand chunks; within a window, chunks are grouped
-//! by pack and neighbouring chunks of one pack are fetched with one ranged read, ranges are
-//! fetched, decompressed and BLAKE3-verified in parallel, largest first (a chunk that occurs
-//! several times in the window once), and each chunk is written with positional writes at every
-//! offset where it occurs, in whatever order ranges complete. One thread writes at a time: a
-//! thread that finds the target busy keeps decoding and writes its runs later, rather than
-//! spinning on the file's lock in the kernel. A durable restore writes the whole blocks of each
-//! run with direct I/O ([`crate::direct`]) and only the partial blocks at its ends through the
-//! page cache; writeback of those is started every 32 MiB on a thread of its own, so the final
-//! fsync has little left to wait for.
-//! Chunk locations come from a [`LocationTable`], which keeps them in a sorted scratch
-//! file once the container is large, so memory is bounded by the window and the ranges in
-//! flight, not by the volume or the container. Each restore thread reuses its buffers (ranged
-//! read, assembled run, repeated chunks): no fresh pages to fault in per range.
+//! extent list is walked in windows of at most 32 MiB of the volume (a [`Stripe`]) and a few
+//! thousand chunks. Within a window, chunks are grouped by pack and neighbouring chunks of one
+//! pack are fetched with one ranged read; ranges are fetched, decompressed and BLAKE3-verified
+//! in parallel, largest first, each chunk straight into its place in the stripe, and a chunk
+//! that occurs several times in the window is decoded once and copied to its other places.
+//!
+//! A full stripe goes to a writer thread of its own, which writes its regions in volume order
+//! while the restore threads fill the next stripe: they never wait on the disk or on the
+//! file's lock, and the disk gets requests of megabytes, in order, not one per run of chunks
+//! in whatever order ranges complete. By default the whole blocks of each region are written
+//! with direct I/O ([`crate::direct`]), bypassing the page cache (as Cinder's own volume copies
+//! do), straight from the stripe, which mirrors the file's block alignment; only the partial
+//! blocks at a region's ends go through the page cache. A restore through the page cache
+//! (`--buffered`, or a target that refuses direct I/O) has its writeback started every
+//! 32 MiB when durable, so the final fsync has little left to wait for.
+//!
+//! Chunk locations come from a [`LocationTable`], which keeps them in a sorted scratch file
+//! once the container is large, so memory is bounded by the stripes and the ranges in flight,
+//! not by the volume or the container. Each restore thread reuses its read buffer, and the
+//! stripes are reused window after window: no fresh pages to fault in per range.
 //!
 //! Before anything is written, every chunk the backup needs is checked to be in the index, as
 //! long as its extent, and every pack it needs to exist, so a backup that lost objects is
-//! refused up front. A new file
-//! target is written under a temporary name and renamed into place only when complete and
-//! fsync'd: a failed restore never leaves a half-written file under the target's name.
+//! refused up front. A new file target is written under a temporary name and renamed into
+//! place only when complete (and fsync'd, for a durable restore): a failed restore never
+//! leaves a half-written file under the target's name.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -48,7 +53,7 @@ use crate::store::RequestCounts;
 /// Chunks per restore window.
 const WINDOW_CHUNKS: usize = 8192;
 /// Writeback of a durable restore's target is started each time this many more bytes have
-/// been written (see `run_restore_with`).
+/// been written through the page cache (see [`write_stripes`]).
 const WRITEBACK_EVERY: u64 = 32 << 20;
 
 /// How the target is treated.
@@ -85,23 +90,10 @@ struct Target {
     rename_to: Option<PathBuf>,
     is_file: bool,
     write_zeros: bool,
-    /// Held by whoever is writing data: one writer at a time (see [`Target::try_writer`]).
-    writing: Mutex<()>,
-    /// For a durable restore, the target opened again for direct I/O (see [`Target::direct`]).
-    direct: Option<DirectTarget>,
+    /// The target opened again for direct I/O, unless the restore is buffered or the target
+    /// refuses it (see [`Target::direct`]).
+    direct: Option<File>,
 }
-
-/// What a durable restore writes whole blocks through.
-struct DirectTarget {
-    file: File,
-    /// The aligned buffer the blocks are copied into (only the writer uses it).
-    buf: Mutex<direct::Aligned>,
-    /// Cleared when the target refuses a direct write; later writes go through the page cache.
-    ok: AtomicBool,
-}
-
-/// Runs shorter than this are written through the page cache even in a durable restore.
-const DIRECT_MIN: usize = 64 << 10;
 
 impl Target {
     fn new(
@@ -117,7 +109,6 @@ impl Target {
             rename_to,
             is_file,
             write_zeros,
-            writing: Mutex::new(()),
             direct: None,
         }
     }
@@ -200,49 +191,48 @@ impl Target {
         }
     }
 
+    /// Writes through the page cache.
     fn write(&self, data: &[u8], offset: u64) -> Result<()> {
-        self.writer().write(data, offset)
+        (self.file.write_all_at(data, offset))
+            .map_err(|e| Error::io("write restore target", &self.path, e))
     }
 
-    /// Writes the whole blocks of later writes with direct I/O, for a durable restore: their
-    /// bytes go to the disk from an aligned buffer instead of being copied into new page-cache
-    /// pages and written back before the final fsync (see `crate::direct`). The partial blocks
-    /// at a run's ends still go through the page cache: neighbouring runs share them, and
-    /// direct I/O writes whole blocks only. Where the target refuses direct I/O, nothing
-    /// changes.
+    /// Writes the whole blocks of later stripes with direct I/O: their bytes go to the disk
+    /// from the stripe instead of being copied into new page-cache pages (and, for a durable
+    /// restore, written back before the final fsync). Where the target refuses direct I/O,
+    /// nothing changes.
     fn direct(&mut self) {
-        let file = direct::open(&self.path).ok().flatten();
-        self.direct = file
-            .zip(direct::Aligned::new())
-            .map(|(file, buf)| DirectTarget {
-                file,
-                buf: Mutex::new(buf),
-                ok: AtomicBool::new(true),
-            });
+        self.direct = direct::open(&self.path).ok().flatten();
     }
 
-    /// The right to write data, once no other thread is writing.
-    fn writer(&self) -> Writer<'_> {
-        Writer {
-            target: self,
-            _one: self.writing.lock().unwrap_or_else(|p| p.into_inner()),
+    /// Writes one region of a stripe: its whole blocks with direct I/O while the target takes
+    /// it, the partial blocks at its ends through the page cache (the neighbouring region,
+    /// possibly in another stripe, shares them, and direct I/O writes whole blocks only).
+    /// `direct` is cleared when the target refuses direct I/O.
+    fn write_region(
+        &self,
+        stripe: &Stripe,
+        offset: u64,
+        len: u64,
+        direct: &mut bool,
+    ) -> Result<()> {
+        let data = stripe.bytes(offset, len);
+        if *direct
+            && let Some(d) = &self.direct
+            && let Some((start, end)) = direct::blocks(offset, data.len())
+        {
+            let (s, e) = ((start - offset) as usize, (end - offset) as usize);
+            // The stripe mirrors the file's block alignment, so `data[s..]` is aligned.
+            match d.write_all_at(&data[s..e], start) {
+                Ok(()) => {
+                    self.write(&data[..s], offset)?;
+                    return self.write(&data[e..], end);
+                }
+                Err(e) if direct::unsupported(&e) => *direct = false,
+                Err(e) => return Err(Error::io("write restore target", &self.path, e)),
+            }
         }
-    }
-
-    /// The right to write data if no other thread is writing now. Buffered writes to one file
-    /// serialise on its inode lock in the kernel, where a second writer spins (~5 % of a
-    /// page-cache restore's CPU); a restore thread that finds the file busy goes on decoding
-    /// and writes later instead.
-    fn try_writer(&self) -> Option<Writer<'_>> {
-        let one = match self.writing.try_lock() {
-            Ok(one) => one,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return None,
-        };
-        Some(Writer {
-            target: self,
-            _one: one,
-        })
+        self.write(data, offset)
     }
 
     /// Starts writing back what was written so far, without waiting for the I/O.
@@ -312,76 +302,113 @@ impl Target {
     }
 }
 
-/// The one thread writing data to a [`Target`] for as long as it holds this.
-struct Writer<'a> {
-    target: &'a Target,
-    _one: MutexGuard<'a, ()>,
+/// Stripes of a restore: one being filled by the restore threads, one being written.
+const STRIPES: usize = 2;
+
+/// Volume bytes a window spans at most. Larger stripes cost memory; smaller ones decode more:
+/// a chunk that repeats in another window is decoded again there. On day 2 of the benchmark's
+/// filesystem image, 16 MiB stripes decoded 1.40 GB, 32 MiB ones 1.33 GB (64 MiB: 1.21 GB,
+/// 256 MiB: 1.08 GB) for a volume of 1.40 GB of data. At least the largest chunk.
+const STRIPE: usize = 32 << 20;
+const _: () = assert!(STRIPE >= crate::chunker::MAX_CHUNK_LIMIT as usize);
+
+/// A window's stretch of the target, assembled in memory and then written in one go by the
+/// writer thread (see [`write_stripes`]). Volume offset `base + i` is at `mem[pad + i]` with
+/// `pad = base % ALIGN`: the stripe mirrors the file's block alignment, so the whole blocks of
+/// each region go to the disk with direct I/O straight from it.
+///
+/// Restore threads decode chunks straight into their extents in the stripe
+/// ([`Stripe::claim`]); a chunk that occurs again in the window is copied from its first
+/// place. No run buffers, and no copy between decoding and the disk.
+struct Stripe {
+    mem: direct::Aligned,
+    base: u64,
+    /// The data extents, adjacent ones merged: `(offset, len)`, in volume order. What lies
+    /// between them (zero extents) is not written.
+    regions: Vec<(u64, u64)>,
 }
 
-impl Writer<'_> {
-    fn write(&self, data: &[u8], offset: u64) -> Result<()> {
-        let t = self.target;
-        let err = |e| Error::io("write restore target", &t.path, e);
-        if let Some(d) = &t.direct
-            && data.len() >= DIRECT_MIN
-            && d.ok.load(Ordering::Relaxed)
-            && let Some((start, end)) = direct::blocks(offset, data.len())
-        {
-            let mut buf = d.buf.lock().unwrap_or_else(|p| p.into_inner());
-            let (s, e) = ((start - offset) as usize, (end - offset) as usize);
-            match direct::write_blocks(&d.file, &mut buf, &data[s..e], start) {
-                Ok(()) => {
-                    t.file.write_all_at(&data[..s], offset).map_err(err)?;
-                    return t.file.write_all_at(&data[e..], end).map_err(err);
-                }
-                // Refused: this write and every later one go through the page cache.
-                Err(e) if direct::unsupported(&e) => d.ok.store(false, Ordering::Relaxed),
-                Err(e) => return Err(err(e)),
+impl Stripe {
+    fn new(len: usize) -> Result<Stripe> {
+        let mem = direct::Aligned::new(len + direct::ALIGN as usize)
+            .ok_or_else(|| Error::Internal(format!("no memory for a {len}-byte stripe")))?;
+        Ok(Stripe {
+            mem,
+            base: 0,
+            regions: Vec::new(),
+        })
+    }
+
+    fn pad(&self) -> usize {
+        (self.base % direct::ALIGN) as usize
+    }
+
+    /// Adds the data extent of `len` bytes at `off`. False if it does not fit: the stripe is
+    /// full. An empty stripe starts at the extent. Extents come in volume order and never
+    /// overlap (an overlapping one is refused), which is what makes [`Stripe::claim`] sound.
+    fn add(&mut self, off: u64, len: u64) -> Result<bool> {
+        match self.regions.last() {
+            None => self.base = off,
+            Some(r) if off < r.0 + r.1 => {
+                return Err(Error::Internal(format!(
+                    "extent at volume offset {off} overlaps the one before it"
+                )));
             }
+            Some(_) => {}
         }
-        t.file.write_all_at(data, offset).map_err(err)
+        let room = (self.mem.len() - self.pad()) as u64;
+        if off - self.base + len > room {
+            return Ok(false);
+        }
+        match self.regions.last_mut() {
+            Some(r) if r.0 + r.1 == off => r.1 += len,
+            _ => self.regions.push((off, len)),
+        }
+        Ok(true)
+    }
+
+    /// The stripe's bytes for the extent of `len` bytes at volume offset `off`, to decode into.
+    ///
+    /// # Safety
+    /// `off` and `len` must be exactly one extent added to this stripe, and no two live
+    /// claims may name the same extent. Extents never overlap (see [`Stripe::add`]), so claims
+    /// are then disjoint. A restore window claims each place of each chunk once: a chunk id
+    /// is in one range, a range is restored by one thread, and a chunk's places are distinct
+    /// extents whose length is checked against the chunk's first.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn claim(&self, off: u64, len: usize) -> Result<&mut [u8]> {
+        let at = (off.checked_sub(self.base))
+            .map(|d| d as usize + self.pad())
+            .filter(|at| at + len <= self.mem.len())
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "extent at volume offset {off} is not in the stripe"
+                ))
+            })?;
+        // SAFETY: in bounds (checked above); disjoint from every other live claim and from
+        // any shared view of the buffer, by the caller's contract.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.mem.as_mut_ptr().add(at), len) })
+    }
+
+    /// The bytes of volume offsets `[off, off + len)`, within a region.
+    fn bytes(&self, off: u64, len: u64) -> &[u8] {
+        let at = (off - self.base) as usize + self.pad();
+        &self.mem.as_slice()[at..at + len as usize]
     }
 }
 
-/// Largest run of adjacent chunks assembled in memory before it must be written.
-const MAX_RUN: usize = 8 << 20;
-/// A run is written in parts of at least this size whenever no other thread is writing.
-const EAGER_WRITE: usize = 1 << 20;
-/// The run buffers of all restore threads together: a store read with many threads in flight
-/// (S3: 8) gets shorter runs, so its restore holds ~32 MiB of them, not 8 × 8 MiB.
-const RUN_BUDGET: usize = 32 << 20;
-
-/// Per-thread buffers, allocated once and reused for every range.
-#[derive(Default)]
-struct Buffers {
-    /// The run of adjacent chunks being assembled: chunks are decompressed straight into it
-    /// (no allocation, page faults or copy per chunk).
-    run: Vec<u8>,
-    /// Plain copies of the range's chunks that occur more than once in the window, so each is
-    /// decompressed and verified once (a quarter of a real filesystem image's data repeats).
-    repeats: Vec<u8>,
-    /// Where each chunk of the range (by its position in the range) is in `repeats`.
-    repeat_at: Vec<Option<usize>>,
-    /// Whether each chunk of the range goes to more than one place.
-    many: Vec<bool>,
-    /// Every place a chunk of the range goes: (volume offset, position in the range).
-    places: Vec<(u64, usize)>,
-    /// What `run` holds that is not written yet.
-    unwritten: Unwritten,
-    /// The stored bytes of the range being restored (from stores that read into it).
-    read: Vec<u8>,
-}
-
 thread_local! {
-    static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::new(Buffers::default());
+    /// The stored bytes of the range a restore thread is restoring (from stores that read
+    /// into a buffer), reused for every range: no fresh pages to fault in per range.
+    static READ: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A window's chunks, each with the volume offsets it is restored to. Built by sorting the
-/// window in place, not as a map of small vectors: a restore makes no allocation per chunk, so
-/// its heap neither churns nor fragments as the volume grows.
+/// A window's chunks, each with the extents it is restored to. Built by sorting the window in
+/// place, not as a map of small vectors: a restore makes no allocation per chunk, so its heap
+/// neither churns nor fragments as the volume grows.
 struct Places<'a> {
-    /// `(offset, chunk)`, sorted by chunk and then offset.
-    sorted: &'a [(u64, Hash)],
+    /// `(offset, chunk, len)`, sorted by chunk and then offset.
+    sorted: &'a [(u64, Hash, u32)],
     /// The distinct chunks, sorted.
     ids: Vec<Hash>,
     /// `sorted[starts[i]..starts[i + 1]]` are the places of `ids[i]`.
@@ -389,10 +416,10 @@ struct Places<'a> {
 }
 
 impl<'a> Places<'a> {
-    fn new(window: &'a mut [(u64, Hash)]) -> Self {
+    fn new(window: &'a mut [(u64, Hash, u32)]) -> Self {
         window.sort_unstable_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
         let (mut ids, mut starts) = (Vec::new(), Vec::new());
-        for (i, (_, id)) in window.iter().enumerate() {
+        for (i, (_, id, _)) in window.iter().enumerate() {
             if ids.last() != Some(id) {
                 ids.push(*id);
                 starts.push(i);
@@ -407,7 +434,7 @@ impl<'a> Places<'a> {
     }
 
     /// The places of a chunk of the window, in volume order.
-    fn of(&self, id: &Hash) -> &[(u64, Hash)] {
+    fn of(&self, id: &Hash) -> &[(u64, Hash, u32)] {
         match self.ids.binary_search(id) {
             Ok(i) => &self.sorted[self.starts[i]..self.starts[i + 1]],
             Err(_) => &[],
@@ -415,14 +442,13 @@ impl<'a> Places<'a> {
     }
 }
 
-/// Restores a window of data extents: `(volume offset, chunk id)`.
+/// Restores a window of data extents, `(volume offset, chunk id, length)`, into `stripe`.
 fn restore_window(
     container: &Container,
     index: &(impl Locate + ?Sized),
     backup_id: &str,
-    target: &Target,
-    window: &mut Vec<(u64, Hash)>,
-    wrote: &(dyn Fn(usize) + Sync),
+    stripe: &Stripe,
+    window: &mut Vec<(u64, Hash, u32)>,
 ) -> Result<()> {
     let places = Places::new(window);
     let mut ranges = plan_ranges(index, &places.ids, |id| Error::ChunkNotIndexed {
@@ -430,7 +456,6 @@ fn restore_window(
         chunk: id.to_hex(),
         volume_offset: places.of(id).first().map_or(0, |p| p.0),
     })?;
-    let max_run = (RUN_BUDGET / container.store().concurrency().max(1)).clamp(1 << 20, MAX_RUN);
     // Largest first, each thread taking the next range when it is done with one: the window
     // ends with the small ranges, so no thread waits long for another's last one.
     ranges.sort_unstable_by_key(|r| std::cmp::Reverse(r.raw));
@@ -444,7 +469,7 @@ fn restore_window(
         let threads = rayon::current_num_threads().min(ranges.len());
         (0..threads).into_par_iter().try_for_each(|_| {
             while let Some(r) = take() {
-                restore_range(container, target, &places, r, max_run, wrote).inspect_err(|_| {
+                restore_range(container, backup_id, stripe, &places, r).inspect_err(|_| {
                     failed.store(true, Ordering::Relaxed);
                 })?;
             }
@@ -455,35 +480,19 @@ fn restore_window(
     res
 }
 
-/// Reads, decodes and verifies one range and writes its chunks wherever they go.
+/// Reads, decodes and verifies one range, decoding each chunk straight into its first place
+/// in the stripe and copying it to the others (a quarter of a real filesystem image's data
+/// repeats): each chunk is decompressed and verified once per window.
 fn restore_range(
     container: &Container,
-    target: &Target,
+    backup_id: &str,
+    stripe: &Stripe,
     places: &Places<'_>,
     r: &FetchRange,
-    max_run: usize,
-    wrote: &(dyn Fn(usize) + Sync),
 ) -> Result<()> {
     let key = pack_key(&r.pack);
-    BUFFERS.with(|cell| {
-        let Buffers {
-            run: buf,
-            repeats,
-            repeat_at,
-            many,
-            places: order,
-            unwritten,
-            read,
-        } = &mut *cell.borrow_mut();
-        // Every place each chunk of the range goes, in volume order.
-        order.clear();
-        many.clear();
-        for (k, (id, _)) in r.chunks.iter().enumerate() {
-            let at = places.of(id);
-            order.extend(at.iter().map(|p| (p.0, k)));
-            many.push(at.len() > 1);
-        }
-        order.sort_unstable_by_key(|p| p.0);
+    READ.with(|cell| {
+        let read = &mut *cell.borrow_mut();
         let own = container
             .store()
             .get_range_into(&key, r.start..r.end, read)?;
@@ -491,103 +500,79 @@ fn restore_range(
             Some(bytes) => &bytes[..],
             None => &read[..(r.end - r.start) as usize],
         };
-        repeats.clear();
-        repeat_at.clear();
-        repeat_at.resize(r.chunks.len(), None);
-        // Chunks are decoded into the run buffer, adjacent ones side by side, and written
-        // when the buffer is full or the range done, or earlier if no other thread is writing.
-        unwritten.clear();
-        for &(off, k) in order.iter() {
-            let (id, loc) = &r.chunks[k];
-            let len = loc.raw_len as usize;
-            let used = unwritten.used();
-            if used > 0 && used + len > max_run {
-                unwritten.write_all(buf, &target.writer(), wrote)?;
+        for (id, loc) in &r.chunks {
+            let at = places.of(id);
+            let Some(&(first, _, len)) = at.first() else {
+                continue;
+            };
+            if len != loc.raw_len {
+                return Err(Error::ChunkLengthMismatch {
+                    backup_id: backup_id.into(),
+                    chunk: id.to_hex(),
+                    volume_offset: first,
+                    extent_len: len,
+                    chunk_len: loc.raw_len,
+                });
             }
-            let at = unwritten.used();
-            if buf.len() < at + len {
-                buf.resize(max_run + len, 0);
-            }
-            let out = &mut buf[at..at + len];
-            if let Some(p) = repeat_at[k] {
-                out.copy_from_slice(&repeats[p..p + len]);
-            } else {
-                let at = u64::from(loc.offset);
-                let s = (at - r.start) as usize;
-                let stored = &data[s..s + loc.stored_len as usize];
-                decode_chunk_into(&key, at, id, loc.compression, stored, out)
-                    .map_err(|e| with_volume_offset(e, off))?;
-                if many[k] {
-                    repeat_at[k] = Some(repeats.len());
-                    repeats.extend_from_slice(out);
+            let s = (u64::from(loc.offset) - r.start) as usize;
+            let stored = &data[s..s + loc.stored_len as usize];
+            // SAFETY: `first` is one of this chunk's extents, `len` long; this chunk is in
+            // this range only, and this range is restored by this thread only.
+            let out = unsafe { stripe.claim(first, len as usize)? };
+            decode_chunk_into(&key, loc.offset.into(), id, loc.compression, stored, out)
+                .map_err(|e| with_volume_offset(e, first))?;
+            for &(off, _, other) in &at[1..] {
+                if other != len {
+                    return Err(Error::ChunkLengthMismatch {
+                        backup_id: backup_id.into(),
+                        chunk: id.to_hex(),
+                        volume_offset: off,
+                        extent_len: other,
+                        chunk_len: len,
+                    });
                 }
-            }
-            unwritten.push(off, len);
-            if unwritten.used() >= EAGER_WRITE
-                && let Some(one) = target.try_writer()
-            {
-                unwritten.write_all(buf, &one, wrote)?;
+                // SAFETY: as above; another extent, so disjoint from `out`.
+                unsafe { stripe.claim(off, len as usize)? }.copy_from_slice(out);
             }
         }
-        if unwritten.used() > 0 {
-            unwritten.write_all(buf, &target.writer(), wrote)?;
-        }
-        Ok::<(), Error>(())
+        Ok(())
     })
 }
 
-/// The decoded chunks in a restore thread's run buffer that are not written yet: runs of chunks
-/// adjacent in the volume, `(volume offset, start, end in the buffer)`, back to back from the
-/// buffer's start.
-#[derive(Default)]
-struct Unwritten {
-    runs: Vec<(u64, usize, usize)>,
-}
-
-impl Unwritten {
-    fn clear(&mut self) {
-        self.runs.clear();
-    }
-
-    /// Bytes of the buffer in use; the next chunk is decoded right after them.
-    fn used(&self) -> usize {
-        self.runs.last().map_or(0, |r| r.2)
-    }
-
-    /// Records that the next `len` bytes of the buffer hold the chunk at volume offset `off`.
-    fn push(&mut self, off: u64, len: usize) {
-        let at = self.used();
-        match self.runs.last_mut() {
-            Some(run) if run.0 + (run.2 - run.1) as u64 == off => run.2 += len,
-            _ => self.runs.push((off, at, at + len)),
+/// The writer thread of a restore: writes each stripe it is sent, in volume order, and sends
+/// it back for another window. The restore threads never wait on the disk or on the file's
+/// lock, and direct I/O gets requests of megabytes. After an error it writes nothing more,
+/// sets `failed` (the walk stops at its next window) and returns the error once the walk is
+/// done. A durable restore's writes through the page cache (all of them where the target
+/// refuses direct I/O) get their writeback started every [`WRITEBACK_EVERY`] bytes, so the
+/// final fsync has little left to wait for.
+fn write_stripes(
+    t: &Target,
+    todo: std::sync::mpsc::Receiver<Stripe>,
+    free: std::sync::mpsc::Sender<Stripe>,
+    sync: bool,
+    failed: &AtomicBool,
+) -> Result<()> {
+    let mut res = Ok(());
+    let mut direct = t.direct.is_some();
+    let mut unflushed = 0u64;
+    for stripe in todo {
+        if res.is_ok() {
+            res = (stripe.regions.iter())
+                .try_for_each(|&(off, len)| t.write_region(&stripe, off, len, &mut direct));
+            failed.store(res.is_err(), Ordering::Relaxed);
+            if sync && !direct {
+                unflushed += stripe.regions.iter().map(|r| r.1).sum::<u64>();
+                if unflushed >= WRITEBACK_EVERY {
+                    t.start_writeback();
+                    unflushed = 0;
+                }
+            }
         }
+        // The walk may have stopped already: then nobody waits for the stripe.
+        let _ = free.send(stripe);
     }
-
-    /// Writes every run and empties the buffer.
-    fn write_all(
-        &mut self,
-        buf: &[u8],
-        to: &impl WriteAt,
-        wrote: &(dyn Fn(usize) + Sync),
-    ) -> Result<()> {
-        for &(off, from, end) in &self.runs {
-            to.write_at(&buf[from..end], off)?;
-            wrote(end - from);
-        }
-        self.runs.clear();
-        Ok(())
-    }
-}
-
-/// Where [`Unwritten`] writes to: a [`Writer`], or an image in memory in tests.
-trait WriteAt {
-    fn write_at(&self, data: &[u8], offset: u64) -> Result<()>;
-}
-
-impl WriteAt for Writer<'_> {
-    fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
-        self.write(data, offset)
-    }
+    res
 }
 
 /// Checks, before writing anything, that every chunk of the backup is indexed and every pack it
@@ -659,21 +644,29 @@ pub fn check_complete(
 pub struct RestoreOptions {
     pub mode: TargetMode,
     /// Flush the target to stable storage before reporting success (the default). Without
-    /// it the restore ends once its data is in the page cache, as restic's and borg's do:
-    /// for scratch targets (a tmpfs, a file about to be copied elsewhere) where durability is
-    /// not wanted and the disk's write speed would otherwise bound the restore.
+    /// it the restore ends once its data is written, as restic's and borg's do, with no wait
+    /// for the final flush: for scratch targets where durability is not wanted.
     pub sync: bool,
+    /// Write the target's whole blocks with direct I/O (the default), bypassing the page
+    /// cache, as Cinder's own volume copies do (`dd oflag=direct`): a restored volume of many
+    /// GiB does not evict the host's cache, and the restore does not pay for a page-cache page
+    /// per 4 KiB written. Without it (`--buffered`), every byte goes through the page cache:
+    /// for an image that is read right after the restore. Targets that refuse direct I/O
+    /// (some FUSE and network filesystems) are written through the page cache either way.
+    pub direct_io: bool,
     /// Data-chunk locations held in memory; beyond this the container's locations go to a
     /// temporary file (see [`LocationTable`]), so memory does not grow with the container.
     pub locations_in_memory: usize,
 }
 
 impl RestoreOptions {
-    /// The defaults for `mode`: durable, [`DEFAULT_MEM_ENTRIES`] locations in memory.
+    /// The defaults for `mode`: durable, direct I/O, [`DEFAULT_MEM_ENTRIES`] locations in
+    /// memory.
     pub fn new(mode: TargetMode) -> Self {
         RestoreOptions {
             mode,
             sync: true,
+            direct_io: true,
             locations_in_memory: DEFAULT_MEM_ENTRIES,
         }
     }
@@ -718,46 +711,56 @@ pub fn run_restore_with(
     // peak within a few percent of a 4 GiB one's instead of ~10 % above it.
     trim_heap();
     let mut t = Target::open(target, opts.mode, manifest.size)?;
-    if opts.sync {
+    if opts.direct_io {
         t.direct();
     }
-    let mut window = Vec::with_capacity(WINDOW_CHUNKS);
     let mut bytes_written = 0u64;
     let mut zero_bytes = 0u64;
+    let failed = AtomicBool::new(false);
     let res = std::thread::scope(|s| {
-        // Writeback is started on a thread of its own every WRITEBACK_EVERY bytes written: the
-        // kernel's block allocation and I/O submission then overlap the restore instead of
-        // stalling its threads, and the final fsync waits only for the last few MiB. A signal
-        // sent while the thread is busy needs no call of its own: each call covers everything
-        // written so far.
-        let (flush, flushes) = std::sync::mpsc::sync_channel::<()>(1);
-        let written = std::sync::atomic::AtomicU64::new(0);
-        let wrote = |n: usize| {
-            let before = written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-            if opts.sync && (before + n as u64) / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
-                let _ = flush.try_send(());
-            }
-        };
-        let t = &t;
-        if opts.sync {
-            s.spawn(move || {
-                for () in flushes {
-                    t.start_writeback();
-                }
-            });
+        let (t, failed) = (&t, &failed);
+        // Stripes go round: the walk fills one and sends it to the writer thread, which
+        // writes it and sends it back for another window.
+        let (free_tx, free) = std::sync::mpsc::channel::<Stripe>();
+        for _ in 0..STRIPES {
+            let _ = free_tx.send(Stripe::new(STRIPE)?);
         }
+        let (full, todo) = std::sync::mpsc::sync_channel::<Stripe>(STRIPES);
+        let writer = s.spawn(move || write_stripes(t, todo, free_tx, opts.sync, failed));
+        let gone = || Error::Internal("the restore's writer thread stopped".into());
+        let mut stripe = free.recv().map_err(|_| gone())?;
+        let mut window = Vec::with_capacity(WINDOW_CHUNKS);
+        // Restores the window into the stripe and hands it to the writer.
+        let flush = |window: &mut Vec<(u64, Hash, u32)>, stripe: &mut Stripe| -> Result<()> {
+            if failed.load(Ordering::Relaxed) {
+                return Err(gone());
+            }
+            restore_window(container, &index, backup_id, stripe, window)?;
+            let mut next = free.recv().map_err(|_| gone())?;
+            next.regions.clear();
+            full.send(std::mem::replace(stripe, next))
+                .map_err(|_| gone())?;
+            trim_heap();
+            Ok(())
+        };
         let res = container.walk_extents(&index, &manifest, |off, e| {
             match e {
                 Extent::Data { len, id } => {
                     bytes_written += u64::from(*len);
-                    window.push((off, *id));
-                    if window.len() >= WINDOW_CHUNKS {
-                        restore_window(container, &index, backup_id, t, &mut window, &wrote)?;
-                        trim_heap();
+                    if window.len() >= WINDOW_CHUNKS || !stripe.add(off, u64::from(*len))? {
+                        flush(&mut window, &mut stripe)?;
                         if let Some(p) = progress {
-                            p(off + u64::from(*len));
+                            p(off);
+                        }
+                        // An empty stripe holds any extent: the manifest's decoder refuses
+                        // extents longer than MAX_CHUNK_LIMIT, and STRIPE is no shorter.
+                        if !stripe.add(off, u64::from(*len))? {
+                            return Err(Error::Internal(format!(
+                                "a data extent of {len} bytes does not fit an empty stripe"
+                            )));
                         }
                     }
+                    window.push((off, *id, *len));
                 }
                 Extent::Zero { len } => {
                     zero_bytes += len;
@@ -768,7 +771,14 @@ pub fn run_restore_with(
             }
             Ok(())
         });
-        res.and_then(|_| restore_window(container, &index, backup_id, t, &mut window, &wrote))
+        let res = res.and_then(|()| match window.is_empty() {
+            true => Ok(()),
+            false => flush(&mut window, &mut stripe),
+        });
+        drop(full);
+        // The writer's error, if it had one, is the cause of any error here.
+        let written = writer.join().unwrap_or_else(|_| Err(gone()));
+        written.and(res)
     });
     if let Err(e) = res {
         t.abandon();
@@ -793,72 +803,94 @@ pub fn run_restore_with(
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::cell::RefCell;
-
-    /// A volume image in memory.
-    struct Image(RefCell<Vec<u8>>);
-
-    impl WriteAt for Image {
-        fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
-            let mut img = self.0.borrow_mut();
-            let at = offset as usize;
-            if img.len() < at + data.len() {
-                img.resize(at + data.len(), 0);
-            }
-            img[at..at + data.len()].copy_from_slice(data);
-            Ok(())
-        }
-    }
 
     fn byte(off: u64) -> u8 {
         (off % 251) as u8 + 1
     }
 
     proptest! {
-        /// Chunks decoded into one buffer, written whenever the buffer would overflow, at random
-        /// moments in between (the target was free) and at the end, land at their offsets:
-        /// runs of adjacent chunks merge, gaps stay gaps, nothing is written twice.
+        /// Extents added in volume order fill a stripe until the next would not fit; adjacent
+        /// ones merge into one region, gaps stay gaps; what is decoded into each extent is what
+        /// the writer reads back; and each region's first whole block sits at an aligned
+        /// address, so direct I/O can write it from the stripe.
         #[test]
-        fn unwritten_runs_land_where_they_belong(
-            chunks in proptest::collection::vec((0u64..3, 1usize..3000, any::<bool>()), 1..60),
-            max_run in 1usize..8000,
+        fn stripes_hold_their_extents_where_the_writer_reads_them(
+            base in 0u64..20_000,
+            extents in proptest::collection::vec((0u64..3, 1u64..3000), 1..80),
         ) {
-            let img = Image(RefCell::new(Vec::new()));
-            let written = std::sync::atomic::AtomicUsize::new(0);
-            let wrote = |n: usize| {
-                written.fetch_add(n, Ordering::Relaxed);
-            };
-            let (mut buf, mut pending) = (Vec::new(), Unwritten::default());
-            let (mut off, mut expected) = (0u64, Vec::new());
-            for &(gap, len, free) in &chunks {
+            let mut stripe = Stripe::new(64 << 10).unwrap();
+            let (mut off, mut added) = (base, Vec::new());
+            for &(gap, len) in &extents {
                 off += gap * 1000;
-                let used = pending.used();
-                if used > 0 && used + len > max_run {
-                    pending.write_all(&buf, &img, &wrote).unwrap();
+                if !stripe.add(off, len).unwrap() {
+                    let room = (64 << 10) + direct::ALIGN - stripe.base % direct::ALIGN;
+                    prop_assert!(off + len - stripe.base > room);
+                    break;
                 }
-                let at = pending.used();
-                if buf.len() < at + len {
-                    buf.resize(max_run + len, 0);
-                }
-                for (i, b) in buf[at..at + len].iter_mut().enumerate() {
+                added.push((off, len));
+                off += len;
+            }
+            prop_assert_eq!(stripe.base, base + extents[0].0 * 1000);
+            for &(off, len) in &added {
+                // SAFETY: each added extent is claimed once, one at a time.
+                let out = unsafe { stripe.claim(off, len as usize) }.unwrap();
+                for (i, b) in out.iter_mut().enumerate() {
                     *b = byte(off + i as u64);
                 }
-                pending.push(off, len);
-                prop_assert!(pending.used() <= max_run.max(len));
-                if free {
-                    pending.write_all(&buf, &img, &wrote).unwrap();
-                    prop_assert_eq!(pending.used(), 0);
-                }
-                expected.resize((off as usize) + len, 0);
-                for i in 0..len {
-                    expected[off as usize + i] = byte(off + i as u64);
-                }
-                off += len as u64;
             }
-            pending.write_all(&buf, &img, &wrote).unwrap();
-            prop_assert_eq!(&*img.0.borrow(), &expected);
-            let total: usize = chunks.iter().map(|c| c.1).sum();
-            prop_assert_eq!(written.load(Ordering::Relaxed), total);
+            let mut merged: Vec<(u64, u64)> = Vec::new();
+            for &(off, len) in &added {
+                match merged.last_mut() {
+                    Some(r) if r.0 + r.1 == off => r.1 += len,
+                    _ => merged.push((off, len)),
+                }
+            }
+            prop_assert_eq!(&stripe.regions, &merged);
+            for &(off, len) in &stripe.regions {
+                let data = stripe.bytes(off, len);
+                prop_assert!(data.iter().enumerate().all(|(i, &b)| b == byte(off + i as u64)));
+                if let Some((start, _)) = direct::blocks(off, len as usize) {
+                    let at = data[(start - off) as usize..].as_ptr() as usize;
+                    prop_assert_eq!(at % direct::ALIGN as usize, 0);
+                }
+            }
         }
+    }
+
+    /// A stripe the writer cannot write fails the restore: the writer reports the error,
+    /// flags it for the walk, writes no later stripe and still hands every stripe back.
+    #[test]
+    fn a_failed_write_stops_the_writer_and_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.img");
+        std::fs::write(&path, []).unwrap();
+        let read_only = File::open(&path).unwrap();
+        let t = Target::new(read_only, path.clone(), None, true, false);
+        let (full, todo) = std::sync::mpsc::sync_channel(STRIPES);
+        let (free_tx, free) = std::sync::mpsc::channel();
+        for base in [0u64, 1 << 20] {
+            let mut s = Stripe::new(64 << 10).unwrap();
+            assert!(s.add(base, 4096).unwrap());
+            full.send(s).unwrap();
+        }
+        drop(full);
+        let failed = AtomicBool::new(false);
+        let err = write_stripes(&t, todo, free_tx, true, &failed).unwrap_err();
+        assert_eq!(err.kind(), "io", "{err}");
+        assert!(failed.load(Ordering::Relaxed));
+        assert_eq!(free.iter().count(), 2);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_stripe_refuses_overlapping_extents_and_claims_outside_it() {
+        let mut stripe = Stripe::new(64 << 10).unwrap();
+        assert!(stripe.add(10_000, 5_000).unwrap());
+        assert!(stripe.add(14_999, 10).is_err());
+        assert!(!stripe.add(20_000, 70 << 10).unwrap());
+        // SAFETY: nothing else is claimed.
+        assert!(unsafe { stripe.claim(9_999, 10) }.is_err());
+        // SAFETY: as above.
+        assert!(unsafe { stripe.claim(10_000 + (64 << 10), 8_000) }.is_err());
     }
 }

@@ -235,8 +235,14 @@ fn stdin_backup_and_plain_path_container() {
     child.stdin.take().unwrap().write_all(&data).unwrap();
     let out = ok(child.wait_with_output().unwrap());
     assert_eq!(json_of(&out)["size"], data.len());
-    // --no-sync skips only the flush: the same bytes, under the target's name.
-    for (name, flags) in [("s.img", &[][..]), ("s-nosync.img", &["--no-sync"][..])] {
+    // --no-sync skips only the flush, --buffered only direct I/O: the same bytes, under the
+    // target's name.
+    for (name, flags) in [
+        ("s.img", &[][..]),
+        ("s-nosync.img", &["--no-sync"][..]),
+        ("s-buffered.img", &["--buffered"][..]),
+        ("s-both.img", &["--no-sync", "--buffered"][..]),
+    ] {
         let t = d.join(name);
         let mut args = vec![
             "restore",

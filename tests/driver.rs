@@ -122,10 +122,11 @@ fn chain_of_incrementals_restores_every_link_byte_identically(e: &Env) {
             "backup b{i} restores differently"
         );
         // The same with the chunk locations in a temporary file (sorted runs of 64, merged),
-        // as a restore of a large container keeps them.
+        // as a restore of a large container keeps them, and written through the page cache.
         let out = e.root.join(format!("restore{i}-spilled.img"));
         let opts = RestoreOptions {
             locations_in_memory: 64,
+            direct_io: false,
             ..RestoreOptions::new(TargetMode::New)
         };
         run_restore_with(&e.c, &format!("b{i}"), &out, &opts, None).unwrap();
