@@ -305,12 +305,22 @@ impl Target {
 /// Stripes of a restore: one being filled by the restore threads, one being written.
 const STRIPES: usize = 2;
 
-/// Volume bytes a window spans at most. Larger stripes cost memory; smaller ones decode more:
-/// a chunk that repeats in another window is decoded again there. On day 2 of the benchmark's
-/// filesystem image, 16 MiB stripes decoded 1.40 GB, 32 MiB ones 1.33 GB (64 MiB: 1.21 GB,
-/// 256 MiB: 1.08 GB) for a volume of 1.40 GB of data. At least the largest chunk.
+/// Volume bytes a window spans at most, on a store read with at most two requests in flight
+/// (a filesystem). Larger stripes cost memory; smaller ones decode more, since a chunk that
+/// repeats in another window is decoded again there: on day 2 of the benchmark's filesystem
+/// image, 16 MiB stripes decoded 1.40 GB, 32 MiB ones 1.33 GB (64 MiB: 1.21 GB, 256 MiB:
+/// 1.08 GB) for a volume of 1.40 GB of data. At least the largest chunk.
 const STRIPE: usize = 32 << 20;
 const _: () = assert!(STRIPE >= crate::chunker::MAX_CHUNK_LIMIT as usize);
+
+/// The stripe for a store read with `concurrency` requests in flight. Each window ends with a
+/// barrier and cuts ranges at its ends, so a store with many requests in flight (S3: 8) needs
+/// larger windows to keep them busy: from s3s-fs on this machine, day 2 restored in
+/// 4.6–5.0 s with 32 MiB stripes, 3.7–3.9 s with 64 MiB ones and 3.1–3.7 s with 128 MiB ones
+/// (peak RSS 105, 176 and 308 MiB), against 3.6 s before stripes (137–143 MiB).
+fn stripe_len(concurrency: usize) -> usize {
+    if concurrency > 2 { 2 * STRIPE } else { STRIPE }
+}
 
 /// A window's stretch of the target, assembled in memory and then written in one go by the
 /// writer thread (see [`write_stripes`]). Volume offset `base + i` is at `mem[pad + i]` with
@@ -723,7 +733,7 @@ pub fn run_restore_with(
         // writes it and sends it back for another window.
         let (free_tx, free) = std::sync::mpsc::channel::<Stripe>();
         for _ in 0..STRIPES {
-            let _ = free_tx.send(Stripe::new(STRIPE)?);
+            let _ = free_tx.send(Stripe::new(stripe_len(container.store().concurrency()))?);
         }
         let (full, todo) = std::sync::mpsc::sync_channel::<Stripe>(STRIPES);
         let writer = s.spawn(move || write_stripes(t, todo, free_tx, opts.sync, failed));
