@@ -22,8 +22,8 @@
 //! directly. Parts of a write that do not cover whole blocks are left to the caller, which
 //! writes them through the page cache.
 //!
-//! Filesystems without direct I/O (some FUSE and network filesystems) refuse it with `EINVAL`;
-//! callers then write through the page cache as before.
+//! Filesystems without direct I/O (tmpfs before Linux 6.6, some FUSE and network filesystems)
+//! refuse it with `EINVAL`; callers then write through the page cache as before.
 
 use std::fs::{File, OpenOptions};
 use std::io;
