@@ -679,6 +679,10 @@ pub struct RestoreOptions {
     /// Data-chunk locations held in memory; beyond this the container's locations go to a
     /// temporary file (see [`LocationTable`]), so memory does not grow with the container.
     pub locations_in_memory: usize,
+    /// Volume bytes per restore window (its [`Stripe`]); None for the default, 32 MiB (64 MiB
+    /// on stores read with many requests in flight). Never less than the backup's largest
+    /// chunk. Small stripes are for tests: they make a small volume cross many windows.
+    pub stripe: Option<usize>,
 }
 
 impl RestoreOptions {
@@ -690,6 +694,7 @@ impl RestoreOptions {
             sync: true,
             direct_io: true,
             locations_in_memory: DEFAULT_MEM_ENTRIES,
+            stripe: None,
         }
     }
 }
@@ -736,6 +741,9 @@ pub fn run_restore_with(
     if opts.direct_io {
         t.direct();
     }
+    let stripe_len = (opts.stripe).map_or(stripe_len(container.store().concurrency()), |s| {
+        s.max(manifest.chunker.max as usize)
+    });
     let mut bytes_written = 0u64;
     let mut zero_bytes = 0u64;
     let failed = AtomicBool::new(false);
@@ -745,7 +753,7 @@ pub fn run_restore_with(
         // writes it and sends it back for another window.
         let (free_tx, free) = std::sync::mpsc::channel::<Stripe>();
         for _ in 0..STRIPES {
-            let _ = free_tx.send(Stripe::new(stripe_len(container.store().concurrency()))?);
+            let _ = free_tx.send(Stripe::new(stripe_len)?);
         }
         let (full, todo) = std::sync::mpsc::sync_channel::<Stripe>(STRIPES);
         let writer = s.spawn(move || write_stripes(t, todo, free_tx, opts.sync, failed));
@@ -774,12 +782,18 @@ pub fn run_restore_with(
                         if let Some(p) = progress {
                             p(off);
                         }
-                        // An empty stripe holds any extent: the manifest's decoder refuses
-                        // extents longer than MAX_CHUNK_LIMIT, and STRIPE is no shorter.
+                        // An empty stripe holds any chunk the backup's chunker cuts, and by
+                        // default any extent the manifest's decoder accepts (STRIPE is no
+                        // shorter than MAX_CHUNK_LIMIT).
                         if !stripe.add(off, u64::from(*len))? {
-                            return Err(Error::Internal(format!(
-                                "a data extent of {len} bytes does not fit an empty stripe"
-                            )));
+                            return Err(Error::Corrupt {
+                                key: crate::container::manifest_key(backup_id),
+                                offset: 0,
+                                reason: format!(
+                                    "data extent of {len} bytes at volume offset {off}, more \
+                                     than the backup's largest chunk"
+                                ),
+                            });
                         }
                     }
                     window.push((off, *id, *len));

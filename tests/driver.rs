@@ -122,11 +122,13 @@ fn chain_of_incrementals_restores_every_link_byte_identically(e: &Env) {
             "backup b{i} restores differently"
         );
         // The same with the chunk locations in a temporary file (sorted runs of 64, merged),
-        // as a restore of a large container keeps them, and written through the page cache.
+        // as a restore of a large container keeps them, written through the page cache, in
+        // stripes of 1 MiB.
         let out = e.root.join(format!("restore{i}-spilled.img"));
         let opts = RestoreOptions {
             locations_in_memory: 64,
             direct_io: false,
+            stripe: Some(1 << 20),
             ..RestoreOptions::new(TargetMode::New)
         };
         run_restore_with(&e.c, &format!("b{i}"), &out, &opts, None).unwrap();
@@ -185,6 +187,27 @@ fn repeated_chunks_restore_byte_identically(e: &Env) {
     let out = e.root.join("rep-out.img");
     restore_new(&e.c, "rep", &out).unwrap();
     assert_same(&vol, &out);
+    // The same across many windows: a repeated chunk is decoded again in each window it is in.
+    let out = e.root.join("rep-out-striped.img");
+    restore_in_small_stripes(&e.c, "rep", &out, TargetMode::New, true).unwrap();
+    assert_same(&vol, &out);
+}
+
+/// Restores in stripes of 1 MiB, so that even a small volume crosses many windows: stripes are
+/// filled, written and reused many times.
+fn restore_in_small_stripes(
+    c: &Container,
+    id: &str,
+    out: &Path,
+    mode: TargetMode,
+    direct_io: bool,
+) -> volback::Result<()> {
+    let opts = RestoreOptions {
+        stripe: Some(1 << 20),
+        direct_io,
+        ..RestoreOptions::new(mode)
+    };
+    run_restore_with(c, id, out, &opts, None).map(|_| ())
 }
 
 fn zero_regions_and_holes_are_not_stored_and_restore_sparse(e: &Env) {
@@ -217,6 +240,12 @@ fn restore_onto_existing_target_writes_zeros_and_ends_at_volume_size(e: &Env) {
     std::fs::write(&out, pseudo_random(12 << 20, 99)).unwrap();
     run_restore(&e.c, "b", &out, TargetMode::Existing, None).unwrap();
     assert_same(&vol, &out);
+    // The same over other bytes again, across many windows, direct and through the page cache.
+    for direct_io in [true, false] {
+        std::fs::write(&out, pseudo_random(12 << 20, 98)).unwrap();
+        restore_in_small_stripes(&e.c, "b", &out, TargetMode::Existing, direct_io).unwrap();
+        assert_same(&vol, &out);
+    }
     // A new-target restore refuses to clobber an existing file.
     let err = restore_new(&e.c, "b", &out).unwrap_err();
     assert_eq!(err.kind(), "target_exists");
