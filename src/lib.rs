@@ -42,9 +42,9 @@
 //!
 //! Memory does not grow with the volume: a backup holds a window of the pipeline (a few 4 MiB
 //! read buffers, the pack being built and the packs uploading: one on a filesystem, up to three
-//! on S3) and a dedup set of 16 bytes per chunk of the container; a restore holds a window of
-//! extents and keeps the container's chunk locations in a sorted temporary file (half a byte
-//! per chunk stays in memory). The `volback` binary also tunes glibc's allocator (mmap
+//! on S3) and a dedup set of 16 bytes per chunk of the container; a restore holds two stripes
+//! (32 MiB each, 64 MiB on S3) and keeps the container's chunk locations in a sorted temporary
+//! file (half a byte per chunk stays in memory). The `volback` binary also tunes glibc's allocator (mmap
 //! threshold pinned at 128 KiB; for backups, an 8 MiB trim threshold): a process embedding
 //! the driver gets the same with `MALLOC_MMAP_THRESHOLD_=131072` and, for backups,
 //! `MALLOC_TRIM_THRESHOLD_=8388608` (`docs/performance.md`).
