@@ -523,18 +523,22 @@ fn restore_range(
             None => &read[..(r.end - r.start) as usize],
         };
         for (id, loc) in &r.chunks {
+            // Each of the chunk's extents is written over exactly: one of another length
+            // would make a claim spill into its neighbour's (check_complete already refused
+            // such a backup; this keeps the claims below sound on their own).
+            let mismatch = |volume_offset, extent_len| Error::ChunkLengthMismatch {
+                backup_id: backup_id.into(),
+                chunk: id.to_hex(),
+                volume_offset,
+                extent_len,
+                chunk_len: loc.raw_len,
+            };
             let at = places.of(id);
             let Some(&(first, _, len)) = at.first() else {
                 continue;
             };
             if len != loc.raw_len {
-                return Err(Error::ChunkLengthMismatch {
-                    backup_id: backup_id.into(),
-                    chunk: id.to_hex(),
-                    volume_offset: first,
-                    extent_len: len,
-                    chunk_len: loc.raw_len,
-                });
+                return Err(mismatch(first, len));
             }
             let s = (u64::from(loc.offset) - r.start) as usize;
             let stored = &data[s..s + loc.stored_len as usize];
@@ -545,13 +549,7 @@ fn restore_range(
                 .map_err(|e| with_volume_offset(e, first))?;
             for &(off, _, other) in &at[1..] {
                 if other != len {
-                    return Err(Error::ChunkLengthMismatch {
-                        backup_id: backup_id.into(),
-                        chunk: id.to_hex(),
-                        volume_offset: off,
-                        extent_len: other,
-                        chunk_len: len,
-                    });
+                    return Err(mismatch(off, other));
                 }
                 // SAFETY: as above; another extent, so disjoint from `out`.
                 unsafe { stripe.claim(off, len as usize)? }.copy_from_slice(out);
