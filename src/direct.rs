@@ -115,11 +115,24 @@ pub fn open(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
+/// The unit [`blocks`] rounds to: [`ALIGN`], or the page size where pages are larger (64 KiB
+/// on some arm64 and ppc64 kernels). A direct write must not share a page-cache page with the
+/// buffered writes of a neighbouring region's partial blocks: the kernel invalidates the
+/// pages a direct write covers, and a page dirtied meanwhile could later be written back over
+/// the direct write's bytes.
+pub fn block() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    ALIGN.max(u64::try_from(page).unwrap_or(0))
+}
+
 /// The whole blocks of `len` bytes at `offset`: the range `[start, end)` of file offsets that
-/// [`write_blocks`] can write, or None if it holds no whole block.
+/// a direct write can cover without sharing a page with bytes outside it, or None if it holds
+/// no whole block (see [`block`]).
 pub fn blocks(offset: u64, len: usize) -> Option<(u64, u64)> {
-    let start = offset.div_ceil(ALIGN) * ALIGN;
-    let end = (offset + len as u64) / ALIGN * ALIGN;
+    let b = block();
+    let start = offset.div_ceil(b) * b;
+    let end = (offset + len as u64) / b * b;
     (end > start).then_some((start, end))
 }
 
@@ -186,12 +199,17 @@ mod tests {
 
     #[test]
     fn blocks_are_the_whole_aligned_blocks_inside_a_write() {
-        assert_eq!(blocks(0, 4096), Some((0, 4096)));
-        assert_eq!(blocks(1, 8191), Some((4096, 8192)));
-        assert_eq!(blocks(1, 8190), None);
-        assert_eq!(blocks(4095, 4097), Some((4096, 8192)));
-        assert_eq!(blocks(10_000, 100_000), Some((12_288, 106_496)));
-        assert_eq!(blocks(8192, 0), None);
+        let b = block();
+        assert!(b >= ALIGN && b % ALIGN == 0);
+        let n = b as usize;
+        assert_eq!(blocks(0, n), Some((0, b)));
+        assert_eq!(blocks(1, 2 * n - 1), Some((b, 2 * b)));
+        assert_eq!(blocks(1, 2 * n - 2), None);
+        assert_eq!(blocks(b - 1, n + 1), Some((b, 2 * b)));
+        assert_eq!(blocks(2 * b, 0), None);
+        if b == 4096 {
+            assert_eq!(blocks(10_000, 100_000), Some((12_288, 106_496)));
+        }
     }
 
     /// Where the filesystem takes direct I/O, the file's length is exact (the padding of the
