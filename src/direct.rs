@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn blocks_are_the_whole_aligned_blocks_inside_a_write() {
         let b = block();
-        assert!(b >= ALIGN && b % ALIGN == 0);
+        assert!(b >= ALIGN && b.is_multiple_of(ALIGN));
         let n = b as usize;
         assert_eq!(blocks(0, n), Some((0, b)));
         assert_eq!(blocks(1, 2 * n - 1), Some((b, 2 * b)));
