@@ -329,7 +329,7 @@ const _: () = assert!(STRIPE >= crate::chunker::MAX_CHUNK_LIMIT as usize);
 /// barrier and cuts ranges at its ends, so a store with many requests in flight (S3: 8) needs
 /// larger windows to keep them busy: from s3s-fs on this machine, day 2 restored in
 /// 4.6–5.0 s with 32 MiB stripes, 3.7–3.9 s with 64 MiB ones and 3.1–3.7 s with 128 MiB ones
-/// (peak RSS 105, 176 and 308 MiB), against 3.6 s before stripes (137–143 MiB).
+/// (peak RSS 105, 176 and 308 MiB), against 3.1–3.7 s before stripes (131–143 MiB).
 fn stripe_len(concurrency: usize) -> usize {
     if concurrency > 2 { 2 * STRIPE } else { STRIPE }
 }
