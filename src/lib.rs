@@ -42,7 +42,7 @@
 //!
 //! Memory does not grow with the volume: a backup holds a window of the pipeline (a few 4 MiB
 //! read buffers, the pack being built and the packs uploading: one on a filesystem, up to three
-//! on S3) and a dedup set of 16 bytes per chunk of the container; a restore holds two stripes
+//! on S3; a finished pack's buffer is reused for a later one) and a dedup set of 16 bytes per chunk of the container; a restore holds two stripes
 //! (32 MiB each, 64 MiB on S3) and keeps the container's chunk locations in a sorted temporary
 //! file (half a byte per chunk stays in memory). The `volback` binary also tunes glibc's allocator (mmap
 //! threshold pinned at 128 KiB; for backups, an 8 MiB trim threshold): a process embedding
@@ -125,7 +125,8 @@
 //!
 //! - [`driver`]: the Cinder verbs; start here as a caller.
 //! - [`pipeline`]: the backup pipeline. [`restore`]: the restore pipeline.
-//! - [`chunker`]: zero runs and FastCDC. [`source`]: reading volumes.
+//! - [`chunker`]: zero runs and FastCDC. [`source`]: reading volumes. [`buffers`]: read and
+//!   pack buffers recycled rather than mapped and zeroed afresh.
 //! - [`pack`], [`index`], [`manifest`], [`record`]: the on-storage formats. [`locations`]: the
 //!   restore's chunk-location table, in bounded memory.
 //! - [`container`]: object names and container-level operations. [`store`]: the storage trait,
@@ -161,6 +162,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod buffers;
 pub mod chunker;
 pub mod container;
 pub mod direct;

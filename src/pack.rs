@@ -264,8 +264,13 @@ impl PackBuilder {
 
     /// An empty pack with room for `bytes` (so filling it never reallocates and copies).
     pub fn with_capacity(bytes: usize) -> Self {
-        let mut buf = Vec::with_capacity(bytes);
-        advise_huge_pages(&mut buf);
+        Self::with_buffer(Vec::with_capacity(bytes))
+    }
+
+    /// An empty pack built in `buf` (its contents are discarded, its capacity kept): a
+    /// backup reuses the buffers of packs already uploaded (`buffers::BufferPool`).
+    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
+        buf.clear();
         buf.extend_from_slice(HEADER);
         buf.extend_from_slice(&PACK_VERSION.to_le_bytes());
         buf.extend_from_slice(&[0, 0]);
@@ -317,14 +322,23 @@ impl PackBuilder {
     /// appended once more (a pack may list a chunk twice; readers use either entry), which
     /// changes the bytes and so the name.
     pub fn finish_avoiding(
-        mut self,
+        self,
         avoid: &std::collections::HashSet<Hash>,
     ) -> (Bytes, Hash, Vec<PackEntry>) {
+        let (buf, id, entries) = self.finish_into_vec(avoid);
+        (Bytes::from(buf), id, entries)
+    }
+
+    /// Like [`PackBuilder::finish_avoiding`], returning the buffer the pack was built in.
+    pub fn finish_into_vec(
+        mut self,
+        avoid: &std::collections::HashSet<Hash>,
+    ) -> (Vec<u8>, Hash, Vec<PackEntry>) {
         loop {
             let table_start = self.buf.len();
             let id = self.seal();
             if !avoid.contains(&id) || self.entries.is_empty() {
-                return (Bytes::from(self.buf), id, self.entries);
+                return (self.buf, id, self.entries);
             }
             self.buf.truncate(table_start);
             let first = self.entries[0];
@@ -360,29 +374,6 @@ impl PackBuilder {
         self.buf.extend_from_slice(&[0; 6]);
         self.buf.extend_from_slice(END);
         Hash::of(&self.buf)
-    }
-}
-
-/// Asks the kernel to back a large, still untouched buffer with transparent huge pages.
-///
-/// A data pack is a fresh 33 MiB buffer, filled once and freed after upload: with 4 KiB pages
-/// that is ~8,400 page faults per pack, ~17 % of a backup's CPU on incompressible data. With
-/// 2 MiB pages it is 17. Only a hint: where THP is off or unsupported, nothing changes.
-fn advise_huge_pages(buf: &mut Vec<u8>) {
-    const MIN: usize = 4 << 20;
-    if buf.capacity() < MIN {
-        return;
-    }
-    let page = 4096usize;
-    let start = buf.as_mut_ptr() as usize;
-    let first = start.next_multiple_of(page);
-    let end = (start + buf.capacity()) & !(page - 1);
-    if end > first {
-        // SAFETY: the range lies inside `buf`'s own allocation and is page aligned; the advice
-        // changes no contents and the call takes no other memory.
-        unsafe {
-            libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
-        }
     }
 }
 

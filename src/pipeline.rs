@@ -29,6 +29,7 @@ use bytes::Bytes;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::buffers::BufferPool;
 use crate::chunker::{Guide, GuideEntry, GuideFilter, Piece, Splitter};
 use crate::container::{Container, LeaseGuard, manifest_key, now_rfc3339, now_unix, pack_key};
 use crate::error::{Error, Result};
@@ -210,6 +211,10 @@ struct Packer<'a> {
     meta_pack: PackBuilder,
     target: u64,
     tx: SyncSender<WriterMsg>,
+    /// Buffers of uploaded packs, reused for the next ones. One spare: on a filesystem one
+    /// pack fills while the previous one is written, so two buffers serve the whole backup
+    /// and the kernel zeroes no new pages (~5 % of a full backup's CPU, tenth session).
+    buffers: BufferPool,
     chunks_new: u64,
 }
 
@@ -227,8 +232,10 @@ impl Packer<'_> {
                 &mut self.meta_pack
             };
             if pack.is_empty() && c.kind == ChunkKind::Data {
-                // Room for a full pack: the builder never reallocates while it fills.
-                *pack = PackBuilder::with_capacity(self.target as usize + (1 << 20));
+                // Room for a full pack, so the builder never reallocates while it fills, in the
+                // buffer of a pack already uploaded when there is one.
+                let buf = self.buffers.take_empty(self.target as usize + (1 << 20));
+                *pack = PackBuilder::with_buffer(buf);
             }
             pack.add(&c);
             // Extent-list packs are closed early: they fill slowly (~1 MiB per GiB of volume)
@@ -257,7 +264,9 @@ impl Packer<'_> {
         if pack.is_empty() {
             return Ok(());
         }
-        let (bytes, id, entries) = pack.finish_avoiding(self.avoid);
+        let (buf, id, entries) = pack.finish_into_vec(self.avoid);
+        let len = buf.len();
+        let bytes = self.buffers.freeze(buf, len);
         // A closed channel means the writer stopped on an error; the caller collects it.
         self.tx
             .send(WriterMsg::Pack(id, bytes, entries))
@@ -415,6 +424,7 @@ pub fn run_backup(
             meta_pack: PackBuilder::new(),
             target: cfg.pack_target,
             tx: pack_tx,
+            buffers: BufferPool::new(1),
             chunks_new: 0,
         };
         let main = (|| -> Result<_> {

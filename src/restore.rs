@@ -1,7 +1,7 @@
 //! The restore pipeline: manifest → extents → packs → stripes → target.
 //!
 //! A backup restores from its own manifest alone (never by replaying a parent chain). The
-//! extent list is walked in windows of at most 32 MiB of the volume (a [`Stripe`]) and a few
+//! extent list is walked in windows of at most 32 MiB of the volume (a `Stripe`) and a few
 //! thousand chunks. Within a window, chunks are grouped by pack and neighbouring chunks of one
 //! pack are fetched with one ranged read; ranges are fetched, decompressed and BLAKE3-verified
 //! in parallel, largest first, each chunk straight into its place in the stripe, and a chunk
@@ -677,7 +677,7 @@ pub struct RestoreOptions {
     /// Data-chunk locations held in memory; beyond this the container's locations go to a
     /// temporary file (see [`LocationTable`]), so memory does not grow with the container.
     pub locations_in_memory: usize,
-    /// Volume bytes per restore window (its [`Stripe`]); None for the default, 32 MiB (64 MiB
+    /// Volume bytes per restore window (its `Stripe`); None for the default, 32 MiB (64 MiB
     /// on stores read with many requests in flight). Never less than the backup's largest
     /// chunk. Small stripes are for tests: they make a small volume cross many windows.
     pub stripe: Option<usize>,

@@ -12,10 +12,9 @@ use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use std::sync::{Arc, Mutex};
-
 use bytes::Bytes;
 
+use crate::buffers::BufferPool;
 use crate::error::{Error, Result};
 
 /// Bytes read per buffer. Up to ~8 buffers are in flight between reader, chunker and packer,
@@ -23,54 +22,8 @@ use crate::error::{Error, Result};
 /// peak ~30 MiB less (fs-image full backup 112–123 → 83–92 MiB; 16 GiB stream 175 → 132 MiB).
 pub const READ_BUF: usize = 4 << 20;
 
-/// Read buffers are recycled: a buffer returns to the pool when the last chunk slicing it is
-/// dropped. Fresh 4 MiB allocations would each cost thousands of page faults and a memset.
-#[derive(Clone, Default)]
-struct BufferPool(Arc<Mutex<Vec<Vec<u8>>>>);
-
-/// A pooled buffer owned by `Bytes`; goes back to its pool on drop.
-struct Pooled {
-    buf: Vec<u8>,
-    pool: BufferPool,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        let mut pool = self.pool.0.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < 16 {
-            pool.push(std::mem::take(&mut self.buf));
-        }
-    }
-}
-
-impl BufferPool {
-    /// A buffer of exactly `len` bytes (contents unspecified: the caller overwrites them).
-    fn take(&self, len: usize) -> Vec<u8> {
-        let mut v = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_default();
-        v.resize(len, 0);
-        v
-    }
-
-    /// Wraps the first `len` bytes of `buf` as `Bytes` that return `buf` here when dropped.
-    fn freeze(&self, mut buf: Vec<u8>, len: usize) -> Bytes {
-        buf.truncate(len);
-        Bytes::from_owner(Pooled {
-            buf,
-            pool: self.clone(),
-        })
-    }
-}
+/// Read buffers in the pool beyond those in flight (about as many as are ever in flight).
+const SPARE_READ_BUFS: usize = 16;
 
 /// Where a backup's volume data comes from.
 pub enum VolumeSource {
@@ -214,7 +167,7 @@ fn read_sparse_file(
     sink: &mut dyn FnMut(Input) -> bool,
 ) -> Result<u64> {
     let mut pos = 0u64;
-    let pool = BufferPool::default();
+    let pool = BufferPool::new(SPARE_READ_BUFS);
     let sparse_ok = seek_region(f, 0, libc::SEEK_DATA).is_ok();
     while pos < size {
         let (data_start, data_end) = if sparse_ok {
@@ -271,7 +224,7 @@ fn read_stream(
     sink: &mut dyn FnMut(Input) -> bool,
 ) -> Result<u64> {
     let mut total = 0u64;
-    let pool = BufferPool::default();
+    let pool = BufferPool::new(SPARE_READ_BUFS);
     loop {
         let mut buf = pool.take(READ_BUF);
         let mut done = 0;
