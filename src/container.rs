@@ -24,9 +24,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::ChunkerParams;
+use crate::dedup::DedupSet;
 use crate::error::{Error, Result};
 use crate::ids::{Hash, validate_id};
-use crate::index::{ChunkSet, Index, Locate, Location, Segment, decode_segment, encode_segment};
+use crate::index::{Index, Locate, Location, Segment, decode_segment, encode_segment};
 use crate::manifest::{Extent, ExtentListReader, Manifest, decode_versioned_json};
 use crate::pack::{PackEntry, decode_chunk};
 use crate::s3::{S3Options, S3Store};
@@ -622,20 +623,22 @@ impl Container {
     }
 
     /// What a backup deduplicates against: the chunks held by packs that exist and are not
-    /// condemned, as a compact [`ChunkSet`], and the condemned pack names it must not produce.
+    /// condemned, as a [`DedupSet`] holding at most `mem_keys` of them in memory (the rest in a
+    /// temporary file), and the condemned pack names it must not produce.
     ///
     /// Also returns where the chunks in `wanted` are (an incremental's parent extent list), so
     /// they are found in the same pass over the index.
     pub fn load_dedup_set(
         &self,
         wanted: &HashSet<Hash>,
-    ) -> Result<(ChunkSet, HashSet<Hash>, Index)> {
-        let mut set = ChunkSet::new();
+        mem_keys: usize,
+    ) -> Result<(DedupSet, HashSet<Hash>, Index)> {
+        let mut set = DedupSet::builder(mem_keys);
         let mut found = Index::new();
         let scan = self.scan_index(IndexUse::Backup, |pack, entries, exists, condemned| {
             if exists && !condemned {
                 for e in entries {
-                    set.insert(&e.id);
+                    set.add(&e.id);
                 }
                 if !wanted.is_empty() {
                     let hits: Vec<PackEntry> = entries
@@ -649,8 +652,7 @@ impl Container {
                 }
             }
         })?;
-        set.compact();
-        Ok((set, scan.condemned, found))
+        Ok((set.finish()?, scan.condemned, found))
     }
 
     /// Visits every pack the index knows, with whether it exists and whether it is condemned,

@@ -148,6 +148,7 @@ impl Driver {
             expected_size: None,
             lease_ttl: None,
             zstd_level: self.config.zstd_level,
+            dedup_mem_keys: None,
         };
         self.backup_with(&container, volume, &opts, progress)
     }

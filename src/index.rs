@@ -202,7 +202,8 @@ impl ChunkSet {
         Self::default()
     }
 
-    fn key(id: &Hash) -> u128 {
+    /// A chunk's key: the first 128 bits of its id.
+    pub(crate) fn key(id: &Hash) -> u128 {
         let mut k = [0u8; 16];
         k.copy_from_slice(&id.0[..16]);
         u128::from_be_bytes(k)
@@ -260,9 +261,26 @@ impl ChunkSet {
         true
     }
 
+    /// A set of `keys` (in any order, repeats allowed), all in the base.
+    pub(crate) fn from_keys(mut keys: Vec<u128>) -> ChunkSet {
+        keys.sort_unstable();
+        keys.dedup();
+        keys.shrink_to_fit();
+        let mut set = ChunkSet {
+            base: keys,
+            ..ChunkSet::default()
+        };
+        set.build_radix();
+        set
+    }
+
     fn merge_mid(&mut self) {
         let mid = std::mem::take(&mut self.mid);
         merge_into(&mut self.base, &mid);
+        self.build_radix();
+    }
+
+    fn build_radix(&mut self) {
         // About 8 keys per radix bucket.
         let len = self.base.len().max(1);
         self.bits = (usize::BITS - len.leading_zeros())

@@ -165,6 +165,7 @@
 pub mod buffers;
 pub mod chunker;
 pub mod container;
+pub mod dedup;
 pub mod direct;
 pub mod driver;
 pub mod error;

@@ -399,6 +399,7 @@ fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
                 volume_metadata,
                 expected_size: None,
                 zstd_level,
+                dedup_mem_keys: None,
                 lease_ttl: Some(std::time::Duration::from_secs(lease_ttl.max(1))),
             };
             let pb = progress_bar(json, size_hint);

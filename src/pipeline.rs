@@ -32,9 +32,10 @@ use serde::Serialize;
 use crate::buffers::BufferPool;
 use crate::chunker::{Guide, GuideEntry, GuideFilter, Piece, Splitter};
 use crate::container::{Container, LeaseGuard, manifest_key, now_rfc3339, now_unix, pack_key};
+use crate::dedup::{DEFAULT_MEM_KEYS, DedupSet};
 use crate::error::{Error, Result};
 use crate::ids::{Hash, new_backup_id, validate_id};
-use crate::index::{ChunkSet, Index};
+use crate::index::Index;
 use crate::manifest::{
     Extent, ExtentListWriter, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestStats, MetaRef,
 };
@@ -73,6 +74,9 @@ pub struct BackupOptions {
     pub expected_size: Option<u64>,
     /// zstd level for this backup (default: the container's).
     pub zstd_level: Option<i32>,
+    /// The container's chunks kept in memory for deduplication before the rest go to a
+    /// temporary file (default [`DEFAULT_MEM_KEYS`]; tests set it low to exercise the file).
+    pub dedup_mem_keys: Option<usize>,
 }
 
 /// What a backup did (the CLI's `backup --json`).
@@ -198,9 +202,8 @@ fn unpoison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Chunk dedup and packing state of one backup.
 struct Packer<'a> {
     /// Chunks the container holds (in packs that exist and are not condemned) and chunks this
-    /// backup has stored: 16 bytes each, so memory stays a few hundred MiB per TiB of unique
-    /// data.
-    known: ChunkSet,
+    /// backup has stored; the container's beyond a few MiB live in a temporary file.
+    known: DedupSet,
     /// Condemned pack ids: never produce a pack with one of these names.
     avoid: &'a HashSet<Hash>,
     level: i32,
@@ -219,10 +222,6 @@ struct Packer<'a> {
 }
 
 impl Packer<'_> {
-    fn is_known(&mut self, id: &Hash) -> bool {
-        !self.known.insert(id)
-    }
-
     fn add(&mut self, chunks: Vec<EncodedChunk>) -> Result<()> {
         for c in chunks {
             let pack = if c.kind == ChunkKind::Data {
@@ -276,13 +275,14 @@ impl Packer<'_> {
     /// Hashes, dedups and stores extent-list chunks, returning their references in order.
     fn add_meta(&mut self, chunks: Vec<Bytes>, refs: &mut Vec<MetaRef>) -> Result<()> {
         let ids: Vec<Hash> = chunks.par_iter().map(|c| Hash::of(c)).collect();
+        let known = self.known.check_and_add(&ids)?;
         let mut new = Vec::new();
-        for (c, id) in chunks.iter().zip(&ids) {
+        for ((c, id), known) in chunks.iter().zip(&ids).zip(known) {
             refs.push(MetaRef {
                 id: id.to_hex(),
                 len: c.len() as u32,
             });
-            if !self.is_known(id) {
+            if !known {
                 new.push((c, *id));
             }
         }
@@ -357,7 +357,10 @@ pub fn run_backup(
         }
         None => HashSet::new(),
     };
-    let (known, condemned, parent_index) = container.load_dedup_set(&parent_metas)?;
+    let (known, condemned, parent_index) = container.load_dedup_set(
+        &parent_metas,
+        opts.dedup_mem_keys.unwrap_or(DEFAULT_MEM_KEYS),
+    )?;
 
     let bytes_read = AtomicU64::new(0);
     let result = std::thread::scope(|s| -> Result<_> {
@@ -453,6 +456,8 @@ pub fn run_backup(
                     || packer.add(done),
                 );
                 added?;
+                let data_ids: Vec<Hash> = ids.iter().flatten().copied().collect();
+                let mut known = packer.known.check_and_add(&data_ids)?.into_iter();
                 let mut new: Vec<(&Bytes, Hash)> = Vec::new();
                 for (p, id) in pieces.iter().zip(&ids) {
                     size += p.len();
@@ -460,7 +465,7 @@ pub fn run_backup(
                         (Piece::Data(b) | Piece::Hashed(b, _), Some(id)) => {
                             chunks_total += 1;
                             extents.push_data(b.len() as u32, id);
-                            if !packer.is_known(id) {
+                            if known.next() != Some(true) {
                                 new.push((b, *id));
                             }
                         }

@@ -20,6 +20,7 @@ use common::backend::Env;
 on_both_backends!(
     chain_of_incrementals_restores_every_link_byte_identically,
     dedup_across_volumes_and_full_backups,
+    dedup_against_a_set_spilled_to_a_file,
     zero_regions_and_holes_are_not_stored_and_restore_sparse,
     restore_onto_existing_target_writes_zeros_and_ends_at_volume_size,
     deletes_never_break_other_backups,
@@ -159,6 +160,59 @@ fn dedup_across_volumes_and_full_backups(e: &Env) {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(leases, 0);
+}
+
+/// A container whose chunks do not fit the dedup set's memory (here 256 keys; by default
+/// 65,536) is deduplicated against a temporary file, with the same outcome as in memory.
+fn dedup_against_a_set_spilled_to_a_file(e: &Env) {
+    let spilled = |id: &str, vol: &Path, parent: Option<&str>| -> BackupReport {
+        let opts = BackupOptions {
+            dedup_mem_keys: Some(256),
+            ..backup_opts(id, parent)
+        };
+        run_backup(&e.c, VolumeSource::Path(vol.into()), &opts, None)
+            .unwrap_or_else(|err| panic!("backup {id}: {err}"))
+            .2
+    };
+    let a = e.root.join("a.img");
+    make_image(&a, 24 << 20, 11);
+    let first = backup(&e.c, &a, "a1", None);
+    assert!(first.chunks_new > 256, "{}", first.chunks_new);
+    // The same data as another volume: every chunk is found in the file.
+    let b = e.root.join("b.img");
+    std::fs::copy(&a, &b).unwrap();
+    let again = spilled("b1", &b, None);
+    assert_eq!(again.chunks_new, 0);
+    assert_eq!(again.chunks_total, first.chunks_total);
+    // A changed block is the only new data of an incremental; restores are byte-identical.
+    let mut data = std::fs::read(&a).unwrap();
+    for byte in &mut data[5 << 20..(5 << 20) + 4096] {
+        *byte = !*byte;
+    }
+    std::fs::write(&a, &data).unwrap();
+    let incr = spilled("a2", &a, Some("a1"));
+    assert!(
+        (1..=4).contains(&incr.chunks_new),
+        "{} new chunks",
+        incr.chunks_new
+    );
+    // A chunk new to the container but repeated within the backup is stored once.
+    let c = e.root.join("c.img");
+    let block: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .collect();
+    std::fs::write(&c, block.repeat(4)).unwrap();
+    let repeated = spilled("c1", &c, None);
+    assert!(repeated.chunks_new < repeated.chunks_total, "{repeated:?}");
+    for (id, vol) in [("a2", &a), ("b1", &b), ("c1", &c)] {
+        let out = e.root.join(format!("{id}.out"));
+        restore_new(&e.c, id, &out).unwrap();
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            std::fs::read(vol).unwrap(),
+            "{id}"
+        );
+    }
 }
 
 /// A volume whose blocks repeat, out of order and far apart (copies of files): every

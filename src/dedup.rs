@@ -1,0 +1,385 @@
+//! A backup's dedup set, in memory that does not grow with the container.
+//!
+//! A backup must know which chunks the container already holds, so that it stores each chunk
+//! once. Held in memory as a [`ChunkSet`] (16 bytes per chunk), that costs ~0.5 GiB per TiB of
+//! the container's unique data: a small volume backed up into a large container would need
+//! memory in proportion to the container, and an incremental of a 16 GiB volume peaked ~25 %
+//! above one of a 4 GiB volume (eleventh session, `benches/rss.py`).
+//!
+//! A [`DedupSet`] keeps a small container's chunks in memory (up to `mem_keys`; by default
+//! [`DEFAULT_MEM_KEYS`], ~2 GiB of unique data). A larger container's chunks go to a sorted,
+//! unlinked temporary file in `$TMPDIR` (16 bytes per chunk), with the first key of every block
+//! of [`BLOCK_KEYS`] keys kept in memory: 1/16 byte per chunk. The chunks of a batch are looked
+//! up together, in key order, with one positional read per block they touch (served by the page
+//! cache: the file is small and hot). Building it is an external sort of the keys streamed from
+//! the index scan: sorted runs of `mem_keys` keys, merged into the final file.
+//!
+//! Chunks the backup itself stores go to an in-memory [`ChunkSet`]: they grow with the volume's
+//! new data, not with the container.
+//!
+//! Keys are the first 128 bits of a chunk's BLAKE3 id, as in [`ChunkSet`] (whose documentation
+//! weighs the collision risk).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+
+use crate::error::{Error, Result};
+use crate::ids::Hash;
+use crate::index::ChunkSet;
+
+/// Keys held in memory before they are spilled to a temporary file (1 MiB): containers of up to
+/// ~2 GiB of unique data at 32 KiB chunks stay in memory, where a lookup costs no system call.
+pub const DEFAULT_MEM_KEYS: usize = 1 << 16;
+/// Keys per block of the file (4 KiB, one read); the first key of each block stays in memory.
+pub const BLOCK_KEYS: usize = 256;
+const KEY_LEN: usize = 16;
+/// Keys read at once from each run while merging.
+const MERGE_READ: usize = 1024;
+
+fn scratch_err(op: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |e| Error::io(op, std::env::temp_dir(), e)
+}
+
+/// The container's chunks when they did not fit in memory.
+struct Spilled {
+    file: File,
+    len: usize,
+    /// `fences[b]` is the first key of block `b`.
+    fences: Vec<u128>,
+}
+
+/// Which chunks a backup need not store: see the module documentation.
+pub struct DedupSet {
+    /// The container's chunks, when spilled to a file.
+    held: Option<Spilled>,
+    /// The chunks this backup stored, and the container's when they fit in memory.
+    added: ChunkSet,
+}
+
+impl DedupSet {
+    /// An empty set (a new container).
+    pub fn new() -> Self {
+        DedupSet {
+            held: None,
+            added: ChunkSet::new(),
+        }
+    }
+
+    /// A builder that keeps at most `mem_keys` keys in memory.
+    pub fn builder(mem_keys: usize) -> DedupBuilder {
+        DedupBuilder {
+            mem_keys: mem_keys.max(BLOCK_KEYS),
+            buf: Vec::new(),
+            runs: None,
+            run_lens: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// Number of distinct chunks (the container's and this backup's).
+    pub fn len(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.len) + self.added.len()
+    }
+
+    /// True if the set holds no chunk.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the container's chunks went to a temporary file.
+    pub fn spilled(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// For each of `ids`, in order: true if the set holds it (the container's, stored by this
+    /// backup, or earlier in `ids`), else false, and from then on the set holds it.
+    pub fn check_and_add(&mut self, ids: &[Hash]) -> Result<Vec<bool>> {
+        let mut known = vec![false; ids.len()];
+        if let Some(held) = &self.held {
+            held.mark(ids, &mut known)?;
+        }
+        for (k, id) in known.iter_mut().zip(ids) {
+            if !*k {
+                *k = !self.added.insert(id);
+            }
+        }
+        Ok(known)
+    }
+
+    /// Memory held, in bytes (for measurements).
+    pub fn memory_bytes(&self) -> usize {
+        self.held
+            .as_ref()
+            .map_or(0, |h| h.fences.capacity() * KEY_LEN)
+            + self.added.memory_bytes()
+    }
+}
+
+impl Default for DedupSet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Spilled {
+    /// Sets `known[i]` for each of `ids` in the file: the ids are visited in key order, each
+    /// block read once.
+    fn mark(&self, ids: &[Hash], known: &mut [bool]) -> Result<()> {
+        let mut order: Vec<(u128, usize)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (ChunkSet::key(id), i))
+            .collect();
+        order.sort_unstable();
+        let mut bytes = vec![0u8; BLOCK_KEYS * KEY_LEN];
+        let mut keys: Vec<u128> = Vec::with_capacity(BLOCK_KEYS);
+        let mut loaded = None;
+        for (key, i) in order {
+            let b = self.fences.partition_point(|f| *f <= key);
+            if b == 0 {
+                continue;
+            }
+            let b = b - 1;
+            if loaded != Some(b) {
+                let n = BLOCK_KEYS.min(self.len - b * BLOCK_KEYS);
+                self.file
+                    .read_exact_at(&mut bytes[..n * KEY_LEN], (b * BLOCK_KEYS * KEY_LEN) as u64)
+                    .map_err(scratch_err("read dedup set in"))?;
+                keys.clear();
+                keys.extend(bytes[..n * KEY_LEN].chunks_exact(KEY_LEN).map(decode_key));
+                loaded = Some(b);
+            }
+            known[i] = keys.binary_search(&key).is_ok();
+        }
+        Ok(())
+    }
+}
+
+fn decode_key(b: &[u8]) -> u128 {
+    let mut k = [0u8; KEY_LEN];
+    k.copy_from_slice(b);
+    u128::from_be_bytes(k)
+}
+
+/// Collects the container's chunks during the index scan (see [`DedupSet::builder`]).
+pub struct DedupBuilder {
+    mem_keys: usize,
+    buf: Vec<u128>,
+    /// Sorted runs, back to back; `run_lens` holds their lengths in keys.
+    runs: Option<File>,
+    run_lens: Vec<usize>,
+    /// The first error while spilling (the index scan's visitor cannot return one).
+    failed: Option<Error>,
+}
+
+impl DedupBuilder {
+    /// Adds a chunk the container holds.
+    pub fn add(&mut self, id: &Hash) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.buf.push(ChunkSet::key(id));
+        if self.buf.len() >= self.mem_keys {
+            if let Err(e) = self.spill() {
+                self.failed = Some(e);
+            }
+            self.buf.clear();
+        }
+    }
+
+    /// Writes the buffer as one sorted run.
+    fn spill(&mut self) -> Result<()> {
+        self.buf.sort_unstable();
+        self.buf.dedup();
+        let file = match &mut self.runs {
+            Some(f) => f,
+            None => self
+                .runs
+                .insert(tempfile::tempfile().map_err(scratch_err("create dedup set in"))?),
+        };
+        let bytes: Vec<u8> = self.buf.iter().flat_map(|k| k.to_be_bytes()).collect();
+        file.write_all(&bytes)
+            .map_err(scratch_err("write dedup set in"))?;
+        self.run_lens.push(self.buf.len());
+        Ok(())
+    }
+
+    /// The set: in memory if at most `mem_keys` keys were added, else in a temporary file.
+    pub fn finish(mut self) -> Result<DedupSet> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        if self.runs.is_none() {
+            return Ok(DedupSet {
+                held: None,
+                added: ChunkSet::from_keys(self.buf),
+            });
+        }
+        if !self.buf.is_empty() {
+            self.spill()?;
+        }
+        self.buf = Vec::new();
+        let runs = self
+            .runs
+            .take()
+            .ok_or_else(|| Error::Internal("no dedup runs".into()))?;
+        Ok(DedupSet {
+            held: Some(merge(&runs, &self.run_lens)?),
+            added: ChunkSet::new(),
+        })
+    }
+}
+
+/// One sorted run being read back during the merge.
+struct RunReader<'a> {
+    file: &'a File,
+    /// Next key to read from the file, and the run's end (in keys).
+    next: usize,
+    end: usize,
+    buf: Vec<u128>,
+    at: usize,
+}
+
+impl RunReader<'_> {
+    fn peek(&mut self) -> Result<Option<u128>> {
+        if self.at == self.buf.len() {
+            let n = MERGE_READ.min(self.end - self.next);
+            if n == 0 {
+                return Ok(None);
+            }
+            let mut bytes = vec![0u8; n * KEY_LEN];
+            self.file
+                .read_exact_at(&mut bytes, (self.next * KEY_LEN) as u64)
+                .map_err(scratch_err("read dedup set in"))?;
+            self.buf.clear();
+            self.buf.extend(bytes.chunks_exact(KEY_LEN).map(decode_key));
+            self.next += n;
+            self.at = 0;
+        }
+        Ok(Some(self.buf[self.at]))
+    }
+}
+
+/// Merges sorted runs into the final file, each key once.
+fn merge(runs: &File, run_lens: &[usize]) -> Result<Spilled> {
+    let mut readers = Vec::with_capacity(run_lens.len());
+    let mut start = 0;
+    for &n in run_lens {
+        readers.push(RunReader {
+            file: runs,
+            next: start,
+            end: start + n,
+            buf: Vec::new(),
+            at: 0,
+        });
+        start += n;
+    }
+    let mut heap = BinaryHeap::new();
+    for (i, r) in readers.iter_mut().enumerate() {
+        if let Some(k) = r.peek()? {
+            heap.push(Reverse((k, i)));
+        }
+    }
+    let mut file = tempfile::tempfile().map_err(scratch_err("create dedup set in"))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 18, &mut file);
+    let mut fences = Vec::new();
+    let mut len = 0usize;
+    let mut last: Option<u128> = None;
+    while let Some(Reverse((key, i))) = heap.pop() {
+        let r = &mut readers[i];
+        r.at += 1;
+        if let Some(next) = r.peek()? {
+            heap.push(Reverse((next, i)));
+        }
+        if last == Some(key) {
+            continue;
+        }
+        last = Some(key);
+        if len.is_multiple_of(BLOCK_KEYS) {
+            fences.push(key);
+        }
+        out.write_all(&key.to_be_bytes())
+            .map_err(scratch_err("write dedup set in"))?;
+        len += 1;
+    }
+    out.flush().map_err(scratch_err("write dedup set in"))?;
+    drop(out);
+    fences.shrink_to_fit();
+    Ok(Spilled { file, len, fences })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(n: u64) -> Hash {
+        Hash::of(&n.to_le_bytes())
+    }
+
+    fn build(held: &[u64], mem_keys: usize) -> DedupSet {
+        let mut b = DedupSet::builder(mem_keys);
+        for n in held {
+            b.add(&id(*n));
+        }
+        b.finish().unwrap()
+    }
+
+    #[test]
+    fn a_spilled_set_answers_like_one_in_memory() {
+        // 3,000 held chunks (each added twice, as two index segments may list a chunk), in runs
+        // of 256 keys: 12 blocks and a short last one.
+        let held: Vec<u64> = (0..3000).chain(0..3000).collect();
+        let mut spilled = build(&held, BLOCK_KEYS);
+        let mut memory = build(&held, 1 << 20);
+        assert!(spilled.spilled());
+        assert!(!memory.spilled());
+        assert_eq!(spilled.len(), 3000);
+        assert_eq!(memory.len(), 3000);
+        // Held, new, and new twice in one batch.
+        let ids: Vec<Hash> = (2900..3100).chain(3050..3060).map(id).collect();
+        let a = spilled.check_and_add(&ids).unwrap();
+        let b = memory.check_and_add(&ids).unwrap();
+        assert_eq!(a, b);
+        assert!(a[..100].iter().all(|k| *k), "held");
+        assert!(a[100..200].iter().all(|k| !*k), "new");
+        assert!(a[200..].iter().all(|k| *k), "added earlier in the batch");
+        // What a batch added is known to the next.
+        assert!(spilled.check_and_add(&[id(3100 - 1)]).unwrap()[0]);
+        assert_eq!(spilled.len(), 3100);
+    }
+
+    #[test]
+    fn an_empty_set_knows_nothing_until_added() {
+        let mut s = DedupSet::new();
+        assert!(s.is_empty());
+        assert_eq!(s.check_and_add(&[id(1), id(1)]).unwrap(), vec![false, true]);
+        let mut built = build(&[], BLOCK_KEYS);
+        assert!(!built.spilled());
+        assert_eq!(built.check_and_add(&[id(1)]).unwrap(), vec![false]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn lookups_agree_with_a_hash_set(
+            held in proptest::collection::vec(0u64..5000, 0..2000),
+            batches in proptest::collection::vec(proptest::collection::vec(0u64..6000, 0..300), 1..5),
+            mem_keys in 1usize..1200,
+        ) {
+            let mut set = build(&held, mem_keys);
+            let mut reference: std::collections::HashSet<u64> = held.iter().copied().collect();
+            prop_assert_eq!(set.len(), reference.len());
+            for batch in batches {
+                let ids: Vec<Hash> = batch.iter().map(|n| id(*n)).collect();
+                let known = set.check_and_add(&ids).unwrap();
+                for (n, k) in batch.iter().zip(known) {
+                    prop_assert_eq!(k, !reference.insert(*n));
+                }
+            }
+        }
+    }
+}
