@@ -10,7 +10,7 @@
 //! ```text
 //! backup:  volume ──read (SEEK_HOLE skips holes)──> zero runs + FastCDC (parallel) [source, chunker]
 //!            (incremental: the parent's chunks guide the cuts; an unchanged chunk is hashed, not scanned)
-//!            ──BLAKE3 (parallel)──> dedup (ChunkSet, 16 B/chunk) ──zstd (parallel)──> [pipeline, index]
+//!            ──BLAKE3 (parallel)──> dedup set (memory, or a temp file) ──zstd (parallel)──> [pipeline, dedup]
 //!            pack builder ──PUT pack──> index segment ──PUT──> manifest (create-only) [pack, index, manifest]
 //!
 //! restore: index segments ──external sort──> location table (temp file)          [locations]
@@ -40,13 +40,16 @@
 //! scanned. The guide only saves work: ids are computed from the volume's bytes, and a parent
 //! that cannot be read leaves the volume unguided.
 //!
-//! Memory does not grow with the volume: a backup holds a window of the pipeline (a few 4 MiB
-//! read buffers, the pack being built and the packs uploading: one on a filesystem, up to three
-//! on S3; a finished pack's buffer is reused for a later one) and a dedup set of 16 bytes per chunk of the container; a restore holds two stripes
-//! (32 MiB each, 64 MiB on S3) and keeps the container's chunk locations in a sorted temporary
-//! file (half a byte per chunk stays in memory). The `volback` binary also tunes glibc's allocator (mmap
-//! threshold pinned at 128 KiB; for backups, an 8 MiB trim threshold): a process embedding
-//! the driver gets the same with `MALLOC_MMAP_THRESHOLD_=131072` and, for backups,
+//! Memory grows neither with the volume nor with the container: a backup holds a window of the
+//! pipeline (at most four 4 MiB read buffers, the pack being built and the packs uploading: one
+//! on a filesystem, up to three on S3; a finished pack's buffer is reused for a later one) and a
+//! dedup set ([`dedup`]) that keeps up to 65,536 of the container's chunks in memory and the
+//! rest in a sorted temporary file (1/16 byte per chunk stays in memory), plus 16 bytes per
+//! chunk the backup stores. A restore holds two stripes (32 MiB each, 64 MiB on S3) and keeps
+//! the container's chunk locations in a sorted temporary file (half a byte per chunk stays in
+//! memory). The `volback` binary also tunes glibc's allocator (mmap threshold pinned at
+//! 128 KiB; for full backups, an 8 MiB trim threshold): a process embedding the driver gets
+//! the same with `MALLOC_MMAP_THRESHOLD_=131072` and, for full backups,
 //! `MALLOC_TRIM_THRESHOLD_=8388608` (`docs/performance.md`).
 //!
 //! ## Container format in brief (full specification: `docs/format.md`)
@@ -128,7 +131,8 @@
 //! - [`chunker`]: zero runs and FastCDC. [`source`]: reading volumes. [`buffers`]: read and
 //!   pack buffers recycled rather than mapped and zeroed afresh.
 //! - [`pack`], [`index`], [`manifest`], [`record`]: the on-storage formats. [`locations`]: the
-//!   restore's chunk-location table, in bounded memory.
+//!   restore's chunk-location table, in bounded memory. [`dedup`]: the backup's dedup set, in
+//!   bounded memory.
 //! - [`container`]: object names and container-level operations. [`store`]: the storage trait,
 //!   filesystem and in-memory backends. [`s3`]: S3-compatible object storage. [`direct`]:
 //!   writes around the page cache.

@@ -17,13 +17,20 @@ use bytes::Bytes;
 use crate::buffers::BufferPool;
 use crate::error::{Error, Result};
 
-/// Bytes read per buffer. Up to ~8 buffers are in flight between reader, chunker and packer,
-/// so this sets most of a backup's memory: 4 MiB reads cost no speed against 8 MiB here and
-/// peak ~30 MiB less (fs-image full backup 112–123 → 83–92 MiB; 16 GiB stream 175 → 132 MiB).
+/// Bytes read per buffer. With [`READ_BUFS_IN_FLIGHT`] this sets much of a backup's memory:
+/// 4 MiB reads cost no speed against 8 MiB here and peak ~30 MiB less (fs-image full backup
+/// 112–123 → 83–92 MiB; 16 GiB stream 175 → 132 MiB).
 pub const READ_BUF: usize = 4 << 20;
 
-/// Read buffers in the pool beyond those in flight (about as many as are ever in flight).
-const SPARE_READ_BUFS: usize = 16;
+/// Read buffers out at once: being filled, queued for the chunker, cut, or holding chunks the
+/// packer has not copied yet. The reader waits for one to come back rather than read further
+/// ahead of the pipeline. Without the limit up to ~8 were out, but only when the volume
+/// outran the pipeline, so peak memory depended on timing: unchanged incrementals of a
+/// 4 GiB and a 16 GiB stream peaked 3–4 and 7 buffers apart. Now the buffers are allocated
+/// when reading starts (fewer for a volume smaller than four), so the peak no longer depends on
+/// timing. With four (no harness case ran out of buffers even with three) the fs-image full
+/// backup is as fast and peaks ~16 MiB lower (twelfth session, `docs/performance.md`).
+pub const READ_BUFS_IN_FLIGHT: usize = 4;
 
 /// Where a backup's volume data comes from.
 pub enum VolumeSource {
@@ -167,7 +174,11 @@ fn read_sparse_file(
     sink: &mut dyn FnMut(Input) -> bool,
 ) -> Result<u64> {
     let mut pos = 0u64;
-    let pool = BufferPool::new(SPARE_READ_BUFS);
+    let pool = BufferPool::with_limit(READ_BUFS_IN_FLIGHT, READ_BUFS_IN_FLIGHT);
+    let bufs = size
+        .div_ceil(READ_BUF as u64)
+        .min(READ_BUFS_IN_FLIGHT as u64) as usize;
+    pool.prefill(bufs, READ_BUF.min(size as usize));
     let sparse_ok = seek_region(f, 0, libc::SEEK_DATA).is_ok();
     while pos < size {
         let (data_start, data_end) = if sparse_ok {
@@ -224,7 +235,8 @@ fn read_stream(
     sink: &mut dyn FnMut(Input) -> bool,
 ) -> Result<u64> {
     let mut total = 0u64;
-    let pool = BufferPool::new(SPARE_READ_BUFS);
+    let pool = BufferPool::with_limit(READ_BUFS_IN_FLIGHT, READ_BUFS_IN_FLIGHT);
+    pool.prefill(READ_BUFS_IN_FLIGHT, READ_BUF);
     loop {
         let mut buf = pool.take(READ_BUF);
         let mut done = 0;
