@@ -87,6 +87,7 @@ fn main() {
         Err(e) => panic!("building the dedup set: {e}"),
     };
     let load_s = t.elapsed().as_secs_f64();
+    let loaded_mem = loaded.memory_bytes() as u64;
     let t = Instant::now();
     let batches = 20_000u64;
     let mut known = 0usize;
@@ -101,7 +102,6 @@ fn main() {
     }
     let loaded_ns = t.elapsed().as_nanos() as f64 / (batches * 128) as f64;
     assert_eq!(known as u64, batches * 64);
-    let loaded_mem = loaded.memory_bytes() as u64;
     let loaded_spilled = loaded.spilled();
     drop(loaded);
 

@@ -135,7 +135,7 @@ impl Spilled {
             .collect();
         order.sort_unstable();
         let mut bytes = vec![0u8; BLOCK_KEYS * KEY_LEN];
-        let mut keys: Vec<u128> = Vec::with_capacity(BLOCK_KEYS);
+        let mut keys = 0; // in the loaded block
         let mut loaded = None;
         for (key, i) in order {
             let b = self.fences.partition_point(|f| *f <= key);
@@ -148,11 +148,23 @@ impl Spilled {
                 self.file
                     .read_exact_at(&mut bytes[..n * KEY_LEN], (b * BLOCK_KEYS * KEY_LEN) as u64)
                     .map_err(scratch_err("read dedup set in"))?;
-                keys.clear();
-                keys.extend(bytes[..n * KEY_LEN].chunks_exact(KEY_LEN).map(decode_key));
+                keys = n;
                 loaded = Some(b);
             }
-            known[i] = keys.binary_search(&key).is_ok();
+            // Keys are stored big-endian, so byte order is key order.
+            let want = key.to_be_bytes();
+            let (mut lo, mut hi) = (0, keys);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                match bytes[mid * KEY_LEN..(mid + 1) * KEY_LEN].cmp(&want[..]) {
+                    std::cmp::Ordering::Less => lo = mid + 1,
+                    std::cmp::Ordering::Greater => hi = mid,
+                    std::cmp::Ordering::Equal => {
+                        known[i] = true;
+                        break;
+                    }
+                }
+            }
         }
         Ok(())
     }
