@@ -867,7 +867,7 @@ impl Container {
         // backup's extent list sits together in its metadata packs).
         for group in metas.chunks(META_FETCH) {
             let ids: Vec<Hash> = group.iter().map(|(id, _)| *id).collect();
-            let ranges = plan_ranges(index, &ids, |id| Error::ChunkNotIndexed {
+            let ranges = plan_ranges(index, &ids, MAX_RANGE_RAW, |id| Error::ChunkNotIndexed {
                 backup_id: manifest.backup_id.clone(),
                 chunk: id.to_hex(),
                 volume_offset: offset,
@@ -1003,10 +1003,10 @@ impl Drop for LeaseGuard {
 const COALESCE_GAP: u64 = 256 << 10;
 /// Largest single ranged read (bounds memory per request in flight).
 const MAX_RANGE: u64 = 4 << 20;
-/// Most uncompressed bytes one range serves. Well-compressed data would otherwise make ranges
-/// of 20 MiB and more of work each: a restore window of only a dozen such ranges left one of
-/// two threads idle for a third of it, waiting on the other's last range.
-const MAX_RANGE_RAW: u64 = 8 << 20;
+/// Most uncompressed bytes one range serves, by default. Well-compressed data would otherwise
+/// make ranges of 20 MiB and more of work each: a restore window of only a dozen such ranges
+/// left one of two threads idle for a third of it, waiting on the other's last range.
+pub const MAX_RANGE_RAW: u64 = 8 << 20;
 
 /// One ranged read of a pack and the chunks it serves.
 pub struct FetchRange {
@@ -1019,11 +1019,13 @@ pub struct FetchRange {
     pub raw: u64,
 }
 
-/// Groups chunks by pack and merges neighbours into ranged reads. `missing` builds the error
-/// for a chunk that no index entry locates.
+/// Groups chunks by pack and merges neighbours into ranged reads of at most [`MAX_RANGE`]
+/// stored and `max_raw` uncompressed bytes. `missing` builds the error for a chunk that no
+/// index entry locates.
 pub fn plan_ranges(
     index: &(impl Locate + ?Sized),
     ids: &[Hash],
+    max_raw: u64,
     missing: impl Fn(&Hash) -> Error,
 ) -> Result<Vec<FetchRange>> {
     let mut by_pack: HashMap<u32, Vec<(Hash, Location)>> = HashMap::new();
@@ -1041,7 +1043,7 @@ pub fn plan_ranges(
             if let Some(r) = &mut cur
                 && start <= r.end + COALESCE_GAP
                 && end - r.start <= MAX_RANGE
-                && r.raw + u64::from(loc.raw_len) <= MAX_RANGE_RAW
+                && r.raw + u64::from(loc.raw_len) <= max_raw
             {
                 r.end = r.end.max(end);
                 r.raw += u64::from(loc.raw_len);

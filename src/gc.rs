@@ -32,7 +32,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::container::{
-    Container, Segments, hostname, now_rfc3339, now_unix, pack_key, plan_ranges,
+    Container, MAX_RANGE_RAW, Segments, hostname, now_rfc3339, now_unix, pack_key, plan_ranges,
 };
 use crate::error::{Error, Result};
 use crate::ids::Hash;
@@ -667,7 +667,7 @@ fn repack(
         Ok(())
     };
     for batch in ids.chunks(REPACK_BATCH) {
-        let ranges = plan_ranges(source, batch, |id| {
+        let ranges = plan_ranges(source, batch, MAX_RANGE_RAW, |id| {
             Error::Internal(format!("repack: chunk {id} not in its pack"))
         })?;
         // A pack another collector deleted meanwhile had verified copies of its live chunks

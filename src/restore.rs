@@ -39,7 +39,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::container::LeaseGuard;
-use crate::container::{Container, FetchRange, pack_key, plan_ranges, with_volume_offset};
+use crate::container::{
+    Container, FetchRange, MAX_RANGE_RAW, pack_key, plan_ranges, with_volume_offset,
+};
 use crate::direct;
 use crate::error::{Error, Result};
 use crate::ids::Hash;
@@ -334,6 +336,19 @@ fn stripe_len(concurrency: usize) -> usize {
     if concurrency > 2 { 2 * STRIPE } else { STRIPE }
 }
 
+/// Most uncompressed bytes of one range for a store read with `concurrency` requests in
+/// flight. On a filesystem (two threads) a window's last range leaves the other thread idle
+/// until it is done: 2 MiB instead of 8 took day 2's restore from 1.09 to 0.99 s (means of six
+/// interleaved warm-cache runs, twelfth session). A network store keeps the larger ranges,
+/// which save requests, and has more of them in flight to balance.
+fn range_raw(concurrency: usize) -> u64 {
+    if concurrency > 2 {
+        MAX_RANGE_RAW
+    } else {
+        2 << 20
+    }
+}
+
 /// A window's stretch of the target, assembled in memory and then written in one go by the
 /// writer thread (see [`write_stripes`]). Volume offset `base + i` is at `mem[pad + i]` with
 /// `pad = base % ALIGN`: the stripe mirrors the file's block alignment, so the whole blocks of
@@ -473,7 +488,8 @@ fn restore_window(
     window: &mut Vec<(u64, Hash, u32)>,
 ) -> Result<()> {
     let places = Places::new(window);
-    let mut ranges = plan_ranges(index, &places.ids, |id| Error::ChunkNotIndexed {
+    let max_raw = range_raw(container.store().concurrency());
+    let mut ranges = plan_ranges(index, &places.ids, max_raw, |id| Error::ChunkNotIndexed {
         backup_id: backup_id.into(),
         chunk: id.to_hex(),
         volume_offset: places.of(id).first().map_or(0, |p| p.0),

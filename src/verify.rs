@@ -17,7 +17,9 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::container::{Container, LeaseGuard, LoadedIndex, manifest_key, pack_key, plan_ranges};
+use crate::container::{
+    Container, LeaseGuard, LoadedIndex, MAX_RANGE_RAW, manifest_key, pack_key, plan_ranges,
+};
 use crate::error::{Error, Result};
 use crate::ids::Hash;
 use crate::index::Index;
@@ -302,7 +304,7 @@ fn read_back(
     ids.sort_by_key(|id| index.get(id).map(|l| (l.pack, l.offset)));
     let mut bad = HashMap::new();
     for batch in ids.chunks(READ_BATCH) {
-        let ranges = plan_ranges(index, batch, |id| {
+        let ranges = plan_ranges(index, batch, MAX_RANGE_RAW, |id| {
             Error::Internal(format!("{id} not indexed"))
         })?;
         let results: Vec<RangeOutcome> = c.on_io_pool(|| {
