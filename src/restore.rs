@@ -338,9 +338,11 @@ fn stripe_len(concurrency: usize) -> usize {
 
 /// Most uncompressed bytes of one range for a store read with `concurrency` requests in
 /// flight. On a filesystem (two threads) a window's last range leaves the other thread idle
-/// until it is done: 2 MiB instead of 8 took day 2's restore from 1.09 to 0.99 s (means of six
-/// interleaved warm-cache runs, twelfth session). A network store keeps the larger ranges,
-/// which save requests, and has more of them in flight to balance.
+/// until it is done. With 2 MiB instead of 8, `perf sched` had the threads busy 67 % of the
+/// restore instead of 56 %, and day 2's restore without a flush took 0.99 s against 1.09 s
+/// in one set of six interleaved warm-cache runs, 1.12 s against 1.15 s in another (durable:
+/// 1.07 s against 1.16 s; twelfth session). A network store keeps the larger ranges, which
+/// save requests, and has more of them in flight to balance.
 fn range_raw(concurrency: usize) -> u64 {
     if concurrency > 2 {
         MAX_RANGE_RAW
