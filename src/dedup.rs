@@ -20,13 +20,10 @@
 //! Keys are the first 128 bits of a chunk's BLAKE3 id, as in [`ChunkSet`] (whose documentation
 //! weighs the collision risk).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 
 use crate::error::{Error, Result};
+use crate::extsort::{Record, Runs, ScratchOps, Sorted, scratch_err};
 use crate::ids::Hash;
 use crate::index::ChunkSet;
 
@@ -36,25 +33,11 @@ pub const DEFAULT_MEM_KEYS: usize = 1 << 16;
 /// Keys per block of the file (4 KiB, one read); the first key of each block stays in memory.
 pub const BLOCK_KEYS: usize = 256;
 const KEY_LEN: usize = 16;
-/// Keys read at once from each run while merging.
-const MERGE_READ: usize = 1024;
-
-fn scratch_err(op: &'static str) -> impl Fn(std::io::Error) -> Error {
-    move |e| Error::io(op, std::env::temp_dir(), e)
-}
-
-/// The container's chunks when they did not fit in memory.
-struct Spilled {
-    file: File,
-    len: usize,
-    /// `fences[b]` is the first key of block `b`.
-    fences: Vec<u128>,
-}
 
 /// Which chunks a backup need not store: see the module documentation.
 pub struct DedupSet {
     /// The container's chunks, when spilled to a file.
-    held: Option<Spilled>,
+    held: Option<Sorted<u128>>,
     /// The chunks this backup stored, and the container's when they fit in memory.
     added: ChunkSet,
 }
@@ -73,8 +56,7 @@ impl DedupSet {
         DedupBuilder {
             mem_keys: mem_keys.max(BLOCK_KEYS),
             buf: Vec::new(),
-            runs: None,
-            run_lens: Vec::new(),
+            runs: Runs::new(),
             failed: None,
         }
     }
@@ -124,7 +106,8 @@ impl Default for DedupSet {
     }
 }
 
-impl Spilled {
+/// The container's chunks when they did not fit in memory.
+impl Sorted<u128> {
     /// Sets `known[i]` for each of `ids` in the file: the ids are visited in key order, each
     /// block read once.
     fn mark(&self, ids: &[Hash], known: &mut [bool]) -> Result<()> {
@@ -147,7 +130,7 @@ impl Spilled {
                 let n = BLOCK_KEYS.min(self.len - b * BLOCK_KEYS);
                 self.file
                     .read_exact_at(&mut bytes[..n * KEY_LEN], (b * BLOCK_KEYS * KEY_LEN) as u64)
-                    .map_err(scratch_err("read dedup set in"))?;
+                    .map_err(scratch_err(u128::OPS.read))?;
                 keys = n;
                 loaded = Some(b);
             }
@@ -170,19 +153,42 @@ impl Spilled {
     }
 }
 
-fn decode_key(b: &[u8]) -> u128 {
-    let mut k = [0u8; KEY_LEN];
-    k.copy_from_slice(b);
-    u128::from_be_bytes(k)
+/// A key as a record of the scratch table: 16 bytes, big-endian, so that byte order is key
+/// order (lookups compare the block's bytes as they are).
+impl Record for u128 {
+    const LEN: usize = KEY_LEN;
+    const OPS: ScratchOps = ScratchOps {
+        create: "create dedup set in",
+        write: "write dedup set in",
+        read: "read dedup set in",
+    };
+    type Id = u128;
+    type Order = u128;
+
+    fn id(&self) -> u128 {
+        *self
+    }
+
+    fn order(&self) -> u128 {
+        *self
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_be_bytes());
+    }
+
+    fn decode(b: &[u8]) -> Result<u128> {
+        let mut k = [0u8; KEY_LEN];
+        k.copy_from_slice(b);
+        Ok(u128::from_be_bytes(k))
+    }
 }
 
 /// Collects the container's chunks during the index scan (see [`DedupSet::builder`]).
 pub struct DedupBuilder {
     mem_keys: usize,
     buf: Vec<u128>,
-    /// Sorted runs, back to back; `run_lens` holds their lengths in keys.
-    runs: Option<File>,
-    run_lens: Vec<usize>,
+    runs: Runs,
     /// The first error while spilling (the index scan's visitor cannot return one).
     failed: Option<Error>,
 }
@@ -195,28 +201,11 @@ impl DedupBuilder {
         }
         self.buf.push(ChunkSet::key(id));
         if self.buf.len() >= self.mem_keys {
-            if let Err(e) = self.spill() {
+            if let Err(e) = self.runs.spill(&mut self.buf) {
                 self.failed = Some(e);
             }
             self.buf.clear();
         }
-    }
-
-    /// Writes the buffer as one sorted run.
-    fn spill(&mut self) -> Result<()> {
-        self.buf.sort_unstable();
-        self.buf.dedup();
-        let file = match &mut self.runs {
-            Some(f) => f,
-            None => self
-                .runs
-                .insert(tempfile::tempfile().map_err(scratch_err("create dedup set in"))?),
-        };
-        let bytes: Vec<u8> = self.buf.iter().flat_map(|k| k.to_be_bytes()).collect();
-        file.write_all(&bytes)
-            .map_err(scratch_err("write dedup set in"))?;
-        self.run_lens.push(self.buf.len());
-        Ok(())
     }
 
     /// The set: in memory if at most `mem_keys` keys were added, else in a temporary file.
@@ -224,103 +213,21 @@ impl DedupBuilder {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        if self.runs.is_none() {
+        if self.runs.is_empty() {
             return Ok(DedupSet {
                 held: None,
                 added: ChunkSet::from_keys(self.buf),
             });
         }
         if !self.buf.is_empty() {
-            self.spill()?;
+            self.runs.spill(&mut self.buf)?;
         }
         self.buf = Vec::new();
-        let runs = self
-            .runs
-            .take()
-            .ok_or_else(|| Error::Internal("no dedup runs".into()))?;
         Ok(DedupSet {
-            held: Some(merge(&runs, &self.run_lens)?),
+            held: Some(self.runs.merge::<u128>(BLOCK_KEYS)?),
             added: ChunkSet::new(),
         })
     }
-}
-
-/// One sorted run being read back during the merge.
-struct RunReader<'a> {
-    file: &'a File,
-    /// Next key to read from the file, and the run's end (in keys).
-    next: usize,
-    end: usize,
-    buf: Vec<u128>,
-    at: usize,
-}
-
-impl RunReader<'_> {
-    fn peek(&mut self) -> Result<Option<u128>> {
-        if self.at == self.buf.len() {
-            let n = MERGE_READ.min(self.end - self.next);
-            if n == 0 {
-                return Ok(None);
-            }
-            let mut bytes = vec![0u8; n * KEY_LEN];
-            self.file
-                .read_exact_at(&mut bytes, (self.next * KEY_LEN) as u64)
-                .map_err(scratch_err("read dedup set in"))?;
-            self.buf.clear();
-            self.buf.extend(bytes.chunks_exact(KEY_LEN).map(decode_key));
-            self.next += n;
-            self.at = 0;
-        }
-        Ok(Some(self.buf[self.at]))
-    }
-}
-
-/// Merges sorted runs into the final file, each key once.
-fn merge(runs: &File, run_lens: &[usize]) -> Result<Spilled> {
-    let mut readers = Vec::with_capacity(run_lens.len());
-    let mut start = 0;
-    for &n in run_lens {
-        readers.push(RunReader {
-            file: runs,
-            next: start,
-            end: start + n,
-            buf: Vec::new(),
-            at: 0,
-        });
-        start += n;
-    }
-    let mut heap = BinaryHeap::new();
-    for (i, r) in readers.iter_mut().enumerate() {
-        if let Some(k) = r.peek()? {
-            heap.push(Reverse((k, i)));
-        }
-    }
-    let mut file = tempfile::tempfile().map_err(scratch_err("create dedup set in"))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 18, &mut file);
-    let mut fences = Vec::new();
-    let mut len = 0usize;
-    let mut last: Option<u128> = None;
-    while let Some(Reverse((key, i))) = heap.pop() {
-        let r = &mut readers[i];
-        r.at += 1;
-        if let Some(next) = r.peek()? {
-            heap.push(Reverse((next, i)));
-        }
-        if last == Some(key) {
-            continue;
-        }
-        last = Some(key);
-        if len.is_multiple_of(BLOCK_KEYS) {
-            fences.push(key);
-        }
-        out.write_all(&key.to_be_bytes())
-            .map_err(scratch_err("write dedup set in"))?;
-        len += 1;
-    }
-    out.flush().map_err(scratch_err("write dedup set in"))?;
-    drop(out);
-    fences.shrink_to_fit();
-    Ok(Spilled { file, len, fences })
 }
 
 #[cfg(test)]

@@ -132,7 +132,7 @@
 //!   pack buffers recycled rather than mapped and zeroed afresh.
 //! - [`pack`], [`index`], [`manifest`], [`record`]: the on-storage formats. [`locations`]: the
 //!   restore's chunk-location table, in bounded memory. [`dedup`]: the backup's dedup set, in
-//!   bounded memory.
+//!   bounded memory. Both sort into scratch files with `extsort`.
 //! - [`container`]: object names and container-level operations. [`store`]: the storage trait,
 //!   filesystem and in-memory backends. [`s3`]: S3-compatible object storage. [`direct`]:
 //!   writes around the page cache.
@@ -173,6 +173,7 @@ pub mod dedup;
 pub mod direct;
 pub mod driver;
 pub mod error;
+pub(crate) mod extsort;
 pub mod faults;
 pub mod gc;
 pub mod ids;

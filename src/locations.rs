@@ -19,14 +19,12 @@
 //! The temporary files hold 52 bytes per chunk of the container (1.7 GiB per TiB, twice that
 //! while merging); they vanish when the table is dropped, or with the process.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 
 use crate::container::{Container, IndexUse, read_rank};
 use crate::error::{Error, Result};
+use crate::extsort::{Record, Runs, ScratchOps, Sorted, scratch_err, sort_dedup};
 use crate::ids::Hash;
 use crate::index::{Index, Locate, Location};
 use crate::pack::{ChunkKind, Compression, PackEntry};
@@ -40,8 +38,6 @@ pub const BLOCK_ENTRIES: usize = 64;
 /// compression u8 rank u8 reserved u8 (an unlinked scratch file of this process; no format to
 /// keep stable).
 const REC_LEN: usize = 52;
-/// Entries read at once from each run while merging.
-const MERGE_READ: usize = 1024;
 
 /// Hands the allocator's free pages back to the kernel. glibc keeps freed memory inside its
 /// arenas, scattered between live blocks, and later allocations reuse (touch) those holes: a
@@ -65,7 +61,25 @@ struct Rec {
     rank: u8,
 }
 
-impl Rec {
+impl Record for Rec {
+    const LEN: usize = REC_LEN;
+    const OPS: ScratchOps = ScratchOps {
+        create: "create restore location table in",
+        write: "write restore location table in",
+        read: "read restore location table in",
+    };
+    type Id = Hash;
+    /// By id, the best rank first.
+    type Order = ([u8; 32], u8);
+
+    fn id(&self) -> Hash {
+        self.id
+    }
+
+    fn order(&self) -> ([u8; 32], u8) {
+        (self.id.0, self.rank)
+    }
+
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.id.0);
         for v in [
@@ -104,22 +118,6 @@ impl Rec {
             rank: b[50],
         })
     }
-
-    /// Sort order: by id, the best rank first.
-    fn key(&self) -> ([u8; 32], u8) {
-        (self.id.0, self.rank)
-    }
-}
-
-/// An I/O error on a scratch file, naming the directory it lives in (`$TMPDIR`).
-fn scratch_err(op: &'static str) -> impl Fn(std::io::Error) -> Error {
-    move |e| Error::io(op, std::env::temp_dir(), e)
-}
-
-/// Sorts by id (best rank first, else first seen: the sort is stable) and keeps one entry per id.
-fn sort_dedup(recs: &mut Vec<Rec>) {
-    recs.sort_by_key(Rec::key);
-    recs.dedup_by(|later, kept| later.id == kept.id);
 }
 
 enum Data {
@@ -148,8 +146,7 @@ impl LocationTable {
             meta: Index::new(),
             mem_entries: mem_entries.max(BLOCK_ENTRIES),
             buf: Vec::new(),
-            runs: None,
-            run_lens: Vec::new(),
+            runs: Runs::new(),
             failed: None,
         };
         container.scan_index(IndexUse::Read, |pack, entries, exists, condemned| {
@@ -205,7 +202,7 @@ impl LocationTable {
                                 &mut block[..n * REC_LEN],
                                 (b * BLOCK_ENTRIES * REC_LEN) as u64,
                             )
-                            .map_err(scratch_err("read restore location table in"))?;
+                            .map_err(scratch_err(Rec::OPS.read))?;
                             loaded = Some((b, n));
                             n
                         }
@@ -253,9 +250,7 @@ struct Builder {
     meta: Index,
     mem_entries: usize,
     buf: Vec<Rec>,
-    /// Sorted runs, back to back; `run_lens` holds their lengths in entries.
-    runs: Option<File>,
-    run_lens: Vec<usize>,
+    runs: Runs,
     /// The first error while spilling (the index scan's visitor cannot return one).
     failed: Option<Error>,
 }
@@ -274,7 +269,7 @@ impl Builder {
                 rank,
             });
             if self.buf.len() >= self.mem_entries {
-                if let Err(e) = self.spill() {
+                if let Err(e) = self.runs.spill(&mut self.buf) {
                     self.failed = Some(e);
                     return;
                 }
@@ -283,137 +278,28 @@ impl Builder {
         }
     }
 
-    /// Writes the buffer as one sorted run.
-    fn spill(&mut self) -> Result<()> {
-        sort_dedup(&mut self.buf);
-        let file = match &mut self.runs {
-            Some(f) => f,
-            None => self.runs.insert(
-                tempfile::tempfile().map_err(scratch_err("create restore location table in"))?,
-            ),
-        };
-        let mut bytes = Vec::with_capacity(self.buf.len() * REC_LEN);
-        for r in &self.buf {
-            r.encode(&mut bytes);
-        }
-        file.write_all(&bytes)
-            .map_err(scratch_err("write restore location table in"))?;
-        self.run_lens.push(self.buf.len());
-        Ok(())
-    }
-
     fn finish(mut self) -> Result<LocationTable> {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        let Some(_) = &self.runs else {
+        if self.runs.is_empty() {
             sort_dedup(&mut self.buf);
             self.buf.shrink_to_fit();
             return Ok(LocationTable {
                 meta: self.meta,
                 data: Data::Memory(self.buf),
             });
-        };
+        }
         if !self.buf.is_empty() {
-            self.spill()?;
+            self.runs.spill(&mut self.buf)?;
         }
         self.buf = Vec::new();
-        let runs = self
-            .runs
-            .take()
-            .ok_or_else(|| Error::Internal("no runs".into()))?;
-        let data = merge(&runs, &self.run_lens)?;
+        let Sorted { file, len, fences } = self.runs.merge::<Rec>(BLOCK_ENTRIES)?;
         Ok(LocationTable {
             meta: self.meta,
-            data,
+            data: Data::File { file, len, fences },
         })
     }
-}
-
-/// One sorted run being read back during the merge.
-struct RunReader<'a> {
-    file: &'a File,
-    /// Next entry to read from the file, and the run's end (in entries).
-    next: usize,
-    end: usize,
-    buf: Vec<Rec>,
-    at: usize,
-}
-
-impl RunReader<'_> {
-    fn peek(&mut self) -> Result<Option<Rec>> {
-        if self.at == self.buf.len() {
-            let n = MERGE_READ.min(self.end - self.next);
-            if n == 0 {
-                return Ok(None);
-            }
-            let mut bytes = vec![0u8; n * REC_LEN];
-            self.file
-                .read_exact_at(&mut bytes, (self.next * REC_LEN) as u64)
-                .map_err(scratch_err("read restore location table in"))?;
-            self.buf.clear();
-            for r in bytes.chunks_exact(REC_LEN) {
-                self.buf.push(Rec::decode(r)?);
-            }
-            self.next += n;
-            self.at = 0;
-        }
-        Ok(Some(self.buf[self.at]))
-    }
-}
-
-/// Merges sorted runs into the final table file, one entry per id (the best: runs are in the
-/// order entries were seen, and ties go to the earlier run).
-fn merge(runs: &File, run_lens: &[usize]) -> Result<Data> {
-    let mut readers = Vec::with_capacity(run_lens.len());
-    let mut start = 0;
-    for &n in run_lens {
-        readers.push(RunReader {
-            file: runs,
-            next: start,
-            end: start + n,
-            buf: Vec::new(),
-            at: 0,
-        });
-        start += n;
-    }
-    let mut heap = BinaryHeap::new();
-    for (i, r) in readers.iter_mut().enumerate() {
-        if let Some(rec) = r.peek()? {
-            heap.push(Reverse((rec.key(), i)));
-        }
-    }
-    let mut file = tempfile::tempfile().map_err(scratch_err("create restore location table in"))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 18, &mut file);
-    let mut bytes = Vec::with_capacity(REC_LEN);
-    let mut fences = Vec::new();
-    let mut len = 0usize;
-    let mut last: Option<Hash> = None;
-    while let Some(Reverse((_, i))) = heap.pop() {
-        let r = &mut readers[i];
-        let rec = r.buf[r.at];
-        r.at += 1;
-        if let Some(next) = r.peek()? {
-            heap.push(Reverse((next.key(), i)));
-        }
-        if last == Some(rec.id) {
-            continue;
-        }
-        last = Some(rec.id);
-        if len.is_multiple_of(BLOCK_ENTRIES) {
-            fences.push(rec.id);
-        }
-        bytes.clear();
-        rec.encode(&mut bytes);
-        out.write_all(&bytes)
-            .map_err(scratch_err("write restore location table in"))?;
-        len += 1;
-    }
-    out.flush()
-        .map_err(scratch_err("write restore location table in"))?;
-    drop(out);
-    fences.shrink_to_fit();
-    Ok(Data::File { file, len, fences })
 }
 
 #[cfg(test)]
