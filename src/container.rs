@@ -1019,7 +1019,7 @@ pub struct FetchRange {
     pub raw: u64,
 }
 
-/// Groups chunks by pack and merges neighbours into ranged reads of at most [`MAX_RANGE`]
+/// Groups chunks by pack and merges neighbours into ranged reads of at most `MAX_RANGE`
 /// stored and `max_raw` uncompressed bytes. `missing` builds the error for a chunk that no
 /// index entry locates.
 pub fn plan_ranges(
