@@ -6,10 +6,11 @@
 //! deleting the old ones after. A chunk may appear in several segments (two backups racing to
 //! store it); any entry whose pack exists is valid, so duplicates are harmless.
 //!
-//! In memory, a restore or verify loads an [`Index`]: a hash map from chunk id to a compact
-//! [`Location`], preferring copies in live packs. A backup needs only to know which chunks
-//! exist, and loads a [`ChunkSet`]: 16 bytes per chunk, so a TiB of unique data costs about
-//! half a GiB of RAM, not two.
+//! In memory, verify and gc load an [`Index`]: a hash map from chunk id to a compact
+//! [`Location`], preferring copies in live packs (a restore sorts the same into a scratch file,
+//! `locations`). A backup needs only to know which chunks exist: it loads a
+//! `dedup::DedupSet`, a [`ChunkSet`] of 16 bytes per chunk for a small container and a sorted
+//! scratch file beyond that, and keeps the chunks it stores in a [`ChunkSet`].
 //!
 //! Segment layout (little-endian; see `docs/format.md`):
 //!

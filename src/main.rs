@@ -221,8 +221,8 @@ enum Cmd {
 /// Pinning the mmap threshold also pins the trim threshold, at 128 KiB: in a backup, each
 /// worker's arena was then handed back to the kernel after every batch of compressed chunks was
 /// freed, and faulted in again for the next (~70k page faults, ~10 % of a full backup's CPU).
-/// Full backups keep 8 MiB per arena (one batch's worth): faults 92–106k → 26–28k, CPU 8.3 → 7.4 s,
-/// peak RSS +3–5 MiB on the fs image. Other commands keep the low threshold: a restore holds
+/// Full backups keep 8 MiB per arena (one batch's worth): faults 92–106k → 26–28k, CPU
+/// 8.3 → 7.4 s, peak RSS +3–5 MiB on the fs image. Other commands keep the low threshold: a restore holds
 /// +5–8 MiB with it, more at 16 GiB than at 4 (`docs/performance.md`, sixth session), and so
 /// does an incremental, which compresses little: an unchanged incremental of a 16 GiB stream
 /// peaked at 36–40 MiB with it against 33–34 MiB without (31–34 MiB at 4 GiB), while a

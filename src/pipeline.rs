@@ -216,7 +216,8 @@ struct Packer<'a> {
     tx: SyncSender<WriterMsg>,
     /// Buffers of uploaded packs, reused for the next ones. One spare: on a filesystem one
     /// pack fills while the previous one is written, so two buffers serve the whole backup
-    /// and the kernel zeroes no new pages (~5 % of a full backup's CPU, tenth session).
+    /// and the kernel zeroes no new pages (~5 % of a full backup's CPU on the tenth session's
+    /// machine, twelfth session).
     buffers: BufferPool,
     chunks_new: u64,
 }
