@@ -1,6 +1,7 @@
-//! A restore whose chunk locations must go to a scratch file, with `$TMPDIR` unusable, fails
-//! with a typed error naming that directory, before anything is written. (A test binary of its
-//! own: it sets `TMPDIR` for the whole process before any thread starts.)
+//! A restore whose chunk locations must go to a scratch file, or a backup whose dedup set must,
+//! with `$TMPDIR` unusable, fails with a typed error naming that directory, before anything is
+//! written or committed. (A test binary of its own: it sets `TMPDIR` for the whole process
+//! before any thread starts.)
 
 mod common;
 
@@ -42,4 +43,28 @@ fn unusable_scratch_dir_is_a_typed_error_and_nothing_is_written() {
     // With the table in memory the same restore needs no scratch file.
     run_restore_with(&c, "b", &out, &RestoreOptions::new(TargetMode::New), None).unwrap();
     assert_same(&vol, &out);
+
+    // A backup whose dedup set spills (the container holds more chunks than the 256 a set
+    // keeps in memory at least): the same typed error, no backup, no lease left.
+    let big = root.join("big.img");
+    make_image(&big, 24 << 20, 5);
+    assert!(backup_file(&c, &big, "big", None).chunks_new > 256);
+    let opts = volback::pipeline::BackupOptions {
+        dedup_mem_keys: Some(256),
+        ..backup_opts("b2", Some("big"))
+    };
+    let source = volback::source::VolumeSource::Path(big.clone());
+    match volback::pipeline::run_backup(&c, source, &opts, None) {
+        Err(Error::Io { path, .. }) => assert_eq!(path, missing),
+        other => panic!(
+            "expected an io error naming {}: {:?}",
+            missing.display(),
+            other.map(|r| r.2)
+        ),
+    }
+    assert!(!c.backup_id_taken("b2").unwrap());
+    let leases = std::fs::read_dir(root.join("c").join("leases"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(leases, 0);
 }
