@@ -9,10 +9,11 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use volback::chunker::{ChunkerParams, Guide, GuideEntry, GuideFilter, Piece, Splitter, is_zero};
+use volback::format::chunk::{ChunkKind, decode_chunk, encode_chunk};
+use volback::format::extent_list::{ExtentListReader, ExtentListWriter};
+use volback::format::pack::PackBuilder;
 use volback::ids::Hash;
-use volback::manifest::{ExtentListReader, ExtentListWriter};
-use volback::pack::{ChunkKind, PackBuilder, decode_chunk, encode_chunk};
-use volback::testdata::pseudo_random;
+use volback_testkit::testdata::pseudo_random;
 
 /// Compressible, file-like data: random words from a small vocabulary.
 fn text_like(len: usize) -> Vec<u8> {

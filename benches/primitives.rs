@@ -22,7 +22,7 @@ fn main() {
     let level: i32 = args
         .get(2)
         .and_then(|l| l.parse().ok())
-        .unwrap_or(volback::container::ContainerConfig::default().zstd_level);
+        .unwrap_or(volback::format::config::ContainerConfig::default().zstd_level);
     // Read once to warm the page cache, then time a second read.
     let _ = std::fs::read(path).expect("read image");
     let t = Instant::now();

@@ -4,18 +4,18 @@
 //! `cargo bench --bench scale [-- TIB]` (default 1): inserts one 128-bit key per chunk into the
 //! in-memory set that holds the chunks a backup stores ([`volback::index::ChunkSet`]) and
 //! measures its memory and lookup speed; builds the dedup set a later backup loads for a
-//! container of that size ([`volback::dedup::DedupSet`], spilled to a temporary file) and
+//! container of that size ([`volback::backup::dedup::DedupSet`], spilled to a temporary file) and
 //! measures the same; encodes the extent list of that many chunks with the real writer (chunked
 //! as a backup chunks it) and sizes the manifest; counts the write requests of the pack layout.
 //! Takes about two minutes, ~600 MiB of RAM and ~1 GiB of `$TMPDIR` per TiB.
 
 use std::time::Instant;
 
-use volback::container::ContainerConfig;
-use volback::dedup::{DEFAULT_MEM_KEYS, DedupSet};
+use volback::backup::dedup::{DEFAULT_MEM_KEYS, DedupSet};
+use volback::format::config::ContainerConfig;
+use volback::format::extent_list::ExtentListWriter;
 use volback::ids::Hash;
 use volback::index::ChunkSet;
-use volback::manifest::ExtentListWriter;
 
 fn vm_hwm_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

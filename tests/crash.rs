@@ -2,7 +2,11 @@
 //! on the local S3 server. Afterwards `list`, `verify`, `gc` and `restore` agree, nothing
 //! committed is lost, and re-running the killed backup completes, reusing what was uploaded.
 
+#[path = "common/cli.rs"]
+mod cli_env;
 mod common;
+
+use cli_env::CliExt;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -10,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::backend::{BUCKET, Env, hash_file, json_of};
 use common::*;
-use volback::container::{Container, ContainerConfig};
+use volback::container::Container;
+use volback::format::config::ContainerConfig;
 
 on_both_backends!(
     backups_killed_at_random_points_leave_a_consistent_container,

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use volback::Error;
+use volback::backup::source::VolumeSource;
+use volback::backup::{BackupOptions, BackupReport, run_backup};
 use volback::container::Container;
 use volback::driver::{Driver, VolumeMetadata};
-use volback::pipeline::{BackupOptions, BackupReport, run_backup};
-use volback::record::BackupRecord;
+use volback::format::record::BackupRecord;
 use volback::restore::{RestoreOptions, TargetMode, run_restore, run_restore_with};
-use volback::source::VolumeSource;
 
 use common::backend::Env;
 
@@ -603,9 +603,9 @@ fn driver_verbs_with_metadata_export_and_import_into_a_copy(e: &Env) {
 /// chunk would otherwise spill into its neighbour or leave part of its extent as it was.
 #[test]
 fn a_chunk_whose_length_differs_from_its_extent_is_refused() {
+    use volback::format::chunk::ChunkKind;
     use volback::ids::Hash;
     use volback::index::{Index, Locate, Location};
-    use volback::pack::ChunkKind;
     use volback::restore::check_complete;
 
     /// The container's index, but every data chunk one byte shorter (the extent list's own

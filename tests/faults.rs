@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use volback::backup::run_backup;
+use volback::backup::source::VolumeSource;
 use volback::container::Container;
-use volback::faults::{FaultConfig, FaultStore};
 use volback::gc::{GcOptions, run_gc};
-use volback::pipeline::run_backup;
 use volback::restore::{TargetMode, run_restore};
-use volback::source::VolumeSource;
 use volback::store::{MemStore, ObjectStore};
+use volback_testkit::faults::{FaultConfig, FaultStore};
 
 /// A collection that treats every unexpired lease as alive but allows no clock skew.
 fn gc_now(c: &Container) {
@@ -190,10 +190,10 @@ fn an_unreadable_parent_only_costs_the_guide() {
             let mut deleted = 0;
             for o in mem.list("packs/").unwrap() {
                 let pack = mem.get(&o.key).unwrap();
-                let entries = volback::pack::parse_pack(&o.key, &pack).unwrap();
+                let entries = volback::format::pack::parse_pack(&o.key, &pack).unwrap();
                 if entries
                     .iter()
-                    .any(|e| e.kind == volback::pack::ChunkKind::Meta)
+                    .any(|e| e.kind == volback::format::chunk::ChunkKind::Meta)
                 {
                     mem.delete(&o.key).unwrap();
                     deleted += 1;

@@ -12,12 +12,13 @@ use std::time::Duration;
 use common::backend::Env;
 use common::sched::{Sched, SchedStore};
 use common::*;
+use volback::backup::source::VolumeSource;
+use volback::backup::{BackupOptions, run_backup};
 use volback::chunker::ChunkerParams;
-use volback::container::{Container, ContainerConfig, LeaseGuard, pack_id_of_key};
-use volback::gc::{GcOptions, GcReport, load_condemned, run_gc};
-use volback::pipeline::{BackupOptions, run_backup};
+use volback::container::{Container, LeaseGuard, pack_id_of_key};
+use volback::format::config::ContainerConfig;
+use volback::gc::{GcOptions, GcReport, run_gc};
 use volback::restore::{TargetMode, run_restore};
-use volback::source::VolumeSource;
 use volback::store::{MemStore, ObjectStore};
 
 on_both_backends!(
@@ -123,7 +124,8 @@ fn a_running_backup_holds_back_the_sweep_and_commits_intact(e: &Env) {
     let r = gc(c);
     assert!(r.packs_unreferenced >= 2, "{r:?}");
     assert_eq!((r.records_deferred, r.packs_deleted), (1, 0), "{r:?}");
-    let condemned: HashSet<_> = load_condemned(c)
+    let condemned: HashSet<_> = c
+        .load_condemned()
         .unwrap()
         .iter()
         .flat_map(|(_, r)| r.pack_ids().collect::<Vec<_>>())
@@ -147,7 +149,7 @@ fn a_running_backup_holds_back_the_sweep_and_commits_intact(e: &Env) {
     assert_eq!(r.records_deferred, 0, "{r:?}");
     assert_eq!(r.packs_deleted, condemned.len(), "{r:?}");
     restores_to(c, "new", &vol, &e.root);
-    assert!(load_condemned(c).unwrap().is_empty());
+    assert!(c.load_condemned().unwrap().is_empty());
 }
 
 /// Packs and a lease left by a backup that died are reclaimed once the lease has expired.
@@ -165,7 +167,7 @@ fn orphans_of_interrupted_backups_are_reclaimed_after_their_lease(e: &Env) {
     // (expired an hour ago), plus one still within its time to live.
     c.store().delete("backups/orphan").unwrap();
     let dead = serde_json::json!({"format": "volback-lease", "version": 1, "backup_id": "orphan",
-        "host": "gone", "pid": 1, "started_unix": 1, "expires_unix": volback::container::now_unix() - 3600});
+        "host": "gone", "pid": 1, "started_unix": 1, "expires_unix": volback::clock::now_unix() - 3600});
     c.store()
         .put("leases/orphan-dead", dead.to_string().into())
         .unwrap();

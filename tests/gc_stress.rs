@@ -2,7 +2,11 @@
 //! `volback gc` runs in a loop, on the filesystem and on the local S3 server; then every backup
 //! that reported success and was not deleted is restored and compared.
 
+#[path = "common/cli.rs"]
+mod cli_env;
 mod common;
+
+use cli_env::CliExt;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;

@@ -4,10 +4,11 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use volback::chunker::{ChunkerParams, Piece, Splitter};
+use volback::format::chunk::{ChunkKind, decode_chunk, encode_chunk};
+use volback::format::extent_list::{Extent, ExtentListReader, ExtentListWriter};
+use volback::format::index_segment::{decode_segment, encode_segment};
+use volback::format::pack::{PackBuilder, parse_pack};
 use volback::ids::Hash;
-use volback::index::{decode_segment, encode_segment};
-use volback::manifest::{Extent, ExtentListReader, ExtentListWriter};
-use volback::pack::{ChunkKind, PackBuilder, decode_chunk, encode_chunk, parse_pack};
 
 /// Small parameters so that short inputs exercise every boundary case.
 fn params() -> ChunkerParams {
@@ -139,31 +140,31 @@ proptest! {
     fn decoders_never_panic_on_arbitrary_bytes(data in prop::collection::vec(any::<u8>(), 0..4096)) {
         let _ = parse_pack("p", &data);
         let _ = decode_segment("i", &data);
-        let _ = volback::manifest::Manifest::decode("m", &data);
-        let _ = volback::gc::Condemnation::decode("gc/condemned-0-x", &data);
+        let _ = volback::format::manifest::Manifest::decode("m", &data);
+        let _ = volback::format::condemnation::Condemnation::decode("gc/condemned-0-x", &data);
         let mut r = ExtentListReader::new();
         let mut out = Vec::new();
         if r.push("m", &data, &mut out).is_ok() {
             let _ = r.finish("m");
         }
         if let Ok(t) = std::str::from_utf8(&data) {
-            let _ = volback::record::ExportedRecord::parse(t);
-            let _ = volback::container::ContainerUrl::parse(t);
+            let _ = volback::format::record::ExportedRecord::parse(t);
+            let _ = volback::container::url::ContainerUrl::parse(t);
         }
     }
 
     #[test]
     fn condemnation_records_round_trip(ids in prop::collection::vec(any::<[u8; 32]>(), 0..50), t in any::<u32>()) {
-        let c = volback::gc::Condemnation {
-            format: volback::gc::CONDEMNED_FORMAT.into(),
-            version: volback::gc::CONDEMNED_VERSION,
+        let c = volback::format::condemnation::Condemnation {
+            format: volback::format::condemnation::CONDEMNED_FORMAT.into(),
+            version: volback::format::condemnation::CONDEMNED_VERSION,
             created_unix: u64::from(t),
             created_at: "2026-11-22T00:00:00Z".into(),
             host: "h".into(),
             packs: ids.iter().map(|i| Hash(*i).to_hex()).collect(),
         };
         let bytes = serde_json::to_vec(&c).unwrap();
-        let back = volback::gc::Condemnation::decode("gc/condemned-0-x", &bytes).unwrap();
+        let back = volback::format::condemnation::Condemnation::decode("gc/condemned-0-x", &bytes).unwrap();
         let got: Vec<Hash> = back.pack_ids().collect();
         let want: Vec<Hash> = ids.iter().map(|i| Hash(*i)).collect();
         prop_assert_eq!(got, want);

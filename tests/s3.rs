@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use common::backend::{ACCESS_KEY, BUCKET, Env, S3Server, SECRET_KEY, free_port, s3_options};
 use common::*;
+use volback::backup::run_backup;
+use volback::backup::source::VolumeSource;
 use volback::container::Container;
-use volback::pipeline::run_backup;
 use volback::restore::{TargetMode, run_restore};
-use volback::source::VolumeSource;
 
 #[test]
 fn wrong_credentials_fail_fast_and_never_show_the_secret() {

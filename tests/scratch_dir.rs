@@ -49,12 +49,12 @@ fn unusable_scratch_dir_is_a_typed_error_and_nothing_is_written() {
     let big = root.join("big.img");
     make_image(&big, 24 << 20, 5);
     assert!(backup_file(&c, &big, "big", None).chunks_new > 256);
-    let opts = volback::pipeline::BackupOptions {
+    let opts = volback::backup::BackupOptions {
         dedup_mem_keys: Some(256),
         ..backup_opts("b2", Some("big"))
     };
-    let source = volback::source::VolumeSource::Path(big.clone());
-    match volback::pipeline::run_backup(&c, source, &opts, None) {
+    let source = volback::backup::source::VolumeSource::Path(big.clone());
+    match volback::backup::run_backup(&c, source, &opts, None) {
         Err(Error::Io { path, .. }) => assert_eq!(path, missing),
         other => panic!(
             "expected an io error naming {}: {:?}",

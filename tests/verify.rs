@@ -130,7 +130,7 @@ fn verify_names_exactly_the_damaged_backups_and_objects(e: &Env) {
     let (m_b, _) = c.read_manifest("b").unwrap();
     let mut shared = None;
     c.walk_extents(&index, &m_b, |off, x| {
-        if let volback::manifest::Extent::Data { id, .. } = x {
+        if let volback::format::extent_list::Extent::Data { id, .. } = x {
             let loc = index.get(id).unwrap();
             if off > 1 << 20
                 && shared.is_none()

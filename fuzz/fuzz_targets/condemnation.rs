@@ -4,5 +4,5 @@ use libfuzzer_sys::fuzz_target;
 // Condemnation records are read by every backup before it deduplicates: a damaged one must be
 // an error naming it, never a panic.
 fuzz_target!(|data: &[u8]| {
-    let _ = volback::gc::Condemnation::decode("gc/condemned-0-fuzz", data);
+    let _ = volback::format::condemnation::Condemnation::decode("gc/condemned-0-fuzz", data);
 });

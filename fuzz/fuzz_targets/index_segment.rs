@@ -2,5 +2,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = volback::index::decode_segment("fuzz", data);
+    let _ = volback::format::index_segment::decode_segment("fuzz", data);
 });

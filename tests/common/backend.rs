@@ -1,118 +1,16 @@
-//! Test backends: a filesystem container, or a real S3-compatible server (s3s-fs) started on
-//! 127.0.0.1 at a free port for the test and stopped when it ends. s3s-fs stores objects as plain
-//! files (`ROOT/bucket/key`), so tests can damage stored objects the same way on both backends.
-//!
-//! A missing s3s-fs is a test failure, never a skip: `scripts/test.sh` installs it.
+//! Test backends: a filesystem container, or a real S3-compatible server
+//! ([`volback_testkit::s3server`]) started on 127.0.0.1 for the test and stopped when it ends.
+//! Both store objects as plain files, so tests can damage stored objects the same way on both.
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
 use volback::container::Container;
-use volback::s3::S3Options;
-
-pub const ACCESS_KEY: &str = "volback-test-key";
-pub const SECRET_KEY: &str = "volback-test-secret-do-not-print";
-pub const BUCKET: &str = "volback-test";
-
-/// A running s3s-fs; killed on drop.
-pub struct S3Server {
-    child: Child,
-    pub port: u16,
-    pub root: PathBuf,
-}
-
-fn s3s_fs_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("VOLBACK_S3S_FS") {
-        return p.into();
-    }
-    if let Ok(out) = Command::new("sh")
-        .args(["-c", "command -v s3s-fs"])
-        .output()
-        && out.status.success()
-    {
-        return String::from_utf8_lossy(&out.stdout).trim().into();
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let p = Path::new(&home).join(".cargo/bin/s3s-fs");
-    assert!(
-        p.exists(),
-        "s3s-fs is not installed: run `bash scripts/test.sh`, which installs it \
-         (cargo install s3s-fs --version 0.14.1 --features binary --locked)"
-    );
-    p
-}
-
-impl S3Server {
-    /// Starts a server over `root` (bucket directories are created by the caller).
-    pub fn start(root: &Path) -> S3Server {
-        Self::start_on(root, free_port())
-    }
-
-    /// Starts a server over `root` on `port`.
-    pub fn start_on(root: &Path, port: u16) -> S3Server {
-        std::fs::create_dir_all(root).unwrap();
-        let child = Command::new(s3s_fs_binary())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start s3s-fs");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "s3s-fs did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        S3Server {
-            child,
-            port,
-            root: root.into(),
-        }
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Stops the server now.
-    pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Options that reach the test server with the right credentials.
-pub fn s3_options(endpoint: &str) -> S3Options {
-    S3Options {
-        endpoint: Some(endpoint.into()),
-        region: Some("us-east-1".into()),
-        access_key_id: Some(ACCESS_KEY.into()),
-        secret_access_key: Some(SECRET_KEY.into()),
-        retry_timeout: Some(Duration::from_secs(5)),
-        ..Default::default()
-    }
-}
+use volback::store::s3::S3Options;
+#[allow(unused_imports)]
+pub use volback_testkit::s3server::{
+    ACCESS_KEY, BUCKET, S3Server, SECRET_KEY, free_port, s3_options,
+};
 
 /// Where a test's container lives.
 pub struct Env {
@@ -195,37 +93,6 @@ impl Env {
                 ("AWS_REGION".into(), "us-east-1".into()),
             ],
         }
-    }
-}
-
-impl Env {
-    /// Runs the `volback` binary against this backend (S3 settings in its environment).
-    pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_volback"))
-            .args(args)
-            .envs(self.cli_env())
-            .output()
-            .unwrap()
-    }
-
-    /// `volback restore --json` of backup `id` in container `url` to a new file `target`.
-    pub fn cli_restore(
-        &self,
-        url: &str,
-        id: &str,
-        target: &std::path::Path,
-    ) -> std::process::Output {
-        let t = target.display().to_string();
-        self.cli(&[
-            "restore",
-            "--container",
-            url,
-            "--backup-id",
-            id,
-            "--target",
-            &t,
-            "--json",
-        ])
     }
 }
 

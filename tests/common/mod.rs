@@ -25,7 +25,7 @@ use std::path::Path;
 
 /// Deterministic pseudo-random bytes; any seed (mixed so that 0 and small seeds are fine).
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    volback::testdata::pseudo_random(len, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    volback_testkit::testdata::pseudo_random(len, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
 }
 
 /// Somewhat compressible data: random words from a small vocabulary.
@@ -139,8 +139,8 @@ pub fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Options for backup `id` of volume "vol", incremental of `parent` if given.
-pub fn backup_opts(id: &str, parent: Option<&str>) -> volback::pipeline::BackupOptions {
-    volback::pipeline::BackupOptions {
+pub fn backup_opts(id: &str, parent: Option<&str>) -> volback::backup::BackupOptions {
+    volback::backup::BackupOptions {
         backup_id: Some(id.into()),
         volume_id: "vol".into(),
         parent_id: parent.map(String::from),
@@ -154,9 +154,9 @@ pub fn backup_file(
     vol: &Path,
     id: &str,
     parent: Option<&str>,
-) -> volback::pipeline::BackupReport {
-    let source = volback::source::VolumeSource::Path(vol.into());
-    volback::pipeline::run_backup(c, source, &backup_opts(id, parent), None)
+) -> volback::backup::BackupReport {
+    let source = volback::backup::source::VolumeSource::Path(vol.into());
+    volback::backup::run_backup(c, source, &backup_opts(id, parent), None)
         .unwrap_or_else(|e| panic!("backup {id}: {e}"))
         .2
 }

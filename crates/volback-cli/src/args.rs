@@ -1,0 +1,198 @@
+//! The command line's grammar: every subcommand and flag.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use volback::gc::GcOptions;
+use volback::store::s3::S3Options;
+
+#[derive(Parser)]
+#[command(
+    name = "volback",
+    version,
+    about = "Deduplicating, compressed, verifiable backups of block-storage volumes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// S3 settings; anything not given comes from the AWS environment variables and profile files.
+/// Secrets are never taken on the command line (they would show in `ps`).
+#[derive(clap::Args)]
+pub struct S3Args {
+    /// S3 endpoint URL, e.g. http://127.0.0.1:9000 (default: $AWS_ENDPOINT_URL, then AWS).
+    #[arg(long, global = true)]
+    s3_endpoint: Option<String>,
+    /// S3 region (default: $AWS_REGION, the profile's region, then us-east-1).
+    #[arg(long, global = true)]
+    s3_region: Option<String>,
+    /// Profile in ~/.aws/credentials and ~/.aws/config (default: $AWS_PROFILE, then "default").
+    #[arg(long, global = true)]
+    s3_profile: Option<String>,
+    /// Concurrent S3 requests (default 8).
+    #[arg(long, global = true)]
+    s3_concurrency: Option<usize>,
+}
+
+impl S3Args {
+    pub fn options(&self) -> S3Options {
+        S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            profile: self.s3_profile.clone(),
+            concurrency: self.s3_concurrency,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Back up a volume image, block device or stdin ('-') into a container.
+    Backup {
+        /// Container URL: file:///abs/dir or a plain path (created if missing).
+        #[arg(long)]
+        container: String,
+        /// Volume to read: a file, a block device, or '-' for stdin.
+        #[arg(long)]
+        volume: String,
+        /// Id for the backup (default: a new UUID).
+        #[arg(long)]
+        backup_id: Option<String>,
+        /// Id of the volume (default: derived from the volume's file name).
+        #[arg(long)]
+        volume_id: Option<String>,
+        /// Make an incremental backup of this parent backup.
+        #[arg(long)]
+        parent: Option<String>,
+        /// JSON file with volume metadata to store with the backup.
+        #[arg(long)]
+        metadata: Option<PathBuf>,
+        /// Point-in-time label stored with the backup (Cinder's data_timestamp).
+        #[arg(long)]
+        data_timestamp: Option<String>,
+        /// zstd level for this backup (default: the container's): 1..=22, or -7..=-1 for
+        /// zstd's fast levels (faster, larger).
+        #[arg(long, allow_negative_numbers = true)]
+        zstd_level: Option<i32>,
+        /// Average chunk size in bytes for a container created by this command.
+        #[arg(long)]
+        chunk_avg: Option<u32>,
+        /// Seconds the backup's lease lives without renewal (renewed every eighth of it).
+        #[arg(long, default_value_t = volback::container::LEASE_TTL.as_secs())]
+        lease_ttl: u64,
+        /// Print one JSON object and nothing else.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup onto a file or block device.
+    Restore {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        backup_id: String,
+        /// Target file or block device. A new file is created sparse.
+        #[arg(long)]
+        target: PathBuf,
+        /// Overwrite an existing target (zero extents are written as zeros).
+        #[arg(long)]
+        existing: bool,
+        /// Write the volume metadata stored with the backup to this file.
+        #[arg(long)]
+        metadata_out: Option<PathBuf>,
+        /// Do not flush the target to stable storage before reporting success (scratch
+        /// targets only; by default a restore that reports success is on disk).
+        #[arg(long)]
+        no_sync: bool,
+        /// Write through the page cache, for an image that is read right after the restore.
+        /// By default whole blocks bypass it with direct I/O, as Cinder's volume copies do:
+        /// restoring a large volume neither evicts the host's cache nor pays for a new cache
+        /// page per 4 KiB.
+        #[arg(long)]
+        buffered: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a backup (its space is reclaimed by garbage collection; other backups are unaffected).
+    Delete {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        backup_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a self-describing record of a backup on stdout.
+    Export {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        backup_id: String,
+    },
+    /// Validate an exported record against a container ('-' reads stdin).
+    Import {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        record: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the backups in a container.
+    List {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the chunk index from the packs' own tables (repairs a lost or damaged index).
+    RebuildIndex {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reclaim the space of deleted backups and interrupted ones; safe alongside anything.
+    Gc {
+        #[arg(long)]
+        container: String,
+        /// Report what would be condemned; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Unused bytes tolerated in partly live packs, as a fraction of live bytes; beyond it
+        /// the sparsest packs are rewritten (1 disables repacking).
+        #[arg(long, default_value_t = GcOptions::default().max_unused)]
+        max_unused: f64,
+        /// Largest clock difference between hosts sharing the container, in seconds.
+        #[arg(long, default_value_t = GcOptions::default().clock_skew.as_secs())]
+        clock_skew: u64,
+        /// Sweep condemned packs only this many seconds after they were condemned.
+        #[arg(long, default_value_t = 0)]
+        min_age: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that backups can be restored: structure always, every chunk with --read-data.
+    /// Exit status 3 if anything is damaged.
+    Verify {
+        #[arg(long)]
+        container: String,
+        /// Only this backup (default: all).
+        #[arg(long)]
+        backup_id: Option<String>,
+        /// Read back, decompress and re-hash every chunk.
+        #[arg(long)]
+        read_data: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that a container is reachable and writable (creating it if missing).
+    Check {
+        #[arg(long)]
+        container: String,
+    },
+}

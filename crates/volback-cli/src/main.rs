@@ -1,0 +1,66 @@
+//! The `volback` command line: the driver's verbs for operators and scripts.
+//!
+//! Exit status: 0 on success, 1 on any error (the message names the object and offset), 2 on a
+//! usage error, 3 when `verify` finds damage. With `--json`, stdout carries exactly one JSON object (an error too:
+//! `{"error": kind, "message": ...}`) and nothing else.
+
+mod alloc;
+mod args;
+mod commands;
+mod output;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use serde_json::json;
+
+use args::{Cli, Cmd};
+use commands::{Outcome, run};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    alloc::tune_malloc(matches!(cli.cmd, Cmd::Backup { parent: None, .. }));
+    let json = match &cli.cmd {
+        Cmd::Backup { json, .. }
+        | Cmd::Restore { json, .. }
+        | Cmd::Delete { json, .. }
+        | Cmd::Import { json, .. }
+        | Cmd::List { json, .. }
+        | Cmd::RebuildIndex { json, .. }
+        | Cmd::Gc { json, .. }
+        | Cmd::Verify { json, .. } => *json,
+        _ => false,
+    };
+    let s3 = cli.s3.options();
+    init_logging();
+    match run(cli.cmd, &s3) {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Damaged) => ExitCode::from(3),
+        Err(e) => {
+            if json {
+                let _ = writeln!(
+                    std::io::stdout().lock(),
+                    "{}",
+                    json!({"error": e.kind(), "message": e.to_string()})
+                );
+            }
+            eprintln!("volback: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Warnings (a damaged index segment worked around, say) go to stderr; `VOLBACK_LOG=debug`
+/// shows more (retries, for one).
+fn init_logging() {
+    let level = std::env::var("VOLBACK_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::WARN);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,225 @@
+//! The pipeline's threads: reader → chunker → hash, dedup, compress (rayon) → pack writer.
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc::sync_channel;
+
+use bytes::Bytes;
+use rayon::prelude::*;
+
+use super::Progress;
+use super::buffers::BufferPool;
+use super::dedup::DedupSet;
+use super::packer::Packer;
+use super::parent_guide::feed_guide;
+use super::source::{Input, OpenVolume};
+use super::writer::{MAX_UPLOAD_BYTES, WriterMsg, Written, writer_loop};
+use crate::chunker::{Guide, Piece, Splitter};
+use crate::container::Container;
+use crate::error::{Error, Result};
+use crate::format::chunk::{ChunkKind, EncodedChunk, encode_chunk};
+use crate::format::extent_list::ExtentListWriter;
+use crate::format::manifest::MetaRef;
+use crate::format::pack::PackBuilder;
+use crate::ids::Hash;
+use crate::index::Index;
+
+/// What the pipeline needs besides the volume.
+pub(super) struct Inputs<'a> {
+    pub(super) container: &'a Container,
+    /// The parent's manifest (an incremental) and where its extent-list chunks are.
+    pub(super) parent: Option<(&'a crate::format::manifest::Manifest, &'a Index)>,
+    /// What the container holds, to deduplicate against.
+    pub(super) known: DedupSet,
+    /// Pack names the collector condemned: never produce one.
+    pub(super) condemned: &'a HashSet<Hash>,
+    pub(super) level: i32,
+    pub(super) progress: Option<Progress<'a>>,
+    /// Bytes read from the volume, counted by the reader.
+    pub(super) bytes_read: &'a AtomicU64,
+}
+
+/// What the pipeline produced: the extent list and what it stored.
+pub(super) struct Pipelined {
+    pub(super) extents: ExtentListWriter,
+    pub(super) meta_refs: Vec<MetaRef>,
+    pub(super) size: u64,
+    pub(super) zero_bytes: u64,
+    pub(super) counts: ChunkCounts,
+    pub(super) written: Written,
+}
+
+/// Chunks of the volume, stored, and taken from the guide.
+pub(super) struct ChunkCounts {
+    pub(super) total: u64,
+    pub(super) new: u64,
+    pub(super) guided: u64,
+}
+
+/// Runs the reader, chunker, main and writer stages over `volume` until it ends or one fails.
+/// Every pack and index segment is stored when it returns `Ok`; nothing is committed.
+pub(super) fn run(volume: OpenVolume, inputs: Inputs<'_>) -> Result<Pipelined> {
+    let Inputs {
+        container,
+        parent,
+        known,
+        condemned,
+        level,
+        progress,
+        bytes_read,
+    } = inputs;
+    let cfg = container.config().clone();
+    std::thread::scope(|s| -> Result<_> {
+        let (batch_tx, batch_rx) = sync_channel::<Result<Vec<Piece>>>(2);
+        let (pack_tx, pack_rx) = sync_channel::<WriterMsg>(0);
+        // Reading and chunking are separate threads: reading copies from the page cache or
+        // waits on the device while the chunker (zero runs + FastCDC, sequential by nature)
+        // works on the previous buffer.
+        let (input_tx, input_rx) = sync_channel::<Result<Input>>(2);
+        let reader = s.spawn(|| {
+            let tx = input_tx;
+            let res = volume.read_all(bytes_read, |input| tx.send(Ok(input)).is_ok());
+            if let Err(e) = res {
+                let _ = tx.send(Err(e));
+            }
+        });
+        let guide = parent.map(|(parent, parent_index)| {
+            let (tx, rx) = sync_channel(2);
+            s.spawn(move || feed_guide(container, parent_index, parent, tx));
+            Guide::new(rx)
+        });
+        // Returns how many chunks the guide gave.
+        let chunker = s.spawn(|| -> u64 {
+            let mut splitter = match guide {
+                Some(g) => Splitter::with_guide(cfg.chunker, g),
+                None => Splitter::new(cfg.chunker),
+            };
+            let tx = batch_tx;
+            for input in input_rx {
+                let mut out = Vec::new();
+                match input {
+                    Ok(Input::Data(b)) => splitter.push_data(b, &mut out),
+                    Ok(Input::Hole(n)) => splitter.push_hole(n, &mut out),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return 0;
+                    }
+                }
+                if !out.is_empty() && tx.send(Ok(out)).is_err() {
+                    return 0;
+                }
+            }
+            let mut out = Vec::new();
+            splitter.finish(&mut out);
+            let _ = tx.send(Ok(out));
+            splitter.followed()
+        });
+        // Uploads in flight hold whole packs: cap them at ~96 MiB whatever the store's request
+        // concurrency, so peak memory stays bounded (3 x 32 MiB packs by default; one on a
+        // filesystem).
+        let threads = container
+            .store()
+            .upload_concurrency()
+            .min((MAX_UPLOAD_BYTES / cfg.pack_target.max(1)) as usize)
+            .max(1);
+        let writer = s.spawn(move || writer_loop(container, pack_rx, threads));
+
+        let mut packer = Packer {
+            known,
+            avoid: condemned,
+            level,
+            data_pack: PackBuilder::new(),
+            meta_pack: PackBuilder::new(),
+            target: cfg.pack_target,
+            tx: pack_tx,
+            buffers: BufferPool::new(1),
+            chunks_new: 0,
+        };
+        let main = (|| -> Result<_> {
+            let mut extents = ExtentListWriter::new();
+            let mut meta_refs = Vec::new();
+            let mut size = 0u64;
+            let mut zero_bytes = 0u64;
+            let mut chunks_total = 0u64;
+            // The previous batch's compressed chunks, appended to packs (a serial copy) while
+            // the pool hashes this batch, rather than leaving a core idle.
+            let mut pending: Vec<EncodedChunk> = Vec::new();
+            for batch in batch_rx {
+                let pieces = batch?;
+                let done = std::mem::take(&mut pending);
+                let (ids, added) = rayon::join(
+                    || -> Vec<Option<Hash>> {
+                        pieces
+                            .par_iter()
+                            .map(|p| match p {
+                                Piece::Data(b) => Some(Hash::of(b)),
+                                Piece::Hashed(_, id) => Some(*id),
+                                Piece::Zero(_) => None,
+                            })
+                            .collect()
+                    },
+                    || packer.add(done),
+                );
+                added?;
+                let data_ids: Vec<Hash> = ids.iter().flatten().copied().collect();
+                let mut known = packer.known.check_and_add(&data_ids)?.into_iter();
+                let mut new: Vec<(&Bytes, Hash)> = Vec::new();
+                for (p, id) in pieces.iter().zip(&ids) {
+                    size += p.len();
+                    match (p, id) {
+                        (Piece::Data(b) | Piece::Hashed(b, _), Some(id)) => {
+                            chunks_total += 1;
+                            extents.push_data(b.len() as u32, id);
+                            if known.next() != Some(true) {
+                                new.push((b, *id));
+                            }
+                        }
+                        _ => {
+                            zero_bytes += p.len();
+                            extents.push_zero(p.len());
+                        }
+                    }
+                }
+                pending = new
+                    .par_iter()
+                    .map(|(b, id)| encode_chunk(*id, ChunkKind::Data, b, level))
+                    .collect();
+                packer.add_meta(extents.take_chunks(), &mut meta_refs)?;
+                if let Some(p) = progress {
+                    p(size);
+                }
+            }
+            packer.add(pending)?;
+            packer.add_meta(extents.finish(), &mut meta_refs)?;
+            packer.flush()?;
+            Ok((extents, meta_refs, size, zero_bytes, chunks_total))
+        })();
+        let chunks_new = packer.chunks_new;
+        drop(packer); // closes the writer's channel
+        let written = writer
+            .join()
+            .map_err(|_| Error::Internal("pack writer panicked".into()))?;
+        reader
+            .join()
+            .map_err(|_| Error::Internal("volume reader panicked".into()))?;
+        let chunks_guided = chunker
+            .join()
+            .map_err(|_| Error::Internal("chunker panicked".into()))?;
+        // The writer's error is the root cause when the main loop only saw a closed channel.
+        let written = written?;
+        let (extents, meta_refs, size, zero_bytes, chunks_total) = main?;
+        let counts = ChunkCounts {
+            total: chunks_total,
+            new: chunks_new,
+            guided: chunks_guided,
+        };
+        Ok(Pipelined {
+            extents,
+            meta_refs,
+            size,
+            zero_bytes,
+            counts,
+            written,
+        })
+    })
+}

@@ -1,0 +1,112 @@
+//! The pack writer: uploads packs (data first), then the index segments that describe them.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+
+use bytes::Bytes;
+
+use crate::container::{Container, pack_key};
+use crate::error::{Error, Result};
+use crate::format::pack::PackEntry;
+use crate::ids::Hash;
+
+/// Index segments are written every this many packs (and at the end), so an interrupted backup
+/// leaves indexed packs that a re-run can reuse.
+const PACKS_PER_SEGMENT: usize = 64;
+/// Pack bytes being uploaded at once (bounds memory; see [`writer_loop`]).
+pub(super) const MAX_UPLOAD_BYTES: u64 = 96 << 20;
+
+/// What the writer stored.
+pub(super) struct Written {
+    pub(super) objects: u64,
+    pub(super) bytes: u64,
+}
+
+/// A closed pack for the writer.
+pub(super) enum WriterMsg {
+    Pack(Hash, Bytes, Vec<PackEntry>),
+}
+
+/// Pack uploads shared by the writer threads.
+struct WriterState {
+    unindexed: Vec<(Hash, Vec<PackEntry>)>,
+    done: Written,
+}
+
+/// Puts packs with `threads` concurrent uploads, then the index segments that describe them
+/// (data first, index next: a segment is written only after all its packs are stored).
+pub(super) fn writer_loop(
+    container: &Container,
+    rx: Receiver<WriterMsg>,
+    threads: usize,
+) -> Result<Written> {
+    let rx = Mutex::new(rx);
+    let state = Mutex::new(WriterState {
+        unindexed: Vec::new(),
+        done: Written {
+            objects: 0,
+            bytes: 0,
+        },
+    });
+    let failed = AtomicBool::new(false);
+    let lock = |m| -> std::sync::MutexGuard<'_, WriterState> { unpoison(m) };
+    let upload = || -> Result<()> {
+        while !failed.load(Ordering::Relaxed) {
+            let msg = unpoison(&rx).recv();
+            let Ok(WriterMsg::Pack(id, bytes, entries)) = msg else {
+                return Ok(());
+            };
+            let len = bytes.len() as u64;
+            if let Err(e) = container.store().put(&pack_key(&id), bytes) {
+                failed.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+            let segment = {
+                let mut st = lock(&state);
+                st.done.objects += 1;
+                st.done.bytes += len;
+                st.unindexed.push((id, entries));
+                (st.unindexed.len() >= PACKS_PER_SEGMENT).then(|| std::mem::take(&mut st.unindexed))
+            };
+            if let Some(seg) = segment {
+                match container.write_index_segment(&seg) {
+                    Ok((_, n)) => {
+                        let mut st = lock(&state);
+                        st.done.objects += 1;
+                        st.done.bytes += n;
+                    }
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    };
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(upload)).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Internal("pack writer panicked".into())))
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<()>>()?;
+    let mut st = state.into_inner().unwrap_or_else(|p| p.into_inner());
+    if !st.unindexed.is_empty() {
+        let (_, n) = container.write_index_segment(&st.unindexed)?;
+        st.done.objects += 1;
+        st.done.bytes += n;
+    }
+    Ok(st.done)
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every update is a
+/// complete assignment), so a poisoned lock is safe to use.
+fn unpoison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

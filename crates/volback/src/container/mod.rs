@@ -1,0 +1,184 @@
+//! The container: an object store holding one volback format, and the operations on it.
+//!
+//! [`Container`] wraps a store (with retries) and the container's config. Its operations are
+//! grouped by what they touch:
+//! - [`url`]: where a container lives (which key holds what is [`crate::format::keys`]);
+//! - [`backups`]: manifests read, committed create-only, listed, deleted behind a tombstone;
+//! - [`packs`] and [`index_scan`]: the packs that exist, their tables, and the index read in the
+//!   collection protocol's order;
+//! - [`leases`]: what a running operation shows the collector;
+//! - [`fetch`] and [`extents`]: reading chunks and walking a backup's extents.
+
+mod backups;
+pub mod extents;
+pub mod fetch;
+pub mod index_scan;
+pub mod leases;
+mod packs;
+pub mod url;
+
+pub use crate::format::keys::{manifest_key, pack_id_of_key, pack_key, tombstone_key};
+pub use fetch::{FetchRange, MAX_RANGE_RAW, plan_ranges};
+pub use index_scan::{IndexScan, IndexUse, LoadedIndex, Segments};
+pub use leases::{LEASE_TTL, LeaseGuard};
+pub use url::ContainerUrl;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::format::config::ContainerConfig;
+use crate::format::keys::{CONFIG_KEY, LEASES_PREFIX};
+use crate::store::s3::{S3Options, S3Store};
+use crate::store::{FsStore, ObjectStore};
+
+/// An open container: a store plus its config.
+#[derive(Clone)]
+pub struct Container {
+    store: Arc<dyn ObjectStore>,
+    url: String,
+    config: ContainerConfig,
+    /// Threads for blocking requests, as many as the store wants in flight.
+    io_pool: Arc<rayon::ThreadPool>,
+}
+
+impl Container {
+    /// Opens the container at `url`, creating it with `init` settings if it does not exist and
+    /// `create` is set.
+    pub fn open(url: &str, create: bool, init: Option<ContainerConfig>) -> Result<Self> {
+        Self::open_with(url, create, init, &S3Options::default())
+    }
+
+    /// Like [`Container::open`], with explicit S3 settings (unset ones come from the
+    /// environment and the AWS profile files).
+    pub fn open_with(
+        url: &str,
+        create: bool,
+        init: Option<ContainerConfig>,
+        s3: &S3Options,
+    ) -> Result<Self> {
+        let parsed = ContainerUrl::parse(url)?;
+        let store: Arc<dyn ObjectStore> = match &parsed {
+            ContainerUrl::File(p) => Arc::new(FsStore::open(p, create)?),
+            ContainerUrl::S3 { bucket, prefix } => Arc::new(S3Store::open(bucket, prefix, s3)?),
+        };
+        Self::with_store(store, parsed.to_url(), create, init)
+    }
+
+    /// Opens a container on an existing store (in-memory tests, simulations).
+    pub fn with_store(
+        store: Arc<dyn ObjectStore>,
+        url: String,
+        create: bool,
+        init: Option<ContainerConfig>,
+    ) -> Result<Self> {
+        let store: Arc<dyn ObjectStore> = Arc::new(crate::store::retry::RetryStore::new(store));
+        let config = match store.get(CONFIG_KEY) {
+            Ok(bytes) => ContainerConfig::decode(&bytes)?,
+            Err(Error::MissingObject { .. }) if create => {
+                // Some S3-compatible servers answer a GET in a missing bucket with NoSuchKey and
+                // create the bucket on PUT; a listing tells a missing bucket apart everywhere.
+                store.list(LEASES_PREFIX)?;
+                let cfg = init.unwrap_or_default();
+                cfg.validate()?;
+                let bytes = cfg.encode();
+                // Create-only: if another process initialised the container first, use its config.
+                if store.put_if_absent(CONFIG_KEY, Bytes::from(bytes))? {
+                    cfg
+                } else {
+                    ContainerConfig::decode(&store.get(CONFIG_KEY)?)?
+                }
+            }
+            Err(Error::MissingObject { .. }) => {
+                return Err(Error::Config(format!(
+                    "'{url}' is not a volback container (no '{CONFIG_KEY}' object)"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let io_pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(store.concurrency())
+            .thread_name(|i| format!("volback-io-{i}"))
+            .build()
+            .map_err(|e| Error::Internal(format!("thread pool: {e}")))?;
+        Ok(Container {
+            store,
+            url,
+            config,
+            io_pool: Arc::new(io_pool),
+        })
+    }
+
+    /// Runs `f` on the I/O pool, whose parallel iterators keep `store.concurrency()` requests in
+    /// flight (more than there are cores: the threads mostly wait on the network).
+    pub fn on_io_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.io_pool.install(f)
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The container's URL (no credentials).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The container's settings.
+    pub fn config(&self) -> &ContainerConfig {
+        &self.config
+    }
+
+    /// Checks that the container can be written and read back (Cinder's `check_for_setup_error`).
+    pub fn check_writable(&self) -> Result<()> {
+        let key = format!(
+            "{LEASES_PREFIX}setup-check-{}",
+            uuid::Uuid::new_v4().simple()
+        );
+        let probe = Bytes::from_static(b"volback setup check");
+        self.store.put(&key, probe.clone())?;
+        let back = self.store.get(&key);
+        self.store.delete(&key)?;
+        if back? != probe {
+            return Err(Error::Config(format!(
+                "container '{}' did not return what was written",
+                self.url
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_created_once_and_checked() {
+        let store: Arc<dyn ObjectStore> = Arc::new(crate::store::MemStore::new());
+        assert!(matches!(
+            Container::with_store(store.clone(), "m".into(), false, None),
+            Err(Error::Config(_))
+        ));
+        let a = Container::with_store(store.clone(), "m".into(), true, None).unwrap();
+        let other = ContainerConfig {
+            zstd_level: 9,
+            ..Default::default()
+        };
+        let b = Container::with_store(store.clone(), "m".into(), true, Some(other)).unwrap();
+        assert_eq!(a.config(), b.config(), "the first config wins");
+        a.check_writable().unwrap();
+        store
+            .put(
+                CONFIG_KEY,
+                Bytes::from(r#"{"format":"volback-container","version":7}"#),
+            )
+            .unwrap();
+        assert!(matches!(
+            Container::with_store(store, "m".into(), false, None),
+            Err(Error::UnsupportedVersion { found: 7, .. })
+        ));
+    }
+}

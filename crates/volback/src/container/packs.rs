@@ -1,0 +1,92 @@
+//! Packs as a set: listing them, reading their own tables, and rebuilding the index from those.
+
+use std::collections::{HashMap, HashSet};
+
+use rayon::prelude::*;
+
+use super::Container;
+use crate::error::{Error, Result};
+use crate::format::keys::{PACKS_PREFIX, pack_id_of_key, pack_key};
+use crate::format::pack::PackEntry;
+use crate::ids::Hash;
+
+impl Container {
+    /// Keys (with sizes) of every pack in the container, for checks that need many of them:
+    /// one paged LIST instead of a HEAD per pack.
+    pub fn list_packs(&self) -> Result<std::collections::HashMap<String, u64>> {
+        Ok(self
+            .store
+            .list(PACKS_PREFIX)?
+            .into_iter()
+            .map(|o| (o.key, o.size))
+            .collect())
+    }
+
+    /// Every pack that exists now, with its size (one paged LIST).
+    pub fn listed_packs(&self) -> Result<HashMap<Hash, u64>> {
+        Ok(self
+            .store
+            .list(PACKS_PREFIX)?
+            .iter()
+            .filter_map(|o| pack_id_of_key(&o.key).map(|id| (id, o.size)))
+            .collect())
+    }
+
+    /// Ids of the packs that exist now (one paged LIST).
+    pub fn existing_packs(&self) -> Result<HashSet<Hash>> {
+        Ok(self.listed_packs()?.into_keys().collect())
+    }
+
+    /// Reads the tables of `packs` (id, size) in parallel.
+    pub fn read_pack_tables(&self, packs: &[(Hash, u64)]) -> Vec<(Hash, Result<Vec<PackEntry>>)> {
+        self.on_io_pool(|| {
+            packs
+                .par_iter()
+                .map(|(p, size)| (*p, self.read_pack_table(&pack_key(p), *size)))
+                .collect()
+        })
+    }
+
+    /// Reads the table of one pack (two ranged reads: trailer, then table).
+    pub fn read_pack_table(&self, key: &str, size: u64) -> Result<Vec<PackEntry>> {
+        use crate::format::pack::{ENTRY_LEN, TRAILER_LEN, parse_table, parse_trailer};
+        if size < TRAILER_LEN {
+            return Err(Error::corrupt(
+                key,
+                0,
+                format!("pack too short ({size} bytes)"),
+            ));
+        }
+        let trailer = self.store.get_range(key, size - TRAILER_LEN..size)?;
+        let (n, hash) = parse_trailer(key, size, &trailer)?;
+        let table_start = size - TRAILER_LEN - u64::from(n) * ENTRY_LEN;
+        let table = self.store.get_range(key, table_start..size - TRAILER_LEN)?;
+        parse_table(key, size, n, &hash, &table)
+    }
+
+    /// Rebuilds the index from the packs themselves (packs are self-describing): reads every
+    /// pack's table and writes one new segment describing all packs. Existing segments are
+    /// left in place (duplicate entries are harmless). Returns (packs read, chunks indexed);
+    /// a pack whose table is damaged is reported as an error naming it.
+    pub fn rebuild_index(&self) -> Result<(usize, usize)> {
+        let packs = self.store.list(PACKS_PREFIX)?;
+        let tables: Vec<Result<(Hash, Vec<PackEntry>)>> = self.on_io_pool(|| {
+            packs
+                .par_iter()
+                .map(|o| {
+                    let name = o.key.rsplit('/').next().unwrap_or_default();
+                    let id = Hash::from_hex(name).ok_or_else(|| {
+                        Error::corrupt(&o.key, 0, "pack name is not a BLAKE3 hash")
+                    })?;
+                    Ok((id, self.read_pack_table(&o.key, o.size)?))
+                })
+                .collect()
+        });
+        let tables: Vec<(Hash, Vec<PackEntry>)> = tables.into_iter().collect::<Result<_>>()?;
+        let chunks = tables.iter().map(|(_, e)| e.len()).sum();
+        for group in tables.chunks(4096) {
+            self.write_index_segment(group)?;
+        }
+        Ok((tables.len(), chunks))
+    }
+}

@@ -1,0 +1,40 @@
+//! Versioned JSON objects: every JSON object volback stores names its format and version.
+
+use crate::error::{Error, Result};
+
+/// Decodes a JSON object stored under `key` that carries `"format": format` and
+/// `"version": version` (every JSON object volback stores does): a parse failure is `Corrupt` at
+/// the failing byte (the documents are single-line), another format is `Corrupt`, another
+/// version is `UnsupportedVersion`, then the fields are deserialised into `T`.
+pub fn decode_versioned_json<T: serde::de::DeserializeOwned>(
+    key: &str,
+    bytes: &[u8],
+    what: &'static str,
+    format: &str,
+    version: u64,
+) -> Result<T> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        Error::corrupt(
+            key,
+            e.column().saturating_sub(1) as u64,
+            format!("{what} does not parse: {e}"),
+        )
+    })?;
+    if v.get("format").and_then(|f| f.as_str()) != Some(format) {
+        return Err(Error::corrupt(
+            key,
+            0,
+            format!("not a volback {what} (format field is not '{format}')"),
+        ));
+    }
+    let found = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0);
+    if found != version {
+        return Err(Error::UnsupportedVersion {
+            key: key.to_string(),
+            what,
+            found,
+            supported: version,
+        });
+    }
+    serde_json::from_value(v).map_err(|e| Error::corrupt(key, 0, format!("{what} fields: {e}")))
+}

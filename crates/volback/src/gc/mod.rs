@@ -1,0 +1,202 @@
+//! Garbage collection: mark, condemn, sweep — with no lock, safe while backups, restores,
+//! deletes and other collectors run on other hosts.
+//!
+//! Deleting a backup removes only its manifest. The collector gives the space back:
+//!
+//! 1. **Mark.** List the manifests and mark every chunk they reference (data chunks through the
+//!    extent list, and the extent-list chunks themselves).
+//! 2. **Condemn.** Packs holding no marked chunk, and the sparsest partly live packs while the
+//!    unused bytes exceed [`GcOptions::max_unused`] (after their live chunks are copied into new
+//!    packs and indexed), are listed in a new record `gc/condemned-<unix>-<uuid>`. Nothing is deleted yet.
+//! 3. **Sweep** a record (the new one included) only when no lease that may predate it is
+//!    alive: a lease blocks it if it has not expired (plus the clock-skew bound) and started no
+//!    later than the record (plus the bound). Then the manifests are listed *again* (after the
+//!    leases: a backup deletes its lease only after its manifest is visible), and a condemned
+//!    pack is deleted only if every chunk of it that a manifest now needs has a copy in a pack
+//!    that exists and is condemned by no record. That check is made twice, the second time on a
+//!    fresh listing of records and packs taken after this run's own record was written, so that
+//!    two collectors condemning each other's copies see each other (each writes its record
+//!    before it reads the other's). Index segments are then merged without the deleted packs,
+//!    the packs deleted, and the record deleted last.
+//! 4. **Writers** ([`crate::backup::dedup::load`]) read the records, then the pack listing, then
+//!    the index, and deduplicate only against chunks in packs that exist and are not condemned;
+//!    they never produce a pack whose name is condemned (`PackBuilder::finish_avoiding`).
+//!
+//! Why this is safe, and for which pairs of operations, is argued in `docs/gc.md`.
+
+mod condemn;
+mod mark;
+mod merge;
+mod packs;
+mod repack;
+mod sweep;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::container::{Container, Segments};
+use crate::error::Result;
+use crate::ids::Hash;
+use crate::store::RequestCounts;
+use mark::Marker;
+use packs::Packs;
+use sweep::SweepInputs;
+
+/// A temporary file is written and renamed within one store request, so one this old was left
+/// by a process that died.
+const TEMPORARY_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// What the caller asks of a collection.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Report what would be done; write and delete nothing.
+    pub dry_run: bool,
+    /// Unused bytes left in partly live packs, as a fraction of the live bytes. Beyond it, the
+    /// sparsest packs are rewritten (their live chunks copied to new packs) and condemned until
+    /// the rest is within it — the whole container, not each pack, so a large, mostly live pack
+    /// is not rewritten to reclaim a little. 1 or more disables repacking.
+    pub max_unused: f64,
+    /// Largest difference between any two hosts' clocks that the protocol tolerates.
+    pub clock_skew: Duration,
+    /// A condemnation record is swept no earlier than this after it was written (a grace period
+    /// on top of the lease rule; 0 sweeps in the same run when no lease holds it back).
+    pub min_age: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            dry_run: false,
+            max_unused: 0.05,
+            clock_skew: Duration::from_secs(300),
+            min_age: Duration::ZERO,
+        }
+    }
+}
+
+/// What a collection did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Committed backups marked.
+    pub backups: usize,
+    /// Distinct chunks they reference.
+    pub live_chunks: usize,
+    /// Packs and their bytes when the run started.
+    pub packs_before: usize,
+    pub bytes_before: u64,
+    /// Packs condemned by this run because they hold no live chunk.
+    pub packs_unreferenced: usize,
+    /// Packs condemned by this run after their live chunks were copied (repacked).
+    pub packs_repacked: usize,
+    /// New packs written by repacking, and their bytes.
+    pub packs_written: usize,
+    pub bytes_written: u64,
+    /// Packs deleted by this run's sweep, and their bytes.
+    pub packs_deleted: usize,
+    pub bytes_deleted: u64,
+    /// Bytes deleted minus bytes written.
+    pub bytes_reclaimed: i64,
+    /// Condemned packs the sweep kept because a backup committed since needs them.
+    pub packs_kept: usize,
+    /// Condemnation records swept, and those left for a later run (held back by a lease or
+    /// younger than `min_age`).
+    pub records_swept: usize,
+    pub records_deferred: usize,
+    /// Index segments merged away and written.
+    pub segments_deleted: usize,
+    pub segments_written: usize,
+    /// Expired leases removed (left by processes that died).
+    pub leases_removed: usize,
+    /// Chunks that committed backups reference but no existing pack holds (damage: run verify).
+    pub live_chunks_missing: usize,
+    /// Temporary files of interrupted writes removed (filesystem containers).
+    pub temporaries_removed: u64,
+    pub requests: RequestCounts,
+    pub elapsed_s: f64,
+}
+
+/// Runs one collection. Safe to run at any time, from any host, alongside anything.
+pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
+    let started = Instant::now();
+    let requests_before = c.store().requests();
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+
+    // Records first: a pack a concurrent sweep deletes is then either condemned by a record we
+    // read, or absent from the pack listing taken after it (the order writers use too).
+    let records = c.load_condemned()?;
+    let Segments {
+        good: segments,
+        damaged,
+    } = c.read_segments()?;
+    let damaged: Vec<String> = damaged.into_iter().map(|(key, _)| key).collect();
+    let mut listed = c.listed_packs()?;
+    report.packs_before = listed.len();
+    report.bytes_before = listed.values().sum();
+    let condemned_before: HashSet<Hash> = records.iter().flat_map(|(_, r)| r.pack_ids()).collect();
+    let (mut packs, index) = Packs::survey(c, &segments, &listed, &condemned_before);
+
+    let mut marker = Marker::new(c, index);
+    marker.mark_all()?;
+
+    let chosen = condemn::choose(&packs, &marker.live, &condemned_before, opts.max_unused);
+    let (unreferenced, sparse) = (&chosen.unreferenced, &chosen.sparse);
+    report.backups = marker.walked.len();
+    report.live_chunks = marker.live.len();
+    report.live_chunks_missing = marker
+        .live
+        .iter()
+        .filter(|id| !packs.holders.contains_key(*id))
+        .count();
+    report.packs_unreferenced = unreferenced.len();
+    report.packs_repacked = sparse.len();
+    if opts.dry_run {
+        let swept = |p: &Hash| listed.get(p).copied().unwrap_or(0);
+        report.bytes_deleted = unreferenced.iter().chain(sparse).map(swept).sum();
+        report.packs_deleted = unreferenced.len() + sparse.len();
+        report.bytes_reclaimed = report.bytes_deleted as i64;
+        report.records_deferred = records.len();
+        return Ok(finish(c, report, started, &requests_before));
+    }
+
+    // Repack: copy the live chunks of sparse packs that have no other live copy.
+    repack::copy_live(
+        c,
+        &chosen,
+        &condemned_before,
+        &marker.live,
+        &mut packs,
+        &mut listed,
+        &mut report,
+    )?;
+    let mut all_records = records;
+    all_records.extend(condemn::write_record(c, &chosen)?);
+
+    sweep::sweep(
+        c,
+        opts,
+        &mut marker,
+        SweepInputs {
+            records: &all_records,
+            segments: &segments,
+            damaged: &damaged,
+            packs: &packs,
+            listed: &listed,
+        },
+        &mut report,
+    )?;
+    report.temporaries_removed = c.store().sweep_temporaries(TEMPORARY_MAX_AGE)?;
+    report.bytes_reclaimed = report.bytes_deleted as i64 - report.bytes_written as i64;
+    Ok(finish(c, report, started, &requests_before))
+}
+
+fn finish(c: &Container, mut r: GcReport, started: Instant, before: &RequestCounts) -> GcReport {
+    r.requests = c.store().requests().since(before);
+    r.elapsed_s = started.elapsed().as_secs_f64();
+    r
+}

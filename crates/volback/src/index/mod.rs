@@ -1,0 +1,154 @@
+//! The chunk index in memory: where each chunk lives (pack, offset, lengths).
+//!
+//! On storage the index is a set of immutable segments (`index/<blake3>`, format in
+//! [`crate::format::index_segment`]). Verify and gc load an [`Index`]: a hash map from chunk id
+//! to a compact [`Location`], preferring copies in live packs (a restore sorts the same into a
+//! scratch file, [`crate::restore::locations`]). A backup needs only to know which chunks exist:
+//! it loads a [`crate::backup::dedup::DedupSet`], a [`ChunkSet`] of 16 bytes per chunk for a
+//! small container and a sorted scratch file beyond that, and keeps the chunks it stores in a
+//! [`ChunkSet`].
+
+mod chunk_set;
+
+pub use chunk_set::ChunkSet;
+
+use std::collections::HashMap;
+
+use crate::error::Result;
+use crate::format::chunk::{ChunkKind, Compression};
+use crate::format::pack::PackEntry;
+use crate::ids::Hash;
+
+/// Where a chunk is, compactly (20 bytes besides its id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// Position of the pack in [`Index::pack_id`].
+    pub pack: u32,
+    pub offset: u32,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub kind: ChunkKind,
+    pub compression: Compression,
+}
+
+impl Location {
+    /// Where pack entry `e` is, the pack being at position `pack`.
+    pub fn of(e: &PackEntry, pack: u32) -> Location {
+        Location {
+            pack,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+            kind: e.kind,
+            compression: e.compression,
+        }
+    }
+}
+
+/// All chunk locations known from the segments loaded so far.
+#[derive(Default)]
+pub struct Index {
+    packs: Vec<Hash>,
+    /// Rank of each pack (see [`Index::add_pack_ranked`]).
+    ranks: Vec<u8>,
+    pack_pos: HashMap<Hash, u32>,
+    chunks: HashMap<Hash, Location>,
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of chunks.
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// True if no chunk is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Whether the chunk is indexed.
+    pub fn contains(&self, id: &Hash) -> bool {
+        self.chunks.contains_key(id)
+    }
+
+    /// The chunk's location.
+    pub fn get(&self, id: &Hash) -> Option<&Location> {
+        self.chunks.get(id)
+    }
+
+    /// The id of the pack at position `pos`.
+    pub fn pack_id(&self, pos: u32) -> Hash {
+        self.packs[pos as usize]
+    }
+
+    /// Every pack id the index knows.
+    pub fn packs(&self) -> &[Hash] {
+        &self.packs
+    }
+
+    /// Adds a pack's entries. The first location recorded for a chunk wins.
+    pub fn add_pack(&mut self, pack: Hash, entries: &[PackEntry]) {
+        self.add_pack_ranked(pack, entries, 0);
+    }
+
+    /// Adds a pack's entries with a rank (lower is better): a chunk already located in a pack
+    /// of a worse rank moves to this one. Returns the pack's position.
+    pub fn add_pack_ranked<'a>(
+        &mut self,
+        pack: Hash,
+        entries: impl IntoIterator<Item = &'a PackEntry>,
+        rank: u8,
+    ) -> u32 {
+        let next = self.packs.len() as u32;
+        let pos = *self.pack_pos.entry(pack).or_insert(next);
+        if pos == next {
+            self.packs.push(pack);
+            self.ranks.push(rank);
+        }
+        for e in entries {
+            let loc = Location::of(e, pos);
+            match self.chunks.entry(e.id) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(loc);
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    if self.ranks[o.get().pack as usize] > rank {
+                        o.insert(loc);
+                    }
+                }
+            }
+        }
+        pos
+    }
+
+    /// Iterates over every (chunk id, location).
+    pub fn iter(&self) -> impl Iterator<Item = (&Hash, &Location)> {
+        self.chunks.iter()
+    }
+}
+
+/// Where chunks are, for reading a backup: an in-memory [`Index`], or the bounded-memory
+/// [`crate::restore::locations::LocationTable`] a restore uses.
+pub trait Locate: Sync {
+    /// The locations of `ids`, in their order (`None`: not indexed). Callers pass many ids at
+    /// once: a table on disk answers a sorted batch with one read per block it touches.
+    fn locate_all(&self, ids: &[Hash]) -> Result<Vec<Option<Location>>>;
+
+    /// The id of the pack at position `pos` of a location.
+    fn pack_id(&self, pos: u32) -> Hash;
+}
+
+impl Locate for Index {
+    fn locate_all(&self, ids: &[Hash]) -> Result<Vec<Option<Location>>> {
+        Ok(ids.iter().map(|id| self.chunks.get(id).copied()).collect())
+    }
+
+    fn pack_id(&self, pos: u32) -> Hash {
+        self.packs[pos as usize]
+    }
+}

@@ -1,0 +1,184 @@
+//! # volback — deduplicating backup of block-storage volumes into object storage
+//!
+//! volback is a backup driver in the shape of OpenStack Cinder's (`backup`, `restore`,
+//! `delete_backup`, `export_record`, `import_record`, `get_metadata`/`put_metadata`), built the
+//! way the best deduplicating backup tools are: content-defined chunks, content addressing,
+//! packs, parallel hashing and compression, and a manifest as the single commit point.
+//!
+//! ## Data flow
+//!
+//! ```text
+//! backup:  volume ──read (SEEK_HOLE skips holes)──> zero runs + FastCDC (parallel) [source, chunker]
+//!            (incremental: the parent's chunks guide the cuts; an unchanged chunk is hashed, not scanned)
+//!            ──BLAKE3 (parallel)──> dedup set (memory, or a temp file) ──zstd (parallel)──> [pipeline, dedup]
+//!            pack builder ──PUT pack──> index segment ──PUT──> manifest (create-only) [pack, index, manifest]
+//!
+//! restore: index segments ──external sort──> location table (temp file)          [locations]
+//!          manifest ──> extent-list chunks ──> windows of extents ──group by pack──>  [restore]
+//!            ranged GETs (coalesced, parallel) ──zstd -d, BLAKE3 verify──> 32 MiB stripe
+//!            ──writer thread, volume order──> target
+//! ```
+//!
+//! Large writes skip the page cache ([`direct`]): a filesystem container's packs (fsync'd
+//! before they are renamed into place) go to the disk with direct I/O from a reused aligned
+//! buffer, and a restore decodes into aligned stripes laid out like the target, whose whole
+//! blocks a writer thread writes with direct I/O while the next stripe is decoded (unless
+//! `--buffered`), rather than copying them into new cache pages to be written back later.
+//! Filesystems that refuse direct I/O get buffered writes.
+//!
+//! An incremental reads its parent's extent list alongside the volume, as a guide
+//! ([`chunker::Guide`]). FastCDC's cut depends only on the bytes from the chunk's start up to
+//! and including the byte after its end. So where the next bytes hash to the id of a parent
+//! chunk the guide expects there, and FastCDC's cut test passes at its end on the byte that
+//! follows here (64 table lookups, not a scan), FastCDC would cut exactly there, and the
+//! chunker takes that cut without scanning for it. The guide
+//! expects two chunks:
+//! - the parent's chunk at the same offset (data that stayed in place);
+//! - the successor of the parent chunk the previous chunk matched (data that moved).
+//!
+//! The chunks are the same as without the guide. An unchanged volume is hashed once and never
+//! scanned. The guide only saves work: ids are computed from the volume's bytes, and a parent
+//! that cannot be read leaves the volume unguided.
+//!
+//! Memory grows neither with the volume nor with the container: a backup holds a window of the
+//! pipeline (at most four 4 MiB read buffers, the pack being built and the packs uploading: one
+//! on a filesystem, up to three on S3; a finished pack's buffer is reused for a later one) and a
+//! dedup set ([`dedup`]) that keeps up to 65,536 of the container's chunks in memory and the
+//! rest in a sorted temporary file (1/16 byte per chunk stays in memory), plus 16 bytes per
+//! chunk the backup stores. A restore holds two stripes (32 MiB each, 64 MiB on S3) and keeps
+//! the container's chunk locations in a sorted temporary file (half a byte per chunk stays in
+//! memory). The `volback` binary also tunes glibc's allocator (mmap threshold pinned at
+//! 128 KiB; for full backups, an 8 MiB trim threshold): a process embedding the driver gets
+//! the same with `MALLOC_MMAP_THRESHOLD_=131072` and, for full backups,
+//! `MALLOC_TRIM_THRESHOLD_=8388608` (`docs/performance.md`).
+//!
+//! ## Container format in brief (full specification: `docs/format.md`)
+//!
+//! | object | written | what it is |
+//! |---|---|---|
+//! | `config` | once, create-only | chunker parameters, pack size, zstd level; every backup in the container uses them |
+//! | `packs/<xx>/<blake3>` | by backups (later: the collector's repack) | chunks back to back + a table at the end; named by its own BLAKE3 |
+//! | `index/<blake3>` | after the packs it describes | chunk id → (pack, offset, lengths); immutable segments |
+//! | `backups/<id>` | last, create-only | the manifest: ids, size, metadata, and the extent-list chunk ids |
+//! | `deleted/<id>` | by delete | tombstone: tells "deleted" from "never existed" |
+//! | `leases/<id>-<uuid>` | while a backup, restore or verify runs | lease read by the garbage collector |
+//! | `gc/condemned-<time>-<uuid>` | by the collector | packs proposed for deletion |
+//!
+//! A chunk's id is the BLAKE3 of its uncompressed bytes. A manifest names chunks by id only,
+//! never by pack, so packs can be rewritten (repacked) without touching any manifest. The extent
+//! list (every extent of the volume: a chunk id and length, or a zero run) is itself stored as
+//! content-defined chunks, so an incremental backup re-stores only the parts of its extent list
+//! that changed.
+//!
+//! ## Crash safety: data first, manifest last
+//!
+//! A backup writes packs, then the index segments describing them, then its manifest with a
+//! create-only write (`link(2)` on a filesystem; `If-None-Match: *` on S3). On a filesystem every
+//! object is written to a temporary file, fsync'd and renamed. A backup exists exactly when its
+//! manifest does, so an interrupted backup is never visible; what it left behind is unreferenced
+//! and reclaimed by the collector.
+//!
+//! ## Garbage-collection protocol ([`gc`]; argued in full in `docs/gc.md`)
+//!
+//! Deleting a backup removes only its manifest (after writing a tombstone). Space is reclaimed by
+//! a mark-and-sweep collector that runs while backups run on other hosts, with no lock:
+//!
+//! 1. **Leases.** A backup (and a restore or verify) writes `leases/<id>-<uuid>` before it reads
+//!    the index, renews it every TTL/8, and deletes it when done — a backup only after its
+//!    manifest is committed, and it refuses to commit if its lease has less than half its TTL
+//!    left.
+//! 2. **Mark.** The collector lists manifests and marks every chunk they reference.
+//! 3. **Condemn.** Packs with no live chunk, and the sparsest partly live packs (after their live
+//!    chunks are copied into new packs and indexed) are listed in a create-only
+//!    `gc/condemned-<time>-<uuid>` record — not deleted.
+//! 4. **Sweep.** A record is swept when no lease that may predate it (started before it, plus
+//!    the clock-skew bound, and not expired) is alive — in the same run if none is. The
+//!    collector marks again (manifests committed since), and deletes a condemned pack only if
+//!    every live chunk in it has a copy in a pack that exists and no record condemns, checked
+//!    twice, the second time on fresh listings. Index segments are merged, then packs deleted,
+//!    then the record.
+//! 5. **Writers skip condemned packs.** A backup reads the records, then lists packs, then reads
+//!    the index; it deduplicates only against chunks in existing, uncondemned packs, and never
+//!    builds a pack whose name is condemned.
+//!
+//! ## Which operations may run concurrently
+//!
+//! Safety comes from immutable, content-named objects, create-only commits and the rules above.
+//!
+//! | pair | safe? | why |
+//! |---|---|---|
+//! | backup ∥ backup (same or other volume, any host) | yes | packs and index segments are named by their content, so two writers never overwrite each other's objects differently; a chunk stored twice is harmless; manifests are create-only, so two backups with one id cannot both commit |
+//! | backup ∥ restore | yes | a restore reads only objects a committed manifest reaches; a running backup adds objects but changes none |
+//! | backup ∥ delete | yes | delete removes one manifest; the chunks stay until a sweep proves no manifest needs them |
+//! | backup ∥ gc | yes | a lease older than a condemnation holds back its sweep (step 4); a backup started after it never reuses condemned chunks (step 5); one whose lease lapsed does not commit (step 1) |
+//! | backup ∥ verify, import, export | yes | these read one manifest and the index |
+//! | restore ∥ restore, verify, import, export | yes | all read-only |
+//! | restore ∥ delete (same backup) | clean error | the restore fails with "backup deleted" or a missing object, naming it; no partial target is left |
+//! | restore ∥ gc | yes | the restore's lease holds back sweeps of records made while it runs, and it prefers copies in live packs |
+//! | delete ∥ delete (same backup) | yes | tombstone then manifest removal; the second reports "deleted", not "not found" |
+//! | delete ∥ gc | yes | a manifest deleted during marking makes its chunks collectable a run later, never earlier |
+//! | gc ∥ gc | yes | records are create-only; each sweep re-checks copies on listings taken after its own record was written, so two collectors never delete each other's last copy; segments are merged new-first |
+//! | verify ∥ anything | yes | read-only, under a lease |
+//!
+//! On S3 the create-only commit is `If-None-Match: *`. Servers that ignore it (Garage 2.5, for
+//! one) still never lose data — content-named objects are identical whoever writes them — but
+//! two backups racing to commit the *same backup id* would both appear to succeed there.
+//!
+//! ## Modules
+//!
+//! - [`driver`]: the Cinder verbs; start here as a caller.
+//! - [`pipeline`]: the backup pipeline. [`restore`]: the restore pipeline.
+//! - [`chunker`]: zero runs and FastCDC. [`source`]: reading volumes. [`buffers`]: read and
+//!   pack buffers recycled rather than mapped and zeroed afresh.
+//! - [`pack`], [`index`], [`manifest`], [`record`]: the on-storage formats. [`locations`]: the
+//!   restore's chunk-location table, in bounded memory. [`dedup`]: the backup's dedup set, in
+//!   bounded memory. Both sort into scratch files with `extsort`.
+//! - [`container`]: object names and container-level operations. [`store`]: the storage trait,
+//!   filesystem and in-memory backends. [`s3`]: S3-compatible object storage. [`direct`]:
+//!   writes around the page cache.
+//! - [`gc`]: the garbage collector. [`verify`]: checks that backups can be restored.
+//! - [`retry`]: retries of transient store failures. [`faults`]: a fault-injecting store for
+//!   tests.
+//! - [`error`]: the error type; every variant names the object and offset.
+//!
+//! ## Example
+//!
+//! ```
+//! use volback::driver::{Driver, DriverConfig};
+//! use volback::record::BackupRecord;
+//! use volback::source::VolumeSource;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let image = dir.path().join("vol.img");
+//! std::fs::write(&image, vec![7u8; 1 << 20])?;
+//! let driver = Driver::new(DriverConfig {
+//!     container: dir.path().join("container").display().to_string(),
+//!     create_container: true,
+//!     ..Default::default()
+//! });
+//! driver.check_for_setup_error()?;
+//! let record = BackupRecord { id: "b1".into(), volume_id: "vol".into(), ..Default::default() };
+//! let out = driver.backup(&record, VolumeSource::Path(image.clone()), None)?;
+//! assert_eq!(out.updates.size, 1 << 20);
+//! let restored = dir.path().join("restored.img");
+//! driver.restore(&record, &restored, true)?;
+//! assert_eq!(std::fs::read(&restored)?, std::fs::read(&image)?);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod backup;
+pub mod chunker;
+pub mod clock;
+pub mod container;
+pub mod driver;
+pub mod error;
+pub(crate) mod extsort;
+pub mod format;
+pub mod gc;
+pub mod ids;
+pub mod index;
+pub mod restore;
+pub mod store;
+pub mod verify;
+
+pub use error::{Error, Result};

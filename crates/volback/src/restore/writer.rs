@@ -1,0 +1,47 @@
+//! The writer thread: writes each filled stripe in volume order and hands it back.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::stripe::Stripe;
+use super::target::Target;
+use crate::error::Result;
+
+/// Writeback of a durable restore's target is started each time this many more bytes have
+/// been written through the page cache (see [`write_stripes`]).
+pub(super) const WRITEBACK_EVERY: u64 = 32 << 20;
+
+/// The writer thread of a restore: writes each stripe it is sent, in volume order, and sends
+/// it back for another window. The restore threads never wait on the disk or on the file's
+/// lock, and direct I/O gets requests of megabytes. After an error it writes nothing more,
+/// sets `failed` (the walk stops at its next window) and returns the error once the walk is
+/// done. A durable restore's writes through the page cache (all of them where the target
+/// refuses direct I/O) get their writeback started every [`WRITEBACK_EVERY`] bytes, so the
+/// final fsync has little left to wait for.
+pub(super) fn write_stripes(
+    t: &Target,
+    todo: std::sync::mpsc::Receiver<Stripe>,
+    free: std::sync::mpsc::Sender<Stripe>,
+    sync: bool,
+    failed: &AtomicBool,
+) -> Result<()> {
+    let mut res = Ok(());
+    let mut direct = t.direct.is_some();
+    let mut unflushed = 0u64;
+    for stripe in todo {
+        if res.is_ok() {
+            res = (stripe.regions.iter())
+                .try_for_each(|&(off, len)| t.write_region(&stripe, off, len, &mut direct));
+            failed.store(res.is_err(), Ordering::Relaxed);
+            if sync && !direct {
+                unflushed += stripe.regions.iter().map(|r| r.1).sum::<u64>();
+                if unflushed >= WRITEBACK_EVERY {
+                    t.start_writeback();
+                    unflushed = 0;
+                }
+            }
+        }
+        // The walk may have stopped already: then nobody waits for the stripe.
+        let _ = free.send(stripe);
+    }
+    res
+}

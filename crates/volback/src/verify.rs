@@ -1,0 +1,350 @@
+//! `verify`: proves that backups can be restored, without restoring them.
+//!
+//! Structure check (always): every manifest decodes; its extent list is read, verified against
+//! its BLAKE3 ids and checked to cover the volume; every data chunk is indexed, in a pack that
+//! exists and is long enough to hold it; every index segment decodes; every pack's table reads.
+//! With `read_data`, every chunk a checked backup needs is read back, decompressed and
+//! re-hashed (each pack once, with coalesced ranged reads, in bounded memory).
+//!
+//! Damage is reported per backup (which backups cannot be restored, and why, naming the object
+//! and offset) and per object (damaged objects that no backup depends on, such as a segment the
+//! packs' own tables stand in for). Verification only reads, under a lease, so it is safe
+//! alongside any other operation.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::container::LEASE_TTL;
+use crate::container::{
+    Container, LeaseGuard, LoadedIndex, MAX_RANGE_RAW, manifest_key, pack_key, plan_ranges,
+};
+use crate::error::{Error, Result};
+use crate::format::chunk::decode_chunk;
+use crate::format::extent_list::Extent;
+use crate::format::manifest::Manifest;
+use crate::ids::Hash;
+use crate::index::Index;
+use crate::store::RequestCounts;
+
+/// Problems listed per backup (the count is always complete).
+const MAX_LISTED: usize = 20;
+/// Chunks planned into ranged reads at a time.
+const READ_BATCH: usize = 8192;
+
+/// What to verify.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Only this backup (default: every backup in the container).
+    pub backup_id: Option<String>,
+    /// Also read back and re-hash every chunk.
+    pub read_data: bool,
+}
+
+/// One problem, naming the damaged object.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    /// The damaged or missing object's key.
+    pub object: String,
+    /// The error kind (`Error::kind`).
+    pub kind: String,
+    pub message: String,
+}
+
+impl Problem {
+    fn of(object: &str, e: &Error) -> Self {
+        Problem {
+            object: object.to_string(),
+            kind: e.kind().to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A chunk that failed to read back, before it is attributed to a backup's volume offset.
+#[derive(Clone)]
+struct BadChunk {
+    object: String,
+    error_kind: &'static str,
+    /// Set for a hash mismatch: (pack offset, chunk id); the message is rebuilt per backup.
+    mismatch: Option<(u64, String)>,
+    message: String,
+}
+
+impl BadChunk {
+    fn new(object: &str, e: &Error) -> Self {
+        let mismatch = match e {
+            Error::ChunkHashMismatch { offset, chunk, .. } => Some((*offset, chunk.clone())),
+            _ => None,
+        };
+        BadChunk {
+            object: object.to_string(),
+            error_kind: e.kind(),
+            mismatch,
+            message: e.to_string(),
+        }
+    }
+
+    fn at_volume_offset(&self, volume_offset: u64) -> Problem {
+        let message = match &self.mismatch {
+            Some((offset, chunk)) => Error::ChunkHashMismatch {
+                key: self.object.clone(),
+                offset: *offset,
+                chunk: chunk.clone(),
+                volume_offset,
+            }
+            .to_string(),
+            None => self.message.clone(),
+        };
+        Problem {
+            object: self.object.clone(),
+            kind: self.error_kind.to_string(),
+            message,
+        }
+    }
+}
+
+/// The verdict on one backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupVerdict {
+    pub backup_id: String,
+    pub ok: bool,
+    /// Number of problems found (only the first few are listed).
+    pub problem_count: usize,
+    pub problems: Vec<Problem>,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub read_data: bool,
+    pub backups_checked: usize,
+    /// Ids of the backups that cannot be restored intact.
+    pub damaged_backups: Vec<String>,
+    pub backups: Vec<BackupVerdict>,
+    /// Damaged objects no backup depends on (damaged index segments, unreadable pack tables).
+    pub damaged_objects: Vec<Problem>,
+    pub chunks_checked: u64,
+    pub chunks_read: u64,
+    pub bytes_read: u64,
+    pub requests: RequestCounts,
+    pub elapsed_s: f64,
+}
+
+impl VerifyReport {
+    /// True if nothing is damaged.
+    pub fn ok(&self) -> bool {
+        self.damaged_backups.is_empty() && self.damaged_objects.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct Findings {
+    count: usize,
+    listed: Vec<Problem>,
+}
+
+impl Findings {
+    fn add(&mut self, p: Problem) {
+        self.count += 1;
+        if self.listed.len() < MAX_LISTED && !self.listed.contains(&p) {
+            self.listed.push(p);
+        }
+    }
+}
+
+/// Verifies a container (or one backup in it).
+pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
+    let started = Instant::now();
+    let before = c.store().requests();
+    let mut report = VerifyReport {
+        read_data: opts.read_data,
+        ..Default::default()
+    };
+    let _lease = LeaseGuard::take(c, opts.backup_id.as_deref().unwrap_or("verify"), LEASE_TTL).ok();
+    let LoadedIndex {
+        index,
+        damaged_segments,
+        ..
+    } = c.load_index_report()?;
+    for (key, e) in &damaged_segments {
+        report.damaged_objects.push(Problem::of(key, e));
+    }
+    let listed = c.listed_packs()?;
+
+    // Pack tables: a pack whose table is damaged can still serve its chunks through the index,
+    // but the index could not be rebuilt from it.
+    let mut packs: Vec<(Hash, u64)> = listed.iter().map(|(p, s)| (*p, *s)).collect();
+    packs.sort();
+    for (p, t) in c.read_pack_tables(&packs) {
+        if let Err(e) = t {
+            report.damaged_objects.push(Problem::of(&pack_key(&p), &e));
+        }
+    }
+
+    // Manifests.
+    let mut findings: BTreeMap<String, Findings> = BTreeMap::new();
+    let mut manifests: Vec<Manifest> = Vec::new();
+    match &opts.backup_id {
+        Some(id) => manifests.push(c.read_manifest(id)?.0),
+        None => {
+            for o in c.store().list("backups/")? {
+                let id = o.key.trim_start_matches("backups/").to_string();
+                let got = c
+                    .store()
+                    .get(&o.key)
+                    .and_then(|b| Manifest::decode(&o.key, &b));
+                match got {
+                    Ok(m) => manifests.push(m),
+                    Err(Error::MissingObject { .. }) => {} // deleted meanwhile
+                    Err(e) => findings.entry(id).or_default().add(Problem::of(&o.key, &e)),
+                }
+            }
+        }
+    }
+
+    // Structure of each backup; the chunks to read back.
+    let mut needed: HashSet<Hash> = HashSet::new();
+    for m in &manifests {
+        let f = findings.entry(m.backup_id.clone()).or_default();
+        let walked = c.walk_extents(&index, m, |off, e| {
+            if let Extent::Data { id, .. } = e {
+                report.chunks_checked += 1;
+                match index.get(id) {
+                    None => f.add(Problem::of(
+                        &manifest_key(&m.backup_id),
+                        &Error::ChunkNotIndexed {
+                            backup_id: m.backup_id.clone(),
+                            chunk: id.to_hex(),
+                            volume_offset: off,
+                        },
+                    )),
+                    Some(loc) => {
+                        let key = pack_key(&index.pack_id(loc.pack));
+                        let end = u64::from(loc.offset) + u64::from(loc.stored_len);
+                        match listed.get(&index.pack_id(loc.pack)) {
+                            None => f.add(Problem::of(&key, &Error::MissingObject { key: key.clone() })),
+                            Some(size) if *size < end => f.add(Problem::of(
+                                &key,
+                                &Error::corrupt(
+                                    &key,
+                                    *size,
+                                    format!("pack truncated: chunk {id} (volume offset {off}) ends at {end}"),
+                                ),
+                            )),
+                            Some(_) => {
+                                if opts.read_data {
+                                    needed.insert(*id);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = walked {
+            let object = match &e {
+                Error::Corrupt { key, .. } | Error::ChunkHashMismatch { key, .. } => key.clone(),
+                Error::MissingObject { key } => key.clone(),
+                _ => manifest_key(&m.backup_id),
+            };
+            f.add(Problem::of(&object, &e));
+        }
+    }
+
+    // Read back every needed chunk; attribute failures to the backups that need them.
+    if opts.read_data && !needed.is_empty() {
+        let bad = read_back(c, &index, &needed, &mut report)?;
+        if !bad.is_empty() {
+            for m in &manifests {
+                let f = findings.entry(m.backup_id.clone()).or_default();
+                let _ = c.walk_extents(&index, m, |off, e| {
+                    if let Extent::Data { id, .. } = e
+                        && let Some(p) = bad.get(id)
+                    {
+                        f.add(p.at_volume_offset(off));
+                    }
+                    Ok(())
+                });
+            }
+        }
+    }
+
+    report.backups_checked = findings.len();
+    for (id, f) in findings {
+        if f.count > 0 {
+            report.damaged_backups.push(id.clone());
+        }
+        report.backups.push(BackupVerdict {
+            backup_id: id,
+            ok: f.count == 0,
+            problem_count: f.count,
+            problems: f.listed,
+        });
+    }
+    report.requests = c.store().requests().since(&before);
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Of one ranged read: chunks read, bytes read, chunks that failed.
+type RangeOutcome = (u64, u64, Vec<(Hash, BadChunk)>);
+
+/// Reads and re-hashes `needed` chunks; returns the ones that failed, with the problem.
+fn read_back(
+    c: &Container,
+    index: &Index,
+    needed: &HashSet<Hash>,
+    report: &mut VerifyReport,
+) -> Result<HashMap<Hash, BadChunk>> {
+    let mut ids: Vec<Hash> = needed.iter().copied().collect();
+    // Pack by pack, in pack order, so each pack is read once with coalesced ranges.
+    ids.sort_by_key(|id| index.get(id).map(|l| (l.pack, l.offset)));
+    let mut bad = HashMap::new();
+    for batch in ids.chunks(READ_BATCH) {
+        let ranges = plan_ranges(index, batch, MAX_RANGE_RAW, |id| {
+            Error::Internal(format!("{id} not indexed"))
+        })?;
+        let results: Vec<RangeOutcome> = c.on_io_pool(|| {
+            ranges
+                .par_iter()
+                .map(|r| {
+                    let key = pack_key(&r.pack);
+                    match c.store().get_range(&key, r.start..r.end) {
+                        Err(e) => {
+                            let p = BadChunk::new(&key, &e);
+                            (
+                                0,
+                                0,
+                                r.chunks.iter().map(|(id, _)| (*id, p.clone())).collect(),
+                            )
+                        }
+                        Ok(data) => {
+                            let mut failed = Vec::new();
+                            for (id, loc) in &r.chunks {
+                                let at = u64::from(loc.offset);
+                                let s = (at - r.start) as usize;
+                                let stored = &data[s..s + loc.stored_len as usize];
+                                if let Err(e) =
+                                    decode_chunk(&key, at, id, loc.compression, loc.raw_len, stored)
+                                {
+                                    failed.push((*id, BadChunk::new(&key, &e)));
+                                }
+                            }
+                            (r.chunks.len() as u64, data.len() as u64, failed)
+                        }
+                    }
+                })
+                .collect()
+        });
+        for (chunks, bytes, failed) in results {
+            report.chunks_read += chunks;
+            report.bytes_read += bytes;
+            bad.extend(failed);
+        }
+    }
+    Ok(bad)
+}
