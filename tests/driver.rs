@@ -261,7 +261,21 @@ fn restore_in_small_stripes(
         direct_io,
         ..RestoreOptions::new(mode)
     };
-    run_restore_with(c, id, out, &opts, None).map(|_| ())
+    let r = run_restore_with(c, id, out, &opts, None)?;
+    // Direct I/O, when asked for, really wrote the whole blocks (a target that refused it
+    // would fall back to the page cache without a word): the test directory must take it.
+    if direct_io {
+        assert!(
+            r.direct_bytes * 2 > r.bytes_written,
+            "{} of {} bytes went around the page cache: does {} take O_DIRECT?",
+            r.direct_bytes,
+            r.bytes_written,
+            out.display()
+        );
+    } else {
+        assert_eq!(r.direct_bytes, 0, "a buffered restore used direct I/O");
+    }
+    Ok(())
 }
 
 fn zero_regions_and_holes_are_not_stored_and_restore_sparse(e: &Env) {

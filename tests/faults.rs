@@ -112,12 +112,16 @@ fn a_permanent_failure_at_any_request_commits_nothing_partial_and_loses_nothing(
     let probe = Arc::new(MemStore::new());
     let c = Container::with_store(probe.clone(), "mem://".into(), true, None).unwrap();
     run_backup(&c, source(&base), &backup_opts("base", None), None).unwrap();
+    let base_chunks = data_chunks(&probe).len();
     let before = probe.requests();
-    run_backup(&c, source(&next), &backup_opts("next", Some("base")), None).unwrap();
+    let healthy = run_backup(&c, source(&next), &backup_opts("next", Some("base")), None).unwrap();
     let n = probe.requests().since(&before);
+    let healthy_new = healthy.2.chunks_new as usize;
     let total = n.put + n.get + n.head + n.list + n.delete;
     assert!(total > 8, "{n:?}");
 
+    // Whether some interrupted run left chunks that its re-run then did not store again.
+    let mut reused = false;
     for fail_after in 0..=total + 1 {
         let mem = Arc::new(MemStore::new());
         let c = Container::with_store(mem.clone(), "mem://".into(), true, None).unwrap();
@@ -161,15 +165,41 @@ fn a_permanent_failure_at_any_request_commits_nothing_partial_and_loses_nothing(
             1 + usize::from(committed),
             "fail_after {fail_after}: {ids:?}"
         );
-        gc_now(&c);
-        restore_matches(&c, "base", &base, scratch.path());
         if !committed {
+            // The re-run stores only what the interrupted run had not uploaded: its packs
+            // are found (from their own tables if no index segment described them yet).
+            let uploaded = data_chunks(&mem).len() - base_chunks;
             let r =
                 run_backup(&c, source(&next), &backup_opts("next", Some("base")), None).unwrap();
-            assert!(r.2.chunks_new <= r.2.chunks_total);
+            assert_eq!(
+                r.2.chunks_new as usize + uploaded,
+                healthy_new,
+                "fail_after {fail_after}: {uploaded} chunks were uploaded before the failure"
+            );
+            reused |= uploaded > 0;
         }
+        gc_now(&c);
+        restore_matches(&c, "base", &base, scratch.path());
         restore_matches(&c, "next", &next, scratch.path());
     }
+    assert!(
+        reused,
+        "no interrupted run had uploaded a pack: the test shows no reuse"
+    );
+}
+
+/// The distinct data chunks in the store's packs.
+fn data_chunks(store: &MemStore) -> std::collections::HashSet<volback::ids::Hash> {
+    let mut ids = std::collections::HashSet::new();
+    for o in store.list("packs/").unwrap() {
+        let pack = store.get(&o.key).unwrap();
+        for e in volback::format::pack::parse_pack(&o.key, &pack).unwrap() {
+            if e.kind == volback::format::chunk::ChunkKind::Data {
+                ids.insert(e.id);
+            }
+        }
+    }
+    ids
 }
 
 /// The parent guides an incremental's chunking only to save work. With the parent's extent

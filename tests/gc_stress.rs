@@ -34,7 +34,8 @@ fn processes_backing_up_deleting_and_collecting_at_once(e: &Env) {
     // Backup id → BLAKE3 of the volume it was taken of, for every backup reported committed.
     let committed: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
     let deleted: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
-    let gc_runs = Mutex::new(0u32);
+    // Collections run while the workers ran, and the packs they condemned and deleted.
+    let gc_runs = Mutex::new((0u32, 0u64, 0u64));
     let deadline = Instant::now() + duration();
     std::thread::scope(|s| {
         for w in 0..3u64 {
@@ -110,7 +111,12 @@ fn processes_backing_up_deleting_and_collecting_at_once(e: &Env) {
                 while Instant::now() < deadline {
                     let out = e.cli(&["gc", "--container", url, "--clock-skew", "0", "--json"]);
                     assert!(out.status.success(), "gc: {}", json_of(&out));
-                    *gc_runs.lock().unwrap() += 1;
+                    let j = json_of(&out);
+                    let count = |k: &str| j[k].as_u64().unwrap_or_else(|| panic!("{k}: {j}"));
+                    let mut runs = gc_runs.lock().unwrap();
+                    runs.0 += 1;
+                    runs.1 += count("packs_unreferenced") + count("packs_repacked");
+                    runs.2 += count("packs_deleted");
                 }
             });
         }
@@ -126,13 +132,30 @@ fn processes_backing_up_deleting_and_collecting_at_once(e: &Env) {
         .iter()
         .filter(|(id, _)| !deleted.contains(*id))
         .collect();
+    let (runs, condemned, swept) = gc_runs.into_inner().unwrap();
     eprintln!(
-        "{} backups committed, {} deleted, {} gc runs; last gc: {last}",
+        "{} backups committed, {} deleted, {runs} gc runs (packs condemned {condemned}, \
+         deleted {swept}); last gc: {last}",
         committed.len(),
         deleted.len(),
-        gc_runs.into_inner().unwrap()
     );
     assert!(committed.len() >= 6 && !deleted.is_empty() && !live.is_empty());
+    // The collector really ran alongside the writers and gave space back: otherwise the
+    // restores below would prove nothing about collecting while backups run.
+    assert!(
+        runs >= 2,
+        "only {runs} collections ran alongside the workers"
+    );
+    let last_condemned = last["packs_unreferenced"].as_u64().unwrap_or(0)
+        + last["packs_repacked"].as_u64().unwrap_or(0);
+    assert!(
+        condemned > 0,
+        "no collection condemned a pack while backups ran (last gc: {last})"
+    );
+    assert!(
+        swept + last["packs_deleted"].as_u64().unwrap_or(0) > 0,
+        "no pack was ever deleted ({last_condemned} condemned by the last gc)"
+    );
     for (id, hash) in live {
         let out_path = e.root.join(format!("restore-{id}.img"));
         let out = e.cli_restore(url, id, &out_path);

@@ -4,8 +4,42 @@
 //! *where* (a byte offset in an object or in the volume), so that an operator reading a log line
 //! can find the damaged thing without a debugger. Decoders never panic on bad input: they return
 //! [`Error::Corrupt`] or [`Error::UnsupportedVersion`].
+//!
+//! Each error has a stable [`Error::kind`] string (listed in [`KINDS`]): what the CLI prints
+//! under `--json`, what scripts and bindings match on. A kind, once released, keeps its name
+//! and meaning; new variants may be added (the enums are `#[non_exhaustive]`), with new kinds.
 
 use std::path::PathBuf;
+
+/// Every string [`Error::kind`] returns.
+pub const KINDS: &[&str] = &[
+    "io",
+    "missing_bucket",
+    "access_denied",
+    "remote",
+    "transient",
+    "missing_object",
+    "corrupt",
+    "hash_mismatch",
+    "chunk_not_indexed",
+    "chunk_length_mismatch",
+    "unsupported_version",
+    "backup_not_found",
+    "backup_deleted",
+    "parent_not_found",
+    "backup_exists",
+    "invalid_id",
+    "config",
+    "volume_too_short",
+    "target_too_small",
+    "target_exists",
+    "record_malformed",
+    "record_unknown_version",
+    "record_missing_manifest",
+    "record_manifest_mismatch",
+    "lease_expired",
+    "internal",
+];
 
 /// Result alias used throughout volback.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -13,6 +47,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Why an exported record was refused by `import_record`. Each cause is distinct so that a caller
 /// (or a test) can tell a typo from a tampered record from a container that lost the backup.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecordError {
     /// Not JSON, or a required field is missing or has the wrong type.
     #[error("malformed backup record: {0}")]
@@ -36,6 +71,7 @@ pub enum RecordError {
 
 /// Every failure volback reports.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// An I/O error on a local file: the volume, the restore target, or a filesystem container.
     #[error("{op} '{}': {source}", path.display())]
@@ -244,6 +280,32 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every `kind()` arm returns a string listed in `KINDS`, and no two kinds share a name.
+    #[test]
+    fn kinds_are_listed_and_distinct() {
+        let src = include_str!("error.rs");
+        let body = &src[src.find("pub fn kind(").unwrap()..src.find("#[cfg(test)]").unwrap()];
+        let returned: Vec<&str> = body
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|s| s.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect();
+        let mut listed = KINDS.to_vec();
+        listed.sort_unstable();
+        listed.dedup();
+        assert_eq!(listed.len(), KINDS.len(), "a kind is listed twice");
+        for k in &returned {
+            assert!(KINDS.contains(k), "kind '{k}' is not in KINDS");
+        }
+        for k in KINDS {
+            assert!(
+                returned.contains(k),
+                "KINDS lists '{k}', which kind() never returns"
+            );
+        }
+    }
 
     fn remote(message: &str) -> Error {
         Error::Remote {

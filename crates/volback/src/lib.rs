@@ -181,4 +181,4 @@ pub mod restore;
 pub mod store;
 pub mod verify;
 
-pub use error::{Error, Result};
+pub use error::{Error, KINDS, Result};

@@ -306,6 +306,28 @@ fn guided_matches_unguided(
         .collect();
     assert_eq!(lens(&unguided), lens(&plain));
     assert!(unguided == plain);
+    // The guide was consulted, not just harmless: every chunk that the parent had at the same
+    // offset with the same bytes, and that ends at a FastCDC cut (data follows it), is taken
+    // from the guide without a scan.
+    let mut at = 0u64;
+    let mut in_place = 0;
+    for (k, p) in plain.iter().enumerate() {
+        if let Piece::Data(b) = p
+            && matches!(plain.get(k + 1), Some(Piece::Data(_)))
+        {
+            let e = GuideEntry {
+                offset: at,
+                len: b.len() as u32,
+                id: Hash::of(b),
+            };
+            in_place += usize::from(entries.contains(&e));
+        }
+        at += p.len();
+    }
+    assert!(
+        followed as usize >= in_place,
+        "the guide gave {followed} chunks; {in_place} parent chunks were still in place"
+    );
     followed as usize
 }
 

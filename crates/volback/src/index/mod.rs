@@ -3,8 +3,8 @@
 //! On storage the index is a set of immutable segments (`index/<blake3>`, format in
 //! [`crate::format::index_segment`]). Verify and gc load an [`Index`]: a hash map from chunk id
 //! to a compact [`Location`], preferring copies in live packs (a restore sorts the same into a
-//! scratch file, [`crate::restore::locations`]). A backup needs only to know which chunks exist:
-//! it loads a [`crate::backup::dedup::DedupSet`], a [`ChunkSet`] of 16 bytes per chunk for a
+//! scratch file, `restore::locations`). A backup needs only to know which chunks exist:
+//! it loads a `backup::dedup::DedupSet`, a [`ChunkSet`] of 16 bytes per chunk for a
 //! small container and a sorted scratch file beyond that, and keeps the chunks it stores in a
 //! [`ChunkSet`].
 

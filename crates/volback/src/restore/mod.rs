@@ -75,6 +75,10 @@ pub struct RestoreReport {
     pub zero_bytes: u64,
     pub elapsed_s: f64,
     pub requests: RequestCounts,
+    /// Bytes written with direct I/O, around the page cache (0 for a buffered restore, or where
+    /// the target refuses direct I/O).
+    #[serde(skip)]
+    pub direct_bytes: u64,
     /// The volume metadata stored with the backup.
     #[serde(skip)]
     pub volume_metadata: Option<serde_json::Value>,
@@ -233,12 +237,15 @@ pub fn run_restore_with(
         drop(full);
         // The writer's error, if it had one, is the cause of any error here.
         let written = writer.join().unwrap_or_else(|_| Err(gone()));
-        written.and(res)
+        written.and_then(|n| res.map(|()| n))
     });
-    if let Err(e) = res {
-        t.abandon();
-        return Err(e);
-    }
+    let direct_bytes = match res {
+        Ok(n) => n,
+        Err(e) => {
+            t.abandon();
+            return Err(e);
+        }
+    };
     t.finish(opts.sync)?;
     if let Some(p) = progress {
         p(manifest.size);
@@ -247,6 +254,7 @@ pub fn run_restore_with(
         backup_id: backup_id.into(),
         size: manifest.size,
         bytes_written,
+        direct_bytes,
         zero_bytes,
         elapsed_s: started.elapsed().as_secs_f64(),
         requests: container.store().requests().since(&requests_before),

@@ -150,14 +150,15 @@ impl Target {
     /// Writes one region of a stripe: its whole blocks with direct I/O while the target takes
     /// it, the partial blocks at its ends through the page cache (the neighbouring region,
     /// possibly in another stripe, shares them, and direct I/O writes whole blocks only).
-    /// `direct` is cleared when the target refuses direct I/O.
+    /// `direct` is cleared when the target refuses direct I/O. Returns the bytes written with
+    /// direct I/O.
     pub(super) fn write_region(
         &self,
         stripe: &Stripe,
         offset: u64,
         len: u64,
         direct: &mut bool,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let data = stripe.bytes(offset, len);
         if *direct
             && let Some(d) = &self.direct
@@ -168,13 +169,15 @@ impl Target {
             match d.write_all_at(&data[s..e], start) {
                 Ok(()) => {
                     self.write(&data[..s], offset)?;
-                    return self.write(&data[e..], end);
+                    self.write(&data[e..], end)?;
+                    return Ok(end - start);
                 }
                 Err(e) if direct::unsupported(&e) => *direct = false,
                 Err(e) => return Err(Error::io("write restore target", &self.path, e)),
             }
         }
-        self.write(data, offset)
+        self.write(data, offset)?;
+        Ok(0)
     }
 
     /// Starts writing back what was written so far, without waiting for the I/O.

@@ -16,21 +16,22 @@ pub(super) const WRITEBACK_EVERY: u64 = 32 << 20;
 /// sets `failed` (the walk stops at its next window) and returns the error once the walk is
 /// done. A durable restore's writes through the page cache (all of them where the target
 /// refuses direct I/O) get their writeback started every [`WRITEBACK_EVERY`] bytes, so the
-/// final fsync has little left to wait for.
+/// final fsync has little left to wait for. Returns the bytes written with direct I/O.
 pub(super) fn write_stripes(
     t: &Target,
     todo: std::sync::mpsc::Receiver<Stripe>,
     free: std::sync::mpsc::Sender<Stripe>,
     sync: bool,
     failed: &AtomicBool,
-) -> Result<()> {
-    let mut res = Ok(());
+) -> Result<u64> {
+    let mut res = Ok(0u64);
     let mut direct = t.direct.is_some();
     let mut unflushed = 0u64;
     for stripe in todo {
-        if res.is_ok() {
-            res = (stripe.regions.iter())
-                .try_for_each(|&(off, len)| t.write_region(&stripe, off, len, &mut direct));
+        if let Ok(done) = res {
+            res = (stripe.regions.iter()).try_fold(done, |n, &(off, len)| {
+                Ok(n + t.write_region(&stripe, off, len, &mut direct)?)
+            });
             failed.store(res.is_err(), Ordering::Relaxed);
             if sync && !direct {
                 unflushed += stripe.regions.iter().map(|r| r.1).sum::<u64>();

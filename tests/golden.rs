@@ -1,0 +1,175 @@
+//! Compatibility with containers written by earlier releases: `tests/fixtures/container-v1` was
+//! written by volback 0.1.0 (format version 1) from fixed inputs, with two backups (a full one
+//! carrying volume metadata, and an incremental of it), a deleted third backup, and the records
+//! exported for the first two. Every later build must list it, restore both backups
+//! byte-identically, import both records, verify every chunk, and tell the deleted backup from
+//! an unknown one. The fixture's objects are pinned by their BLAKE3 so that it cannot be
+//! rewritten by accident: a format change adds a new fixture, it never replaces this one.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::copy_dir;
+use volback::container::Container;
+use volback::driver::{Driver, DriverConfig};
+use volback::format::record::BackupRecord;
+use volback::format::tombstone::Tombstone;
+use volback::ids::Hash;
+use volback::verify::{VerifyOptions, run_verify};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn expected() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture().join("container-v1.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The fixture is the one that was written, object for object.
+#[test]
+fn the_fixture_is_unchanged() {
+    let want = expected();
+    let objects = want["objects"].as_object().unwrap();
+    let root = fixture().join("container-v1");
+    let mut found = 0;
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let key = p.strip_prefix(&root).unwrap().display().to_string();
+            let pinned = objects[&key]
+                .as_str()
+                .unwrap_or_else(|| panic!("{key} is not pinned"));
+            assert_eq!(
+                Hash::of(&std::fs::read(&p).unwrap()).to_hex(),
+                pinned,
+                "{key}"
+            );
+            found += 1;
+        }
+    }
+    assert_eq!(found, objects.len(), "objects missing from the fixture");
+}
+
+/// A copy of the fixture (restores and verifies write leases) and a driver for it.
+fn open_copy(dir: &Path) -> (String, Driver) {
+    let copy = dir.join("container");
+    copy_dir(&fixture().join("container-v1"), &copy);
+    let url = copy.display().to_string();
+    let driver = Driver::new(DriverConfig {
+        container: url.clone(),
+        create_container: false,
+        ..Default::default()
+    });
+    (url, driver)
+}
+
+#[test]
+fn a_version_1_container_lists_restores_imports_and_verifies() {
+    let want = expected();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, driver) = open_copy(dir.path());
+    driver.check_for_setup_error().unwrap();
+    let c = Container::open(&url, false, None).unwrap();
+
+    let listed: Vec<(String, Option<String>, u64)> = c
+        .list_backups()
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            let m = m.unwrap();
+            (m.backup_id, m.parent_id, m.size)
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("full-1".into(), None, 2 << 20),
+            ("incr-2".into(), Some("full-1".into()), 2 << 20),
+        ]
+    );
+
+    for id in ["full-1", "incr-2"] {
+        // The exported record imports against the container (wherever it now lives).
+        let text = want["records"][id].as_str().unwrap();
+        let record = driver.import_record(text, Some(&url)).unwrap();
+        assert_eq!(record.id, id);
+        assert_eq!(record.volume_id, "vol-a");
+        let out = dir.path().join(format!("{id}.img"));
+        let report = driver
+            .restore(
+                &BackupRecord {
+                    container: Some(url.clone()),
+                    ..record
+                },
+                &out,
+                true,
+            )
+            .unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(bytes.len() as u64, want["sizes"][id].as_u64().unwrap());
+        assert_eq!(
+            Hash::of(&bytes).to_hex(),
+            want["volumes"][id].as_str().unwrap(),
+            "{id} restores different bytes"
+        );
+        if let Some(meta) = want["volume_metadata"].get(id) {
+            assert_eq!(report.volume_metadata.as_ref(), Some(meta));
+        }
+    }
+
+    let v = run_verify(
+        &c,
+        &VerifyOptions {
+            backup_id: None,
+            read_data: true,
+        },
+    )
+    .unwrap();
+    assert!(v.ok(), "{v:?}");
+    assert_eq!(v.backups_checked, 2);
+    assert!(v.chunks_read > 0);
+
+    // The deleted backup is reported as deleted, not unknown; its tombstone reads and writes
+    // back to the same bytes.
+    assert_eq!(
+        c.read_manifest("gone-3").unwrap_err().kind(),
+        "backup_deleted"
+    );
+    assert_eq!(
+        c.read_manifest("never").unwrap_err().kind(),
+        "backup_not_found"
+    );
+    let stored = std::fs::read(fixture().join("container-v1/deleted/gone-3")).unwrap();
+    let t: Tombstone = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(t.encode(), stored);
+}
+
+/// Today's build backs up into the old container, deduplicating against what it holds, and the
+/// new backup restores too.
+#[test]
+fn a_version_1_container_takes_new_backups() {
+    let want = expected();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _) = open_copy(dir.path());
+    let c = Container::open(&url, false, None).unwrap();
+    // The incremental's volume, rebuilt from its restore, backed up again: nothing new to store.
+    let vol = dir.path().join("again.img");
+    volback::restore::run_restore(&c, "incr-2", &vol, volback::restore::TargetMode::New, None)
+        .unwrap();
+    let r = common::backup_file(&c, &vol, "again-4", Some("incr-2"));
+    assert_eq!(r.chunks_new, 0, "every chunk is already in the container");
+    let out = dir.path().join("again-out.img");
+    volback::restore::run_restore(&c, "again-4", &out, volback::restore::TargetMode::New, None)
+        .unwrap();
+    assert_eq!(
+        Hash::of(&std::fs::read(&out).unwrap()).to_hex(),
+        want["volumes"]["incr-2"].as_str().unwrap()
+    );
+}
