@@ -98,15 +98,18 @@ def place(src, dst):
 class Volback:
     name = "volback"
 
-    def __init__(self, work, s3=None):
-        self.bin = os.path.join(ROOT, "target", "release", "volback")
+    def __init__(self, work, s3=None, binary=None, name=None):
+        """`binary` and `name`: another build of volback (--baseline), run in the same rounds."""
+        self.bin = binary or os.path.join(ROOT, "target", "release", "volback")
+        if name:
+            self.name = name
         self.env = dict(os.environ)
         if s3:
             self.container = s3["url"]
             self.env.update(s3["env"])
             self.store = s3["dir"]
         else:
-            self.container = os.path.join(work, "volback-repo")
+            self.container = os.path.join(work, self.name + "-repo")
             self.store = self.container
 
     def reset(self):
@@ -226,11 +229,14 @@ def main():
     ap.add_argument("--random-mib", type=int, default=1024)
     ap.add_argument("--tools", default="volback,restic,borg")
     ap.add_argument("--s3", action="store_true", help="volback against a local S3 server (s3s-fs)")
+    ap.add_argument("--baseline", default=None, metavar="BIN",
+                    help="another volback binary (an earlier build) run in the same rounds, as 'volback-base'")
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("HARNESS_ROUNDS", "3")),
                     help="rounds of the day-1/day-2 cases, tools interleaved; each cell is the median")
     a = ap.parse_args()
 
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bench", "primitives"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "volback-benches", "--bench", "primitives"],
+                   cwd=ROOT, check=True)
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     imgs = a.images
     need = [n for n in ("day1", "day2", "random", "thin", "sparse") if not os.path.exists(os.path.join(imgs, n + ".img"))]
@@ -247,6 +253,8 @@ def main():
             if a.s3:
                 server, s3 = start_s3(work)
             tools.append(Volback(work, s3))
+            if a.baseline:
+                tools.append(Volback(work, s3, binary=os.path.abspath(a.baseline), name="volback-base"))
         elif shutil.which(t):
             tools.append({"restic": Restic, "borg": Borg}[t](work))
         else:

@@ -53,146 +53,186 @@ impl S3Args {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Back up a volume image, block device or stdin ('-') into a container.
-    Backup {
-        /// Container URL: file:///abs/dir or a plain path (created if missing).
-        #[arg(long)]
-        container: String,
-        /// Volume to read: a file, a block device, or '-' for stdin.
-        #[arg(long)]
-        volume: String,
-        /// Id for the backup (default: a new UUID).
-        #[arg(long)]
-        backup_id: Option<String>,
-        /// Id of the volume (default: derived from the volume's file name).
-        #[arg(long)]
-        volume_id: Option<String>,
-        /// Make an incremental backup of this parent backup.
-        #[arg(long)]
-        parent: Option<String>,
-        /// JSON file with volume metadata to store with the backup.
-        #[arg(long)]
-        metadata: Option<PathBuf>,
-        /// Point-in-time label stored with the backup (Cinder's data_timestamp).
-        #[arg(long)]
-        data_timestamp: Option<String>,
-        /// zstd level for this backup (default: the container's): 1..=22, or -7..=-1 for
-        /// zstd's fast levels (faster, larger).
-        #[arg(long, allow_negative_numbers = true)]
-        zstd_level: Option<i32>,
-        /// Average chunk size in bytes for a container created by this command.
-        #[arg(long)]
-        chunk_avg: Option<u32>,
-        /// Seconds the backup's lease lives without renewal (renewed every eighth of it).
-        #[arg(long, default_value_t = volback::container::LEASE_TTL.as_secs())]
-        lease_ttl: u64,
-        /// Print one JSON object and nothing else.
-        #[arg(long)]
-        json: bool,
-    },
+    Backup(BackupArgs),
     /// Restore a backup onto a file or block device.
-    Restore {
-        #[arg(long)]
-        container: String,
-        #[arg(long)]
-        backup_id: String,
-        /// Target file or block device. A new file is created sparse.
-        #[arg(long)]
-        target: PathBuf,
-        /// Overwrite an existing target (zero extents are written as zeros).
-        #[arg(long)]
-        existing: bool,
-        /// Write the volume metadata stored with the backup to this file.
-        #[arg(long)]
-        metadata_out: Option<PathBuf>,
-        /// Do not flush the target to stable storage before reporting success (scratch
-        /// targets only; by default a restore that reports success is on disk).
-        #[arg(long)]
-        no_sync: bool,
-        /// Write through the page cache, for an image that is read right after the restore.
-        /// By default whole blocks bypass it with direct I/O, as Cinder's volume copies do:
-        /// restoring a large volume neither evicts the host's cache nor pays for a new cache
-        /// page per 4 KiB.
-        #[arg(long)]
-        buffered: bool,
-        #[arg(long)]
-        json: bool,
-    },
+    Restore(RestoreArgs),
     /// Delete a backup (its space is reclaimed by garbage collection; other backups are unaffected).
-    Delete {
-        #[arg(long)]
-        container: String,
-        #[arg(long)]
-        backup_id: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Delete(DeleteArgs),
     /// Print a self-describing record of a backup on stdout.
-    Export {
-        #[arg(long)]
-        container: String,
-        #[arg(long)]
-        backup_id: String,
-    },
+    Export(ExportArgs),
     /// Validate an exported record against a container ('-' reads stdin).
-    Import {
-        #[arg(long)]
-        container: String,
-        #[arg(long)]
-        record: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Import(ImportArgs),
     /// List the backups in a container.
-    List {
-        #[arg(long)]
-        container: String,
-        #[arg(long)]
-        json: bool,
-    },
+    List(ListArgs),
     /// Rebuild the chunk index from the packs' own tables (repairs a lost or damaged index).
-    RebuildIndex {
-        #[arg(long)]
-        container: String,
-        #[arg(long)]
-        json: bool,
-    },
+    RebuildIndex(RebuildIndexArgs),
     /// Reclaim the space of deleted backups and interrupted ones; safe alongside anything.
-    Gc {
-        #[arg(long)]
-        container: String,
-        /// Report what would be condemned; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Unused bytes tolerated in partly live packs, as a fraction of live bytes; beyond it
-        /// the sparsest packs are rewritten (1 disables repacking).
-        #[arg(long, default_value_t = GcOptions::default().max_unused)]
-        max_unused: f64,
-        /// Largest clock difference between hosts sharing the container, in seconds.
-        #[arg(long, default_value_t = GcOptions::default().clock_skew.as_secs())]
-        clock_skew: u64,
-        /// Sweep condemned packs only this many seconds after they were condemned.
-        #[arg(long, default_value_t = 0)]
-        min_age: u64,
-        #[arg(long)]
-        json: bool,
-    },
+    Gc(GcArgs),
     /// Check that backups can be restored: structure always, every chunk with --read-data.
     /// Exit status 3 if anything is damaged.
-    Verify {
-        #[arg(long)]
-        container: String,
-        /// Only this backup (default: all).
-        #[arg(long)]
-        backup_id: Option<String>,
-        /// Read back, decompress and re-hash every chunk.
-        #[arg(long)]
-        read_data: bool,
-        #[arg(long)]
-        json: bool,
-    },
+    Verify(VerifyArgs),
     /// Check that a container is reachable and writable (creating it if missing).
-    Check {
-        #[arg(long)]
-        container: String,
-    },
+    Check(CheckArgs),
+}
+
+/// Arguments of `volback backup`.
+#[derive(clap::Args)]
+pub struct BackupArgs {
+    /// Container URL: file:///abs/dir or a plain path (created if missing).
+    #[arg(long)]
+    pub container: String,
+    /// Volume to read: a file, a block device, or '-' for stdin.
+    #[arg(long)]
+    pub volume: String,
+    /// Id for the backup (default: a new UUID).
+    #[arg(long)]
+    pub backup_id: Option<String>,
+    /// Id of the volume (default: derived from the volume's file name).
+    #[arg(long)]
+    pub volume_id: Option<String>,
+    /// Make an incremental backup of this parent backup.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// JSON file with volume metadata to store with the backup.
+    #[arg(long)]
+    pub metadata: Option<PathBuf>,
+    /// Point-in-time label stored with the backup (Cinder's data_timestamp).
+    #[arg(long)]
+    pub data_timestamp: Option<String>,
+    /// zstd level for this backup (default: the container's): 1..=22, or -7..=-1 for
+    /// zstd's fast levels (faster, larger).
+    #[arg(long, allow_negative_numbers = true)]
+    pub zstd_level: Option<i32>,
+    /// Average chunk size in bytes for a container created by this command.
+    #[arg(long)]
+    pub chunk_avg: Option<u32>,
+    /// Seconds the backup's lease lives without renewal (renewed every eighth of it).
+    #[arg(long, default_value_t = volback::container::LEASE_TTL.as_secs())]
+    pub lease_ttl: u64,
+    /// Print one JSON object and nothing else.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `volback restore`.
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    #[arg(long)]
+    pub container: String,
+    #[arg(long)]
+    pub backup_id: String,
+    /// Target file or block device. A new file is created sparse.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Overwrite an existing target (zero extents are written as zeros).
+    #[arg(long)]
+    pub existing: bool,
+    /// Write the volume metadata stored with the backup to this file.
+    #[arg(long)]
+    pub metadata_out: Option<PathBuf>,
+    /// Do not flush the target to stable storage before reporting success (scratch
+    /// targets only; by default a restore that reports success is on disk).
+    #[arg(long)]
+    pub no_sync: bool,
+    /// Write through the page cache, for an image that is read right after the restore.
+    /// By default whole blocks bypass it with direct I/O, as Cinder's volume copies do:
+    /// restoring a large volume neither evicts the host's cache nor pays for a new cache
+    /// page per 4 KiB.
+    #[arg(long)]
+    pub buffered: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `volback delete`.
+#[derive(clap::Args)]
+pub struct DeleteArgs {
+    #[arg(long)]
+    pub container: String,
+    #[arg(long)]
+    pub backup_id: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `volback export`.
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    #[arg(long)]
+    pub container: String,
+    #[arg(long)]
+    pub backup_id: String,
+}
+
+/// Arguments of `volback import`.
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    #[arg(long)]
+    pub container: String,
+    #[arg(long)]
+    pub record: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `volback list`.
+#[derive(clap::Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub container: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `volback rebuild-index`.
+#[derive(clap::Args)]
+pub struct RebuildIndexArgs {
+    #[arg(long)]
+    pub container: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `volback gc`.
+#[derive(clap::Args)]
+pub struct GcArgs {
+    #[arg(long)]
+    pub container: String,
+    /// Report what would be condemned; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Unused bytes tolerated in partly live packs, as a fraction of live bytes; beyond it
+    /// the sparsest packs are rewritten (1 disables repacking).
+    #[arg(long, default_value_t = GcOptions::default().max_unused)]
+    pub max_unused: f64,
+    /// Largest clock difference between hosts sharing the container, in seconds.
+    #[arg(long, default_value_t = GcOptions::default().clock_skew.as_secs())]
+    pub clock_skew: u64,
+    /// Sweep condemned packs only this many seconds after they were condemned.
+    #[arg(long, default_value_t = 0)]
+    pub min_age: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `volback verify`.
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    #[arg(long)]
+    pub container: String,
+    /// Only this backup (default: all).
+    #[arg(long)]
+    pub backup_id: Option<String>,
+    /// Read back, decompress and re-hash every chunk.
+    #[arg(long)]
+    pub read_data: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `volback check`.
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    #[arg(long)]
+    pub container: String,
 }

@@ -20,17 +20,17 @@ use commands::{Outcome, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    alloc::tune_malloc(matches!(cli.cmd, Cmd::Backup { parent: None, .. }));
+    alloc::tune_malloc(matches!(&cli.cmd, Cmd::Backup(a) if a.parent.is_none()));
     let json = match &cli.cmd {
-        Cmd::Backup { json, .. }
-        | Cmd::Restore { json, .. }
-        | Cmd::Delete { json, .. }
-        | Cmd::Import { json, .. }
-        | Cmd::List { json, .. }
-        | Cmd::RebuildIndex { json, .. }
-        | Cmd::Gc { json, .. }
-        | Cmd::Verify { json, .. } => *json,
-        _ => false,
+        Cmd::Backup(a) => a.json,
+        Cmd::Restore(a) => a.json,
+        Cmd::Delete(a) => a.json,
+        Cmd::Import(a) => a.json,
+        Cmd::List(a) => a.json,
+        Cmd::RebuildIndex(a) => a.json,
+        Cmd::Gc(a) => a.json,
+        Cmd::Verify(a) => a.json,
+        Cmd::Export(_) | Cmd::Check(_) => false,
     };
     let s3 = cli.s3.options();
     init_logging();

@@ -41,7 +41,7 @@ use crate::format::manifest::{MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, Manif
 use crate::ids::{Hash, new_backup_id, validate_id};
 use crate::store::RequestCounts;
 use dedup::DEFAULT_MEM_KEYS;
-use pipeline::{ChunkCounts, Inputs, Pipelined};
+use pipeline::{Inputs, Pipelined};
 use source::{OpenVolume, VolumeSource};
 
 /// What the caller asks of a backup.
@@ -102,6 +102,10 @@ pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
 /// Runs a backup of `source` into `container`. Returns the committed manifest, its bytes and a
 /// report.
+///
+/// The steps, in the order the crash-safety and collection rules need them: check the request;
+/// take a lease, then read the index (what to deduplicate against); store packs and index
+/// segments; commit the manifest, create-only, while the lease is still valid; drop the lease.
 pub fn run_backup(
     container: &Container,
     source: VolumeSource,
@@ -110,6 +114,85 @@ pub fn run_backup(
 ) -> Result<(Manifest, Bytes, BackupReport)> {
     let started = Instant::now();
     let requests_before = container.store().requests();
+    let Request {
+        backup_id,
+        mut parent,
+        level,
+    } = check_request(container, opts)?;
+    let volume = OpenVolume::open(source)?;
+    let volume_name = volume.name().to_string();
+
+    // The lease comes before the index is read (collection protocol): a collector that
+    // condemns packs after this point sees the lease and waits for this backup to end; one that
+    // condemned packs before it is seen by the index load, which skips condemned packs.
+    let lease = LeaseGuard::take(container, &backup_id, opts.lease_ttl.unwrap_or(LEASE_TTL))?;
+    // An incremental is cut guided by its parent's chunks ([`crate::chunker::Guide`]); their
+    // extent list is located in the same pass over the index.
+    let parent_metas = parent_extent_list(&mut parent);
+    let (known, condemned, parent_index) = dedup::load(
+        container,
+        &parent_metas,
+        opts.dedup_mem_keys.unwrap_or(DEFAULT_MEM_KEYS),
+    )?;
+
+    let bytes_read = AtomicU64::new(0);
+    let mut stored = pipeline::run(
+        volume,
+        Inputs {
+            container,
+            parent: parent.as_ref().map(|m| (m, &parent_index)),
+            known,
+            condemned: &condemned,
+            level,
+            progress,
+            bytes_read: &bytes_read,
+        },
+    )?;
+    if let Some(expected) = opts.expected_size
+        && expected != stored.size
+    {
+        return Err(Error::VolumeTooShort {
+            volume: volume_name,
+            expected,
+            actual: stored.size,
+        });
+    }
+
+    let manifest = new_manifest(backup_id, opts, container.config().chunker, &mut stored);
+    lease.check_valid()?;
+    let bytes = container.commit_manifest(&manifest)?;
+    drop(lease); // after the commit: the collector then sees the manifest
+
+    let report = BackupReport {
+        backup_id: manifest.backup_id.clone(),
+        volume_id: manifest.volume_id.clone(),
+        parent_id: manifest.parent_id.clone(),
+        container: container.url().into(),
+        manifest_key: manifest_key(&manifest.backup_id),
+        size: stored.size,
+        bytes_read: bytes_read.load(Ordering::Relaxed),
+        bytes_new: stored.written.bytes + bytes.len() as u64,
+        chunks_total: stored.counts.total,
+        chunks_new: stored.counts.new,
+        chunks_guided: stored.counts.guided,
+        zero_bytes: stored.zero_bytes,
+        object_count: manifest.stats.object_count,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        requests: container.store().requests().since(&requests_before),
+    };
+    Ok((manifest, bytes, report))
+}
+
+/// A backup request that passed its checks.
+struct Request {
+    backup_id: String,
+    /// The parent's manifest (an incremental), if it was cut with this container's chunker.
+    parent: Option<Manifest>,
+    level: i32,
+}
+
+/// Checks the ids (the new one must be free), reads the parent, and checks the zstd level.
+fn check_request(container: &Container, opts: &BackupOptions) -> Result<Request> {
     let backup_id = opts.backup_id.clone().unwrap_or_else(new_backup_id);
     validate_id("backup id", &backup_id)?;
     validate_id("volume id", &opts.volume_id)?;
@@ -119,11 +202,11 @@ pub fn run_backup(
             container: container.url().into(),
         });
     }
-    let mut parent_manifest = None;
-    if let Some(parent) = &opts.parent_id {
-        validate_id("parent id", parent)?;
-        match container.read_manifest(parent) {
-            Ok((m, _)) => parent_manifest = Some(m),
+    let mut parent = None;
+    if let Some(parent_id) = &opts.parent_id {
+        validate_id("parent id", parent_id)?;
+        match container.read_manifest(parent_id) {
+            Ok((m, _)) => parent = Some(m),
             Err(
                 Error::BackupNotFound { id, container } | Error::BackupDeleted { id, container },
             ) => {
@@ -132,121 +215,69 @@ pub fn run_backup(
             Err(e) => return Err(e),
         }
     }
-    let cfg = container.config().clone();
+    let cfg = container.config();
     // A parent cut with other parameters (impossible within one container) would guide to cuts
     // FastCDC would not make here.
-    parent_manifest = parent_manifest.filter(|m| m.chunker == cfg.chunker);
+    let parent = parent.filter(|m| m.chunker == cfg.chunker);
     let level = opts.zstd_level.unwrap_or(cfg.zstd_level);
     if !crate::format::chunk::valid_zstd_level(level) {
         return Err(Error::Config(format!(
             "zstd level {level} must be -7..=-1 or 1..=22"
         )));
     }
-    let volume = OpenVolume::open(source)?;
-    let volume_name = volume.name().to_string();
-    // The lease comes before the index is read (collection protocol): a collector that
-    // condemns packs after this point sees the lease and waits for this backup to end; one that
-    // condemned packs before it is seen by the index load, which skips condemned packs.
-    let lease = LeaseGuard::take(container, &backup_id, opts.lease_ttl.unwrap_or(LEASE_TTL))?;
-    // An incremental is cut guided by its parent's chunks (`chunker::Guide`); their extent list
-    // is located in the same pass over the index.
-    let parent_metas: HashSet<Hash> = match parent_manifest
+    Ok(Request {
+        backup_id,
+        parent,
+        level,
+    })
+}
+
+/// The parent's extent-list chunks, to be located in the index scan. A parent whose manifest
+/// names them badly is dropped: the volume is then cut unguided (the guide only saves work).
+fn parent_extent_list(parent: &mut Option<Manifest>) -> HashSet<Hash> {
+    match parent
         .as_ref()
         .map(|m| m.meta_ids(&manifest_key(&m.backup_id)))
     {
         Some(Ok(ids)) => ids.into_iter().map(|(id, _)| id).collect(),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "parent extent list unreadable: the volume is cut unguided");
-            parent_manifest = None;
+            *parent = None;
             HashSet::new()
         }
         None => HashSet::new(),
-    };
-    let (known, condemned, parent_index) = dedup::load(
-        container,
-        &parent_metas,
-        opts.dedup_mem_keys.unwrap_or(DEFAULT_MEM_KEYS),
-    )?;
-
-    let bytes_read = AtomicU64::new(0);
-    let Pipelined {
-        extents,
-        meta_refs,
-        size,
-        zero_bytes,
-        counts,
-        written,
-    } = pipeline::run(
-        volume,
-        Inputs {
-            container,
-            parent: parent_manifest.as_ref().map(|m| (m, &parent_index)),
-            known,
-            condemned: &condemned,
-            level,
-            progress,
-            bytes_read: &bytes_read,
-        },
-    )?;
-    let ChunkCounts {
-        total: chunks_total,
-        new: chunks_new,
-        guided: chunks_guided,
-    } = counts;
-    if let Some(expected) = opts.expected_size
-        && expected != size
-    {
-        return Err(Error::VolumeTooShort {
-            volume: volume_name,
-            expected,
-            actual: size,
-        });
     }
+}
 
-    let mut manifest = Manifest {
+/// The manifest of a backup whose data the pipeline stored (its extent-list references are
+/// moved into it).
+fn new_manifest(
+    backup_id: String,
+    opts: &BackupOptions,
+    chunker: crate::chunker::ChunkerParams,
+    stored: &mut Pipelined,
+) -> Manifest {
+    Manifest {
         format: MANIFEST_FORMAT.into(),
         version: MANIFEST_VERSION,
-        backup_id: backup_id.clone(),
+        backup_id,
         volume_id: opts.volume_id.clone(),
         parent_id: opts.parent_id.clone(),
         created_at: now_rfc3339(),
         created_unix: now_unix(),
         data_timestamp: opts.data_timestamp.clone(),
-        size,
-        chunker: cfg.chunker,
-        extents: meta_refs,
-        extents_len: extents.stream_len,
-        extent_count: extents.count,
+        size: stored.size,
+        chunker,
+        extents: std::mem::take(&mut stored.meta_refs),
+        extents_len: stored.extents.stream_len,
+        extent_count: stored.extents.count,
         stats: ManifestStats {
-            chunks_total,
-            chunks_new,
-            bytes_new: 0,
-            zero_bytes,
-            object_count: written.objects + 1,
+            chunks_total: stored.counts.total,
+            chunks_new: stored.counts.new,
+            bytes_new: stored.written.bytes,
+            zero_bytes: stored.zero_bytes,
+            object_count: stored.written.objects + 1,
         },
         volume_metadata: opts.volume_metadata.clone(),
-    };
-    manifest.stats.bytes_new = written.bytes;
-    lease.check_valid()?;
-    let bytes = container.commit_manifest(&manifest)?;
-    drop(lease); // after the commit: the collector then sees the manifest
-
-    let report = BackupReport {
-        backup_id,
-        volume_id: manifest.volume_id.clone(),
-        parent_id: manifest.parent_id.clone(),
-        container: container.url().into(),
-        manifest_key: manifest_key(&manifest.backup_id),
-        size,
-        bytes_read: bytes_read.load(Ordering::Relaxed),
-        bytes_new: written.bytes + bytes.len() as u64,
-        chunks_total,
-        chunks_new,
-        chunks_guided,
-        zero_bytes,
-        object_count: manifest.stats.object_count,
-        elapsed_s: started.elapsed().as_secs_f64(),
-        requests: container.store().requests().since(&requests_before),
-    };
-    Ok((manifest, bytes, report))
+    }
 }

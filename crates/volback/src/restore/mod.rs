@@ -46,6 +46,7 @@ use serde::Serialize;
 use crate::container::{Container, LEASE_TTL, LeaseGuard};
 use crate::error::{Error, Result};
 use crate::format::extent_list::Extent;
+use crate::format::manifest::Manifest;
 use crate::ids::Hash;
 use crate::store::RequestCounts;
 use locations::{DEFAULT_MEM_ENTRIES, LocationTable, trim_heap};
@@ -167,11 +168,59 @@ pub fn run_restore_with(
     let stripe_len = (opts.stripe).map_or(stripe_len(container.store().concurrency()), |s| {
         s.max(manifest.chunker.max as usize)
     });
+    let res = restore_extents(container, &index, &manifest, &t, opts, stripe_len, progress);
+    let Written {
+        bytes_written,
+        zero_bytes,
+        direct_bytes,
+    } = match res {
+        Ok(w) => w,
+        Err(e) => {
+            t.abandon();
+            return Err(e);
+        }
+    };
+    t.finish(opts.sync)?;
+    if let Some(p) = progress {
+        p(manifest.size);
+    }
+    Ok(RestoreReport {
+        backup_id: backup_id.into(),
+        size: manifest.size,
+        bytes_written,
+        direct_bytes,
+        zero_bytes,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        requests: container.store().requests().since(&requests_before),
+        volume_metadata: manifest.volume_metadata,
+    })
+}
+
+/// What the walk wrote.
+struct Written {
+    bytes_written: u64,
+    zero_bytes: u64,
+    direct_bytes: u64,
+}
+
+/// Walks the backup's extents: data extents are restored a window at a time into stripes that
+/// the writer thread writes in volume order; zero extents are skipped (a new target) or
+/// written as zeros.
+fn restore_extents(
+    container: &Container,
+    index: &LocationTable,
+    manifest: &Manifest,
+    t: &Target,
+    opts: &RestoreOptions,
+    stripe_len: usize,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<Written> {
+    let backup_id = manifest.backup_id.as_str();
     let mut bytes_written = 0u64;
     let mut zero_bytes = 0u64;
     let failed = AtomicBool::new(false);
-    let res = std::thread::scope(|s| {
-        let (t, failed) = (&t, &failed);
+    std::thread::scope(|s| {
+        let failed = &failed;
         // Stripes go round: the walk fills one and sends it to the writer thread, which
         // writes it and sends it back for another window.
         let (free_tx, free) = std::sync::mpsc::channel::<Stripe>();
@@ -188,7 +237,7 @@ pub fn run_restore_with(
             if failed.load(Ordering::Relaxed) {
                 return Err(gone());
             }
-            restore_window(container, &index, backup_id, stripe, window)?;
+            restore_window(container, index, backup_id, stripe, window)?;
             let mut next = free.recv().map_err(|_| gone())?;
             next.regions.clear();
             full.send(std::mem::replace(stripe, next))
@@ -196,7 +245,7 @@ pub fn run_restore_with(
             trim_heap();
             Ok(())
         };
-        let res = container.walk_extents(&index, &manifest, |off, e| {
+        let res = container.walk_extents(index, manifest, |off, e| {
             match e {
                 Extent::Data { len, id } => {
                     bytes_written += u64::from(*len);
@@ -237,28 +286,13 @@ pub fn run_restore_with(
         drop(full);
         // The writer's error, if it had one, is the cause of any error here.
         let written = writer.join().unwrap_or_else(|_| Err(gone()));
-        written.and_then(|n| res.map(|()| n))
-    });
-    let direct_bytes = match res {
-        Ok(n) => n,
-        Err(e) => {
-            t.abandon();
-            return Err(e);
-        }
-    };
-    t.finish(opts.sync)?;
-    if let Some(p) = progress {
-        p(manifest.size);
-    }
-    Ok(RestoreReport {
-        backup_id: backup_id.into(),
-        size: manifest.size,
-        bytes_written,
-        direct_bytes,
-        zero_bytes,
-        elapsed_s: started.elapsed().as_secs_f64(),
-        requests: container.store().requests().since(&requests_before),
-        volume_metadata: manifest.volume_metadata,
+        written.and_then(|direct_bytes| {
+            res.map(|()| Written {
+                bytes_written,
+                zero_bytes,
+                direct_bytes,
+            })
+        })
     })
 }
 

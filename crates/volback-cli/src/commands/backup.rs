@@ -1,0 +1,96 @@
+//! `volback backup`: Back up a volume image, block device or stdin ('-') into a container.
+
+use super::*;
+use crate::args::BackupArgs;
+
+pub fn run(args: BackupArgs, s3: &S3Options) -> Result<Outcome> {
+    let BackupArgs {
+        container,
+        volume,
+        backup_id,
+        volume_id,
+        parent,
+        metadata,
+        data_timestamp,
+        zstd_level,
+        chunk_avg,
+        lease_ttl,
+        json,
+    } = args;
+    let init = chunk_avg.map(|avg| {
+        let mut c = ContainerConfig::default();
+        c.chunker.avg = avg;
+        c.chunker.min = avg / 4;
+        c.chunker.max = avg * 4;
+        c
+    });
+    let c = Container::open_with(&container, true, init, s3)?;
+    let volume_metadata = match metadata {
+        Some(p) => {
+            let text = volback::store::read_local_file(&p)?;
+            Some(serde_json::from_slice(&text).map_err(|e| {
+                Error::Config(format!("metadata file '{}' is not JSON: {e}", p.display()))
+            })?)
+        }
+        None => None,
+    };
+    let size_hint = if volume == "-" {
+        None
+    } else {
+        std::fs::metadata(&volume)
+            .ok()
+            .map(|m| m.len())
+            .filter(|n| *n > 0)
+    };
+    let source = if volume == "-" {
+        VolumeSource::stdin()
+    } else {
+        VolumeSource::Path(PathBuf::from(&volume))
+    };
+    let opts = BackupOptions {
+        backup_id,
+        volume_id: volume_id.unwrap_or_else(|| volume_id_from(&volume)),
+        parent_id: parent,
+        data_timestamp,
+        volume_metadata,
+        expected_size: None,
+        zstd_level,
+        dedup_mem_keys: None,
+        lease_ttl: Some(std::time::Duration::from_secs(lease_ttl.max(1))),
+    };
+    let pb = progress_bar(json, size_hint);
+    let cb = |n: u64| {
+        if let Some(pb) = &pb {
+            pb.set_position(n);
+        }
+    };
+    let driver = Driver::with_container(c.clone());
+    let out = driver.backup_with(&c, source, &opts, Some(&cb));
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let r = out?.report;
+    if json {
+        print_json(&r)?;
+    } else {
+        // An incremental says how much of the volume its parent's chunks recognised.
+        let guided = if r.parent_id.is_some() {
+            format!(", {} recognised from the parent", r.chunks_guided)
+        } else {
+            String::new()
+        };
+        out!(
+            "backup {} of {} bytes: read {}, stored {} new bytes in {} objects ({} of {} chunks new{guided}, {} zero bytes) in {:.2}s",
+            r.backup_id,
+            r.size,
+            r.bytes_read,
+            r.bytes_new,
+            r.object_count,
+            r.chunks_new,
+            r.chunks_total,
+            r.zero_bytes,
+            r.elapsed_s
+        )?;
+    }
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,95 @@
+//! Each subcommand, one file each, run against the library; the helpers they share.
+
+use std::io::Read;
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde_json::json;
+
+mod backup;
+mod check;
+mod delete;
+mod export;
+mod gc;
+mod import;
+mod list;
+mod rebuild_index;
+mod restore;
+mod verify;
+
+use crate::args::Cmd;
+use crate::out;
+use crate::output::{print_json, progress_bar};
+use volback::backup::BackupOptions;
+use volback::backup::source::VolumeSource;
+use volback::container::Container;
+use volback::driver::{Driver, DriverConfig};
+use volback::format::config::ContainerConfig;
+use volback::format::record::BackupRecord;
+use volback::gc::{GcOptions, run_gc};
+use volback::restore::{RestoreOptions, TargetMode, run_restore_with};
+use volback::store::s3::S3Options;
+use volback::verify::{VerifyOptions, run_verify};
+use volback::{Error, Result};
+
+/// A volume id from a file name: invalid characters become '_'.
+fn volume_id_from(volume: &str) -> String {
+    let name = std::path::Path::new(volume)
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let mut id: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(128)
+        .collect();
+    if volume == "-" {
+        id = "stdin".into();
+    } else if id.is_empty() || id.starts_with('.') {
+        id = format!("volume{id}");
+    }
+    id
+}
+
+fn read_input(path: &str) -> Result<String> {
+    let bytes = if path == "-" {
+        let mut b = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut b)
+            .map_err(|e| Error::io("read", "<stdin>", e))?;
+        b
+    } else {
+        volback::store::read_local_file(std::path::Path::new(path))?
+    };
+    String::from_utf8(bytes)
+        .map_err(|_| volback::error::RecordError::Malformed("not UTF-8 text".into()).into())
+}
+
+/// How a command that did not fail ended.
+pub enum Outcome {
+    Done,
+    /// `verify` found damage.
+    Damaged,
+}
+
+/// Runs one subcommand.
+pub fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
+    match cmd {
+        Cmd::Backup(a) => backup::run(a, s3),
+        Cmd::Restore(a) => restore::run(a, s3),
+        Cmd::Delete(a) => delete::run(a, s3),
+        Cmd::Export(a) => export::run(a, s3),
+        Cmd::Import(a) => import::run(a, s3),
+        Cmd::List(a) => list::run(a, s3),
+        Cmd::RebuildIndex(a) => rebuild_index::run(a, s3),
+        Cmd::Gc(a) => gc::run(a, s3),
+        Cmd::Verify(a) => verify::run(a, s3),
+        Cmd::Check(a) => check::run(a, s3),
+    }
+}

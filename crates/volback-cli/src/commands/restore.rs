@@ -1,0 +1,56 @@
+//! `volback restore`: Restore a backup onto a file or block device.
+
+use super::*;
+use crate::args::RestoreArgs;
+
+pub fn run(args: RestoreArgs, s3: &S3Options) -> Result<Outcome> {
+    let RestoreArgs {
+        container,
+        backup_id,
+        target,
+        existing,
+        metadata_out,
+        no_sync,
+        buffered,
+        json,
+    } = args;
+    let c = Container::open_with(&container, false, None, s3)?;
+    let opts = RestoreOptions {
+        sync: !no_sync,
+        direct_io: !buffered,
+        ..RestoreOptions::new(if existing {
+            TargetMode::Existing
+        } else {
+            TargetMode::New
+        })
+    };
+    let pb = progress_bar(json, None);
+    let cb = |n: u64| {
+        if let Some(pb) = &pb {
+            pb.set_position(n);
+        }
+    };
+    let r = run_restore_with(&c, &backup_id, &target, &opts, Some(&cb));
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let r = r?;
+    if let (Some(p), Some(doc)) = (metadata_out, &r.volume_metadata) {
+        std::fs::write(&p, serde_json::to_vec_pretty(doc).unwrap_or_default())
+            .map_err(|e| Error::io("write metadata", &p, e))?;
+    }
+    if json {
+        print_json(&r)?;
+    } else {
+        out!(
+            "restored backup {} ({} bytes, {} data, {} zero) to {} in {:.2}s",
+            r.backup_id,
+            r.size,
+            r.bytes_written,
+            r.zero_bytes,
+            target.display(),
+            r.elapsed_s
+        )?;
+    }
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,57 @@
+//! `volback verify`: Check that backups can be restored: structure always, every chunk with --read-data. Exit status 3 if anything is damaged.
+
+use super::*;
+use crate::args::VerifyArgs;
+
+pub fn run(args: VerifyArgs, s3: &S3Options) -> Result<Outcome> {
+    let VerifyArgs {
+        container,
+        backup_id,
+        read_data,
+        json,
+    } = args;
+    let c = Container::open_with(&container, false, None, s3)?;
+    let r = run_verify(
+        &c,
+        &VerifyOptions {
+            backup_id,
+            read_data,
+        },
+    )?;
+    if json {
+        print_json(&r)?;
+    } else {
+        for b in &r.backups {
+            if b.ok {
+                out!("ok       {}", b.backup_id)?;
+            } else {
+                out!("DAMAGED  {} ({} problems)", b.backup_id, b.problem_count)?;
+                for p in &b.problems {
+                    out!("         {}: {}", p.object, p.message)?;
+                }
+            }
+        }
+        for p in &r.damaged_objects {
+            out!("DAMAGED  object {}: {}", p.object, p.message)?;
+        }
+        out!(
+            "{} backups checked, {} damaged; {} chunk references checked{}",
+            r.backups_checked,
+            r.damaged_backups.len(),
+            r.chunks_checked,
+            if read_data {
+                format!(
+                    ", {} chunks ({} bytes) read and re-hashed",
+                    r.chunks_read, r.bytes_read
+                )
+            } else {
+                String::new()
+            }
+        )?;
+    }
+    Ok(if r.ok() {
+        Outcome::Done
+    } else {
+        Outcome::Damaged
+    })
+}
