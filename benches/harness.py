@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput harness: volback side by side with restic and BorgBackup on the same images.
 
-Builds the images itself (benches/make_images.py, no download), then runs, in one session:
+Builds the images itself (benches/make_images.py, no download), then runs, in one go:
   - full backup of the filesystem image (day 1), next-day incremental (day 2), restore of day 2
     twice: durable (volback's default fsync; restic and borg followed by `sync FILE`, since they
     do not flush) and without a flush (volback --no-sync, whose whole blocks still bypass the

@@ -5,8 +5,8 @@ For each size (GiB, default 4 and 16) it streams a volume of unique, incompressi
 through stdin into a fresh filesystem container (the worst case for memory: every chunk is new,
 every pack fills), backs the same stream up again as an incremental of the first (every chunk
 found in the parent), and restores the full backup durably to a new file. Prints peak RSS, wall
-and CPU of each, and each size's peak against the smallest size's (the performance issue's
-target: at most 256 MiB, and within 10 % from 4 to 16 GiB).
+and CPU of each, and each size's peak against the smallest size's (the goal: at most
+256 MiB, and within 10 % from 4 to 16 GiB).
 
 The volume is generated, not stored: 64 MiB of seeded random bytes with a counter written into
 every 4 KiB block, so no two chunks are alike, at a few GB/s from one Python thread. The

@@ -4,7 +4,7 @@
 /// Pins glibc's mmap threshold at its initial 128 KiB. By default glibc raises it to the size
 /// of any large block freed, after which the pipeline's 8 MiB buffers come from the heap and
 /// fragment it: a 16 GiB backup then peaked 39 % above a 4 GiB one; pinned, within 5 %
-/// (`docs/performance.md`, peak RSS), at no measurable cost in throughput.
+/// (`docs/performance.md`, "Memory"), at no measurable cost in throughput.
 ///
 /// Pinning the mmap threshold also pins the trim threshold, at 128 KiB: in a backup, each
 /// worker's arena was then handed back to the kernel after every batch of compressed chunks was

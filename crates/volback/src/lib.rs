@@ -19,7 +19,7 @@
 //!            ──writer thread, volume order──> target
 //! ```
 //!
-//! Large writes skip the page cache ([`direct`]): a filesystem container's packs (fsync'd
+//! Large writes skip the page cache ([`store::direct`]): a filesystem container's packs (fsync'd
 //! before they are renamed into place) go to the disk with direct I/O from a reused aligned
 //! buffer, and a restore decodes into aligned stripes laid out like the target, whose whole
 //! blocks a writer thread writes with direct I/O while the next stripe is decoded (unless
@@ -43,7 +43,7 @@
 //! Memory grows neither with the volume nor with the container: a backup holds a window of the
 //! pipeline (at most four 4 MiB read buffers, the pack being built and the packs uploading: one
 //! on a filesystem, up to three on S3; a finished pack's buffer is reused for a later one) and a
-//! dedup set ([`dedup`]) that keeps up to 65,536 of the container's chunks in memory and the
+//! dedup set ([`backup::dedup`]) that keeps up to 65,536 of the container's chunks in memory and the
 //! rest in a sorted temporary file (1/16 byte per chunk stays in memory), plus 16 bytes per
 //! chunk the backup stores. A restore holds two stripes (32 MiB each, 64 MiB on S3) and keeps
 //! the container's chunk locations in a sorted temporary file (half a byte per chunk stays in
@@ -124,29 +124,49 @@
 //! one) still never lose data — content-named objects are identical whoever writes them — but
 //! two backups racing to commit the *same backup id* would both appear to succeed there.
 //!
-//! ## Modules
+//! ## Where things are
 //!
-//! - [`driver`]: the Cinder verbs; start here as a caller.
-//! - [`pipeline`]: the backup pipeline. [`restore`]: the restore pipeline.
-//! - [`chunker`]: zero runs and FastCDC. [`source`]: reading volumes. [`buffers`]: read and
-//!   pack buffers recycled rather than mapped and zeroed afresh.
-//! - [`pack`], [`index`], [`manifest`], [`record`]: the on-storage formats. [`locations`]: the
-//!   restore's chunk-location table, in bounded memory. [`dedup`]: the backup's dedup set, in
-//!   bounded memory. Both sort into scratch files with `extsort`.
-//! - [`container`]: object names and container-level operations. [`store`]: the storage trait,
-//!   filesystem and in-memory backends. [`s3`]: S3-compatible object storage. [`direct`]:
-//!   writes around the page cache.
-//! - [`gc`]: the garbage collector. [`verify`]: checks that backups can be restored.
-//! - [`retry`]: retries of transient store failures. [`faults`]: a fault-injecting store for
-//!   tests.
-//! - [`error`]: the error type; every variant names the object and offset.
+//! One folder per concept, one file per thing; the folders depend on each other only downwards
+//! in this list (no cycles):
+//!
+//! ```text
+//! error.rs, ids.rs, clock.rs    the error type (stable kind() strings), ids and hashes, time
+//! chunker/                      params, zero (zero runs), cdc (FastCDC), parallel (cutting on
+//!                               several threads), guide (the parent's chunks), splitter
+//! format/                       one file per stored object: config, chunk, pack, index_segment,
+//!                               manifest, extent_list, record, lease, condemnation, tombstone;
+//!                               keys (which key holds what); versioned (JSON versions)
+//! store/                        the ObjectStore trait; fs, memory, s3; retry; direct (O_DIRECT)
+//! index/                        the index in memory (Index, Locate) and the dedup ChunkSet
+//! container/                    Container: url, open/create (mod), backups (manifests),
+//!                               packs, index_scan (the protocol's read order), leases,
+//!                               fetch (ranged reads, verified), extents (walking a backup)
+//! backup/                       source (reading volumes), buffers, dedup (the dedup set),
+//!                               pipeline (the threads), packer, writer, parent_guide; mod: run_backup
+//! restore/                      locations (chunk locations table), check, window, stripe,
+//!                               target, writer; mod: run_restore
+//! gc/                           packs, mark, condemn, repack, sweep, merge: the protocol's steps
+//! verify.rs                     what verify checks without restoring
+//! driver.rs                     the Cinder verbs over all of the above; start here as a caller
+//! ```
+//!
+//! A byte of `volback backup` goes [`backup::source`] → [`chunker`] → `backup/pipeline.rs`
+//! (BLAKE3, [`backup::dedup`], zstd in [`format::chunk`]) → `backup/packer.rs` →
+//! `backup/writer.rs` → [`store`] as a [`format::pack`], described by a
+//! [`format::index_segment`], reachable from a [`format::manifest`] through its
+//! [`format::extent_list`]. `volback restore` brings it back: [`restore::locations`] → the
+//! extent list via [`container::extents`] → `restore/window.rs` ([`container::fetch`]: ranged
+//! read, zstd -d, BLAKE3 check) → `restore/stripe.rs` → `restore/writer.rs` →
+//! `restore/target.rs`. The `volback` binary (crate `volback-cli`) parses arguments and calls
+//! these; the test-support crate (`volback-testkit`) holds the fault-injecting store, the
+//! deterministic data and the S3 test server.
 //!
 //! ## Example
 //!
 //! ```
 //! use volback::driver::{Driver, DriverConfig};
-//! use volback::record::BackupRecord;
-//! use volback::source::VolumeSource;
+//! use volback::format::record::BackupRecord;
+//! use volback::backup::source::VolumeSource;
 //!
 //! let dir = tempfile::tempdir()?;
 //! let image = dir.path().join("vol.img");

@@ -3,7 +3,7 @@
 //! A backup fills hundreds of 4 MiB read buffers and a 33 MiB buffer per data pack. Fresh
 //! allocations of that size are new mappings (the `volback` binary pins glibc's mmap threshold),
 //! so each would cost thousands of page faults and the kernel's zeroing of every page: on the
-//! tenth session's machine `perf` put ~5 % of a full backup's CPU in `clear_page` for the packs
+//! AMD EPYC test machine `perf` put ~5 % of a full backup's CPU in `clear_page` for the packs
 //! alone. A [`BufferPool`] hands finished buffers back for reuse instead: a buffer wrapped by
 //! [`BufferPool::freeze`] returns to its pool when the last `Bytes` slicing it is dropped (after
 //! the chunks that point into a read buffer are packed, after a pack's upload).
@@ -176,7 +176,7 @@ impl BufferPool {
 /// Asks the kernel to back a large, still untouched buffer with transparent huge pages.
 ///
 /// With 4 KiB pages a 33 MiB pack buffer takes ~8,400 page faults the first time it is filled
-/// (~17 % of a backup's CPU on incompressible data, fifth session); with 2 MiB pages, 17. Only a
+/// (~17 % of a backup's CPU on incompressible data); with 2 MiB pages, 17. Only a
 /// hint: where THP is off or unsupported, nothing changes.
 pub fn advise_huge_pages(buf: &mut Vec<u8>) {
     const MIN: usize = 4 << 20;

@@ -4,7 +4,7 @@
 //! once. Held in memory as a [`ChunkSet`] (16 bytes per chunk), that costs ~0.5 GiB per TiB of
 //! the container's unique data: a small volume backed up into a large container would need
 //! memory in proportion to the container, and an incremental of a 16 GiB volume peaked ~25 %
-//! above one of a 4 GiB volume (eleventh session, `benches/rss.py`).
+//! above one of a 4 GiB volume (`benches/rss.py`).
 //!
 //! A [`DedupSet`] keeps a small container's chunks in memory (up to `mem_keys`; by default
 //! [`DEFAULT_MEM_KEYS`], ~2 GiB of unique data). A larger container's chunks go to a sorted,

@@ -29,7 +29,7 @@ pub const READ_BUF: usize = 4 << 20;
 /// 4 GiB and a 16 GiB stream peaked 3–4 and 7 buffers apart. Now the buffers are allocated
 /// when reading starts (fewer for a volume smaller than four), so the peak no longer depends on
 /// timing. With four (no harness case ran out of buffers even with three) the fs-image full
-/// backup is as fast and peaks ~16 MiB lower (twelfth session, `docs/performance.md`).
+/// backup is as fast and peaks ~16 MiB lower (`docs/performance.md`, "Decisions").
 pub const READ_BUFS_IN_FLIGHT: usize = 4;
 
 /// Where a backup's volume data comes from.

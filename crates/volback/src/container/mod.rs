@@ -3,8 +3,8 @@
 //! [`Container`] wraps a store (with retries) and the container's config. Its operations are
 //! grouped by what they touch:
 //! - [`url`]: where a container lives (which key holds what is [`crate::format::keys`]);
-//! - [`backups`]: manifests read, committed create-only, listed, deleted behind a tombstone;
-//! - [`packs`] and [`index_scan`]: the packs that exist, their tables, and the index read in the
+//! - `backups.rs`: manifests read, committed create-only, listed, deleted behind a tombstone;
+//! - `packs.rs` and [`index_scan`]: the packs that exist, their tables, and the index read in the
 //!   collection protocol's order;
 //! - [`leases`]: what a running operation shows the collector;
 //! - [`fetch`] and [`extents`]: reading chunks and walking a backup's extents.

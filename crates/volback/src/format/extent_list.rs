@@ -2,7 +2,7 @@
 //!
 //! Each extent is a data chunk id with its length or a zero run. The stream is cut with
 //! content-defined chunking ([`META_CHUNKER`]) and stored in packs like volume data
-//! ([`ChunkKind::Meta`](super::pack::ChunkKind)). Because records carry lengths rather than
+//! ([`ChunkKind::Meta`](super::chunk::ChunkKind)). Because records carry lengths rather than
 //! offsets, an unchanged region of the volume yields the same extent-list chunks as in the
 //! parent backup, so an incremental backup stores only the parts of its extent list that
 //! changed: metadata deduplicates the way data does, and a TiB volume's extent list stays a few

@@ -12,7 +12,7 @@ use crate::ids::Hash;
 use crate::index::Locate;
 
 /// Checks, before writing anything, that every chunk of the backup is indexed and every pack it
-/// needs exists. Chunks are looked up a window at a time (a [`LocationTable`] on disk answers a
+/// needs exists. Chunks are looked up a window at a time (a [`super::locations::LocationTable`] on disk answers a
 /// sorted batch with one read per block).
 pub fn check_complete(
     container: &Container,

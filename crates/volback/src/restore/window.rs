@@ -26,7 +26,7 @@ thread_local! {
 /// until it is done. With 2 MiB instead of 8, `perf sched` had the threads busy 67 % of the
 /// restore instead of 56 %, and day 2's restore without a flush took 0.99 s against 1.09 s
 /// in one set of six interleaved warm-cache runs, 1.12 s against 1.15 s in another (durable:
-/// 1.07 s against 1.16 s; twelfth session). A network store keeps the larger ranges, which
+/// 1.07 s against 1.16 s). A network store keeps the larger ranges, which
 /// save requests, and has more of them in flight to balance.
 pub(super) fn range_raw(concurrency: usize) -> u64 {
     if concurrency > 2 {

@@ -13,7 +13,7 @@
 //! shared VMs this project is measured on, a new page costs far more than its copy, and by an
 //! amount that changes from minute to minute: system time of the same restore ranged from 0.5
 //! to 2.9 s within one quarter of an hour. With direct I/O the disk reads the bytes from a
-//! reused buffer that is already resident (see `docs/performance.md`, "Direct I/O").
+//! reused buffer that is already resident (see `docs/performance.md`, "Decisions").
 //!
 //! Direct I/O wants the buffer's address, the file offset and the length aligned to the
 //! device's logical block size. A pack is a `Bytes` with no such alignment, so it is copied into
