@@ -30,6 +30,7 @@ on_both_backends!(
     driver_verbs_with_metadata_export_and_import_into_a_copy,
     index_is_rebuilt_from_self_describing_packs,
     repeated_chunks_restore_byte_identically,
+    cancelled_backups_commit_nothing_and_cancelled_restores_leave_no_new_target,
 );
 
 fn index_is_rebuilt_from_self_describing_packs(e: &Env) {
@@ -667,4 +668,67 @@ fn a_chunk_whose_length_differs_from_its_extent_is_refused() {
     };
     assert_eq!((backup_id.as_str(), chunk_len + 1), ("b", extent_len));
     assert!(volume_offset < 3 << 20);
+}
+
+/// A backup cancelled part-way (from its progress callback, as a service does when the backup
+/// is being deleted) fails with `cancelled` and commits nothing; the same backup id is then free.
+/// A restore cancelled part-way fails the same way and leaves no new target behind.
+fn cancelled_backups_commit_nothing_and_cancelled_restores_leave_no_new_target(e: &Env) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let vol = e.root.join("big.img");
+    make_image(&vol, 48 << 20, 61);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let calls = AtomicU64::new(0);
+    let progress = |done: u64| {
+        calls.fetch_add(1, Ordering::Relaxed);
+        if done >= 8 << 20 {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    };
+    let opts = BackupOptions {
+        cancel: Some(cancel.clone()),
+        ..backup_opts("c1", None)
+    };
+    let source = VolumeSource::Path(vol.clone());
+    let err = run_backup(&e.c, source, &opts, Some(&progress)).unwrap_err();
+    assert_eq!(err.kind(), "cancelled", "{err}");
+    assert!(calls.load(Ordering::Relaxed) >= 1);
+    assert!(
+        e.c.list_backups().unwrap().is_empty(),
+        "a cancelled backup was committed"
+    );
+    assert_eq!(
+        e.c.read_manifest("c1").unwrap_err().kind(),
+        "backup_not_found"
+    );
+    assert!(
+        e.c.list_leases().unwrap().is_empty(),
+        "the cancelled backup left its lease"
+    );
+    // Not cancelled, the same id backs up and restores.
+    backup(&e.c, &vol, "c1", None);
+
+    let out = e.root.join("cancelled-restore.img");
+    let cancel = Arc::new(AtomicBool::new(false));
+    let progress = |done: u64| {
+        if done > 0 {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    };
+    let opts = RestoreOptions {
+        stripe: Some(1 << 20),
+        cancel: Some(cancel.clone()),
+        ..RestoreOptions::new(TargetMode::New)
+    };
+    let err = run_restore_with(&e.c, "c1", &out, &opts, Some(&progress)).unwrap_err();
+    assert_eq!(err.kind(), "cancelled", "{err}");
+    assert!(!out.exists(), "a cancelled restore left its new target");
+    let leftovers: Vec<_> = std::fs::read_dir(&e.root)
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("cancelled-restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    restore_new(&e.c, "c1", &out).unwrap();
+    assert_same(&vol, &out);
 }

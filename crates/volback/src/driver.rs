@@ -150,6 +150,7 @@ impl Driver {
             lease_ttl: None,
             zstd_level: self.config.zstd_level,
             dedup_mem_keys: None,
+            cancel: None,
         };
         self.backup_with(&container, volume, &opts, progress)
     }

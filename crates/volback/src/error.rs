@@ -38,6 +38,7 @@ pub const KINDS: &[&str] = &[
     "record_missing_manifest",
     "record_manifest_mismatch",
     "lease_expired",
+    "cancelled",
     "internal",
 ];
 
@@ -197,6 +198,10 @@ pub enum Error {
         "lease '{key}' was not renewed in time (valid until unix {expires_unix}); nothing was committed"
     )]
     LeaseExpired { key: String, expires_unix: u64 },
+    /// The caller asked the operation to stop (a backup commits nothing; a restore leaves a new
+    /// target absent and an existing one partly written).
+    #[error("{what} cancelled by the caller")]
+    Cancelled { what: &'static str },
     /// A worker thread failed in a way that is a volback bug, not bad input.
     #[error("internal error: {0}")]
     Internal(String),
@@ -272,6 +277,7 @@ impl Error {
             Error::Record(RecordError::MissingManifest { .. }) => "record_missing_manifest",
             Error::Record(RecordError::ManifestMismatch { .. }) => "record_manifest_mismatch",
             Error::LeaseExpired { .. } => "lease_expired",
+            Error::Cancelled { .. } => "cancelled",
             Error::Internal(_) => "internal",
         }
     }

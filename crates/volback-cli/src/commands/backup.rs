@@ -56,6 +56,7 @@ pub fn run(args: BackupArgs, s3: &S3Options) -> Result<Outcome> {
         expected_size: None,
         zstd_level,
         dedup_mem_keys: None,
+        cancel: None,
         lease_ttl: Some(std::time::Duration::from_secs(lease_ttl.max(1))),
     };
     let pb = progress_bar(json, size_hint);

@@ -28,7 +28,8 @@ pub mod source;
 mod writer;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -66,6 +67,9 @@ pub struct BackupOptions {
     /// The container's chunks kept in memory for deduplication before the rest go to a
     /// temporary file (default [`DEFAULT_MEM_KEYS`]; tests set it low to exercise the file).
     pub dedup_mem_keys: Option<usize>,
+    /// Set to stop the backup: it is checked between batches of the volume (every few MiB),
+    /// and a cancelled backup fails with [`Error::Cancelled`], committing nothing.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 /// What a backup did (the CLI's `backup --json`).
@@ -145,6 +149,7 @@ pub fn run_backup(
             condemned: &condemned,
             level,
             progress,
+            cancel: opts.cancel.as_deref(),
             bytes_read: &bytes_read,
         },
     )?;

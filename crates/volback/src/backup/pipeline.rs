@@ -1,7 +1,7 @@
 //! The pipeline's threads: reader → chunker → hash, dedup, compress (rayon) → pack writer.
 
 use std::collections::HashSet;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 
 use bytes::Bytes;
@@ -35,6 +35,8 @@ pub(super) struct Inputs<'a> {
     pub(super) condemned: &'a HashSet<Hash>,
     pub(super) level: i32,
     pub(super) progress: Option<Progress<'a>>,
+    /// Set by the caller to stop the backup.
+    pub(super) cancel: Option<&'a AtomicBool>,
     /// Bytes read from the volume, counted by the reader.
     pub(super) bytes_read: &'a AtomicU64,
 }
@@ -66,6 +68,7 @@ pub(super) fn run(volume: OpenVolume, inputs: Inputs<'_>) -> Result<Pipelined> {
         condemned,
         level,
         progress,
+        cancel,
         bytes_read,
     } = inputs;
     let cfg = container.config().clone();
@@ -145,6 +148,9 @@ pub(super) fn run(volume: OpenVolume, inputs: Inputs<'_>) -> Result<Pipelined> {
             // the pool hashes this batch, rather than leaving a core idle.
             let mut pending: Vec<EncodedChunk> = Vec::new();
             for batch in batch_rx {
+                if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                    return Err(Error::Cancelled { what: "backup" });
+                }
                 let pieces = batch?;
                 let done = std::mem::take(&mut pending);
                 let (ids, added) = rayon::join(

@@ -86,7 +86,7 @@ pub struct RestoreReport {
 }
 
 /// How a restore treats its target.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RestoreOptions {
     pub mode: TargetMode,
     /// Flush the target to stable storage before reporting success (the default). Without
@@ -107,6 +107,10 @@ pub struct RestoreOptions {
     /// on stores read with many requests in flight). Never less than the backup's largest
     /// chunk. Small stripes are for tests: they make a small volume cross many windows.
     pub stripe: Option<usize>,
+    /// Set to stop the restore: checked before each window (at most 32 MiB of the volume). A
+    /// cancelled restore fails with [`Error::Cancelled`]; a new file target is removed, an
+    /// existing target is left partly written.
+    pub cancel: Option<std::sync::Arc<AtomicBool>>,
 }
 
 impl RestoreOptions {
@@ -119,6 +123,7 @@ impl RestoreOptions {
             direct_io: true,
             locations_in_memory: DEFAULT_MEM_ENTRIES,
             stripe: None,
+            cancel: None,
         }
     }
 }
@@ -236,6 +241,13 @@ fn restore_extents(
         let flush = |window: &mut Vec<(u64, Hash, u32)>, stripe: &mut Stripe| -> Result<()> {
             if failed.load(Ordering::Relaxed) {
                 return Err(gone());
+            }
+            if opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
+                return Err(Error::Cancelled { what: "restore" });
             }
             restore_window(container, index, backup_id, stripe, window)?;
             let mut next = free.recv().map_err(|_| gone())?;
