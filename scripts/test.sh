@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: unit, integration (filesystem and S3), CLI and doc tests.
+# Runs every test: unit, integration (filesystem and S3), CLI and doc tests, and the Python
+# package's tests (a venv with maturin and pytest is made under target/ on the first run).
 #
 # The S3 tests start their own S3-compatible server (s3s-fs) on 127.0.0.1 at a free port; this
 # script installs it first if it is missing, so one command runs everything on a fresh machine.
@@ -13,3 +14,7 @@ if ! command -v s3s-fs >/dev/null 2>&1; then
   cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet
 fi
 cargo test --locked "$@"
+
+# The Python package: built with maturin into a venv, then its tests (pytest).
+venv="$(bash scripts/python-env.sh | tail -n 1)"
+"$venv/bin/python" -m pytest -q tests/python

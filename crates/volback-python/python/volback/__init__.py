@@ -1,0 +1,47 @@
+"""volback: deduplicating, compressed, verifiable backups of block-storage volumes.
+
+``Container`` opens a container (a directory or ``s3://bucket/prefix``) and backs volumes up
+into it, restores, deletes, exports and imports records, verifies and collects garbage; the
+work is native and runs without the GIL. ``volback.cinder.VolbackBackupDriver`` is the
+OpenStack Cinder backup driver built on it.
+"""
+
+from volback._volback import KINDS, __version__
+from volback.container import Container, ProgressCallback, S3Settings, Volume
+from volback.errors import (
+    BackupDeleted,
+    BackupExists,
+    BackupNotFound,
+    Cancelled,
+    ConfigError,
+    DamageError,
+    LeaseExpired,
+    RecordError,
+    StorageError,
+    UnsupportedVersion,
+    VolbackError,
+    VolumeError,
+    error_class,
+)
+
+__all__ = [
+    "KINDS",
+    "__version__",
+    "Container",
+    "ProgressCallback",
+    "S3Settings",
+    "Volume",
+    "BackupDeleted",
+    "BackupExists",
+    "BackupNotFound",
+    "Cancelled",
+    "ConfigError",
+    "DamageError",
+    "LeaseExpired",
+    "RecordError",
+    "StorageError",
+    "UnsupportedVersion",
+    "VolbackError",
+    "VolumeError",
+    "error_class",
+]

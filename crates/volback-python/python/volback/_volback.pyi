@@ -1,0 +1,64 @@
+from typing import Any, Callable
+
+KINDS: list[str]
+__version__: str
+
+class VolbackError(Exception): ...
+
+class NativeContainer:
+    def __init__(
+        self,
+        url: str,
+        *,
+        create: bool = ...,
+        zstd_level: int | None = ...,
+        chunk_avg: int | None = ...,
+        pack_size: int | None = ...,
+        s3_endpoint: str | None = ...,
+        s3_region: str | None = ...,
+        s3_access_key_id: str | None = ...,
+        s3_secret_access_key: str | None = ...,
+        s3_session_token: str | None = ...,
+        s3_concurrency: int | None = ...,
+    ) -> None: ...
+    @property
+    def url(self) -> str: ...
+    def config(self) -> str: ...
+    def check(self) -> None: ...
+    def backup(
+        self,
+        source: Any,
+        *,
+        backup_id: str,
+        volume_id: str,
+        parent_id: str | None = ...,
+        metadata_json: str | None = ...,
+        data_timestamp: str | None = ...,
+        expected_size: int | None = ...,
+        zstd_level: int | None = ...,
+        size_hint: int = ...,
+        progress: Callable[[int, int], bool | None] | None = ...,
+    ) -> str: ...
+    def restore(
+        self,
+        backup_id: str,
+        target: Any,
+        *,
+        is_new: bool,
+        sync: bool = ...,
+        progress: Callable[[int, int], bool | None] | None = ...,
+    ) -> str: ...
+    def delete(self, backup_id: str) -> None: ...
+    def manifest(self, backup_id: str) -> str: ...
+    def list(self) -> str: ...
+    def export_record(self, backup_id: str) -> str: ...
+    def import_record(self, text: str) -> str: ...
+    def verify(self, backup_id: str | None = ..., *, read_data: bool = ...) -> str: ...
+    def gc(
+        self,
+        *,
+        dry_run: bool = ...,
+        max_unused: float | None = ...,
+        clock_skew: float | None = ...,
+        min_age: float | None = ...,
+    ) -> str: ...

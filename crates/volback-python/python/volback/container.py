@@ -1,0 +1,250 @@
+"""The Pythonic API over a volback container."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import stat
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+from volback import _volback
+from volback.errors import from_native
+
+#: ``progress(done_bytes, total_bytes)``; return ``False`` to stop the operation.
+ProgressCallback = Callable[[int, int], Optional[bool]]
+#: A volume or target: a path, a file descriptor, or a file object (``fileno()`` is used when it
+#: works; otherwise a volume is read with ``read(n)``).
+Volume = Union[str, "os.PathLike[str]", int, Any]
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """S3 settings; what is left ``None`` comes from the standard AWS environment and files."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    concurrency: int | None = None
+
+    def __repr__(self) -> str:  # never show the secret
+        return (
+            f"S3Settings(endpoint={self.endpoint!r}, region={self.region!r}, "
+            f"access_key_id={self.access_key_id!r}, concurrency={self.concurrency!r})"
+        )
+
+
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except _volback.VolbackError as e:
+        raise from_native(e) from None
+
+
+def _size_of(volume: Volume) -> int:
+    """The volume's size in bytes if it can be told without reading it, else 0."""
+    fd: int | None = None
+    if isinstance(volume, int):
+        fd = volume
+    elif isinstance(volume, (str, os.PathLike)):
+        try:
+            st = os.stat(volume)
+        except OSError:
+            return 0
+        if stat.S_ISREG(st.st_mode):
+            return st.st_size
+        try:
+            fd = os.open(volume, os.O_RDONLY)
+        except OSError:
+            return 0
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        except OSError:
+            return 0
+        finally:
+            os.close(fd)
+    else:
+        try:
+            fd = volume.fileno()
+        except Exception:
+            fd = None
+        if fd is None:
+            try:
+                here = volume.tell()
+                end = volume.seek(0, os.SEEK_END)
+                volume.seek(here)
+                return int(end) - int(here)
+            except Exception:
+                return 0
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            return st.st_size
+        # A block device: its size is where a second descriptor's end is (this one's offset
+        # stays where the caller left it).
+        other = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.lseek(other, 0, os.SEEK_END)
+        finally:
+            os.close(other)
+    except OSError:
+        return 0
+
+
+class Container:
+    """An open volback container: a directory (a plain path or ``file:///abs/dir``) or an
+    S3-compatible bucket and prefix (``s3://bucket/prefix``).
+
+    ``create`` makes a missing container with ``zstd_level``, ``chunk_avg`` (bytes) and
+    ``pack_size`` (bytes); an existing container keeps the settings it was created with.
+    Every method releases the GIL while it works.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        create: bool = False,
+        zstd_level: int | None = None,
+        chunk_avg: int | None = None,
+        pack_size: int | None = None,
+        s3: S3Settings | None = None,
+    ) -> None:
+        s3 = s3 or S3Settings()
+        self._native = _call(
+            _volback.NativeContainer,
+            url,
+            create=create,
+            zstd_level=zstd_level,
+            chunk_avg=chunk_avg,
+            pack_size=pack_size,
+            s3_endpoint=s3.endpoint,
+            s3_region=s3.region,
+            s3_access_key_id=s3.access_key_id,
+            s3_secret_access_key=s3.secret_access_key,
+            s3_session_token=s3.session_token,
+            s3_concurrency=s3.concurrency,
+        )
+
+    @property
+    def url(self) -> str:
+        """The canonical URL (``file:///…`` or ``s3://…``; never with credentials)."""
+        return str(self._native.url)
+
+    def config(self) -> dict[str, Any]:
+        """The container's settings (chunker, pack size, zstd level)."""
+        return dict(json.loads(self._native.config()))
+
+    def check(self) -> None:
+        """Writes, reads back and deletes a probe object."""
+        _call(self._native.check)
+
+    def backup(
+        self,
+        volume: Volume,
+        *,
+        volume_id: str,
+        backup_id: str | None = None,
+        parent_id: str | None = None,
+        metadata: Any = None,
+        data_timestamp: str | None = None,
+        expected_size: int | None = None,
+        zstd_level: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        """Backs up ``volume``; an incremental of ``parent_id`` if given (the volume may have
+        grown or shrunk). ``metadata`` (JSON-serialisable) is stored with the backup. Returns
+        the report (``backup_id``, ``size``, ``bytes_new``, ``chunks_new``, ``object_count``,
+        …). Nothing is committed unless it returns."""
+        return dict(
+            json.loads(
+                _call(
+                    self._native.backup,
+                    volume,
+                    backup_id=backup_id or str(uuid.uuid4()),
+                    volume_id=volume_id,
+                    parent_id=parent_id,
+                    metadata_json=None if metadata is None else json.dumps(metadata),
+                    data_timestamp=data_timestamp,
+                    expected_size=expected_size,
+                    zstd_level=zstd_level,
+                    size_hint=_size_of(volume),
+                    progress=progress,
+                )
+            )
+        )
+
+    def restore(
+        self,
+        backup_id: str,
+        target: Volume,
+        *,
+        is_new: bool,
+        sync: bool = True,
+        progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        """Restores ``backup_id`` onto ``target`` (a path or a file descriptor). ``is_new``: the
+        target reads as zeros, so zero extents are skipped (a path must not exist yet; it is
+        written under a temporary name and renamed when complete); otherwise zeros are written
+        and a file ends at exactly the volume size. Returns the report, with the stored volume
+        metadata under ``volume_metadata``."""
+        return dict(
+            json.loads(
+                _call(self._native.restore, backup_id, target, is_new=is_new, sync=sync, progress=progress)
+            )
+        )
+
+    def delete(self, backup_id: str) -> None:
+        """Deletes a backup; other backups are unaffected, and :meth:`gc` gives the space back."""
+        _call(self._native.delete, backup_id)
+
+    def manifest(self, backup_id: str) -> dict[str, Any]:
+        """A backup's manifest (ids, size, timestamps, stats, volume metadata)."""
+        return dict(json.loads(_call(self._native.manifest, backup_id)))
+
+    def get_metadata(self, backup_id: str) -> Any:
+        """The volume metadata stored with a backup (``None`` if none)."""
+        return self.manifest(backup_id).get("volume_metadata")
+
+    def list(self) -> builtins.list[dict[str, Any]]:
+        """Every backup's manifest, oldest first; an unreadable one is ``{"error", "message"}``."""
+        return list(json.loads(_call(self._native.list)))
+
+    def export_record(self, backup_id: str) -> str:
+        """The backup's self-describing record (JSON text, no credentials)."""
+        return str(_call(self._native.export_record, backup_id))
+
+    def import_record(self, text: str) -> dict[str, Any]:
+        """Checks a record against this container (its manifest must be byte-identical to the
+        one exported); returns the backup's fields."""
+        return dict(json.loads(_call(self._native.import_record, text)))
+
+    def verify(self, backup_id: str | None = None, *, read_data: bool = False) -> dict[str, Any]:
+        """Checks that backups can be restored without restoring them; ``read_data`` re-reads
+        and re-hashes every chunk. ``report["damaged_backups"]`` names what cannot be."""
+        return dict(json.loads(_call(self._native.verify, backup_id, read_data=read_data)))
+
+    def gc(
+        self,
+        *,
+        dry_run: bool = False,
+        max_unused: float | None = None,
+        clock_skew: float | None = None,
+        min_age: float | None = None,
+    ) -> dict[str, Any]:
+        """Gives back the space of deleted and interrupted backups; safe alongside anything."""
+        return dict(
+            json.loads(
+                _call(
+                    self._native.gc,
+                    dry_run=dry_run,
+                    max_unused=max_unused,
+                    clock_skew=clock_skew,
+                    min_age=min_age,
+                )
+            )
+        )

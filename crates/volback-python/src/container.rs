@@ -1,0 +1,316 @@
+//! `NativeContainer`: an open container and the operations on it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+
+use crate::errors::{self, to_py};
+use crate::progress::Reporter;
+use crate::source::{Located, PyReader, locate};
+use volback::backup::source::VolumeSource;
+use volback::backup::{BackupOptions, run_backup};
+use volback::chunker::ChunkerParams;
+use volback::container::Container;
+use volback::driver::Driver;
+use volback::format::config::ContainerConfig;
+use volback::format::record::BackupRecord;
+use volback::gc::{GcOptions, run_gc};
+use volback::restore::{RestoreOptions, TargetMode, run_restore_with};
+use volback::store::s3::S3Options;
+use volback::verify::{VerifyOptions, run_verify};
+
+/// An open volback container (a filesystem path or `s3://bucket/prefix`).
+#[pyclass(module = "volback._volback", frozen)]
+pub struct NativeContainer {
+    container: Container,
+}
+
+fn json(v: &impl serde::Serialize) -> PyResult<String> {
+    serde_json::to_string(v).map_err(|e| errors::config(format!("report: {e}")))
+}
+
+#[pymethods]
+impl NativeContainer {
+    /// Opens (with `create`, creates) the container at `url`. Settings for a new container:
+    /// `zstd_level`, `chunk_avg` (bytes; min and max follow at /4 and x4), `pack_size` (bytes).
+    /// S3 settings not given come from the standard AWS environment and files.
+    #[new]
+    #[pyo3(signature = (
+        url, *, create = false, zstd_level = None, chunk_avg = None, pack_size = None,
+        s3_endpoint = None, s3_region = None, s3_access_key_id = None,
+        s3_secret_access_key = None, s3_session_token = None, s3_concurrency = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        url: String,
+        create: bool,
+        zstd_level: Option<i32>,
+        chunk_avg: Option<u32>,
+        pack_size: Option<u64>,
+        s3_endpoint: Option<String>,
+        s3_region: Option<String>,
+        s3_access_key_id: Option<String>,
+        s3_secret_access_key: Option<String>,
+        s3_session_token: Option<String>,
+        s3_concurrency: Option<usize>,
+    ) -> PyResult<Self> {
+        let mut init = ContainerConfig::default();
+        if let Some(level) = zstd_level {
+            init.zstd_level = level;
+        }
+        if let Some(avg) = chunk_avg {
+            init.chunker = ChunkerParams {
+                min: avg / 4,
+                avg,
+                max: avg.saturating_mul(4),
+                ..init.chunker
+            };
+        }
+        if let Some(size) = pack_size {
+            init.pack_target = size;
+        }
+        let s3 = S3Options {
+            endpoint: s3_endpoint,
+            region: s3_region,
+            access_key_id: s3_access_key_id,
+            secret_access_key: s3_secret_access_key,
+            session_token: s3_session_token,
+            concurrency: s3_concurrency,
+            ..Default::default()
+        };
+        let container = py
+            .detach(|| Container::open_with(&url, create, Some(init), &s3))
+            .map_err(to_py)?;
+        Ok(NativeContainer { container })
+    }
+
+    /// The container's canonical URL (never with credentials).
+    #[getter]
+    fn url(&self) -> String {
+        self.container.url().to_string()
+    }
+
+    /// The container's settings, as JSON.
+    fn config(&self) -> PyResult<String> {
+        json(self.container.config())
+    }
+
+    /// Writes, reads back and deletes a probe object.
+    fn check(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.container.check_writable()).map_err(to_py)
+    }
+
+    /// Backs up `source` (path, descriptor or file object); returns the report as JSON.
+    #[pyo3(signature = (
+        source, *, backup_id, volume_id, parent_id = None, metadata_json = None,
+        data_timestamp = None, expected_size = None, zstd_level = None, size_hint = 0,
+        progress = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn backup(
+        &self,
+        py: Python<'_>,
+        source: &Bound<'_, PyAny>,
+        backup_id: String,
+        volume_id: String,
+        parent_id: Option<String>,
+        metadata_json: Option<String>,
+        data_timestamp: Option<String>,
+        expected_size: Option<u64>,
+        zstd_level: Option<i32>,
+        size_hint: u64,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<String> {
+        let volume = match locate(source)? {
+            Located::Path(p) => VolumeSource::Path(p),
+            Located::Stream(obj) => VolumeSource::Reader {
+                name: "<python file object>".into(),
+                reader: Box::new(PyReader::new(obj)),
+            },
+        };
+        let volume_metadata = match metadata_json {
+            Some(text) => Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| errors::config(format!("volume metadata is not JSON: {e}")))?,
+            ),
+            None => None,
+        };
+        let reporter = Reporter::new(progress, expected_size.unwrap_or(size_hint));
+        let opts = BackupOptions {
+            backup_id: Some(backup_id),
+            volume_id,
+            parent_id,
+            data_timestamp,
+            volume_metadata,
+            expected_size,
+            zstd_level,
+            cancel: Some(reporter.cancel.clone()),
+            ..Default::default()
+        };
+        let report = |done: u64| reporter.report(done);
+        let res = py.detach(|| run_backup(&self.container, volume, &opts, Some(&report)));
+        match res {
+            Ok((_, _, r)) => {
+                reporter.report(r.size);
+                json(&r)
+            }
+            Err(e) => Err(reporter.take_raised().unwrap_or_else(|| to_py(e))),
+        }
+    }
+
+    /// Restores a backup onto `target` (path or descriptor); returns the report as JSON, with
+    /// the stored volume metadata under `volume_metadata`. `is_new`: the target reads as
+    /// zeros (a new volume), so zero extents are skipped; otherwise they are written as zeros
+    /// (holes punched in a file). A path target with `is_new` must not exist yet.
+    #[pyo3(signature = (backup_id, target, *, is_new, sync = true, progress = None))]
+    fn restore(
+        &self,
+        py: Python<'_>,
+        backup_id: String,
+        target: &Bound<'_, PyAny>,
+        is_new: bool,
+        sync: bool,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<String> {
+        let (path, is_fd) = match locate(target)? {
+            Located::Path(p) => {
+                let fd = p.starts_with("/proc/self/fd");
+                (p, fd)
+            }
+            Located::Stream(_) => {
+                return Err(errors::config(
+                    "restore writes to a path or a file descriptor; this object has no fileno()",
+                ));
+            }
+        };
+        let size = py
+            .detach(|| self.container.read_manifest(&backup_id))
+            .map_err(to_py)?
+            .0
+            .size;
+        let mode = if is_new && !(is_fd && is_regular_file(&path)) {
+            TargetMode::New
+        } else {
+            TargetMode::Existing
+        };
+        let reporter = Reporter::new(progress, size);
+        let opts = RestoreOptions {
+            sync,
+            cancel: Some(reporter.cancel.clone()),
+            ..RestoreOptions::new(mode)
+        };
+        let report = |done: u64| reporter.report(done);
+        let res = py
+            .detach(|| run_restore_with(&self.container, &backup_id, &path, &opts, Some(&report)));
+        match res {
+            Ok(r) => {
+                let mut v =
+                    serde_json::to_value(&r).map_err(|e| errors::config(format!("report: {e}")))?;
+                v["volume_metadata"] = r.volume_metadata.clone().unwrap_or_default();
+                json(&v)
+            }
+            Err(e) => Err(reporter.take_raised().unwrap_or_else(|| to_py(e))),
+        }
+    }
+
+    /// Deletes a backup (its space comes back with gc).
+    fn delete(&self, py: Python<'_>, backup_id: String) -> PyResult<()> {
+        py.detach(|| self.container.delete_backup(&backup_id))
+            .map_err(to_py)
+    }
+
+    /// The manifest of a backup, as JSON.
+    fn manifest(&self, py: Python<'_>, backup_id: String) -> PyResult<String> {
+        let (m, _) = py
+            .detach(|| self.container.read_manifest(&backup_id))
+            .map_err(to_py)?;
+        json(&m)
+    }
+
+    /// Every backup, oldest first, as a JSON list (an unreadable manifest is an object with
+    /// `error` and `message`).
+    fn list(&self, py: Python<'_>) -> PyResult<String> {
+        let all = py.detach(|| self.container.list_backups()).map_err(to_py)?;
+        let items: Vec<serde_json::Value> = all
+            .into_iter()
+            .map(|m| match m {
+                Ok(m) => serde_json::to_value(&m).unwrap_or_default(),
+                Err(e) => serde_json::json!({"error": e.kind(), "message": e.to_string()}),
+            })
+            .collect();
+        json(&items)
+    }
+
+    /// The self-describing record of a backup (text another host imports).
+    fn export_record(&self, py: Python<'_>, backup_id: String) -> PyResult<String> {
+        let driver = Driver::with_container(self.container.clone());
+        let record = BackupRecord {
+            id: backup_id,
+            ..Default::default()
+        };
+        py.detach(|| driver.export_record(&record)).map_err(to_py)
+    }
+
+    /// Checks an exported record against this container; returns the backup's fields as JSON.
+    fn import_record(&self, py: Python<'_>, text: String) -> PyResult<String> {
+        let driver = Driver::with_container(self.container.clone());
+        let record = py
+            .detach(|| driver.import_record(&text, None))
+            .map_err(to_py)?;
+        json(&record)
+    }
+
+    /// Checks that backups can be restored (every chunk re-read with `read_data`); JSON report.
+    #[pyo3(signature = (backup_id = None, *, read_data = false))]
+    fn verify(
+        &self,
+        py: Python<'_>,
+        backup_id: Option<String>,
+        read_data: bool,
+    ) -> PyResult<String> {
+        let opts = VerifyOptions {
+            backup_id,
+            read_data,
+        };
+        let r = py
+            .detach(|| run_verify(&self.container, &opts))
+            .map_err(to_py)?;
+        json(&r)
+    }
+
+    /// Collects garbage (safe alongside anything); JSON report.
+    #[pyo3(signature = (*, dry_run = false, max_unused = None, clock_skew = None, min_age = None))]
+    fn gc(
+        &self,
+        py: Python<'_>,
+        dry_run: bool,
+        max_unused: Option<f64>,
+        clock_skew: Option<f64>,
+        min_age: Option<f64>,
+    ) -> PyResult<String> {
+        let d = GcOptions::default();
+        let secs = |s: Option<f64>, default: Duration| -> PyResult<Duration> {
+            match s {
+                None => Ok(default),
+                Some(s) => Duration::try_from_secs_f64(s)
+                    .map_err(|_| errors::config(format!("{s} is not a duration in seconds"))),
+            }
+        };
+        let opts = GcOptions {
+            dry_run,
+            max_unused: max_unused.unwrap_or(d.max_unused),
+            clock_skew: secs(clock_skew, d.clock_skew)?,
+            min_age: secs(min_age, d.min_age)?,
+        };
+        let r = py
+            .detach(|| run_gc(&self.container, &opts))
+            .map_err(to_py)?;
+        json(&r)
+    }
+}
+
+fn is_regular_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}

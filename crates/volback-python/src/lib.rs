@@ -1,0 +1,25 @@
+//! The native half of the `volback` Python package (`volback._volback`).
+//!
+//! One class, [`NativeContainer`], wraps an open container: backup, restore, delete,
+//! export/import of records, list, verify and gc. Every call releases the GIL for its native
+//! work; it re-takes it only to read a file-like volume ([`source`]) and to call the progress
+//! callback ([`progress`]), which may stop the operation. Reports cross the boundary as JSON
+//! text that the Python side parses into typed dictionaries; errors as `VolbackError(kind,
+//! message)`, which the Python side maps to one exception class per kind.
+
+mod container;
+mod errors;
+mod progress;
+mod source;
+
+use pyo3::prelude::*;
+
+/// The module `volback._volback`.
+#[pymodule]
+fn _volback(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<container::NativeContainer>()?;
+    m.add("VolbackError", m.py().get_type::<errors::VolbackError>())?;
+    m.add("KINDS", volback::KINDS.to_vec())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! Volumes and targets from Python objects.
+//!
+//! A real file descriptor (an `int`, or an object whose `fileno()` returns one) is opened again
+//! through `/proc/self/fd/N`: the engine then reads it positionally, skips a sparse file's
+//! holes, and sizes a block device, as for a path. A `str` or `os.PathLike` is a path. Any
+//! other object with `read(n)` (os-brick hands those out for RBD and some transports) is read
+//! in large blocks, taking the GIL for each block only.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString};
+
+use crate::errors;
+
+/// Where a Python object points.
+pub enum Located {
+    /// A path (a real descriptor is reached through `/proc/self/fd`).
+    Path(PathBuf),
+    /// A file-like object without a descriptor.
+    Stream(Py<PyAny>),
+}
+
+/// Resolves `obj` to a path or a stream.
+pub fn locate(obj: &Bound<'_, PyAny>) -> PyResult<Located> {
+    if let Ok(fd) = obj.extract::<i32>() {
+        return fd_path(fd);
+    }
+    if obj.is_instance_of::<PyString>() {
+        return Ok(Located::Path(PathBuf::from(obj.extract::<String>()?)));
+    }
+    if obj.hasattr("__fspath__")? {
+        let p = obj.call_method0("__fspath__")?;
+        return Ok(Located::Path(PathBuf::from(p.extract::<String>()?)));
+    }
+    if obj.hasattr("fileno")? {
+        // io.UnsupportedOperation (an in-memory stream) means: no descriptor, read it instead.
+        if let Ok(fd) = obj.call_method0("fileno").and_then(|f| f.extract::<i32>()) {
+            return fd_path(fd);
+        }
+    }
+    if obj.hasattr("read")? || obj.hasattr("write")? {
+        return Ok(Located::Stream(obj.clone().unbind()));
+    }
+    Err(errors::config(format!(
+        "expected a path, a file descriptor or a file object, got {}",
+        obj.get_type().name()?
+    )))
+}
+
+fn fd_path(fd: i32) -> PyResult<Located> {
+    if fd < 0 {
+        return Err(errors::config(format!("invalid file descriptor {fd}")));
+    }
+    Ok(Located::Path(PathBuf::from(format!("/proc/self/fd/{fd}"))))
+}
+
+/// A Python file object as a `Read`: one `read(n)` call per engine buffer.
+pub struct PyReader {
+    obj: Py<PyAny>,
+}
+
+impl PyReader {
+    pub fn new(obj: Py<PyAny>) -> Self {
+        PyReader { obj }
+    }
+}
+
+impl Read for PyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        Python::attach(|py| {
+            let data = self
+                .obj
+                .call_method1(py, "read", (buf.len(),))
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let data = data.bind(py);
+            if data.is_none() {
+                // A non-blocking stream with nothing yet: ask again.
+                return Err(std::io::Error::from(std::io::ErrorKind::Interrupted));
+            }
+            let bytes = data
+                .cast::<PyBytes>()
+                .map_err(|_| std::io::Error::other("the volume's read() did not return bytes"))?;
+            let b = bytes.as_bytes();
+            if b.len() > buf.len() {
+                return Err(std::io::Error::other(
+                    "the volume's read() returned more bytes than asked for",
+                ));
+            }
+            buf[..b.len()].copy_from_slice(b);
+            Ok(b.len())
+        })
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Makes the Python environment the tests and linters use: a venv (default target/venv, or
+# $VOLBACK_VENV) with maturin, pytest, ruff and mypy from PyPI, and the `volback` package built
+# from crates/volback-python and installed into it. Safe to run again: it rebuilds the package.
+# Prints the venv's path on its last line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${VOLBACK_VENV:-$PWD/target/venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== creating $venv" >&2
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check \
+  'maturin>=1.16,<2' 'pytest>=8' 'ruff>=0.8' 'mypy>=1.13'
+echo "== building the volback Python package (maturin)" >&2
+rm -rf target/wheels
+(cd crates/volback-python && "$venv/bin/maturin" build --quiet -o ../../target/wheels) >&2
+"$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+  target/wheels/volback-*.whl
+echo "$venv"

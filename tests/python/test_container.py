@@ -1,0 +1,210 @@
+"""The `volback` Python package against real filesystem containers: every verb, the three kinds
+of volume (path, descriptor, file object), progress and cancellation, typed errors, and that
+native work releases the GIL."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import volback
+from conftest import make_image, pseudo_random
+
+
+def open_container(tmp_path: Path) -> volback.Container:
+    return volback.Container(str(tmp_path / "container"), create=True)
+
+
+def test_backup_restore_from_a_path_byte_identical(tmp_path: Path, image: Path) -> None:
+    c = open_container(tmp_path)
+    r = c.backup(image, volume_id="vol-1", backup_id="b1", metadata={"bootable": True})
+    assert r["backup_id"] == "b1"
+    assert r["size"] == image.stat().st_size
+    assert r["zero_bytes"] > 0
+    out = tmp_path / "out.img"
+    rr = c.restore("b1", out, is_new=True)
+    assert out.read_bytes() == image.read_bytes()
+    assert rr["volume_metadata"] == {"bootable": True}
+    assert c.get_metadata("b1") == {"bootable": True}
+    # A new file restore is sparse: zero extents are holes.
+    assert out.stat().st_blocks * 512 < out.stat().st_size
+
+
+def test_descriptors_and_file_objects(tmp_path: Path, image: Path) -> None:
+    c = open_container(tmp_path)
+    c.backup(image, volume_id="v", backup_id="full")
+    data = bytearray(image.read_bytes())
+    data[100_000:160_000] = pseudo_random(60_000, 9)
+    image.write_bytes(bytes(data))
+    # A real descriptor: the engine reads the file itself, and deduplicates against `full`.
+    with open(image, "rb") as f:
+        inc = c.backup(f.fileno(), volume_id="v", backup_id="inc", parent_id="full")
+    assert inc["parent_id"] == "full"
+    assert 0 < inc["chunks_new"] < inc["chunks_total"] // 4
+    # A file object without a descriptor is read with read(n).
+    stream = c.backup(io.BytesIO(bytes(data)), volume_id="v", backup_id="stream")
+    assert stream["size"] == len(data)
+    assert stream["chunks_new"] == 0
+    # Restores onto descriptors: a file opened 'wb' (truncated, as Cinder's manager opens a
+    # file-backed volume) ends at exactly the volume's size, new or not.
+    for is_new in (True, False):
+        target = tmp_path / (f"fd-{is_new}.img")
+        target.write_bytes(pseudo_random(3 << 20, 5))
+        with open(target, "wb") as f:
+            c.restore("inc", f.fileno(), is_new=is_new)
+        assert target.read_bytes() == bytes(data), is_new
+    # Over a larger existing target, zeros are written and the file is cut to size.
+    target = tmp_path / "existing.img"
+    target.write_bytes(pseudo_random(12 << 20, 6))
+    c.restore("stream", str(target), is_new=False)
+    assert target.read_bytes() == bytes(data)
+
+
+def test_progress_is_monotone_and_ends_at_the_size(tmp_path: Path) -> None:
+    c = open_container(tmp_path)
+    vol = tmp_path / "big.img"
+    make_image(vol, 2, mib=64)
+    seen: list[tuple[int, int]] = []
+    r = c.backup(vol, volume_id="v", backup_id="b", progress=lambda d, t: seen.append((d, t)))
+    assert seen, "no progress reported"
+    assert all(t == r["size"] for _, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert seen[-1][0] == r["size"]
+    restored: list[tuple[int, int]] = []
+    c.restore("b", tmp_path / "out.img", is_new=True, progress=lambda d, t: restored.append((d, t)))
+    assert restored[-1] == (r["size"], r["size"])
+
+
+def test_cancellation_commits_nothing(tmp_path: Path) -> None:
+    c = open_container(tmp_path)
+    vol = tmp_path / "big.img"
+    make_image(vol, 3, mib=64)
+    with pytest.raises(volback.Cancelled) as e:
+        c.backup(vol, volume_id="v", backup_id="b", progress=lambda d, t: False)
+    assert e.value.kind == "cancelled"
+    assert c.list() == []
+
+    # The callback's own exception is what the caller sees.
+    def failing(done: int, total: int) -> bool:
+        raise ZeroDivisionError("from the callback")
+
+    with pytest.raises(ZeroDivisionError):
+        c.backup(vol, volume_id="v", backup_id="b", progress=failing)
+    c.backup(vol, volume_id="v", backup_id="b")
+    out = tmp_path / "out.img"
+    with pytest.raises(volback.Cancelled):
+        c.restore("b", out, is_new=True, progress=lambda d, t: False)
+    assert not out.exists()
+
+
+def test_errors_are_typed(tmp_path: Path, image: Path) -> None:
+    c = open_container(tmp_path)
+    c.backup(image, volume_id="v", backup_id="b")
+    with pytest.raises(volback.BackupNotFound) as nf:
+        c.restore("nope", tmp_path / "x.img", is_new=True)
+    assert nf.value.kind == "backup_not_found"
+    with pytest.raises(volback.BackupExists):
+        c.backup(image, volume_id="v", backup_id="b")
+    with pytest.raises(volback.BackupNotFound):
+        c.backup(image, volume_id="v", backup_id="c", parent_id="missing")
+    with pytest.raises(volback.ConfigError):
+        c.backup(image, volume_id="bad/id", backup_id="d")
+    with pytest.raises(volback.VolumeError):
+        c.restore("b", image, is_new=True)  # a new target must not exist
+    with pytest.raises(volback.StorageError) as absent:
+        volback.Container(str(tmp_path / "absent"))
+    assert "absent" in str(absent.value)
+    c.delete("b")
+    with pytest.raises(volback.BackupDeleted):
+        c.manifest("b")
+    # Every kind maps to a class, and unknown kinds to the base class.
+    for kind in volback.KINDS:
+        assert issubclass(volback.error_class(kind), volback.VolbackError)
+    assert volback.error_class("from-the-future") is volback.VolbackError
+
+
+def test_damage_is_reported_by_name(tmp_path: Path, image: Path) -> None:
+    c = open_container(tmp_path)
+    c.backup(image, volume_id="v", backup_id="b")
+    packs = sorted((tmp_path / "container" / "packs").rglob("*"), key=lambda p: -p.stat().st_size)
+    pack = next(p for p in packs if p.is_file())
+    raw = bytearray(pack.read_bytes())
+    raw[100] ^= 0xFF
+    pack.write_bytes(bytes(raw))
+    report = c.verify(read_data=True)
+    assert report["damaged_backups"] == ["b"]
+    with pytest.raises(volback.DamageError) as e:
+        c.restore("b", tmp_path / "out.img", is_new=True)
+    assert pack.name in str(e.value)
+    assert not (tmp_path / "out.img").exists()
+
+
+def test_records_list_verify_gc(tmp_path: Path, image: Path) -> None:
+    c = open_container(tmp_path)
+    c.backup(image, volume_id="v", backup_id="b1")
+    c.backup(image, volume_id="v", backup_id="b2", parent_id="b1")
+    text = c.export_record("b2")
+    record = json.loads(text)
+    assert record["backup"]["id"] == "b2"
+    assert "secret" not in text.lower()
+    # Another process, same container: the record imports; a tampered one does not.
+    other = volback.Container(c.url)
+    assert other.import_record(text)["parent_id"] == "b1"
+    tampered = text.replace(record["manifest_blake3"], "0" * 64)
+    with pytest.raises(volback.RecordError):
+        other.import_record(tampered)
+    assert [m["backup_id"] for m in c.list()] == ["b1", "b2"]
+    assert c.verify(read_data=True)["damaged_backups"] == []
+    c.delete("b1")
+    gc = c.gc(clock_skew=0)
+    assert gc["backups"] == 1
+    out = tmp_path / "out.img"
+    c.restore("b2", out, is_new=True)
+    assert out.read_bytes() == image.read_bytes()
+
+
+def test_native_work_releases_the_gil(tmp_path: Path) -> None:
+    """A Python thread keeps running while a backup works (as a service's heartbeat must)."""
+    c = open_container(tmp_path)
+    vol = tmp_path / "big.img"
+    make_image(vol, 4, mib=96)
+    ticks = 0
+    stop = threading.Event()
+
+    def tick() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            time.sleep(0.001)
+
+    t = threading.Thread(target=tick)
+    t.start()
+    started = time.monotonic()
+    c.backup(vol, volume_id="v", backup_id="b")
+    elapsed = time.monotonic() - started
+    stop.set()
+    t.join()
+    # At 1 ms a tick, a thread that kept the GIL would have left the ticker a handful of ticks.
+    assert ticks > 0.3 * elapsed * 1000 * 0.5, (ticks, elapsed)
+
+
+def test_s3_settings_never_show_the_secret() -> None:
+    s = volback.S3Settings(access_key_id="AKIA", secret_access_key="very-secret")
+    assert "very-secret" not in repr(s)
+
+
+def test_a_descriptor_is_read_from_its_start(tmp_path: Path, image: Path) -> None:
+    c = open_container(tmp_path)
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        os.lseek(fd, 12345, os.SEEK_SET)
+        r = c.backup(fd, volume_id="v", backup_id="b")
+    finally:
+        os.close(fd)
+    assert r["size"] == image.stat().st_size
