@@ -15,6 +15,8 @@ if ! command -v s3s-fs >/dev/null 2>&1; then
 fi
 cargo test --locked "$@"
 
-# The Python package: built with maturin into a venv, then its tests (pytest).
+# The Python package: built with maturin into a venv, then its tests (pytest), then the Cinder
+# driver under a stock Cinder 29 backup manager (Cinder's TestCase runs under unittest).
 venv="$(bash scripts/python-env.sh | tail -n 1)"
 "$venv/bin/python" -m pytest -q tests/python
+"$venv/bin/python" -m unittest discover -s tests/cinder -t tests/cinder

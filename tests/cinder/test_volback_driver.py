@@ -1,0 +1,309 @@
+"""volback as the backup driver of a stock Cinder 29 backup manager.
+
+Built on Cinder's own test base (``BaseBackupTest``: an in-memory sqlite database, a fake
+notifier): the manager is driven as the service drives it (``create_backup`` +
+``continue_backup``, ``restore_backup``, ``delete_backup``, ``export_record`` /
+``import_record``), with volback configured as ``backup_driver`` and a real temporary image as
+the attached device. Run with ``python -m unittest`` (Cinder's TestCase does not run under
+pytest as shipped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+from unittest import mock
+
+from oslo_config import cfg
+from oslo_utils import importutils
+
+import cinder.exception as exception
+import cinder.objects as objects
+import volback.cinder  # noqa: F401  (registers the options)
+from cinder.db import api as db_api
+from cinder.objects import fields
+from cinder.tests.unit.backup import test_backup
+
+CONF = cfg.CONF
+DRIVER = "volback.cinder.VolbackBackupDriver"
+MIB = 1024 * 1024
+
+
+def pseudo_random(n: int, seed: int) -> bytes:
+    out = bytearray()
+    counter = 0
+    while len(out) < n:
+        out += hashlib.sha256(b"%d-%d" % (seed, counter)).digest()
+        counter += 1
+    return bytes(out[:n])
+
+
+def image_bytes(seed: int, mib: int) -> bytes:
+    parts = []
+    for k in range(mib):
+        parts.append(pseudo_random(MIB, seed * 1000 + k) if k % 3 != 2 else bytes(MIB))
+    return b"".join(parts)
+
+
+class CinderInterfaceCompliance(test_backup.test.TestCase):  # type: ignore[misc]
+    """Cinder's own check of a backup driver (`cinder/tests/compliance`), on this class."""
+
+    def test_the_driver_conforms_to_cinder_backup_driver_interface(self) -> None:
+        from cinder.interface import backup_driver, util
+
+        self.assertTrue(issubclass(volback.cinder.VolbackBackupDriver, backup_driver.BackupDriver))
+        names = [d.class_fqn for d in util.get_backup_drivers()]
+        self.assertIn("volback.cinder.VolbackBackupDriver", names)
+
+
+@mock.patch("cinder.volume.volume_utils.brick_get_connector_properties", return_value={})
+@mock.patch("cinder.volume.rpcapi.VolumeAPI.get_backup_device")
+@mock.patch("cinder.utils.temporary_chown")
+class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[misc]
+    def setUp(self) -> None:
+        super().setUp()
+        self.tmp = tempfile.mkdtemp(prefix="volback-cinder-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.container = os.path.join(self.tmp, "container")
+        self.override_config("backup_driver", DRIVER)
+        self.override_config("backup_volback_container", self.container)
+        self.override_config("backup_volback_status_interval", 0.05)
+        self.override_config("backup_timer_interval", 0)
+        self.backup_mgr = importutils.import_object(CONF.backup_manager)
+        self.backup_mgr.host = "testhost"
+        self.backup_mgr.is_initialized = True
+        self.device = os.path.join(self.tmp, "device.img")
+        self.mock_object(self.backup_mgr, "_detach_device")
+        self.attach = self.mock_object(self.backup_mgr, "_attach_device")
+        self.attach.return_value = {"device": {"path": self.device}}
+        self.mock_object(self.backup_mgr, "_is_our_backup", return_value=True)
+        self.volume_mocks["secure_file_operations_enabled"].return_value = False
+        # User-facing messages need a project in the context; these tests run as admin.
+        self.mock_object(self.backup_mgr, "message_api")
+        volback.cinder._CONTAINERS.clear()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _backup(self, vol_id: str, data: bytes, parent: Any = None, fails: bool = False) -> Any:
+        with open(self.device, "wb") as f:
+            f.write(data)
+        backup = self._create_backup_db_entry(volume_id=vol_id, parent_id=parent.id if parent else None)
+        vol = objects.Volume.get_by_id(self.ctxt, vol_id)
+        vol.status = "backing-up"
+        vol.previous_status = "available"
+        vol.save()
+        device = objects.BackupDeviceInfo.from_primitive(
+            {"backup_device": vol, "secure_enabled": False, "is_snapshot": False},
+            self.ctxt,
+            ["admin_metadata", "metadata"],
+        )
+        self.backup_mgr.create_backup(self.ctxt, backup)
+        if fails:
+            self.assertRaises(
+                exception.BackupOperationError, self.backup_mgr.continue_backup, self.ctxt, backup, device
+            )
+        else:
+            self.backup_mgr.continue_backup(self.ctxt, backup, device)
+        backup.refresh()
+        return backup
+
+    def _restore(self, backup: Any, vol_id: str, is_new: bool) -> bytes:
+        backup.status = fields.BackupStatus.RESTORING
+        backup.save()
+        volume = objects.Volume.get_by_id(self.ctxt, vol_id)
+        volume.status = "restoring-backup"
+        volume.save()
+        self.backup_mgr.restore_backup(self.ctxt, backup, vol_id, is_new)
+        with open(self.device, "rb") as f:
+            return f.read()
+
+    # -- the tests -------------------------------------------------------------------------
+
+    def test_full_and_incremental_chain_restores_every_link(self, *mocks: Any) -> None:
+        vol_id = self._create_volume_db_entry(size=1)
+        v1 = image_bytes(1, 12)
+        full = self._backup(vol_id, v1)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, full.status, full.fail_reason)
+        self.assertEqual(os.path.abspath(self.container), full.container.replace("file://", ""))
+        self.assertLessEqual(len(full.service_metadata), 255)
+        self.assertGreater(full.object_count, 0)
+        v2 = bytearray(v1)
+        v2[3 * MIB : 3 * MIB + 200_000] = pseudo_random(200_000, 9)
+        v2 += pseudo_random(2 * MIB, 10)  # the volume grew
+        incr = self._backup(vol_id, bytes(v2), parent=full)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, incr.status, incr.fail_reason)
+        self.assertEqual(full.id, incr.parent_id)
+        for backup, want in ((full, v1), (incr, bytes(v2))):
+            for is_new in (True, False):
+                with open(self.device, "wb") as f:
+                    f.write(pseudo_random(3 * MIB, 3))
+                got = self._restore(backup, vol_id, is_new)
+                self.assertEqual(len(want), len(got))
+                self.assertTrue(got == want, f"restore differs (is_new={is_new})")
+                backup.refresh()
+                self.assertEqual(fields.BackupStatus.AVAILABLE, backup.status)
+
+    def test_progress_notifications_are_monotone_and_end_at_100(self, *mocks: Any) -> None:
+        vol_id = self._create_volume_db_entry(size=1)
+        self._backup(vol_id, image_bytes(2, 48))
+        percents = [
+            n["payload"]["backup_percent"]
+            for n in self.notifier.notifications
+            if n["event_type"] == "backup.createprogress"
+        ]
+        self.assertGreater(len(percents), 0, "no createprogress notification")
+        self.assertEqual(100, percents[-1])
+        self.assertEqual(1, percents.count(100))
+        self.assertEqual(sorted(percents), percents)
+        self.assertTrue(all(0 <= p <= 100 for p in percents))
+
+    def test_delete_with_dependents_and_idempotent_delete(self, *mocks: Any) -> None:
+        vol_id = self._create_volume_db_entry(size=1)
+        v1 = image_bytes(3, 8)
+        full = self._backup(vol_id, v1)
+        incr = self._backup(vol_id, v1[: 4 * MIB] + pseudo_random(4 * MIB, 4), parent=full)
+        driver = volback.cinder.VolbackBackupDriver(self.ctxt)
+        driver.delete_backup(full)  # a parent with a dependent
+        driver.delete_backup(full)  # again: not an error
+        never = self._create_backup_db_entry(volume_id=vol_id, container=None)
+        driver.delete_backup(never)  # never committed: not an error
+        got = self._restore(incr, vol_id, True)
+        self.assertTrue(got == v1[: 4 * MIB] + pseudo_random(4 * MIB, 4))
+
+    def test_export_then_import_on_a_fresh_manager_restores(self, *mocks: Any) -> None:
+        vol_id = self._create_volume_db_entry(size=1)
+        data = image_bytes(4, 6)
+        backup = self._backup(vol_id, data)
+        backup.status = fields.BackupStatus.AVAILABLE
+        backup.save()
+        export = self.backup_mgr.export_record(self.ctxt, backup)
+        # Another host: a fresh manager and a database that has never seen the backup.
+        backup.destroy()
+        time.sleep(1.1)
+        db_api.purge_deleted_rows(self.ctxt, age_in_days=0)
+        volback.cinder._CONTAINERS.clear()
+        mgr = importutils.import_object(CONF.backup_manager)
+        mgr.host = "testhost"
+        mgr.is_initialized = True
+        self.backup_mgr = mgr
+        self.mock_object(mgr, "_detach_device")
+        self.mock_object(mgr, "_attach_device").return_value = {"device": {"path": self.device}}
+        self.mock_object(mgr, "message_api")
+        imported = self._create_export_record_db_entry(backup_id=backup.id)
+        mgr.import_record(
+            self.ctxt,
+            imported,
+            export["backup_service"],
+            export["backup_url"],
+            [],
+        )
+        imported = objects.Backup.get_by_id(self.ctxt, backup.id)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, imported.status, imported.fail_reason)
+        got = self._restore(imported, vol_id, True)
+        self.assertTrue(got == data)
+
+    def test_a_record_naming_another_container_is_refused(self, *mocks: Any) -> None:
+        vol_id = self._create_volume_db_entry(size=1)
+        backup = self._backup(vol_id, image_bytes(5, 4))
+        driver = volback.cinder.VolbackBackupDriver(self.ctxt)
+        info = driver.export_record(backup)
+        info["volback_record"]["container"] = "file:///etc"
+        self.assertRaises(exception.InvalidBackup, driver.import_record, backup, info)
+        info = driver.export_record(backup)
+        info["volback_record"]["manifest_blake3"] = "0" * 64
+        self.assertRaises(exception.InvalidBackup, driver.import_record, backup, info)
+
+    def test_a_backup_being_deleted_stops_and_commits_nothing(self, *mocks: Any) -> None:
+        vol_id = self._create_volume_db_entry(size=1)
+        driver = volback.cinder.VolbackBackupDriver(self.ctxt)
+        backup = self._create_backup_db_entry(volume_id=vol_id)
+        with open(self.device, "wb") as f:
+            f.write(image_bytes(6, 64))
+        # Slow the volume down so the status check sees the delete while data still flows.
+        real = open(self.device, "rb")  # noqa: SIM115 (read by Slow, closed at cleanup)
+        self.addCleanup(real.close)
+
+        class Slow:
+            def read(self, n: int) -> bytes:
+                time.sleep(0.02)
+                return real.read(min(n, MIB))
+
+        backup.status = fields.BackupStatus.DELETING
+        backup.save()
+        started = time.monotonic()
+        updates = driver.backup(backup, Slow())
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual({}, updates)
+        self.assertEqual([], volback.Container(self.container).list())
+
+    def test_a_restore_whose_status_changes_raises_restore_cancel(self, *mocks: Any) -> None:
+        vol_id = self._create_volume_db_entry(size=1)
+        backup = self._backup(vol_id, image_bytes(7, 64))
+        backup.status = fields.BackupStatus.AVAILABLE  # not 'restoring': cancelled at once
+        backup.save()
+        driver = volback.cinder.VolbackBackupDriver(self.ctxt)
+        with open(os.path.join(self.tmp, "target.img"), "wb") as f:
+            self.assertRaises(exception.BackupRestoreCancel, driver.restore, backup, vol_id, f, False)
+
+    def test_a_device_without_fileno_backs_up(self, *mocks: Any) -> None:
+        vol_id = self._create_volume_db_entry(size=1)
+        data = image_bytes(8, 6)
+        with open(self.device, "wb") as f:
+            f.write(data)
+        backup = self._create_backup_db_entry(volume_id=vol_id)
+        driver = volback.cinder.VolbackBackupDriver(self.ctxt)
+
+        class NoFileno:
+            def __init__(self, raw: Any) -> None:
+                self.raw = raw
+
+            def read(self, n: int) -> bytes:
+                return bytes(self.raw.read(n))
+
+        with open(self.device, "rb") as device:
+            updates = driver.backup(backup, NoFileno(device))
+        self.assertGreater(updates["object_count"], 0)
+        backup.update(updates)
+        backup.status = fields.BackupStatus.RESTORING
+        backup.save()
+        with open(os.path.join(self.tmp, "out.img"), "wb") as f:
+            driver.restore(backup, vol_id, f, True)
+        with open(os.path.join(self.tmp, "out.img"), "rb") as restored:
+            self.assertTrue(restored.read() == data)
+
+    def test_missing_container_ends_in_error_with_a_clear_reason(self, *mocks: Any) -> None:
+        self.override_config("backup_create_containers", False)
+        self.override_config("backup_volback_container", os.path.join(self.tmp, "absent"))
+        driver = volback.cinder.VolbackBackupDriver(self.ctxt)
+        self.assertRaises(exception.BackupDriverException, driver.check_for_setup_error)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "absent")))
+        vol_id = self._create_volume_db_entry(size=1)
+        backup = self._backup(vol_id, image_bytes(9, 2), fails=True)
+        self.assertEqual(fields.BackupStatus.ERROR, backup.status)
+        self.assertIn("absent", backup.fail_reason)
+
+    def test_a_corrupt_pack_fails_the_restore_by_name(self, *mocks: Any) -> None:
+        vol_id = self._create_volume_db_entry(size=1)
+        backup = self._backup(vol_id, image_bytes(10, 6))
+        packs = []
+        for root, _, files in os.walk(os.path.join(self.container, "packs")):
+            packs += [os.path.join(root, n) for n in files]
+        biggest = max(packs, key=os.path.getsize)
+        with open(biggest, "r+b") as f:
+            f.seek(4096)
+            b = f.read(1)
+            f.seek(4096)
+            f.write(bytes([b[0] ^ 0xFF]))
+        driver = volback.cinder.VolbackBackupDriver(self.ctxt)
+        backup.status = fields.BackupStatus.RESTORING
+        backup.save()
+        with (
+            open(os.path.join(self.tmp, "out.img"), "wb") as f,
+            self.assertRaises(exception.BackupOperationError) as e,
+        ):
+            driver.restore(backup, vol_id, f, True)
+        self.assertIn(os.path.basename(biggest), str(e.exception))
