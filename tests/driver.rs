@@ -315,6 +315,12 @@ fn restore_onto_existing_target_writes_zeros_and_ends_at_volume_size(e: &Env) {
         restore_in_small_stripes(&e.c, "b", &out, TargetMode::Existing, direct_io).unwrap();
         assert_same(&vol, &out);
     }
+    // A file that reads as zeros (just truncated, as a service opening a volume with 'wb'
+    // leaves it) is restored in place with its zero extents skipped: sparse, and exact.
+    std::fs::File::create(&out).unwrap();
+    run_restore(&e.c, "b", &out, TargetMode::Zeroed, None).unwrap();
+    assert_same(&vol, &out);
+    assert!(allocated(&out) < std::fs::metadata(&vol).unwrap().len());
     // A new-target restore refuses to clobber an existing file.
     let err = restore_new(&e.c, "b", &out).unwrap_err();
     assert_eq!(err.kind(), "target_exists");

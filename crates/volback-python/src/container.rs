@@ -190,11 +190,7 @@ impl NativeContainer {
             .map_err(to_py)?
             .0
             .size;
-        let mode = if is_new && !(is_fd && is_regular_file(&path)) {
-            TargetMode::New
-        } else {
-            TargetMode::Existing
-        };
+        let mode = target_mode(&path, is_fd, is_new);
         let reporter = Reporter::new(progress, size);
         let opts = RestoreOptions {
             sync,
@@ -311,6 +307,15 @@ impl NativeContainer {
     }
 }
 
-fn is_regular_file(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+/// How to treat a restore target. A descriptor's file exists already: when it is empty (a file
+/// opened `'wb'`, as Cinder's manager opens a file-backed volume) it reads as zeros, so zero
+/// extents are skipped; with data in it, zeros are written. A block device is new as the caller
+/// says. A path with `is_new` must not exist yet (it is written under a temporary name).
+fn target_mode(path: &Path, is_fd: bool, is_new: bool) -> TargetMode {
+    match std::fs::metadata(path) {
+        Ok(m) if is_fd && m.is_file() && m.len() == 0 => TargetMode::Zeroed,
+        Ok(m) if is_fd && m.is_file() => TargetMode::Existing,
+        _ if is_new => TargetMode::New,
+        _ => TargetMode::Existing,
+    }
 }

@@ -63,6 +63,10 @@ pub enum TargetMode {
     New,
     /// Overwrite an existing volume: zero extents are written as zeros (punched holes on files).
     Existing,
+    /// An existing target known to read as zeros (a file just created or truncated, as a
+    /// service opening a file-backed volume with `'wb'` leaves it; a new block device): written
+    /// in place, zero extents skipped, a file sized to the volume.
+    Zeroed,
 }
 
 /// What a restore did (the CLI's `restore --json`).

@@ -114,7 +114,7 @@ impl Target {
                     .map_err(|e| Error::io("size restore target", path, e))?;
                 Ok(Target::new(file, tmp, Some(path.into()), true, false))
             }
-            TargetMode::Existing => {
+            TargetMode::Existing | TargetMode::Zeroed => {
                 let file = OpenOptions::new()
                     .write(true)
                     .create(true)
@@ -123,7 +123,8 @@ impl Target {
                     .map_err(|e| Error::io("open restore target", path, e))?;
                 file.set_len(size)
                     .map_err(|e| Error::io("size restore target", path, e))?;
-                Ok(Target::new(file, path.into(), None, true, true))
+                let write_zeros = mode == TargetMode::Existing;
+                Ok(Target::new(file, path.into(), None, true, write_zeros))
             }
         }
     }
