@@ -11,6 +11,7 @@ pytest as shipped).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -307,3 +308,63 @@ class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[
         ):
             driver.restore(backup, vol_id, f, True)
         self.assertIn(os.path.basename(biggest), str(e.exception))
+
+    def test_greenthreads_keep_running_during_a_backup(self, *mocks: Any) -> None:
+        """cinder-backup runs under eventlet: a heartbeat greenthread must keep ticking while the
+        driver works (the native work runs in a real thread; this greenthread only polls)."""
+        import eventlet
+
+        vol_id = self._create_volume_db_entry(size=1)
+        with open(self.device, "wb") as f:
+            f.write(image_bytes(11, 96))
+        backup = self._create_backup_db_entry(volume_id=vol_id)
+        driver = volback.cinder.VolbackBackupDriver(self.ctxt)
+        ticks: list[float] = []
+        stop: list[bool] = []
+
+        def heartbeat() -> None:
+            while not stop:
+                ticks.append(time.monotonic())
+                eventlet.sleep(0.01)
+
+        gt = eventlet.spawn(heartbeat)
+        started = time.monotonic()
+        with open(self.device, "rb") as device:
+            driver.backup(backup, device)
+        elapsed = time.monotonic() - started
+        stop.append(True)
+        gt.wait()
+        during = [x for x in ticks if started <= x <= started + elapsed]
+        gaps = [b - a for a, b in zip(during, during[1:])]
+        self.assertGreater(len(during), elapsed / 0.01 / 4, (len(during), elapsed))
+        self.assertLess(max(gaps, default=0), 0.5, "the heartbeat stalled")
+
+    def test_volume_metadata_goes_to_the_destination_volume(self, *mocks: Any) -> None:
+        src = self._create_volume_db_entry(size=1)
+        dst = self._create_volume_db_entry(size=1, status="available")
+        meta = '{"version": 2, "volume-base-metadata": {"bootable": true}}'
+        driver = volback.cinder.VolbackBackupDriver(self.ctxt)
+        self.mock_object(driver, "get_metadata", return_value=meta)
+        put = self.mock_object(driver, "put_metadata")
+        backup = self._create_backup_db_entry(volume_id=src)
+        data = image_bytes(12, 3)
+        with open(self.device, "wb") as f:
+            f.write(data)
+        with open(self.device, "rb") as f:
+            backup.update(driver.backup(backup, f))
+        backup.status = fields.BackupStatus.RESTORING
+        backup.save()
+        out = os.path.join(self.tmp, "dst.img")
+        with open(out, "wb") as f:
+            driver.restore(backup, dst, f, True)
+        put.assert_called_once()
+        self.assertEqual(dst, put.call_args[0][0])
+        self.assertEqual(
+            {"version": 2, "volume-base-metadata": {"bootable": True}}, json.loads(put.call_args[0][1])
+        )
+        restore_events = [
+            n["payload"]["backup_percent"]
+            for n in self.notifier.notifications
+            if n["event_type"] == "backup.restoreprogress"
+        ]
+        self.assertEqual(100, restore_events[-1])
