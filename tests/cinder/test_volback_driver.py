@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import subprocess
 import tempfile
 import time
 from typing import Any
@@ -61,9 +63,15 @@ class CinderInterfaceCompliance(test_backup.test.TestCase):  # type: ignore[misc
         self.assertIn("volback.cinder.VolbackBackupDriver", names)
 
 
-@mock.patch("cinder.volume.volume_utils.brick_get_connector_properties", return_value={})
-@mock.patch("cinder.volume.rpcapi.VolumeAPI.get_backup_device")
-@mock.patch("cinder.utils.temporary_chown")
+def manager_patches(cls: Any) -> Any:
+    """What attaching a device needs outside the manager's own code (os-brick, the volume
+    service's RPC, chown), patched for every test method of ``cls``."""
+    cls = mock.patch("cinder.utils.temporary_chown")(cls)
+    cls = mock.patch("cinder.volume.rpcapi.VolumeAPI.get_backup_device")(cls)
+    return mock.patch("cinder.volume.volume_utils.brick_get_connector_properties", return_value={})(cls)
+
+
+@manager_patches
 class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[misc]
     def setUp(self) -> None:
         super().setUp()
@@ -88,6 +96,9 @@ class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[
         volback.cinder._CONTAINERS.clear()
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _open(self) -> volback.Container:
+        return volback.Container(self.container)
 
     def _backup(self, vol_id: str, data: bytes, parent: Any = None, fails: bool = False) -> Any:
         with open(self.device, "wb") as f:
@@ -239,7 +250,7 @@ class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[
         updates = driver.backup(backup, Slow())
         self.assertLess(time.monotonic() - started, 10)
         self.assertEqual({}, updates)
-        self.assertEqual([], volback.Container(self.container).list())
+        self.assertEqual([], self._open().list())
 
     def test_a_restore_whose_status_changes_raises_restore_cancel(self, *mocks: Any) -> None:
         vol_id = self._create_volume_db_entry(size=1)
@@ -368,3 +379,108 @@ class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[
             if n["event_type"] == "backup.restoreprogress"
         ]
         self.assertEqual(100, restore_events[-1])
+
+
+ACCESS_KEY = "volback-cinder-test"
+SECRET_KEY = "volback-cinder-secret-never-shown"
+
+
+def start_s3s_fs(root: str) -> tuple[subprocess.Popen[bytes], str]:
+    """An s3s-fs server over ``root`` on a free port of 127.0.0.1 (installed by scripts/test.sh)."""
+    binary = shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--host", "127.0.0.1", "--port", str(port), "--access-key", ACCESS_KEY]
+        + ["--secret-key", SECRET_KEY, root],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@manager_patches
+class VolbackDriverOnS3(VolbackDriverUnderTheManager):
+    """The same manager-driven runs against a real S3 server (s3s-fs on 127.0.0.1)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        root = os.path.join(self.tmp, "s3")
+        os.makedirs(os.path.join(root, "backups"))
+        proc, endpoint = start_s3s_fs(root)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        self.container = "s3://backups/cinder"
+        self.override_config("backup_volback_container", self.container)
+        self.override_config("backup_volback_s3_endpoint", endpoint)
+        self.override_config("backup_volback_s3_region", "us-east-1")
+        self.override_config("backup_volback_s3_access_key", ACCESS_KEY)
+        self.override_config("backup_volback_s3_secret_key", SECRET_KEY)
+        self.s3_objects = os.path.join(root, "backups", "cinder")
+
+    def _open(self) -> volback.Container:
+        return volback.Container(
+            self.container,
+            s3=volback.S3Settings(
+                endpoint=CONF.backup_volback_s3_endpoint,
+                region="us-east-1",
+                access_key_id=ACCESS_KEY,
+                secret_access_key=SECRET_KEY,
+            ),
+        )
+
+    def test_full_and_incremental_chain_restores_every_link(self, *mocks: Any) -> None:
+        vol_id = self._create_volume_db_entry(size=1)
+        v1 = image_bytes(21, 8)
+        full = self._backup(vol_id, v1)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, full.status, full.fail_reason)
+        self.assertEqual("s3://backups/cinder", full.container)
+        v2 = v1[: 5 * MIB] + pseudo_random(3 * MIB, 22)
+        incr = self._backup(vol_id, v2, parent=full)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, incr.status, incr.fail_reason)
+        for backup, want in ((full, v1), (incr, v2)):
+            self.assertTrue(self._restore(backup, vol_id, True) == want)
+
+    def test_wrong_credentials_end_in_error_without_the_secret(self, *mocks: Any) -> None:
+        self.override_config("backup_volback_s3_secret_key", "wrong-" + SECRET_KEY)
+        volback.cinder._CONTAINERS.clear()
+        vol_id = self._create_volume_db_entry(size=1)
+        backup = self._backup(vol_id, image_bytes(23, 2), fails=True)
+        self.assertEqual(fields.BackupStatus.ERROR, backup.status)
+        self.assertGreater(len(backup.fail_reason or ""), 0)
+        self.assertNotIn(SECRET_KEY, backup.fail_reason)
+        self.assertIn("backups", backup.fail_reason)
+
+    def test_a_corrupt_pack_fails_the_restore_by_name(self, *mocks: Any) -> None:
+        vol_id = self._create_volume_db_entry(size=1)
+        backup = self._backup(vol_id, image_bytes(24, 6))
+        packs = []
+        for root, _, files in os.walk(os.path.join(self.s3_objects, "packs")):
+            packs += [os.path.join(root, n) for n in files]
+        biggest = max(packs, key=os.path.getsize)
+        with open(biggest, "r+b") as f:
+            f.seek(4096)
+            b = f.read(1)
+            f.seek(4096)
+            f.write(bytes([b[0] ^ 0xFF]))
+        driver = volback.cinder.VolbackBackupDriver(self.ctxt)
+        backup.status = fields.BackupStatus.RESTORING
+        backup.save()
+        with (
+            open(os.path.join(self.tmp, "out.img"), "wb") as f,
+            self.assertRaises(exception.BackupOperationError) as e,
+        ):
+            driver.restore(backup, vol_id, f, True)
+        self.assertIn(os.path.basename(biggest), str(e.exception))
+        self.assertNotIn(SECRET_KEY, str(e.exception))

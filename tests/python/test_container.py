@@ -208,3 +208,20 @@ def test_a_descriptor_is_read_from_its_start(tmp_path: Path, image: Path) -> Non
     finally:
         os.close(fd)
     assert r["size"] == image.stat().st_size
+
+
+def test_a_cancel_token_stops_a_restore_from_another_thread(tmp_path: Path) -> None:
+    c = open_container(tmp_path)
+    vol = tmp_path / "big.img"
+    make_image(vol, 5, mib=64)
+    c.backup(vol, volume_id="v", backup_id="b")
+    token = volback.CancelToken()
+    token.cancel()
+    assert token.cancelled
+    out = tmp_path / "out.img"
+    with pytest.raises(volback.Cancelled):
+        c.restore("b", out, is_new=True, cancel=token)
+    assert not out.exists()
+    with pytest.raises(volback.Cancelled):
+        c.backup(vol, volume_id="v", backup_id="c", cancel=token)
+    assert [m["backup_id"] for m in c.list()] == ["b"]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 
 use crate::errors::{self, to_py};
-use crate::progress::Reporter;
+use crate::progress::{CancelToken, Reporter};
 use crate::source::{Located, PyReader, locate};
 use volback::backup::source::VolumeSource;
 use volback::backup::{BackupOptions, run_backup};
@@ -106,7 +106,7 @@ impl NativeContainer {
     #[pyo3(signature = (
         source, *, backup_id, volume_id, parent_id = None, metadata_json = None,
         data_timestamp = None, expected_size = None, zstd_level = None, size_hint = 0,
-        progress = None,
+        progress = None, cancel = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn backup(
@@ -122,6 +122,7 @@ impl NativeContainer {
         zstd_level: Option<i32>,
         size_hint: u64,
         progress: Option<Py<PyAny>>,
+        cancel: Option<PyRef<'_, CancelToken>>,
     ) -> PyResult<String> {
         let volume = match locate(source)? {
             Located::Path(p) => VolumeSource::Path(p),
@@ -137,7 +138,7 @@ impl NativeContainer {
             ),
             None => None,
         };
-        let reporter = Reporter::new(progress, expected_size.unwrap_or(size_hint));
+        let reporter = Reporter::new(progress, expected_size.unwrap_or(size_hint), cancel.as_deref());
         let opts = BackupOptions {
             backup_id: Some(backup_id),
             volume_id,
@@ -164,7 +165,7 @@ impl NativeContainer {
     /// the stored volume metadata under `volume_metadata`. `is_new`: the target reads as
     /// zeros (a new volume), so zero extents are skipped; otherwise they are written as zeros
     /// (holes punched in a file). A path target with `is_new` must not exist yet.
-    #[pyo3(signature = (backup_id, target, *, is_new, sync = true, progress = None))]
+    #[pyo3(signature = (backup_id, target, *, is_new, sync = true, progress = None, cancel = None))]
     fn restore(
         &self,
         py: Python<'_>,
@@ -173,6 +174,7 @@ impl NativeContainer {
         is_new: bool,
         sync: bool,
         progress: Option<Py<PyAny>>,
+        cancel: Option<PyRef<'_, CancelToken>>,
     ) -> PyResult<String> {
         let (path, is_fd) = match locate(target)? {
             Located::Path(p) => {
@@ -191,7 +193,7 @@ impl NativeContainer {
             .0
             .size;
         let mode = target_mode(&path, is_fd, is_new);
-        let reporter = Reporter::new(progress, size);
+        let reporter = Reporter::new(progress, size, cancel.as_deref());
         let opts = RestoreOptions {
             sync,
             cancel: Some(reporter.cancel.clone()),

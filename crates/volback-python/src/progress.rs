@@ -15,6 +15,34 @@ use pyo3::prelude::*;
 /// Least time between two calls of the callback.
 pub const INTERVAL: Duration = Duration::from_millis(250);
 
+/// A cancellation flag the caller holds: `cancel()` stops the operation it was handed to at its
+/// next check (between ranges of a restore window, between batches of a backup).
+#[pyclass(module = "volback._volback", frozen)]
+pub struct CancelToken {
+    pub flag: Arc<AtomicBool>,
+}
+
+#[pymethods]
+impl CancelToken {
+    #[new]
+    fn new() -> Self {
+        CancelToken {
+            flag: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Asks the operation to stop.
+    fn cancel(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether `cancel()` was called.
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+}
+
 /// A Python progress callback as the engine's `Fn(u64)`.
 pub struct Reporter {
     callback: Option<Py<PyAny>>,
@@ -27,13 +55,14 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// A reporter for `callback` (None: only the cancel flag) out of `total` bytes.
-    pub fn new(callback: Option<Py<PyAny>>, total: u64) -> Self {
+    /// A reporter for `callback` (None: only the cancel flag) out of `total` bytes, sharing
+    /// the caller's cancel token if it gave one.
+    pub fn new(callback: Option<Py<PyAny>>, total: u64, token: Option<&CancelToken>) -> Self {
         Reporter {
             callback,
             total,
             last: Mutex::new(None),
-            cancel: Arc::new(AtomicBool::new(false)),
+            cancel: token.map_or_else(|| Arc::new(AtomicBool::new(false)), |t| t.flag.clone()),
             raised: Mutex::new(None),
         }
     }

@@ -6,7 +6,7 @@ work is native and runs without the GIL. ``volback.cinder.VolbackBackupDriver`` 
 OpenStack Cinder backup driver built on it.
 """
 
-from volback._volback import KINDS, __version__
+from volback._volback import KINDS, CancelToken, __version__
 from volback.container import Container, ProgressCallback, S3Settings, Volume
 from volback.errors import (
     BackupDeleted,
@@ -26,6 +26,7 @@ from volback.errors import (
 
 __all__ = [
     "KINDS",
+    "CancelToken",
     "__version__",
     "Container",
     "ProgressCallback",

@@ -101,11 +101,14 @@ class _Tracker:
     def __init__(self) -> None:
         self.done = 0
         self.total = 0
-        self.stop = False
+        self.token = volback.CancelToken()
+
+    def stop(self) -> None:
+        self.token.cancel()
 
     def progress(self, done: int, total: int) -> bool:
         self.done, self.total = done, total
-        return not self.stop
+        return not self.token.cancelled
 
 
 def _green() -> bool:
@@ -276,7 +279,7 @@ class VolbackBackupDriver(driver.BackupDriver):  # type: ignore[misc]
                 backup.refresh()
             if backup.status in (fields.BackupStatus.DELETING, fields.BackupStatus.DELETED):
                 cancelled["yes"] = True
-                tracker.stop = True
+                tracker.stop()
             notify(tracker, False)
 
         def run() -> dict[str, Any]:
@@ -288,6 +291,7 @@ class VolbackBackupDriver(driver.BackupDriver):  # type: ignore[misc]
                 metadata=metadata,
                 data_timestamp=str(backup.data_timestamp) if backup.data_timestamp else None,
                 progress=tracker.progress,
+                cancel=tracker.token,
             )
 
         try:
@@ -326,11 +330,13 @@ class VolbackBackupDriver(driver.BackupDriver):  # type: ignore[misc]
                 backup.refresh()
             if backup.status != fields.BackupStatus.RESTORING:
                 cancelled["yes"] = True
-                tracker.stop = True
+                tracker.stop()
             notify(tracker, False)
 
         def run() -> dict[str, Any]:
-            return c.restore(backup.id, target, is_new=volume_is_new, progress=tracker.progress)
+            return c.restore(
+                backup.id, target, is_new=volume_is_new, progress=tracker.progress, cancel=tracker.token
+            )
 
         try:
             report = _run_native(run, poll, CONF.backup_volback_status_interval)

@@ -155,11 +155,13 @@ class Container:
         expected_size: int | None = None,
         zstd_level: int | None = None,
         progress: ProgressCallback | None = None,
+        cancel: _volback.CancelToken | None = None,
     ) -> dict[str, Any]:
         """Backs up ``volume``; an incremental of ``parent_id`` if given (the volume may have
         grown or shrunk). ``metadata`` (JSON-serialisable) is stored with the backup. Returns
         the report (``backup_id``, ``size``, ``bytes_new``, ``chunks_new``, ``object_count``,
-        …). Nothing is committed unless it returns."""
+        …). Nothing is committed unless it returns; ``cancel.cancel()`` (from any thread) stops it
+        with :class:`volback.Cancelled`."""
         return dict(
             json.loads(
                 _call(
@@ -174,6 +176,7 @@ class Container:
                     zstd_level=zstd_level,
                     size_hint=_size_of(volume),
                     progress=progress,
+                    cancel=cancel,
                 )
             )
         )
@@ -186,6 +189,7 @@ class Container:
         is_new: bool,
         sync: bool = True,
         progress: ProgressCallback | None = None,
+        cancel: _volback.CancelToken | None = None,
     ) -> dict[str, Any]:
         """Restores ``backup_id`` onto ``target`` (a path or a file descriptor). ``is_new``: the
         target reads as zeros, so zero extents are skipped (a path must not exist yet; it is
@@ -194,7 +198,15 @@ class Container:
         metadata under ``volume_metadata``."""
         return dict(
             json.loads(
-                _call(self._native.restore, backup_id, target, is_new=is_new, sync=sync, progress=progress)
+                _call(
+                    self._native.restore,
+                    backup_id,
+                    target,
+                    is_new=is_new,
+                    sync=sync,
+                    progress=progress,
+                    cancel=cancel,
+                )
             )
         )
 

@@ -253,7 +253,14 @@ fn restore_extents(
             {
                 return Err(Error::Cancelled { what: "restore" });
             }
-            restore_window(container, index, backup_id, stripe, window)?;
+            restore_window(
+                container,
+                index,
+                backup_id,
+                stripe,
+                window,
+                opts.cancel.as_deref(),
+            )?;
             let mut next = free.recv().map_err(|_| gone())?;
             next.regions.clear();
             full.send(std::mem::replace(stripe, next))

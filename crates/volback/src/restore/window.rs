@@ -43,6 +43,7 @@ pub(super) fn restore_window(
     backup_id: &str,
     stripe: &Stripe,
     window: &mut Vec<(u64, Hash, u32)>,
+    cancel: Option<&AtomicBool>,
 ) -> Result<()> {
     let places = Places::new(window);
     let max_raw = range_raw(container.store().concurrency());
@@ -56,11 +57,15 @@ pub(super) fn restore_window(
     ranges.sort_unstable_by_key(|r| std::cmp::Reverse(r.raw));
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
+    // A cancelled restore stops between ranges (a window on S3 spans 64 MiB).
+    let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
     let take = || {
         let i = next.fetch_add(1, Ordering::Relaxed);
-        ranges.get(i).filter(|_| !failed.load(Ordering::Relaxed))
+        ranges
+            .get(i)
+            .filter(|_| !failed.load(Ordering::Relaxed) && !cancelled())
     };
-    let res = container.on_io_pool(|| {
+    let res: Result<()> = container.on_io_pool(|| {
         let threads = rayon::current_num_threads().min(ranges.len());
         (0..threads).into_par_iter().try_for_each(|_| {
             while let Some(r) = take() {
@@ -72,7 +77,11 @@ pub(super) fn restore_window(
         })
     });
     window.clear();
-    res
+    res?;
+    if cancelled() {
+        return Err(Error::Cancelled { what: "restore" });
+    }
+    Ok(())
 }
 
 /// Reads, decodes and verifies one range, decoding each chunk straight into its first place
