@@ -138,7 +138,11 @@ impl NativeContainer {
             ),
             None => None,
         };
-        let reporter = Reporter::new(progress, expected_size.unwrap_or(size_hint), cancel.as_deref());
+        let reporter = Reporter::new(
+            progress,
+            expected_size.unwrap_or(size_hint),
+            cancel.as_deref(),
+        );
         let opts = BackupOptions {
             backup_id: Some(backup_id),
             volume_id,
