@@ -170,6 +170,7 @@ impl NativeContainer {
     /// zeros (a new volume), so zero extents are skipped; otherwise they are written as zeros
     /// (holes punched in a file). A path target with `is_new` must not exist yet.
     #[pyo3(signature = (backup_id, target, *, is_new, sync = true, progress = None, cancel = None))]
+    #[allow(clippy::too_many_arguments)]
     fn restore(
         &self,
         py: Python<'_>,
