@@ -158,8 +158,10 @@
 //! extent list via [`container::extents`] → `restore/window.rs` ([`container::fetch`]: ranged
 //! read, zstd -d, BLAKE3 check) → `restore/stripe.rs` → `restore/writer.rs` →
 //! `restore/target.rs`. The `volback` binary (crate `volback-cli`) parses arguments and calls
-//! these; the test-support crate (`volback-testkit`) holds the fault-injecting store, the
-//! deterministic data and the S3 test server.
+//! these; the Python package (crate `volback-python`) wraps them for Python and holds the
+//! Cinder driver, `volback.cinder.VolbackBackupDriver`; the test-support crate
+//! (`volback-testkit`) holds the fault-injecting store, the deterministic data and the S3 test
+//! server.
 //!
 //! ## Example
 //!
