@@ -34,6 +34,9 @@ from cinder.tests.unit.backup import test_backup
 CONF = cfg.CONF
 DRIVER = "volback.cinder.VolbackBackupDriver"
 MIB = 1024 * 1024
+# Credentials of the test S3 server: the secret must never appear in a fail_reason or an error.
+ACCESS_KEY = "volback-cinder-test"
+SECRET_KEY = "volback-cinder-secret-never-shown"
 
 
 def pseudo_random(n: int, seed: int) -> bytes:
@@ -99,6 +102,10 @@ class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[
 
     def _open(self) -> volback.Container:
         return volback.Container(self.container)
+
+    def _objects(self) -> str:
+        """The directory holding the container's objects as files."""
+        return self.container
 
     def _backup(self, vol_id: str, data: bytes, parent: Any = None, fails: bool = False) -> Any:
         with open(self.device, "wb") as f:
@@ -302,7 +309,7 @@ class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[
         vol_id = self._create_volume_db_entry(size=1)
         backup = self._backup(vol_id, image_bytes(10, 6))
         packs = []
-        for root, _, files in os.walk(os.path.join(self.container, "packs")):
+        for root, _, files in os.walk(os.path.join(self._objects(), "packs")):
             packs += [os.path.join(root, n) for n in files]
         biggest = max(packs, key=os.path.getsize)
         with open(biggest, "r+b") as f:
@@ -319,6 +326,7 @@ class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[
         ):
             driver.restore(backup, vol_id, f, True)
         self.assertIn(os.path.basename(biggest), str(e.exception))
+        self.assertNotIn(SECRET_KEY, str(e.exception))
 
     def test_greenthreads_keep_running_during_a_backup(self, *mocks: Any) -> None:
         """cinder-backup runs under eventlet: a heartbeat greenthread must keep ticking while the
@@ -381,10 +389,6 @@ class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[
         self.assertEqual(100, restore_events[-1])
 
 
-ACCESS_KEY = "volback-cinder-test"
-SECRET_KEY = "volback-cinder-secret-never-shown"
-
-
 def start_s3s_fs(root: str) -> tuple[subprocess.Popen[bytes], str]:
     """An s3s-fs server over ``root`` on a free port of 127.0.0.1 (installed by scripts/test.sh)."""
     binary = shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs")
@@ -429,6 +433,9 @@ class VolbackDriverOnS3(VolbackDriverUnderTheManager):
         self.override_config("backup_volback_s3_secret_key", SECRET_KEY)
         self.s3_objects = os.path.join(root, "backups", "cinder")
 
+    def _objects(self) -> str:
+        return self.s3_objects
+
     def _open(self) -> volback.Container:
         return volback.Container(
             self.container,
@@ -461,26 +468,3 @@ class VolbackDriverOnS3(VolbackDriverUnderTheManager):
         self.assertGreater(len(backup.fail_reason or ""), 0)
         self.assertNotIn(SECRET_KEY, backup.fail_reason)
         self.assertIn("backups", backup.fail_reason)
-
-    def test_a_corrupt_pack_fails_the_restore_by_name(self, *mocks: Any) -> None:
-        vol_id = self._create_volume_db_entry(size=1)
-        backup = self._backup(vol_id, image_bytes(24, 6))
-        packs = []
-        for root, _, files in os.walk(os.path.join(self.s3_objects, "packs")):
-            packs += [os.path.join(root, n) for n in files]
-        biggest = max(packs, key=os.path.getsize)
-        with open(biggest, "r+b") as f:
-            f.seek(4096)
-            b = f.read(1)
-            f.seek(4096)
-            f.write(bytes([b[0] ^ 0xFF]))
-        driver = volback.cinder.VolbackBackupDriver(self.ctxt)
-        backup.status = fields.BackupStatus.RESTORING
-        backup.save()
-        with (
-            open(os.path.join(self.tmp, "out.img"), "wb") as f,
-            self.assertRaises(exception.BackupOperationError) as e,
-        ):
-            driver.restore(backup, vol_id, f, True)
-        self.assertIn(os.path.basename(biggest), str(e.exception))
-        self.assertNotIn(SECRET_KEY, str(e.exception))
