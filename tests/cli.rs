@@ -215,7 +215,10 @@ fn backup_restore_list_delete_with_json(e: &Env) {
 fn stdin_backup_and_plain_path_container() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let data = text_like(3_000_000, 8);
+    // Zero runs in the middle and at the end: holes in a file, zeros on standard output.
+    let mut data = text_like(3_000_000, 8);
+    data[1_000_000..2_200_000].fill(0);
+    data.extend_from_slice(&[0u8; 700_000]);
     let c = d.join("plain");
     let mut child = Command::new(env!("CARGO_BIN_EXE_volback"))
         .args([
@@ -257,6 +260,24 @@ fn stdin_backup_and_plain_path_container() {
         ok(volback(&args));
         assert!(std::fs::read(&t).unwrap() == data, "restore {flags:?}");
     }
+    // `--target -`: every byte on standard output, in order; the report on standard error.
+    let out = ok(volback(&[
+        "restore",
+        "--container",
+        c.to_str().unwrap(),
+        "--backup-id",
+        "s",
+        "--target",
+        "-",
+        "--json",
+    ]));
+    assert!(out.stdout == data, "restore to standard output");
+    let report: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    // Zero runs are found block by block: all but the partial blocks at their ends.
+    assert!(
+        report["zero_bytes"].as_u64().unwrap() > 1_800_000,
+        "{report}"
+    );
 
     // A reader that went away (`volback export … | head -c 0`): a typed error and exit 1,
     // never a panic; the backup that was reported is still there.

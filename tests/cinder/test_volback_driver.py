@@ -180,6 +180,62 @@ class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[
         self.assertEqual(sorted(percents), percents)
         self.assertTrue(all(0 <= p <= 100 for p in percents))
 
+    def test_progress_notifications_come_every_backup_timer_interval(self, *mocks: Any) -> None:
+        # A slow device (0.6 s per read or write of up to 4 MiB): a backup and a restore of
+        # 24 MiB take about 3.6 s each, with a notification every second (Cinder's option is
+        # whole seconds).
+        interval = 1
+        self.override_config("backup_timer_interval", interval)
+        vol_id = self._create_volume_db_entry(size=1)
+        data = image_bytes(9, 24)
+        sent: list[tuple[str, float, float]] = []
+        from cinder.volume import volume_utils
+
+        real = volume_utils.notify_about_backup_usage
+
+        def record(ctxt: Any, backup: Any, event: str, extra_usage_info: Any = None, **kw: Any) -> Any:
+            sent.append((event, time.monotonic(), extra_usage_info["backup_percent"]))
+            return real(ctxt, backup, event, extra_usage_info=extra_usage_info, **kw)
+
+        class SlowDevice:
+            def __init__(self, raw: Any) -> None:
+                self.raw = raw
+
+            def read(self, n: int) -> bytes:
+                time.sleep(0.6 * min(n, 4 * MIB) / (4 * MIB))
+                return bytes(self.raw.read(min(n, 4 * MIB)))
+
+            def write(self, b: bytes) -> int:
+                n = min(len(b), 4 * MIB)
+                time.sleep(0.6 * n / (4 * MIB))
+                return int(self.raw.write(b[:n]))
+
+        self.mock_object(volume_utils, "notify_about_backup_usage", record)
+        backup = self._create_backup_db_entry(volume_id=vol_id)
+        driver = volback.cinder.VolbackBackupDriver(self.ctxt)
+        start = time.monotonic()
+        with open(self.device, "wb") as w:
+            w.write(data)
+        with open(self.device, "rb") as r:
+            backup.update(driver.backup(backup, SlowDevice(r)))
+        backup.status = fields.BackupStatus.RESTORING
+        backup.save()
+        with open(os.path.join(self.tmp, "out.img"), "wb") as w:
+            driver.restore(backup, vol_id, SlowDevice(w), True)
+        with open(os.path.join(self.tmp, "out.img"), "rb") as r:
+            self.assertTrue(r.read() == data)
+        for event in ("createprogress", "restoreprogress"):
+            got = [(t, p) for e, t, p in sent if e == event]
+            times = [start] + [t for t, _ in got[:-1]]
+            percents = [p for _, p in got]
+            self.assertEqual(100.0, percents[-1], event)
+            self.assertEqual(sorted(percents), percents, event)
+            # Some progress in between, never two notifications closer than the interval.
+            self.assertGreaterEqual(len(got), 3, f"{event}: {got}")
+            gaps = [b - a for a, b in zip(times, times[1:])]
+            self.assertTrue(all(g >= interval for g in gaps), f"{event}: gaps {gaps}")
+            start = got[-1][0]
+
     def test_delete_with_dependents_and_idempotent_delete(self, *mocks: Any) -> None:
         vol_id = self._create_volume_db_entry(size=1)
         v1 = image_bytes(3, 8)
@@ -268,7 +324,7 @@ class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[
         with open(os.path.join(self.tmp, "target.img"), "wb") as f:
             self.assertRaises(exception.BackupRestoreCancel, driver.restore, backup, vol_id, f, False)
 
-    def test_a_device_without_fileno_backs_up(self, *mocks: Any) -> None:
+    def test_a_device_without_fileno_backs_up_and_restores(self, *mocks: Any) -> None:
         vol_id = self._create_volume_db_entry(size=1)
         data = image_bytes(8, 6)
         with open(self.device, "wb") as f:
@@ -277,11 +333,16 @@ class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[
         driver = volback.cinder.VolbackBackupDriver(self.ctxt)
 
         class NoFileno:
+            """What os-brick hands out for RBD and some transports: read/write, no descriptor."""
+
             def __init__(self, raw: Any) -> None:
                 self.raw = raw
 
             def read(self, n: int) -> bytes:
                 return bytes(self.raw.read(n))
+
+            def write(self, b: bytes) -> int:
+                return int(self.raw.write(b))
 
         with open(self.device, "rb") as device:
             updates = driver.backup(backup, NoFileno(device))
@@ -289,10 +350,14 @@ class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[
         backup.update(updates)
         backup.status = fields.BackupStatus.RESTORING
         backup.save()
-        with open(os.path.join(self.tmp, "out.img"), "wb") as f:
-            driver.restore(backup, vol_id, f, True)
-        with open(os.path.join(self.tmp, "out.img"), "rb") as restored:
-            self.assertTrue(restored.read() == data)
+        out = os.path.join(self.tmp, "out.img")
+        for is_new in (True, False):
+            with open(out, "wb") as f:
+                f.write(b"\xff" * (3 << 20))  # stale content: overwritten, zeros included
+                f.seek(0)
+                driver.restore(backup, vol_id, NoFileno(f), is_new)
+            with open(out, "rb") as restored:
+                self.assertTrue(restored.read() == data, f"volume_is_new={is_new}")
 
     def test_missing_container_ends_in_error_with_a_clear_reason(self, *mocks: Any) -> None:
         self.override_config("backup_create_containers", False)

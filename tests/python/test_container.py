@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,6 +65,63 @@ def test_descriptors_and_file_objects(tmp_path: Path, image: Path) -> None:
     target.write_bytes(pseudo_random(12 << 20, 6))
     c.restore("stream", str(target), is_new=False)
     assert target.read_bytes() == bytes(data)
+
+
+class WriteOnly:
+    """A target with ``write()`` only (no descriptor, no seek), as a pipe or a transport's
+    wrapper is; it takes at most 1 MiB a call, so short writes are continued."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.calls = 0
+
+    def write(self, b: bytes) -> int:
+        self.calls += 1
+        n = min(len(b), 1 << 20)
+        self.out += b[:n]
+        return n
+
+
+class Seekable(io.BytesIO):
+    """An in-memory volume (no descriptor) that counts the zeros it was sent."""
+
+    def __init__(self, initial: bytes = b"") -> None:
+        super().__init__(initial)
+        self.zeros_written = 0
+
+    def write(self, b: Any) -> int:
+        self.zeros_written += bytes(b).count(0)
+        return super().write(b)
+
+
+def test_restore_onto_file_objects_without_a_descriptor(tmp_path: Path, image: Path) -> None:
+    c = open_container(tmp_path)
+    c.backup(image, volume_id="v", backup_id="b")
+    data = image.read_bytes()
+    # Write-only: every byte, zeros included, in order, in a few large writes.
+    w = WriteOnly()
+    r = c.restore("b", w, is_new=True)
+    assert bytes(w.out) == data
+    assert r["zero_bytes"] > 0
+    assert w.calls < len(data) // (1 << 20) + 8
+    # Seekable and new: zero runs are seeked over, and the object still ends at the size.
+    new = Seekable()
+    c.restore("b", new, is_new=True)
+    assert new.getvalue() == data
+    assert new.zeros_written < r["zero_bytes"] // 10
+    # Existing content: zeros are written over it.
+    old = Seekable(pseudo_random(len(data), 3))
+    c.restore("b", old, is_new=False)
+    assert old.getvalue() == data
+    assert old.zeros_written >= r["zero_bytes"]
+
+    # A failing write() fails the restore with the target's error, not a partial success.
+    class Broken:
+        def write(self, b: bytes) -> int:
+            raise OSError("device went away")
+
+    with pytest.raises(volback.VolbackError, match="device went away"):
+        c.restore("b", Broken(), is_new=True)
 
 
 def test_progress_is_monotone_and_ends_at_the_size(tmp_path: Path) -> None:

@@ -121,7 +121,9 @@ pub struct RestoreArgs {
     pub container: String,
     #[arg(long)]
     pub backup_id: String,
-    /// Target file or block device. A new file is created sparse.
+    /// Target file or block device. A new file is created sparse. `-` writes the whole
+    /// volume, zeros included, to standard output (for a pipe; the report, with `--json`,
+    /// then goes to standard error).
     #[arg(long)]
     pub target: PathBuf,
     /// Overwrite an existing target (zero extents are written as zeros).

@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 
 use crate::errors::{self, to_py};
 use crate::progress::{CancelToken, Reporter};
-use crate::source::{Located, PyReader, locate};
+use crate::source::{Located, PyReader, PyWriter, locate};
 use volback::backup::source::VolumeSource;
 use volback::backup::{BackupOptions, run_backup};
 use volback::chunker::ChunkerParams;
@@ -16,7 +16,7 @@ use volback::driver::Driver;
 use volback::format::config::ContainerConfig;
 use volback::format::record::BackupRecord;
 use volback::gc::{GcOptions, run_gc};
-use volback::restore::{RestoreOptions, TargetMode, run_restore_with};
+use volback::restore::{RestoreOptions, TargetMode, run_restore_to_stream, run_restore_with};
 use volback::store::s3::S3Options;
 use volback::verify::{VerifyOptions, run_verify};
 
@@ -165,9 +165,10 @@ impl NativeContainer {
         }
     }
 
-    /// Restores a backup onto `target` (path or descriptor); returns the report as JSON, with
-    /// the stored volume metadata under `volume_metadata`. `is_new`: the target reads as
-    /// zeros (a new volume), so zero extents are skipped; otherwise they are written as zeros
+    /// Restores a backup onto `target` (path, descriptor, or file object with `write()`);
+    /// returns the report as JSON, with the stored volume metadata under `volume_metadata`.
+    /// `is_new`: the target reads as zeros (a new volume), so zero extents are skipped (on a
+    /// file object, seeked over when it is seekable); otherwise they are written as zeros
     /// (holes punched in a file). A path target with `is_new` must not exist yet.
     #[pyo3(signature = (backup_id, target, *, is_new, sync = true, progress = None, cancel = None))]
     #[allow(clippy::too_many_arguments)]
@@ -181,23 +182,25 @@ impl NativeContainer {
         progress: Option<Py<PyAny>>,
         cancel: Option<PyRef<'_, CancelToken>>,
     ) -> PyResult<String> {
-        let (path, is_fd) = match locate(target)? {
-            Located::Path(p) => {
-                let fd = p.starts_with("/proc/self/fd");
-                (p, fd)
-            }
-            Located::Stream(_) => {
-                return Err(errors::config(
-                    "restore writes to a path or a file descriptor; this object has no fileno()",
-                ));
-            }
-        };
         let size = py
             .detach(|| self.container.read_manifest(&backup_id))
             .map_err(to_py)?
             .0
             .size;
-        let mode = target_mode(&path, is_fd, is_new);
+        let (mode, stream) = match locate(target)? {
+            Located::Path(p) => {
+                let is_fd = p.starts_with("/proc/self/fd");
+                (target_mode(&p, is_fd, is_new), Err(p))
+            }
+            Located::Stream(obj) => {
+                let mode = if is_new {
+                    TargetMode::Zeroed
+                } else {
+                    TargetMode::Existing
+                };
+                (mode, Ok(PyWriter::new(obj.bind(py))?))
+            }
+        };
         let reporter = Reporter::new(progress, size, cancel.as_deref());
         let opts = RestoreOptions {
             sync,
@@ -205,8 +208,12 @@ impl NativeContainer {
             ..RestoreOptions::new(mode)
         };
         let report = |done: u64| reporter.report(done);
-        let res = py
-            .detach(|| run_restore_with(&self.container, &backup_id, &path, &opts, Some(&report)));
+        let res = py.detach(|| match stream {
+            Err(path) => run_restore_with(&self.container, &backup_id, &path, &opts, Some(&report)),
+            Ok(mut w) => {
+                run_restore_to_stream(&self.container, &backup_id, &mut w, &opts, Some(&report))
+            }
+        });
         match res {
             Ok(r) => {
                 let mut v =

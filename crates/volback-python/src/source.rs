@@ -4,13 +4,16 @@
 //! through `/proc/self/fd/N`: the engine then reads it positionally, skips a sparse file's
 //! holes, and sizes a block device, as for a path. A `str` or `os.PathLike` is a path. Any
 //! other object with `read(n)` (os-brick hands those out for RBD and some transports) is read
-//! in large blocks, taking the GIL for each block only.
+//! in large blocks, taking the GIL for each block only; a restore writes such an object front
+//! to back, in blocks of megabytes.
 
 use std::io::Read;
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
+
+use volback::restore::StreamSink;
 
 use crate::errors;
 
@@ -90,6 +93,76 @@ impl Read for PyReader {
             }
             buf[..b.len()].copy_from_slice(b);
             Ok(b.len())
+        })
+    }
+}
+
+/// A Python file object as a restore's sequential target: one `write()` per block of
+/// megabytes (short writes continued), gaps skipped with `seek(n, SEEK_CUR)` where the object
+/// is seekable and the volume is new, `flush()` at the end.
+pub struct PyWriter {
+    obj: Py<PyAny>,
+    seekable: bool,
+}
+
+impl PyWriter {
+    pub fn new(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let seekable = obj.hasattr("seek")?
+            && match obj.getattr("seekable") {
+                Ok(f) => f.call0()?.is_truthy()?,
+                Err(_) => true,
+            };
+        Ok(PyWriter {
+            obj: obj.clone().unbind(),
+            seekable,
+        })
+    }
+}
+
+fn py_io(e: PyErr) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl StreamSink for PyWriter {
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        Python::attach(|py| {
+            let mut rest = data;
+            while !rest.is_empty() {
+                let n = (self.obj)
+                    .call_method1(py, "write", (PyBytes::new(py, rest),))
+                    .map_err(py_io)?;
+                // `None` (a raw stream that would block) and 0 are no progress.
+                let n = n.extract::<Option<usize>>(py).ok().flatten().unwrap_or(0);
+                if n == 0 || n > rest.len() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        format!("the target's write() took {n} of {} bytes", rest.len()),
+                    ));
+                }
+                rest = &rest[n..];
+            }
+            Ok(())
+        })
+    }
+
+    fn skip(&mut self, len: u64) -> std::io::Result<bool> {
+        if !self.seekable {
+            return Ok(false);
+        }
+        Python::attach(|py| {
+            (self.obj)
+                .call_method1(py, "seek", (len, 1))
+                .map_err(py_io)?;
+            Ok(true)
+        })
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        Python::attach(|py| {
+            if self.obj.bind(py).hasattr("flush").map_err(py_io)? {
+                self.obj.call_method0(py, "flush").map_err(py_io)?;
+            }
+            Ok(())
         })
     }
 }

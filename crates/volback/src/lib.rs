@@ -144,7 +144,8 @@
 //! backup/                       source (reading volumes), buffers, dedup (the dedup set),
 //!                               pipeline (the threads), packer, writer, parent_guide; mod: run_backup
 //! restore/                      locations (chunk locations table), check, window, stripe,
-//!                               target, writer; mod: run_restore
+//!                               writer, output: target (a file or device) or stream (a
+//!                               sink written front to back); mod: run_restore
 //! gc/                           packs, mark, condemn, repack, sweep, merge: the protocol's steps
 //! verify.rs                     what verify checks without restoring
 //! driver.rs                     the Cinder verbs over all of the above; start here as a caller
@@ -157,7 +158,7 @@
 //! [`format::extent_list`]. `volback restore` brings it back: [`restore::locations`] → the
 //! extent list via [`container::extents`] → `restore/window.rs` ([`container::fetch`]: ranged
 //! read, zstd -d, BLAKE3 check) → `restore/stripe.rs` → `restore/writer.rs` →
-//! `restore/target.rs`. The `volback` binary (crate `volback-cli`) parses arguments and calls
+//! `restore/target.rs` (or `restore/stream.rs`, for a pipe or a file object). The `volback` binary (crate `volback-cli`) parses arguments and calls
 //! these; the Python package (crate `volback-python`) wraps them for Python and holds the
 //! Cinder driver, `volback.cinder.VolbackBackupDriver`; the test-support crate
 //! (`volback-testkit`) holds the fault-injecting store, the deterministic data and the S3 test

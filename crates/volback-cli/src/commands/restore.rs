@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::args::RestoreArgs;
+use volback::restore::{WriteSink, run_restore_to_stream};
 
 pub fn run(args: RestoreArgs, s3: &S3Options) -> Result<Outcome> {
     let RestoreArgs {
@@ -30,7 +31,13 @@ pub fn run(args: RestoreArgs, s3: &S3Options) -> Result<Outcome> {
             pb.set_position(n);
         }
     };
-    let r = run_restore_with(&c, &backup_id, &target, &opts, Some(&cb));
+    let to_stdout = target.as_os_str() == "-";
+    let r = if to_stdout {
+        let mut sink = WriteSink(std::io::stdout());
+        run_restore_to_stream(&c, &backup_id, &mut sink, &opts, Some(&cb))
+    } else {
+        run_restore_with(&c, &backup_id, &target, &opts, Some(&cb))
+    };
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
@@ -39,7 +46,12 @@ pub fn run(args: RestoreArgs, s3: &S3Options) -> Result<Outcome> {
         std::fs::write(&p, serde_json::to_vec_pretty(doc).unwrap_or_default())
             .map_err(|e| Error::io("write metadata", &p, e))?;
     }
-    if json {
+    if to_stdout {
+        // Standard output holds the volume; the report goes to standard error.
+        if json {
+            eprintln!("{}", serde_json::to_string(&r).unwrap_or_default());
+        }
+    } else if json {
         print_json(&r)?;
     } else {
         out!(

@@ -290,6 +290,8 @@ class VolbackBackupDriver(driver.BackupDriver):  # type: ignore[misc]
                 parent_id=backup.parent_id,
                 metadata=metadata,
                 data_timestamp=str(backup.data_timestamp) if backup.data_timestamp else None,
+                # The volume's size in the database, for progress when the device cannot tell.
+                size_hint=int(backup.size or 0) * _GIB,
                 progress=tracker.progress,
                 cancel=tracker.token,
             )
@@ -317,10 +319,6 @@ class VolbackBackupDriver(driver.BackupDriver):  # type: ignore[misc]
         except volback.VolbackError as e:
             raise exception.BackupOperationError(f"volback container: {e}") from None
         target = _unwrap(volume_file)
-        if not isinstance(target, int):
-            raise exception.BackupOperationError(
-                f"volback restores to a device or file with a descriptor; got {type(target).__name__!r}"
-            )
         tracker = _Tracker()
         notify = self._notifier(backup, "restoreprogress")
         cancelled = {"yes": False}

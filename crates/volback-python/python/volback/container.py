@@ -16,7 +16,7 @@ from volback.errors import from_native
 #: ``progress(done_bytes, total_bytes)``; return ``False`` to stop the operation.
 ProgressCallback = Callable[[int, int], Optional[bool]]
 #: A volume or target: a path, a file descriptor, or a file object (``fileno()`` is used when it
-#: works; otherwise a volume is read with ``read(n)``).
+#: works; otherwise a volume is read with ``read(n)`` and a target written with ``write()``).
 Volume = Union[str, "os.PathLike[str]", int, Any]
 
 
@@ -153,6 +153,7 @@ class Container:
         metadata: Any = None,
         data_timestamp: str | None = None,
         expected_size: int | None = None,
+        size_hint: int | None = None,
         zstd_level: int | None = None,
         progress: ProgressCallback | None = None,
         cancel: _volback.CancelToken | None = None,
@@ -161,7 +162,9 @@ class Container:
         grown or shrunk). ``metadata`` (JSON-serialisable) is stored with the backup. Returns
         the report (``backup_id``, ``size``, ``bytes_new``, ``chunks_new``, ``object_count``,
         …). Nothing is committed unless it returns; ``cancel.cancel()`` (from any thread) stops it
-        with :class:`volback.Cancelled`."""
+        with :class:`volback.Cancelled`. ``expected_size``: the volume must be exactly this long
+        (a shorter read is an error). ``size_hint``: the total that ``progress`` is given when the
+        volume's size cannot be told without reading it (a file object without a descriptor)."""
         return dict(
             json.loads(
                 _call(
@@ -174,7 +177,7 @@ class Container:
                     data_timestamp=data_timestamp,
                     expected_size=expected_size,
                     zstd_level=zstd_level,
-                    size_hint=_size_of(volume),
+                    size_hint=_size_of(volume) or size_hint or 0,
                     progress=progress,
                     cancel=cancel,
                 )
@@ -191,11 +194,14 @@ class Container:
         progress: ProgressCallback | None = None,
         cancel: _volback.CancelToken | None = None,
     ) -> dict[str, Any]:
-        """Restores ``backup_id`` onto ``target`` (a path or a file descriptor). ``is_new``: the
-        target reads as zeros, so zero extents are skipped (a path must not exist yet; it is
-        written under a temporary name and renamed when complete); otherwise zeros are written
-        and a file ends at exactly the volume size. Returns the report, with the stored volume
-        metadata under ``volume_metadata``."""
+        """Restores ``backup_id`` onto ``target``: a path, a file descriptor, or a file object.
+        A descriptor (or an object whose ``fileno()`` gives one) is written at offsets; any
+        other object with ``write()`` is written front to back in blocks of megabytes, ending at
+        exactly the volume size. ``is_new``: the target reads as zeros, so zero extents are
+        skipped (a path must not exist yet; it is written under a temporary name and renamed
+        when complete; a file object is seeked over them when it is seekable); otherwise zeros
+        are written and a file ends at exactly the volume size. Returns the report, with the
+        stored volume metadata under ``volume_metadata``."""
         return dict(
             json.loads(
                 _call(

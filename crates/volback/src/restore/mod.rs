@@ -27,15 +27,22 @@
 //! refused up front. A new file target is written under a temporary name and renamed into
 //! place only when complete (and fsync'd, for a durable restore): a failed restore never
 //! leaves a half-written file under the target's name.
+//!
+//! A target that cannot be written at an offset (standard output, a pipe, a file object
+//! without a descriptor) gets the same stripes in the same order, with the zeros between them
+//! filled in ([`run_restore_to_stream`]).
 
 mod check;
 pub mod locations;
+mod output;
+mod stream;
 mod stripe;
 mod target;
 mod window;
 mod writer;
 
 pub use check::check_complete;
+pub use stream::{StreamSink, WriteSink};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +57,8 @@ use crate::format::manifest::Manifest;
 use crate::ids::Hash;
 use crate::store::RequestCounts;
 use locations::{DEFAULT_MEM_ENTRIES, LocationTable, trim_heap};
+use output::Output;
+use stream::Stream;
 use stripe::{STRIPES, Stripe, stripe_len};
 use target::Target;
 use window::{WINDOW_CHUNKS, restore_window};
@@ -157,6 +166,44 @@ pub fn run_restore_with(
     opts: &RestoreOptions,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<RestoreReport> {
+    restore_into(container, backup_id, opts, progress, |size| {
+        let mut t = Target::open(target, opts.mode, size)?;
+        if opts.direct_io {
+            t.direct();
+        }
+        Ok(Output::File(t))
+    })
+}
+
+/// Restores backup `backup_id` into `sink`, front to back: every byte of the volume in order,
+/// for targets that cannot be written at an offset (standard output, a pipe, a file object
+/// without a descriptor). Zero extents are written as zeros, or skipped with
+/// [`StreamSink::skip`] when `opts.mode` says the target reads as zeros
+/// ([`TargetMode::New`], [`TargetMode::Zeroed`]). `opts.sync` and `opts.direct_io` are the
+/// sink's business ([`StreamSink::finish`] is called at the end).
+pub fn run_restore_to_stream(
+    container: &Container,
+    backup_id: &str,
+    sink: &mut dyn StreamSink,
+    opts: &RestoreOptions,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<RestoreReport> {
+    let skip_zeros = opts.mode != TargetMode::Existing;
+    restore_into(container, backup_id, opts, progress, |size| {
+        Ok(Output::Stream(Stream::new(
+            sink, size, skip_zeros, progress,
+        )))
+    })
+}
+
+/// The restore itself, onto the output `open` makes for a volume of the given size.
+fn restore_into<'a>(
+    container: &Container,
+    backup_id: &str,
+    opts: &RestoreOptions,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+    open: impl FnOnce(u64) -> Result<Output<'a>>,
+) -> Result<RestoreReport> {
     let started = Instant::now();
     let requests_before = container.store().requests();
     let (manifest, _) = container.read_manifest(backup_id)?;
@@ -170,10 +217,7 @@ pub fn run_restore_with(
     // larger the backup); so does every window. Trimming after each keeps a 16 GiB restore's
     // peak within a few percent of a 4 GiB one's instead of ~10 % above it.
     trim_heap();
-    let mut t = Target::open(target, opts.mode, manifest.size)?;
-    if opts.direct_io {
-        t.direct();
-    }
+    let t = open(manifest.size)?;
     let stripe_len = (opts.stripe).map_or(stripe_len(container.store().concurrency()), |s| {
         s.max(manifest.chunker.max as usize)
     });
@@ -219,7 +263,7 @@ fn restore_extents(
     container: &Container,
     index: &LocationTable,
     manifest: &Manifest,
-    t: &Target,
+    t: &Output<'_>,
     opts: &RestoreOptions,
     stripe_len: usize,
     progress: Option<&(dyn Fn(u64) + Sync)>,
@@ -237,7 +281,7 @@ fn restore_extents(
             let _ = free_tx.send(Stripe::new(stripe_len)?);
         }
         let (full, todo) = std::sync::mpsc::sync_channel::<Stripe>(STRIPES);
-        let writer = s.spawn(move || write_stripes(t, todo, free_tx, opts.sync, failed));
+        let writer = s.spawn(move || write_stripes(t, todo, free_tx, opts.sync, failed, progress));
         let gone = || Error::Internal("the restore's writer thread stopped".into());
         let mut stripe = free.recv().map_err(|_| gone())?;
         let mut window = Vec::with_capacity(WINDOW_CHUNKS);
@@ -274,9 +318,6 @@ fn restore_extents(
                     bytes_written += u64::from(*len);
                     if window.len() >= WINDOW_CHUNKS || !stripe.add(off, u64::from(*len))? {
                         flush(&mut window, &mut stripe)?;
-                        if let Some(p) = progress {
-                            p(off);
-                        }
                         // An empty stripe holds any chunk the backup's chunker cuts, and by
                         // default any extent the manifest's decoder accepts (STRIPE is no
                         // shorter than MAX_CHUNK_LIMIT).
@@ -295,7 +336,7 @@ fn restore_extents(
                 }
                 Extent::Zero { len } => {
                     zero_bytes += len;
-                    if t.write_zeros {
+                    if t.write_zeros() {
                         t.zero(off, *len)?;
                     }
                 }
@@ -387,7 +428,7 @@ mod tests {
         let path = dir.path().join("t.img");
         std::fs::write(&path, []).unwrap();
         let read_only = File::open(&path).unwrap();
-        let t = Target::new(read_only, path.clone(), None, true, false);
+        let t = Output::File(Target::new(read_only, path.clone(), None, true, false));
         let (full, todo) = std::sync::mpsc::sync_channel(STRIPES);
         let (free_tx, free) = std::sync::mpsc::channel();
         for base in [0u64, 1 << 20] {
@@ -397,7 +438,7 @@ mod tests {
         }
         drop(full);
         let failed = AtomicBool::new(false);
-        let err = write_stripes(&t, todo, free_tx, true, &failed).unwrap_err();
+        let err = write_stripes(&t, todo, free_tx, true, &failed, None).unwrap_err();
         assert_eq!(err.kind(), "io", "{err}");
         assert!(failed.load(Ordering::Relaxed));
         assert_eq!(free.iter().count(), 2);

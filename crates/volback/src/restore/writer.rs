@@ -2,8 +2,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::output::Output;
 use super::stripe::Stripe;
-use super::target::Target;
 use crate::error::Result;
 
 /// Writeback of a durable restore's target is started each time this many more bytes have
@@ -16,16 +16,18 @@ pub(super) const WRITEBACK_EVERY: u64 = 32 << 20;
 /// sets `failed` (the walk stops at its next window) and returns the error once the walk is
 /// done. A durable restore's writes through the page cache (all of them where the target
 /// refuses direct I/O) get their writeback started every [`WRITEBACK_EVERY`] bytes, so the
-/// final fsync has little left to wait for. Returns the bytes written with direct I/O.
+/// final fsync has little left to wait for. `progress` is told the volume offset written up
+/// to after each stripe. Returns the bytes written with direct I/O.
 pub(super) fn write_stripes(
-    t: &Target,
+    t: &Output<'_>,
     todo: std::sync::mpsc::Receiver<Stripe>,
     free: std::sync::mpsc::Sender<Stripe>,
     sync: bool,
     failed: &AtomicBool,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<u64> {
     let mut res = Ok(0u64);
-    let mut direct = t.direct.is_some();
+    let mut direct = t.is_direct();
     let mut unflushed = 0u64;
     for stripe in todo {
         if let Ok(done) = res {
@@ -33,6 +35,9 @@ pub(super) fn write_stripes(
                 Ok(n + t.write_region(&stripe, off, len, &mut direct)?)
             });
             failed.store(res.is_err(), Ordering::Relaxed);
+            if let (Ok(_), Some(p), Some(r)) = (&res, progress, stripe.regions.last()) {
+                p(r.0 + r.1);
+            }
             if sync && !direct {
                 unflushed += stripe.regions.iter().map(|r| r.1).sum::<u64>();
                 if unflushed >= WRITEBACK_EVERY {
