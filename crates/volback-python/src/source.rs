@@ -123,16 +123,49 @@ fn py_io(e: PyErr) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
+/// CPython's `PyBUF_READ` (a read-only memoryview), part of the stable ABI; pyo3's constant is
+/// not exposed for abi3 builds before Python 3.11.
+const PYBUF_READ: std::os::raw::c_int = 0x100;
+
+impl PyWriter {
+    /// One `write()` of `data`, handed over as a read-only memoryview of the engine's block (no
+    /// copy into a bytes object: a copy per block cost a restore 66 MiB more peak RSS, from
+    /// the allocator keeping the freed blocks). The view is released before this returns, so
+    /// a `write()` that kept a reference to it gets an error on use, never this memory.
+    fn write_once(&self, py: Python<'_>, data: &[u8]) -> PyResult<usize> {
+        let len = pyo3::ffi::Py_ssize_t::try_from(data.len())
+            .map_err(|_| errors::config("write of more than isize::MAX bytes"))?;
+        // SAFETY: a read-only view of `data`, which outlives it: the view is released below,
+        // before `data` can be touched again.
+        let view = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                pyo3::ffi::PyMemoryView_FromMemory(
+                    data.as_ptr() as *mut std::os::raw::c_char,
+                    len,
+                    PYBUF_READ,
+                ),
+            )
+        }?;
+        let written = self.obj.call_method1(py, "write", (&view,));
+        // Fails only while something still holds a buffer exported from the view: then the
+        // restore must not go on (that memory is about to be reused).
+        view.call_method0("release")?;
+        // `None` (a raw stream that would block) and 0 are no progress.
+        Ok(written?
+            .extract::<Option<usize>>(py)
+            .ok()
+            .flatten()
+            .unwrap_or(0))
+    }
+}
+
 impl StreamSink for PyWriter {
     fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
         Python::attach(|py| {
             let mut rest = data;
             while !rest.is_empty() {
-                let n = (self.obj)
-                    .call_method1(py, "write", (PyBytes::new(py, rest),))
-                    .map_err(py_io)?;
-                // `None` (a raw stream that would block) and 0 are no progress.
-                let n = n.extract::<Option<usize>>(py).ok().flatten().unwrap_or(0);
+                let n = self.write_once(py, rest).map_err(py_io)?;
                 if n == 0 || n > rest.len() {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::WriteZero,

@@ -281,7 +281,17 @@ fn restore_extents(
             let _ = free_tx.send(Stripe::new(stripe_len)?);
         }
         let (full, todo) = std::sync::mpsc::sync_channel::<Stripe>(STRIPES);
-        let writer = s.spawn(move || write_stripes(t, todo, free_tx, opts.sync, failed, progress));
+        let writer = s.spawn(move || {
+            write_stripes(
+                t,
+                todo,
+                free_tx,
+                opts.sync,
+                failed,
+                progress,
+                opts.cancel.as_deref(),
+            )
+        });
         let gone = || Error::Internal("the restore's writer thread stopped".into());
         let mut stripe = free.recv().map_err(|_| gone())?;
         let mut window = Vec::with_capacity(WINDOW_CHUNKS);
@@ -438,7 +448,7 @@ mod tests {
         }
         drop(full);
         let failed = AtomicBool::new(false);
-        let err = write_stripes(&t, todo, free_tx, true, &failed, None).unwrap_err();
+        let err = write_stripes(&t, todo, free_tx, true, &failed, None, None).unwrap_err();
         assert_eq!(err.kind(), "io", "{err}");
         assert!(failed.load(Ordering::Relaxed));
         assert_eq!(free.iter().count(), 2);

@@ -80,7 +80,7 @@ impl<'a> Stream<'a> {
                 pos: 0,
                 size,
                 skip_zeros,
-                block: Vec::new(),
+                block: Vec::with_capacity(BLOCK),
             }),
             name: "restore stream".into(),
         }

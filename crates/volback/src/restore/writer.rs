@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::output::Output;
 use super::stripe::Stripe;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Writeback of a durable restore's target is started each time this many more bytes have
 /// been written through the page cache (see [`write_stripes`]).
@@ -17,7 +17,8 @@ pub(super) const WRITEBACK_EVERY: u64 = 32 << 20;
 /// done. A durable restore's writes through the page cache (all of them where the target
 /// refuses direct I/O) get their writeback started every [`WRITEBACK_EVERY`] bytes, so the
 /// final fsync has little left to wait for. `progress` is told the volume offset written up
-/// to after each stripe. Returns the bytes written with direct I/O.
+/// to after each stripe; a set `cancel` stops the writing before the next stripe. Returns the
+/// bytes written with direct I/O.
 pub(super) fn write_stripes(
     t: &Output<'_>,
     todo: std::sync::mpsc::Receiver<Stripe>,
@@ -25,11 +26,18 @@ pub(super) fn write_stripes(
     sync: bool,
     failed: &AtomicBool,
     progress: Option<&(dyn Fn(u64) + Sync)>,
+    cancel: Option<&AtomicBool>,
 ) -> Result<u64> {
     let mut res = Ok(0u64);
     let mut direct = t.is_direct();
     let mut unflushed = 0u64;
     for stripe in todo {
+        if res.is_ok() && cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            // Asked to stop, perhaps by the progress callback after the last stripe: the
+            // restore fails rather than completing behind the caller's back.
+            res = Err(Error::Cancelled { what: "restore" });
+            failed.store(true, Ordering::Relaxed);
+        }
         if let Ok(done) = res {
             res = (stripe.regions.iter()).try_fold(done, |n, &(off, len)| {
                 Ok(n + t.write_region(&stripe, off, len, &mut direct)?)
