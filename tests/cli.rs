@@ -417,6 +417,45 @@ fn usage_and_bad_input() {
     assert!(err.contains("/nonexistent/vol.img"), "{err}");
     let err = fails(volback(&["list", "--container", "s4://bucket"]));
     assert!(err.contains("scheme"), "{err}");
+    // An average chunk size whose maximum (x4) would wrap a u32 is refused, and no container
+    // is created with it.
+    std::fs::write(d.join("small.img"), text_like(10_000, 1)).unwrap();
+    let err = fails(volback(&[
+        "backup",
+        "--container",
+        d.join("c-avg").to_str().unwrap(),
+        "--volume",
+        d.join("small.img").to_str().unwrap(),
+        "--chunk-avg",
+        "1610612738",
+    ]));
+    assert!(err.contains("--chunk-avg"), "{err}");
+    assert!(!d.join("c-avg/config").exists());
+    // A lease that outlives the calendar is a lease that never expires, not one that already
+    // has; labels are checked.
+    let b = json_of(&ok(volback(&[
+        "backup",
+        "--container",
+        d.join("c-ttl").to_str().unwrap(),
+        "--volume",
+        d.join("small.img").to_str().unwrap(),
+        "--lease-ttl",
+        &u64::MAX.to_string(),
+        "--label",
+        "policy=daily",
+        "--json",
+    ])));
+    assert_eq!(b["size"], 10_000);
+    let err = fails(volback(&[
+        "backup",
+        "--container",
+        d.join("c-ttl").to_str().unwrap(),
+        "--volume",
+        d.join("small.img").to_str().unwrap(),
+        "--label",
+        "no equals sign",
+    ]));
+    assert!(err.contains("key=value"), "{err}");
     ok(volback(&[
         "check",
         "--container",

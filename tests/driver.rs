@@ -590,9 +590,10 @@ fn driver_verbs_with_metadata_export_and_import_into_a_copy(e: &Env) {
     let text = driver.export_record(&record).unwrap();
     assert!(text.contains("\"version\": 1") && text.contains("manifest_blake3"));
 
-    // Import into a copy of the container, as another host would.
+    // Import into a copy of the container, as another host configured for it would.
     let (copy_url, copy) = e.copy_container();
     let other = Driver::new(volback::driver::DriverConfig {
+        container: copy_url.clone(),
         s3: e.s3.clone(),
         ..Default::default()
     })

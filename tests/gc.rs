@@ -25,6 +25,7 @@ on_both_backends!(
     ten_daily_backups_then_delete_all_but_newest_leaves_at_most_1_15x_a_full,
     a_running_backup_holds_back_the_sweep_and_commits_intact,
     orphans_of_interrupted_backups_are_reclaimed_after_their_lease,
+    setup_probes_are_not_leases_and_crashed_ones_are_collected,
 );
 
 fn backup(c: &Container, vol: &Path, id: &str, parent: Option<&str>) -> u64 {
@@ -101,6 +102,41 @@ fn ten_daily_backups_then_delete_all_but_newest_leaves_at_most_1_15x_a_full(e: &
     let again = gc(&c);
     assert_eq!(again.packs_deleted, 0, "{again:?}");
     assert_eq!(again.packs_unreferenced, 0, "{again:?}");
+}
+
+/// A setup check leaves nothing behind; the probe a crashed check left is not a lease (it
+/// never holds the sweep back) and is removed by gc once it is an hour old, a fresh one
+/// (a check running right now) is not.
+fn setup_probes_are_not_leases_and_crashed_ones_are_collected(e: &Env) {
+    e.c.check_writable().unwrap();
+    assert!(
+        e.c.store()
+            .list("")
+            .unwrap()
+            .iter()
+            .all(|o| o.key == "config")
+    );
+    let now = volback::clock::now_unix();
+    let (old, fresh) = (
+        format!("probes/{}-abc", now - 7200),
+        format!("probes/{now}-def"),
+    );
+    for k in [&old, &fresh] {
+        e.c.store()
+            .put(k, bytes::Bytes::from_static(b"probe"))
+            .unwrap();
+    }
+    assert!(e.c.list_leases().unwrap().is_empty());
+    let r = gc(&e.c);
+    assert_eq!(r.probes_removed, 1);
+    let left: Vec<String> =
+        e.c.store()
+            .list("probes/")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+    assert_eq!(left, [fresh]);
 }
 
 fn restores_to_err(c: &Container, id: &str, scratch: &Path) -> &'static str {

@@ -148,7 +148,7 @@ fn a_version_1_container_lists_restores_imports_and_verifies() {
     );
     let stored = std::fs::read(fixture().join("container-v1/deleted/gone-3")).unwrap();
     let t: Tombstone = serde_json::from_slice(&stored).unwrap();
-    assert_eq!(t.encode(), stored);
+    assert_eq!(t.encode().unwrap(), stored);
 }
 
 /// Today's build backs up into the old container, deduplicating against what it holds, and the

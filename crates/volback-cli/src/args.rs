@@ -109,6 +109,10 @@ pub struct BackupArgs {
     /// Seconds the backup's lease lives without renewal (renewed every eighth of it).
     #[arg(long, default_value_t = volback::container::LEASE_TTL.as_secs())]
     pub lease_ttl: u64,
+    /// A `key=value` label stored with the backup (repeat for more), e.g. `policy=daily`:
+    /// `list` filters on labels and `prune` can group by one.
+    #[arg(long)]
+    pub label: Vec<String>,
     /// Print one JSON object and nothing else.
     #[arg(long)]
     pub json: bool,

@@ -61,12 +61,8 @@ impl NativeContainer {
             init.zstd_level = level;
         }
         if let Some(avg) = chunk_avg {
-            init.chunker = ChunkerParams {
-                min: avg / 4,
-                avg,
-                max: avg.saturating_mul(4),
-                ..init.chunker
-            };
+            init.chunker = ChunkerParams::around(avg)
+                .map_err(|e| errors::config(format!("chunk_avg: {e}")))?;
         }
         if let Some(size) = pack_size {
             init.pack_target = size;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::backup::source::VolumeSource;
 use crate::backup::{BackupOptions, BackupReport, Progress, run_backup};
-use crate::container::{Container, manifest_key};
+use crate::container::{Container, ContainerUrl, manifest_key};
 use crate::error::{Error, RecordError, Result};
 use crate::format::config::ContainerConfig;
 use crate::format::record::{BackupRecord, ExportedRecord, RECORD_FORMAT, RECORD_VERSION};
@@ -47,6 +47,10 @@ pub struct DriverConfig {
     pub zstd_level: Option<i32>,
     /// S3 settings for `s3://` containers (unset fields come from the environment).
     pub s3: S3Options,
+    /// Containers besides `container` that a backup record may name (the service's records of
+    /// backups made under an earlier setting). A record naming any other container is
+    /// refused: a record never chooses where the driver reads or writes.
+    pub allowed_containers: Vec<String>,
 }
 
 /// Record fields a backup sets (Cinder applies them with `backup.update()`).
@@ -105,7 +109,34 @@ impl Driver {
     /// Support for deleting backups that have dependents: always (no chain dependencies).
     pub const SUPPORT_FORCE_DELETE: bool = true;
 
+    /// The container a record names (`url`; None: the configured one), if this driver may use
+    /// it: the configured container or one of `allowed_containers`, compared as normalised
+    /// URLs (`file:///a/b` and `/a/b/` are the same container).
     fn container(&self, url: Option<&str>, create: bool) -> Result<Container> {
+        let configured = match &self.fixed {
+            Some(c) => c.url().to_string(),
+            None => self.config.container.clone(),
+        };
+        if let Some(url) = url {
+            let same = |a: &str| {
+                matches!(
+                    (ContainerUrl::parse(a), ContainerUrl::parse(url)),
+                    (Ok(a), Ok(b)) if a == b
+                )
+            };
+            if !same(&configured) && !self.config.allowed_containers.iter().any(|a| same(a)) {
+                return Err(RecordError::ForeignContainer {
+                    container: url.into(),
+                    configured,
+                }
+                .into());
+            }
+        }
+        self.open_allowed(url, create)
+    }
+
+    /// Opens `url` (None: the configured container), which the caller has allowed.
+    fn open_allowed(&self, url: Option<&str>, create: bool) -> Result<Container> {
         if let Some(c) = &self.fixed {
             return Ok(c.clone());
         }
@@ -151,6 +182,7 @@ impl Driver {
             zstd_level: self.config.zstd_level,
             dedup_mem_keys: None,
             cancel: None,
+            labels: Default::default(),
         };
         self.backup_with(&container, volume, &opts, progress)
     }
@@ -176,7 +208,8 @@ impl Driver {
         })
     }
 
-    /// Opens the container a record names (or the default), without creating it.
+    /// Opens the container a record names (or the default), without creating it; a container
+    /// this driver is not configured for is refused.
     pub fn open_container(&self, url: Option<&str>) -> Result<Container> {
         self.container(url, false)
     }
@@ -239,15 +272,20 @@ impl Driver {
                 data_timestamp: m.data_timestamp.clone(),
             },
         };
-        Ok(exported.to_text())
+        exported.to_text()
     }
 
     /// Imports an exported record: validates it, checks that the container holds exactly the
     /// manifest it describes and every object that manifest needs, and returns the backup record
-    /// to register. `container` overrides the record's container (importing into a copy).
+    /// to register. `container` is where the caller imports it (a copy of the exporting
+    /// container, say): the caller's choice. Without it, the record's own container must be
+    /// one this driver is configured for ([`RecordError::ForeignContainer`] otherwise).
     pub fn import_record(&self, text: &str, container: Option<&str>) -> Result<BackupRecord> {
         let r = ExportedRecord::parse(text)?;
-        let c = self.container(Some(container.unwrap_or(&r.container)), false)?;
+        let c = match container {
+            Some(url) => self.open_allowed(Some(url), false)?,
+            None => self.container(Some(&r.container), false)?,
+        };
         let bytes = match c.store().get(&r.manifest_key) {
             Ok(b) => b,
             Err(Error::MissingObject { key }) => {

@@ -37,6 +37,7 @@ pub const KINDS: &[&str] = &[
     "record_unknown_version",
     "record_missing_manifest",
     "record_manifest_mismatch",
+    "record_foreign_container",
     "lease_expired",
     "cancelled",
     "internal",
@@ -67,6 +68,16 @@ pub enum RecordError {
         key: String,
         expected: String,
         actual: String,
+    },
+    /// The record names a container the driver is not configured for: a record never chooses
+    /// where the driver reads or writes.
+    #[error(
+        "backup record names container '{container}', which this driver is not configured for \
+         (configured: '{configured}')"
+    )]
+    ForeignContainer {
+        container: String,
+        configured: String,
     },
 }
 
@@ -276,6 +287,7 @@ impl Error {
             Error::Record(RecordError::UnknownVersion { .. }) => "record_unknown_version",
             Error::Record(RecordError::MissingManifest { .. }) => "record_missing_manifest",
             Error::Record(RecordError::ManifestMismatch { .. }) => "record_manifest_mismatch",
+            Error::Record(RecordError::ForeignContainer { .. }) => "record_foreign_container",
             Error::LeaseExpired { .. } => "lease_expired",
             Error::Cancelled { .. } => "cancelled",
             Error::Internal(_) => "internal",

@@ -2,6 +2,8 @@
 
 use super::*;
 use crate::args::BackupArgs;
+use volback::chunker::ChunkerParams;
+use volback::format::manifest::parse_label;
 
 pub fn run(args: BackupArgs, s3: &S3Options) -> Result<Outcome> {
     let BackupArgs {
@@ -15,15 +17,17 @@ pub fn run(args: BackupArgs, s3: &S3Options) -> Result<Outcome> {
         zstd_level,
         chunk_avg,
         lease_ttl,
+        label,
         json,
     } = args;
-    let init = chunk_avg.map(|avg| {
-        let mut c = ContainerConfig::default();
-        c.chunker.avg = avg;
-        c.chunker.min = avg / 4;
-        c.chunker.max = avg * 4;
-        c
-    });
+    let init = match chunk_avg {
+        Some(avg) => Some(ContainerConfig {
+            chunker: ChunkerParams::around(avg)
+                .map_err(|e| Error::Config(format!("--chunk-avg: {e}")))?,
+            ..ContainerConfig::default()
+        }),
+        None => None,
+    };
     let c = Container::open_with(&container, true, init, s3)?;
     let volume_metadata = match metadata {
         Some(p) => {
@@ -58,6 +62,10 @@ pub fn run(args: BackupArgs, s3: &S3Options) -> Result<Outcome> {
         dedup_mem_keys: None,
         cancel: None,
         lease_ttl: Some(std::time::Duration::from_secs(lease_ttl.max(1))),
+        labels: label
+            .iter()
+            .map(|l| parse_label(l))
+            .collect::<Result<_>>()?,
     };
     let pb = progress_bar(json, size_hint);
     let cb = |n: u64| {

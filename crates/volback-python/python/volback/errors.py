@@ -88,6 +88,7 @@ _BY_KIND: dict[str, type[VolbackError]] = {
     "record_unknown_version": RecordError,
     "record_missing_manifest": RecordError,
     "record_manifest_mismatch": RecordError,
+    "record_foreign_container": RecordError,
     "io": StorageError,
     "remote": StorageError,
     "transient": StorageError,

@@ -70,6 +70,9 @@ pub struct BackupOptions {
     /// Set to stop the backup: it is checked between batches of the volume (every few MiB),
     /// and a cancelled backup fails with [`Error::Cancelled`], committing nothing.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// `key=value` labels stored with the backup (see
+    /// [`crate::format::manifest::validate_labels`]).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// What a backup did (the CLI's `backup --json`).
@@ -201,6 +204,7 @@ fn check_request(container: &Container, opts: &BackupOptions) -> Result<Request>
     let backup_id = opts.backup_id.clone().unwrap_or_else(new_backup_id);
     validate_id("backup id", &backup_id)?;
     validate_id("volume id", &opts.volume_id)?;
+    crate::format::manifest::validate_labels(&opts.labels)?;
     if container.backup_id_taken(&backup_id)? {
         return Err(Error::BackupExists {
             id: backup_id,
@@ -284,5 +288,6 @@ fn new_manifest(
             object_count: stored.written.objects + 1,
         },
         volume_metadata: opts.volume_metadata.clone(),
+        labels: opts.labels.clone(),
     }
 }

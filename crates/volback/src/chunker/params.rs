@@ -32,6 +32,22 @@ impl Default for ChunkerParams {
 }
 
 impl ChunkerParams {
+    /// Parameters around an average chunk size of `avg` bytes, the smallest a quarter of it
+    /// and the largest four times it (as the defaults are), checked.
+    pub fn around(avg: u32) -> Result<ChunkerParams, String> {
+        let max = avg
+            .checked_mul(4)
+            .ok_or_else(|| format!("average chunk size {avg} is too large (at most 4 MiB)"))?;
+        let p = ChunkerParams {
+            min: avg / 4,
+            avg,
+            max,
+            ..ChunkerParams::default()
+        };
+        p.validate()?;
+        Ok(p)
+    }
+
     /// Checks the parameters against FastCDC's limits and our own.
     pub fn validate(&self) -> Result<(), String> {
         let ok = self.min >= 64
@@ -55,6 +71,23 @@ impl ChunkerParams {
                  min <= 1 MiB, 256 <= avg <= 4 MiB, 1 KiB <= max <= 16 MiB, all even, \
                  zero_min a non-zero multiple of 4 KiB"
             ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn around_an_average_is_checked_not_wrapped() {
+        assert_eq!(
+            ChunkerParams::around(32 * 1024),
+            Ok(ChunkerParams::default())
+        );
+        // 4 x 1.5 GiB wraps a u32 to a small, plausible maximum: refused, not wrapped.
+        for avg in [0, 100, (3 << 29) + 2, u32::MAX, 8 << 20] {
+            assert!(ChunkerParams::around(avg).is_err(), "{avg}");
         }
     }
 }

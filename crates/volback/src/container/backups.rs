@@ -54,7 +54,7 @@ impl Container {
 
     /// Commits a manifest; fails if a backup with this id was committed meanwhile.
     pub fn commit_manifest(&self, m: &Manifest) -> Result<Bytes> {
-        let bytes = Bytes::from(m.encode());
+        let bytes = Bytes::from(m.encode()?);
         if !self
             .store
             .put_if_absent(&manifest_key(&m.backup_id), bytes.clone())?
@@ -92,7 +92,7 @@ impl Container {
         let (m, _) = self.read_manifest(backup_id)?;
         let tomb = Tombstone::new(backup_id, &m.volume_id, now_rfc3339());
         self.store
-            .put(&tombstone_key(backup_id), Bytes::from(tomb.encode()))?;
+            .put(&tombstone_key(backup_id), Bytes::from(tomb.encode()?))?;
         self.store.delete(&manifest_key(backup_id))
     }
 }

@@ -66,8 +66,24 @@ impl Container {
                 }
                 reader.push(&key, chunk, &mut batch)?;
                 for e in batch.drain(..) {
+                    // Checked before the caller sees the extent: lengths come from storage,
+                    // and a sum that wrapped could end at the size and pass the check below.
+                    let end = (offset.checked_add(e.len()))
+                        .filter(|&end| end <= manifest.size)
+                        .ok_or_else(|| {
+                            Error::corrupt(
+                                &key,
+                                0,
+                                format!(
+                                    "extent of {} bytes at volume offset {offset} runs past the \
+                                     volume's {} bytes",
+                                    e.len(),
+                                    manifest.size
+                                ),
+                            )
+                        })?;
                     f(offset, &e)?;
-                    offset += e.len();
+                    offset = end;
                 }
             }
         }

@@ -36,9 +36,10 @@ impl Container {
             host: hostname(),
             pid: std::process::id(),
             started_unix,
-            expires_unix: now_unix() + ttl.as_secs(),
+            // Saturating: a huge TTL is a lease that never expires, not one that already has.
+            expires_unix: now_unix().saturating_add(ttl.as_secs()),
         };
-        self.store.put(key, Bytes::from(lease.encode()))?;
+        self.store.put(key, Bytes::from(lease.encode()?))?;
         Ok(lease.expires_unix)
     }
 
@@ -122,7 +123,7 @@ impl LeaseGuard {
     /// manifest that may name chunks swept meanwhile.
     pub fn check_valid(&self) -> Result<()> {
         let until = self.valid_until.load(AtomicOrdering::Relaxed);
-        if now_unix() + self.ttl.as_secs() / 2 > until {
+        if now_unix().saturating_add(self.ttl.as_secs() / 2) > until {
             return Err(Error::LeaseExpired {
                 key: self.key.clone(),
                 expires_unix: until,

@@ -82,7 +82,7 @@ impl Container {
                 store.list(LEASES_PREFIX)?;
                 let cfg = init.unwrap_or_default();
                 cfg.validate()?;
-                let bytes = cfg.encode();
+                let bytes = cfg.encode()?;
                 // Create-only: if another process initialised the container first, use its config.
                 if store.put_if_absent(CONFIG_KEY, Bytes::from(bytes))? {
                     cfg
@@ -132,11 +132,10 @@ impl Container {
     }
 
     /// Checks that the container can be written and read back (Cinder's `check_for_setup_error`).
+    /// The probe object goes under `probes/`, named by its time: one a crash left behind is
+    /// removed by gc an hour later, and is never mistaken for a lease.
     pub fn check_writable(&self) -> Result<()> {
-        let key = format!(
-            "{LEASES_PREFIX}setup-check-{}",
-            uuid::Uuid::new_v4().simple()
-        );
+        let key = crate::format::keys::probe_key(crate::clock::now_unix());
         let probe = Bytes::from_static(b"volback setup check");
         self.store.put(&key, probe.clone())?;
         let back = self.store.get(&key);

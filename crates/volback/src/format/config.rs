@@ -73,7 +73,7 @@ impl ContainerConfig {
     }
 
     /// The stored form (pretty JSON, as `config` has always been written).
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        super::versioned::encode_json("container config", self, true)
     }
 }

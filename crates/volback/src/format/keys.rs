@@ -8,6 +8,7 @@
 //! deleted/<backup_id>              tombstones of deleted backups (so "deleted" differs from "unknown")
 //! leases/<backup_id>-<uuid>        leases: a running backup, restore or verify announces itself
 //! gc/condemned-<unix>-<uuid>       condemnation records: packs the collector proposes to delete
+//! probes/<unix>-<uuid>             setup checks' probe objects (written, read back, deleted)
 //! ```
 //!
 //! Packs are spread over 256 prefixes so that neither a directory nor an S3 key prefix grows
@@ -28,6 +29,8 @@ pub const BACKUPS_PREFIX: &str = "backups/";
 pub const LEASES_PREFIX: &str = "leases/";
 /// Prefix of condemnation records.
 pub const CONDEMNED_PREFIX: &str = "gc/condemned-";
+/// Prefix of setup-check probes.
+pub const PROBES_PREFIX: &str = "probes/";
 
 /// Key of a pack.
 pub fn pack_key(id: &Hash) -> String {
@@ -66,4 +69,15 @@ pub fn lease_key(backup_id: &str) -> String {
 /// Key of a new condemnation record written at `unix` seconds.
 pub fn condemnation_key(unix: u64) -> String {
     format!("{CONDEMNED_PREFIX}{unix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Key of a new setup-check probe written at `unix` seconds.
+pub fn probe_key(unix: u64) -> String {
+    format!("{PROBES_PREFIX}{unix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// When the probe at `key` was written, if `key` is a probe's.
+pub fn probe_time(key: &str) -> Option<u64> {
+    let rest = key.strip_prefix(PROBES_PREFIX)?;
+    rest.split_once('-')?.0.parse().ok()
 }

@@ -22,8 +22,8 @@ pub struct Lease {
 
 impl Lease {
     /// The stored form (compact JSON).
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn encode(&self) -> crate::error::Result<Vec<u8>> {
+        super::versioned::encode_json("lease", self, false)
     }
 
     /// Parses a stored lease; `None` if it does not parse (a lease is advisory: the collector

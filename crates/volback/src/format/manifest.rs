@@ -4,6 +4,8 @@
 //! parameters, and the list of *extent-list chunks* (see [`super::extent_list`]). The manifest is
 //! the last object a backup writes; its existence is what makes the backup exist.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::versioned::decode_versioned_json;
@@ -66,13 +68,56 @@ pub struct Manifest {
     pub stats: ManifestStats,
     /// Opaque JSON volume metadata, handed back on restore.
     pub volume_metadata: Option<serde_json::Value>,
+    /// The caller's `key=value` labels (`policy=daily`, `vm=<uuid>`): listed and filtered on,
+    /// and the groups retention rules apply to. Absent when empty (earlier manifests have none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Most labels a backup carries.
+pub const MAX_LABELS: usize = 64;
+
+/// Checks labels: at most [`MAX_LABELS`]; keys of 1–64 characters of `[A-Za-z0-9._/-]`,
+/// values of at most 256 characters without control characters.
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    if labels.len() > MAX_LABELS {
+        return Err(Error::Config(format!(
+            "{} labels, at most {MAX_LABELS}",
+            labels.len()
+        )));
+    }
+    for (k, v) in labels {
+        let key_ok = (1..=64).contains(&k.len())
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c));
+        if !key_ok {
+            return Err(Error::Config(format!(
+                "label key '{k}': 1-64 characters of A-Z a-z 0-9 . _ / -"
+            )));
+        }
+        if v.chars().count() > 256 || v.chars().any(char::is_control) {
+            return Err(Error::Config(format!(
+                "label '{k}': the value must be at most 256 characters, without control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Parses `key=value` into a label.
+pub fn parse_label(text: &str) -> Result<(String, String)> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| Error::Config(format!("label '{text}' is not key=value")))?;
+    let one = BTreeMap::from([(k.to_string(), v.to_string())]);
+    validate_labels(&one)?;
+    Ok((k.into(), v.into()))
 }
 
 impl Manifest {
     /// Serialises to compact JSON (one line, so a decode error's column is a byte offset).
-    pub fn encode(&self) -> Vec<u8> {
-        // Serialising plain structs and JSON values cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        super::versioned::encode_json("manifest", self, false)
     }
 
     /// Parses a manifest read from `key`, rejecting other formats and versions by name.
@@ -128,9 +173,18 @@ mod tests {
             extent_count: 1,
             stats: ManifestStats::default(),
             volume_metadata: Some(serde_json::json!({"k": "v"})),
+            labels: BTreeMap::new(),
         };
-        let enc = m.encode();
+        let enc = m.encode().unwrap();
         assert_eq!(Manifest::decode("k", &enc).unwrap(), m);
+        // No labels: no `labels` field, as manifests were before labels existed.
+        assert!(!String::from_utf8_lossy(&enc).contains("labels"));
+        let labelled = Manifest {
+            labels: BTreeMap::from([("policy".into(), "daily".into())]),
+            ..m.clone()
+        };
+        let enc_l = labelled.encode().unwrap();
+        assert_eq!(Manifest::decode("k", &enc_l).unwrap(), labelled);
         let v2 = String::from_utf8(enc.clone())
             .unwrap()
             .replace("\"version\":1", "\"version\":2");

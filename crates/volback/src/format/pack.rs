@@ -198,6 +198,15 @@ pub fn parse_trailer(key: &str, pack_size: u64, trailer: &[u8]) -> Result<(u32, 
             format!("pack too short ({pack_size} bytes)"),
         ));
     }
+    // Offsets into a pack are 32-bit in the index: a larger object is not a pack this format
+    // wrote, whatever its trailer says.
+    if pack_size > MAX_PACK_SIZE {
+        return Err(Error::corrupt(
+            key,
+            0,
+            format!("pack of {pack_size} bytes, more than the format's {MAX_PACK_SIZE}"),
+        ));
+    }
     if &trailer[44..48] != END {
         return Err(Error::corrupt(
             key,
@@ -271,13 +280,15 @@ pub fn parse_table(
                 format!("chunk length {raw_len} exceeds limit"),
             ));
         }
+        let offset32 = u32::try_from(offset)
+            .map_err(|_| Error::corrupt(key, at, "chunk offset beyond 4 GiB"))?;
         entries.push(PackEntry {
             id,
             kind,
             compression,
             raw_len,
             stored_len,
-            offset: offset as u32,
+            offset: offset32,
         });
         offset += u64::from(stored_len);
         if offset > table_start {
@@ -360,6 +371,20 @@ mod tests {
             let got =
                 decode_chunk("p", e.offset.into(), &e.id, e.compression, e.raw_len, s).unwrap();
             assert_eq!(&got, raw);
+        }
+    }
+
+    /// A pack object listed larger than the format allows (offsets beyond 4 GiB would be cut
+    /// to 32 bits in the index) is refused by size, before its trailer is believed.
+    #[test]
+    fn a_pack_listed_over_the_format_limit_is_refused() {
+        let (bytes, _, _, _) = sample();
+        let trailer = &bytes[bytes.len() - TRAILER_LEN as usize..];
+        assert!(parse_trailer("p", bytes.len() as u64, trailer).is_ok());
+        for size in [MAX_PACK_SIZE + 1, 5 << 30, u64::MAX] {
+            let err = parse_trailer("p", size, trailer).unwrap_err();
+            assert_eq!(err.kind(), "corrupt", "{size}: {err}");
+            assert!(err.to_string().contains("more than the format"), "{err}");
         }
     }
 

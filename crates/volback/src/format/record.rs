@@ -52,10 +52,13 @@ pub struct ExportedRecord {
 
 impl ExportedRecord {
     /// The record as pretty JSON text.
-    pub fn to_text(&self) -> String {
-        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+    pub fn to_text(&self) -> Result<String> {
+        let bytes = super::versioned::encode_json("backup record", self, true)?;
+        let mut s = String::from_utf8(bytes).map_err(|e| {
+            crate::error::Error::Internal(format!("backup record is not UTF-8: {e}"))
+        })?;
         s.push('\n');
-        s
+        Ok(s)
     }
 
     /// Parses and validates record text. Fails with a distinct [`RecordError`] for malformed
@@ -140,21 +143,29 @@ mod tests {
     #[test]
     fn round_trip_and_refusals() {
         let r = sample();
-        assert_eq!(ExportedRecord::parse(&r.to_text()).unwrap(), r);
+        assert_eq!(ExportedRecord::parse(&r.to_text().unwrap()).unwrap(), r);
         let kind = |t: &str| ExportedRecord::parse(t).unwrap_err().kind();
         assert_eq!(kind("garbage"), "record_malformed");
         assert_eq!(kind("[]"), "record_malformed");
         assert_eq!(kind(""), "record_malformed");
         assert_eq!(
-            kind(&r.to_text().replace("\"version\": 1", "\"version\": 99")),
+            kind(
+                &r.to_text()
+                    .unwrap()
+                    .replace("\"version\": 1", "\"version\": 99")
+            ),
             "record_unknown_version"
         );
         assert_eq!(
-            kind(&r.to_text().replace("backups/b1", "backups/../../etc")),
+            kind(
+                &r.to_text()
+                    .unwrap()
+                    .replace("backups/b1", "backups/../../etc")
+            ),
             "record_malformed"
         );
         assert_eq!(
-            kind(&r.to_text().replace("\"b1\"", "\"../b1\"")),
+            kind(&r.to_text().unwrap().replace("\"b1\"", "\"../b1\"")),
             "record_malformed"
         );
         let big = "x".repeat(MAX_RECORD_LEN + 1);

@@ -33,7 +33,7 @@ impl Tombstone {
     }
 
     /// The stored form (compact JSON).
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn encode(&self) -> crate::error::Result<Vec<u8>> {
+        super::versioned::encode_json("tombstone", self, false)
     }
 }

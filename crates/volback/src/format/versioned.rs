@@ -38,3 +38,14 @@ pub fn decode_versioned_json<T: serde::de::DeserializeOwned>(
     }
     serde_json::from_value(v).map_err(|e| Error::corrupt(key, 0, format!("{what} fields: {e}")))
 }
+
+/// The stored JSON of `value` (pretty for objects people read, such as `config`). A value that
+/// does not serialise is an error, never an empty object written in its place.
+pub fn encode_json(what: &str, value: &impl serde::Serialize, pretty: bool) -> Result<Vec<u8>> {
+    let r = if pretty {
+        serde_json::to_vec_pretty(value)
+    } else {
+        serde_json::to_vec(value)
+    };
+    r.map_err(|e| crate::error::Error::Internal(format!("cannot encode the {what}: {e}")))
+}

@@ -110,6 +110,8 @@ pub struct GcReport {
     pub segments_written: usize,
     /// Expired leases removed (left by processes that died).
     pub leases_removed: usize,
+    /// Setup-check probes over an hour old removed (left by checks that crashed).
+    pub probes_removed: usize,
     /// Chunks that committed backups reference but no existing pack holds (damage: run verify).
     pub live_chunks_missing: usize,
     /// Temporary files of interrupted writes removed (filesystem containers).

@@ -15,6 +15,7 @@ use crate::container::{Container, pack_key};
 use crate::error::Result;
 use crate::format::condemnation::Condemnation;
 use crate::format::index_segment::Segment;
+use crate::format::keys::{PROBES_PREFIX, probe_time};
 use crate::ids::Hash;
 
 /// What the sweep reads besides the container.
@@ -25,6 +26,30 @@ pub(super) struct SweepInputs<'a> {
     pub(super) damaged: &'a [String],
     pub(super) packs: &'a Packs,
     pub(super) listed: &'a HashMap<Hash, u64>,
+}
+
+/// A setup-check probe older than this was left by a check that crashed (a check takes a
+/// second).
+const PROBE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+// The sweep's time rules. Every time comes from the container (a lease or record anyone with
+// write access can forge) or from a flag; the sums saturate, so a huge number only ever
+// keeps things longer: a wrapped sum must never make a record due or a lease dead early.
+
+/// A lease that expires at `expires` may still be held at `now`, give or take the clock skew.
+fn lease_may_be_alive(expires: u64, now: u64, opts: &GcOptions) -> bool {
+    expires.saturating_add(opts.clock_skew.as_secs()) >= now
+}
+
+/// A condemnation record written at `created` may be swept at `now` (it is `min_age` old).
+fn record_is_due(created: u64, now: u64, opts: &GcOptions) -> bool {
+    now >= created.saturating_add(opts.min_age.as_secs())
+}
+
+/// A lease taken at `started` may predate the record written at `created`, give or take the
+/// clock skew: its holder may rely on the record's packs.
+fn lease_may_predate(started: u64, created: u64, opts: &GcOptions) -> bool {
+    started <= created.saturating_add(opts.clock_skew.as_secs())
 }
 
 /// Sweeps every record no lease holds back, merges the index segments, and removes expired
@@ -43,19 +68,18 @@ pub(super) fn sweep(
         packs,
         listed,
     } = inputs;
-    let skew = opts.clock_skew.as_secs();
     // Sweep: leases are listed after this run's record is written.
     let now = now_unix();
     let leases = c.list_leases()?;
     let live_leases: Vec<_> = leases
         .iter()
-        .filter(|(_, l)| l.expires_unix + skew >= now)
+        .filter(|(_, l)| lease_may_be_alive(l.expires_unix, now, opts))
         .collect();
     let (sweepable, deferred): (Vec<_>, Vec<_>) = all_records.iter().partition(|(_, r)| {
-        now >= r.created_unix + opts.min_age.as_secs()
+        record_is_due(r.created_unix, now, opts)
             && !live_leases
                 .iter()
-                .any(|(_, l)| l.started_unix <= r.created_unix + skew)
+                .any(|(_, l)| lease_may_predate(l.started_unix, r.created_unix, opts))
     });
     report.records_deferred = deferred.len();
     if !sweepable.is_empty() {
@@ -153,10 +177,57 @@ pub(super) fn sweep(
         )?;
     }
     for (key, l) in &leases {
-        if l.expires_unix + skew < now {
+        if !lease_may_be_alive(l.expires_unix, now, opts) {
             c.store().delete(key)?;
             report.leases_removed += 1;
         }
     }
+    for probe in c.store().list(PROBES_PREFIX)? {
+        let stale =
+            probe_time(&probe.key).is_some_and(|t| t.saturating_add(PROBE_MAX_AGE.as_secs()) < now);
+        if stale {
+            c.store().delete(&probe.key)?;
+            report.probes_removed += 1;
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Forged times and huge flags never make a record due or a lease dead early: every sum
+    /// saturates instead of wrapping.
+    #[test]
+    fn huge_times_and_flags_only_ever_keep_things_longer() {
+        let now = 1_800_000_000;
+        let huge = GcOptions {
+            clock_skew: Duration::from_secs(u64::MAX),
+            min_age: Duration::from_secs(u64::MAX),
+            ..GcOptions::default()
+        };
+        let normal = GcOptions::default();
+        let hour = GcOptions {
+            min_age: Duration::from_secs(3600),
+            ..GcOptions::default()
+        };
+        // A record "written" near the end of time is not due now, with any flags.
+        for opts in [&normal, &huge, &hour] {
+            assert!(!record_is_due(u64::MAX - 10, now, opts));
+            assert!(!record_is_due(now + 1, now, opts));
+        }
+        assert!(!record_is_due(0, now, &huge));
+        assert!(record_is_due(now - 1, now, &normal));
+        // A lease with a forged far-future expiry is alive, and a huge skew keeps every lease
+        // alive and counts every lease as predating every record.
+        assert!(lease_may_be_alive(u64::MAX, now, &normal));
+        assert!(lease_may_be_alive(u64::MAX - 1, now, &huge));
+        assert!(lease_may_be_alive(0, now, &huge));
+        assert!(!lease_may_be_alive(now - 1_000, now, &normal));
+        assert!(lease_may_predate(now, u64::MAX - 5, &normal));
+        assert!(lease_may_predate(u64::MAX, now, &huge));
+        assert!(!lease_may_predate(now + 1_000, now, &normal));
+    }
 }

@@ -40,7 +40,8 @@ use crate::error::{Error, Result};
 use crate::store::{ObjectMeta, ObjectStore, RequestCounters, RequestCounts, validate_key};
 
 /// S3 connection settings. Unset fields fall back to the environment, then the profile files.
-#[derive(Debug, Clone, Default)]
+/// Its `Debug` shows neither the secret key nor the session token.
+#[derive(Clone, Default)]
 pub struct S3Options {
     /// Endpoint URL, e.g. `http://127.0.0.1:9000` (None: AWS).
     pub endpoint: Option<String>,
@@ -57,6 +58,23 @@ pub struct S3Options {
     pub multipart_threshold: Option<u64>,
     /// Give up on a request that keeps failing transiently after this long.
     pub retry_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "[redacted]");
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint.as_deref().map(redact_userinfo))
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &hidden(&self.secret_access_key))
+            .field("session_token", &hidden(&self.session_token))
+            .field("profile", &self.profile)
+            .field("concurrency", &self.concurrency)
+            .field("multipart_threshold", &self.multipart_threshold)
+            .field("retry_timeout", &self.retry_timeout)
+            .finish()
+    }
 }
 
 /// Default concurrent requests.
@@ -90,40 +108,60 @@ fn ini_section(path: &std::path::Path, section: &str) -> Vec<(String, String)> {
     out
 }
 
+/// The shared credentials and config files to read: those the environment names, else
+/// `~/.aws/credentials` and `~/.aws/config`. Without an absolute `$HOME` there are no default
+/// files: `.aws/credentials` relative to the working directory would let whoever controls that
+/// directory choose the credentials.
+fn shared_files(var: &dyn Fn(&str) -> Option<String>) -> Vec<PathBuf> {
+    let home = var("HOME").map(PathBuf::from).filter(|h| h.is_absolute());
+    let file = |name: &str, default: &str| {
+        var(name)
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(default)))
+    };
+    [
+        file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"),
+        file("AWS_CONFIG_FILE", ".aws/config"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 impl S3Options {
     /// Fills unset fields from the environment and the profile's shared files.
     pub fn resolved(&self) -> S3Options {
+        self.resolved_from(&env)
+    }
+
+    /// [`S3Options::resolved`] with `var` as the environment.
+    fn resolved_from(&self, var: &dyn Fn(&str) -> Option<String>) -> S3Options {
         let mut o = self.clone();
         o.endpoint = o
             .endpoint
-            .or_else(|| env("AWS_ENDPOINT_URL_S3"))
-            .or_else(|| env("AWS_ENDPOINT_URL"));
+            .or_else(|| var("AWS_ENDPOINT_URL_S3"))
+            .or_else(|| var("AWS_ENDPOINT_URL"));
         o.region = o
             .region
-            .or_else(|| env("AWS_REGION"))
-            .or_else(|| env("AWS_DEFAULT_REGION"));
-        let env_keys = env("AWS_ACCESS_KEY_ID").zip(env("AWS_SECRET_ACCESS_KEY"));
+            .or_else(|| var("AWS_REGION"))
+            .or_else(|| var("AWS_DEFAULT_REGION"));
+        let env_keys = var("AWS_ACCESS_KEY_ID").zip(var("AWS_SECRET_ACCESS_KEY"));
         if o.access_key_id.is_none()
             && let Some((id, secret)) = env_keys
         {
             o.access_key_id = Some(id);
             o.secret_access_key = o.secret_access_key.or(Some(secret));
-            o.session_token = o.session_token.or_else(|| env("AWS_SESSION_TOKEN"));
+            o.session_token = o.session_token.or_else(|| var("AWS_SESSION_TOKEN"));
         }
         let profile = o
             .profile
             .clone()
-            .or_else(|| env("AWS_PROFILE"))
+            .or_else(|| var("AWS_PROFILE"))
             .unwrap_or_else(|| "default".into());
-        let home = env("HOME").map(PathBuf::from).unwrap_or_default();
-        let creds = env("AWS_SHARED_CREDENTIALS_FILE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.join(".aws/credentials"));
-        let config = env("AWS_CONFIG_FILE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.join(".aws/config"));
-        let mut kv = ini_section(&creds, &profile);
-        kv.extend(ini_section(&config, &profile));
+        let mut kv = Vec::new();
+        for path in shared_files(var) {
+            kv.extend(ini_section(&path, &profile));
+        }
         let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
         if o.access_key_id.is_none() {
             o.access_key_id = get("aws_access_key_id");
@@ -145,6 +183,17 @@ pub struct S3Store {
     concurrency: usize,
     multipart_threshold: u64,
     counters: RequestCounters,
+    /// The secret key and session token, kept out of every message.
+    redact: Vec<String>,
+}
+
+/// The settings' secrets, to be kept out of messages.
+fn secrets(o: &S3Options) -> Vec<&str> {
+    [&o.secret_access_key, &o.session_token]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect()
 }
 
 impl S3Store {
@@ -196,7 +245,7 @@ impl S3Store {
         let inner = b.build().map_err(|e| {
             Error::Config(format!(
                 "S3 container s3://{bucket}/{prefix}: {}",
-                clean(&e.to_string())
+                clean(&e.to_string(), &secrets(&o))
             ))
         })?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -213,6 +262,7 @@ impl S3Store {
             concurrency: o.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1),
             multipart_threshold: o.multipart_threshold.unwrap_or(DEFAULT_MULTIPART_THRESHOLD),
             counters: RequestCounters::default(),
+            redact: secrets(&o).into_iter().map(String::from).collect(),
         })
     }
 
@@ -232,7 +282,8 @@ impl S3Store {
                 key: key.to_string(),
             },
             other => {
-                let text = clean(&format!("{other}"));
+                let redact: Vec<&str> = self.redact.iter().map(String::as_str).collect();
+                let text = clean(&format!("{other}"), &redact);
                 Error::Remote {
                     op,
                     location: format!("s3://{}/{}", self.bucket, self.full_key(key)),
@@ -273,19 +324,51 @@ impl S3Store {
     }
 }
 
-/// Keeps the server's answer but never anything that looks like a credential.
-fn clean(s: &str) -> String {
+/// Keeps the server's answer but never anything that looks like a credential: signed-URL
+/// parameters (signature, credential, security token), a user and password inside a URL, and
+/// any of the `secrets` (this store's own keys, however they came to be in the text).
+fn clean(s: &str, secrets: &[&str]) -> String {
+    const MARKERS: [&str; 6] = [
+        "signature=",
+        "x-amz-credential",
+        "credential=",
+        "x-amz-security-token",
+        "security-token",
+        "awsaccesskeyid",
+    ];
     let mut out = String::with_capacity(s.len());
     for word in s.split_inclusive(char::is_whitespace) {
-        let w = word.trim();
-        let secretish =
-            w.contains("Signature=") || w.contains("X-Amz-Credential") || w.contains("Credential=");
-        if secretish {
-            out.push_str("[redacted] ");
+        let lower = word.to_ascii_lowercase();
+        if MARKERS.iter().any(|m| lower.contains(m)) {
+            out.push_str("[redacted]");
+            out.push_str(&word[word.trim_end().len()..]);
         } else {
-            out.push_str(word);
+            out.push_str(&redact_userinfo(word));
         }
     }
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        out = out.replace(secret, "[redacted]");
+    }
+    out
+}
+
+/// `scheme://user:password@host/...` without the user and password.
+fn redact_userinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let authority_end = tail.find(['/', '?', '#', ' ']).unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(user_end) => {
+                out.push_str("[redacted]@");
+                rest = &tail[user_end + 1..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
     out
 }
 
@@ -459,7 +542,64 @@ mod tests {
     fn messages_never_carry_signatures() {
         let s = clean(
             "GET http://h/b?X-Amz-Credential=AKIA%2F&X-Amz-Signature=abc failed: 403 Forbidden",
+            &[],
         );
         assert!(!s.contains("AKIA") && s.contains("403"));
+    }
+
+    /// Without an absolute `$HOME`, no default shared file is read (never `.aws/credentials`
+    /// relative to the working directory); files the environment names are.
+    #[test]
+    fn no_home_means_no_relative_credentials_file() {
+        let files = |vars: &[(&str, &str)]| {
+            shared_files(&|k| {
+                (vars.iter())
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            })
+        };
+        assert!(files(&[]).is_empty());
+        assert!(files(&[("HOME", "relative")]).is_empty());
+        assert_eq!(
+            files(&[("HOME", "/home/u")]),
+            [
+                PathBuf::from("/home/u/.aws/credentials"),
+                PathBuf::from("/home/u/.aws/config")
+            ]
+        );
+        assert_eq!(
+            files(&[("AWS_SHARED_CREDENTIALS_FILE", "/etc/c")]),
+            [PathBuf::from("/etc/c")]
+        );
+    }
+
+    /// Security tokens, credentials inside an endpoint URL and the store's own secrets never
+    /// reach a message; `Debug` of the settings shows neither the secret nor the token.
+    #[test]
+    fn tokens_userinfo_and_known_secrets_are_redacted() {
+        let s = clean(
+            "error sending request for url (http://h/b/k?X-Amz-Security-Token=TOK1): connect to \
+             http://ak:sk-123@h:9000/b/k failed; token TOK2-own in body",
+            &["TOK2-own"],
+        );
+        for secret in ["sk-123", "TOK1", "TOK2-own", "ak:"] {
+            assert!(!s.contains(secret), "{secret} in {s}");
+        }
+        assert!(
+            s.contains("http://[redacted]@h:9000/b/k") && s.contains("in body"),
+            "{s}"
+        );
+        let o = S3Options {
+            endpoint: Some("http://user:pw-secret@h:9000".into()),
+            access_key_id: Some("AKID".into()),
+            secret_access_key: Some("very-secret".into()),
+            session_token: Some("session-secret".into()),
+            ..Default::default()
+        };
+        let d = format!("{o:?}");
+        assert!(d.contains("AKID") && d.contains("h:9000"), "{d}");
+        for secret in ["very-secret", "session-secret", "pw-secret"] {
+            assert!(!d.contains(secret), "{secret} in {d}");
+        }
     }
 }
