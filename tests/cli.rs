@@ -571,3 +571,73 @@ fn fast_zstd_levels_from_the_command_line() {
         );
     }
 }
+
+/// Labels set at backup time are listed and filtered on; `prune` applies keep-rules per
+/// volume, a dry run changes nothing, and the survivors are what `list` shows afterwards.
+#[test]
+fn labels_list_filters_and_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = d.join("c");
+    let cs = c.to_str().unwrap();
+    for (vol, n, vm) in [("a", 3, "web"), ("b", 2, "db")] {
+        for i in 0..n {
+            let img = d.join(format!("{vol}.img"));
+            std::fs::write(&img, text_like(200_000, i)).unwrap();
+            ok(volback(&[
+                "backup",
+                "--container",
+                cs,
+                "--volume",
+                img.to_str().unwrap(),
+                "--volume-id",
+                vol,
+                "--backup-id",
+                &format!("{vol}{i}"),
+                "--label",
+                &format!("vm={vm}"),
+                "--label",
+                "policy=daily",
+            ]));
+        }
+    }
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["list", "--container", cs, "--json"];
+        all.extend_from_slice(args);
+        json_of(&ok(volback(&all)))["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["backup_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&["--label", "vm=db"]), ["b0", "b1"]);
+    assert_eq!(ids(&["--volume-id", "a", "--label", "policy=daily"]).len(), 3);
+    assert!(ids(&["--label", "vm=none"]).is_empty());
+    let listed = json_of(&ok(volback(&["list", "--container", cs, "--json"])));
+    assert_eq!(listed["backups"][0]["labels"]["vm"], "web");
+
+    let prune = |extra: &[&str]| {
+        let mut args = vec!["prune", "--container", cs, "--keep-last", "1", "--json"];
+        args.extend_from_slice(extra);
+        json_of(&ok(volback(&args)))
+    };
+    let dry = prune(&["--dry-run"]);
+    let mut removed: Vec<&str> = dry["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    removed.sort();
+    assert_eq!(removed, ["a0", "a1", "b0"]);
+    assert_eq!(ids(&[]).len(), 5, "a dry run deletes nothing");
+    let r = prune(&[]);
+    assert_eq!(r["kept"], 2);
+    assert!(r["gc"]["bytes_deleted"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(ids(&[]), ["a2", "b1"]);
+    // No rule: refused, not everything removed.
+    let err = fails(volback(&["prune", "--container", cs]));
+    assert!(err.contains("no retention rule"), "{err}");
+    assert_eq!(ids(&[]).len(), 2);
+}

@@ -68,6 +68,9 @@ pub enum Cmd {
     RebuildIndex(RebuildIndexArgs),
     /// Reclaim the space of deleted backups and interrupted ones; safe alongside anything.
     Gc(GcArgs),
+    /// Apply retention rules (restic's --keep-* semantics) per volume or per label value:
+    /// delete what no rule keeps, then reclaim the space.
+    Prune(PruneArgs),
     /// Check that backups can be restored: structure always, every chunk with --read-data.
     /// Exit status 3 if anything is damaged.
     Verify(VerifyArgs),
@@ -186,6 +189,60 @@ pub struct ImportArgs {
 pub struct ListArgs {
     #[arg(long)]
     pub container: String,
+    /// Only this volume's backups.
+    #[arg(long)]
+    pub volume_id: Option<String>,
+    /// Only backups carrying this `key=value` label (repeat: all of them).
+    #[arg(long)]
+    pub label: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `volback prune`.
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    #[arg(long)]
+    pub container: String,
+    /// Keep the N newest backups.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the N newest hours that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// The same per day.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// The same per ISO week.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// The same per month.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// The same per year.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every backup newer than this span before the group's newest (e.g. 1y2m3d4h).
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within: Option<String>,
+    /// Apply the rules per volume (default) or per value of a label: `volume` or `label:KEY`.
+    #[arg(long, default_value = "volume")]
+    pub group_by: String,
+    /// Only backups carrying this `key=value` label (repeat: all of them).
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// Let the rules remove a group's newest backup (kept by default).
+    #[arg(long)]
+    pub allow_removing_newest: bool,
+    /// Decide and report; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Delete only; leave the space to a later `gc`.
+    #[arg(long)]
+    pub no_gc: bool,
+    /// Largest clock difference between hosts sharing the container, in seconds (for gc).
+    #[arg(long, default_value_t = GcOptions::default().clock_skew.as_secs())]
+    pub clock_skew: u64,
     #[arg(long)]
     pub json: bool,
 }

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Cmd::List(a) => a.json,
         Cmd::RebuildIndex(a) => a.json,
         Cmd::Gc(a) => a.json,
+        Cmd::Prune(a) => a.json,
         Cmd::Verify(a) => a.json,
         Cmd::Export(_) | Cmd::Check(_) => false,
     };

@@ -200,6 +200,7 @@ pub mod format;
 pub mod gc;
 pub mod ids;
 pub mod index;
+pub mod prune;
 pub mod restore;
 pub mod store;
 pub mod verify;

@@ -3,7 +3,6 @@
 use super::*;
 use crate::args::BackupArgs;
 use volback::chunker::ChunkerParams;
-use volback::format::manifest::parse_label;
 
 pub fn run(args: BackupArgs, s3: &S3Options) -> Result<Outcome> {
     let BackupArgs {
@@ -62,10 +61,7 @@ pub fn run(args: BackupArgs, s3: &S3Options) -> Result<Outcome> {
         dedup_mem_keys: None,
         cancel: None,
         lease_ttl: Some(std::time::Duration::from_secs(lease_ttl.max(1))),
-        labels: label
-            .iter()
-            .map(|l| parse_label(l))
-            .collect::<Result<_>>()?,
+        labels: labels_of(&label)?,
     };
     let pb = progress_bar(json, size_hint);
     let cb = |n: u64| {

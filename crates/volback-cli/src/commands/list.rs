@@ -4,9 +4,23 @@ use super::*;
 use crate::args::ListArgs;
 
 pub fn run(args: ListArgs, s3: &S3Options) -> Result<Outcome> {
-    let ListArgs { container, json } = args;
+    let ListArgs {
+        container,
+        volume_id,
+        label,
+        json,
+    } = args;
+    let labels = labels_of(&label)?;
     let c = Container::open_with(&container, false, None, s3)?;
-    let backups = c.list_backups()?;
+    let mut backups = c.list_backups()?;
+    // Filters apply to readable manifests; damaged ones are always listed.
+    backups.retain(|b| match b {
+        Ok(m) => {
+            volume_id.as_ref().is_none_or(|v| &m.volume_id == v)
+                && labels.iter().all(|(k, v)| m.labels.get(k) == Some(v))
+        }
+        Err(_) => true,
+    });
     if json {
         let items: Vec<_> = backups
             .iter()
@@ -14,7 +28,8 @@ pub fn run(args: ListArgs, s3: &S3Options) -> Result<Outcome> {
                 Ok(m) => json!({
                     "backup_id": m.backup_id, "volume_id": m.volume_id, "parent_id": m.parent_id,
                     "size": m.size, "created_at": m.created_at, "data_timestamp": m.data_timestamp,
-                    "bytes_new": m.stats.bytes_new, "object_count": m.stats.object_count,
+                    "created_unix": m.created_unix, "bytes_new": m.stats.bytes_new,
+                    "object_count": m.stats.object_count, "labels": m.labels,
                 }),
                 Err(e) => json!({"error": e.kind(), "message": e.to_string()}),
             })
@@ -22,21 +37,26 @@ pub fn run(args: ListArgs, s3: &S3Options) -> Result<Outcome> {
         print_json(&json!({"container": c.url(), "backups": items}))?;
     } else {
         out!(
-            "{:<38} {:<20} {:>16} {:<22} parent",
+            "{:<38} {:<20} {:>16} {:<22} {:<38} labels",
             "backup",
             "volume",
             "size",
-            "created"
+            "created",
+            "parent"
         )?;
         for b in &backups {
             match b {
                 Ok(m) => out!(
-                    "{:<38} {:<20} {:>16} {:<22} {}",
+                    "{:<38} {:<20} {:>16} {:<22} {:<38} {}",
                     m.backup_id,
                     m.volume_id,
                     m.size,
                     m.created_at,
-                    m.parent_id.as_deref().unwrap_or("-")
+                    m.parent_id.as_deref().unwrap_or("-"),
+                    (m.labels.iter())
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
                 )?,
                 Err(e) => out!("damaged: {e}")?,
             }

@@ -13,6 +13,7 @@ mod export;
 mod gc;
 mod import;
 mod list;
+mod prune;
 mod rebuild_index;
 mod restore;
 mod verify;
@@ -71,6 +72,14 @@ fn read_input(path: &str) -> Result<String> {
         .map_err(|_| volback::error::RecordError::Malformed("not UTF-8 text".into()).into())
 }
 
+/// `key=value` labels from repeated `--label` flags.
+fn labels_of(flags: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    flags
+        .iter()
+        .map(|l| volback::format::manifest::parse_label(l))
+        .collect()
+}
+
 /// How a command that did not fail ended.
 pub enum Outcome {
     Done,
@@ -89,6 +98,7 @@ pub fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
         Cmd::List(a) => list::run(a, s3),
         Cmd::RebuildIndex(a) => rebuild_index::run(a, s3),
         Cmd::Gc(a) => gc::run(a, s3),
+        Cmd::Prune(a) => prune::run(a, s3),
         Cmd::Verify(a) => verify::run(a, s3),
         Cmd::Check(a) => check::run(a, s3),
     }
