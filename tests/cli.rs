@@ -612,7 +612,10 @@ fn labels_list_filters_and_prune() {
             .collect()
     };
     assert_eq!(ids(&["--label", "vm=db"]), ["b0", "b1"]);
-    assert_eq!(ids(&["--volume-id", "a", "--label", "policy=daily"]).len(), 3);
+    assert_eq!(
+        ids(&["--volume-id", "a", "--label", "policy=daily"]).len(),
+        3
+    );
     assert!(ids(&["--label", "vm=none"]).is_empty());
     let listed = json_of(&ok(volback(&["list", "--container", cs, "--json"])));
     assert_eq!(listed["backups"][0]["labels"]["vm"], "web");

@@ -283,3 +283,22 @@ def test_a_cancel_token_stops_a_restore_from_another_thread(tmp_path: Path) -> N
     with pytest.raises(volback.Cancelled):
         c.backup(vol, volume_id="v", backup_id="c", cancel=token)
     assert [m["backup_id"] for m in c.list()] == ["b"]
+
+
+def test_labels_and_prune(tmp_path: Path) -> None:
+    c = open_container(tmp_path)
+    vol = tmp_path / "v.img"
+    for i in range(3):
+        make_image(vol, 10 + i, mib=2)
+        c.backup(vol, volume_id="v", backup_id=f"b{i}", labels={"vm": "web", "policy": "daily"})
+    assert [b["labels"] for b in c.list()][0] == {"policy": "daily", "vm": "web"}
+    with pytest.raises(volback.ConfigError):
+        c.backup(vol, volume_id="v", backup_id="bad", labels={"no spaces": "x"})
+    dry = c.prune(keep_last=1, dry_run=True)
+    assert sorted(dry["removed"]) == ["b0", "b1"]
+    assert len(c.list()) == 3
+    r = c.prune(keep_last=1, labels={"vm": "web"})
+    assert r["kept"] == 1 and r["gc"]["bytes_deleted"] > 0
+    assert [b["backup_id"] for b in c.list()] == ["b2"]
+    with pytest.raises(volback.ConfigError):
+        c.prune()

@@ -1,5 +1,6 @@
 //! `NativeContainer`: an open container and the operations on it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use volback::driver::Driver;
 use volback::format::config::ContainerConfig;
 use volback::format::record::BackupRecord;
 use volback::gc::{GcOptions, run_gc};
+use volback::prune::{GroupBy, Policy, PruneOptions, Span, run_prune};
 use volback::restore::{RestoreOptions, TargetMode, run_restore_to_stream, run_restore_with};
 use volback::store::s3::S3Options;
 use volback::verify::{VerifyOptions, run_verify};
@@ -102,7 +104,7 @@ impl NativeContainer {
     #[pyo3(signature = (
         source, *, backup_id, volume_id, parent_id = None, metadata_json = None,
         data_timestamp = None, expected_size = None, zstd_level = None, size_hint = 0,
-        progress = None, cancel = None,
+        progress = None, cancel = None, labels = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn backup(
@@ -119,6 +121,7 @@ impl NativeContainer {
         size_hint: u64,
         progress: Option<Py<PyAny>>,
         cancel: Option<PyRef<'_, CancelToken>>,
+        labels: Option<BTreeMap<String, String>>,
     ) -> PyResult<String> {
         let volume = match locate(source)? {
             Located::Path(p) => VolumeSource::Path(p),
@@ -147,6 +150,7 @@ impl NativeContainer {
             volume_metadata,
             expected_size,
             zstd_level,
+            labels: labels.unwrap_or_default(),
             cancel: Some(reporter.cancel.clone()),
             ..Default::default()
         };
@@ -312,6 +316,57 @@ impl NativeContainer {
         };
         let r = py
             .detach(|| run_gc(&self.container, &opts))
+            .map_err(to_py)?;
+        json(&r)
+    }
+
+    /// Applies retention rules (see `volback::prune`) per volume, or per value of label
+    /// `group_by_label`; returns the report as JSON.
+    #[pyo3(signature = (
+        *, keep_last = None, keep_hourly = None, keep_daily = None, keep_weekly = None,
+        keep_monthly = None, keep_yearly = None, keep_within = None, group_by_label = None,
+        labels = None, dry_run = false, allow_removing_newest = false, gc = true,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn prune(
+        &self,
+        py: Python<'_>,
+        keep_last: Option<u32>,
+        keep_hourly: Option<u32>,
+        keep_daily: Option<u32>,
+        keep_weekly: Option<u32>,
+        keep_monthly: Option<u32>,
+        keep_yearly: Option<u32>,
+        keep_within: Option<String>,
+        group_by_label: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+        dry_run: bool,
+        allow_removing_newest: bool,
+        gc: bool,
+    ) -> PyResult<String> {
+        let policy = Policy {
+            last: keep_last,
+            hourly: keep_hourly,
+            daily: keep_daily,
+            weekly: keep_weekly,
+            monthly: keep_monthly,
+            yearly: keep_yearly,
+            within: keep_within
+                .as_deref()
+                .map(Span::parse)
+                .transpose()
+                .map_err(to_py)?,
+        };
+        let opts = PruneOptions {
+            policy,
+            group_by: group_by_label.map_or(GroupBy::Volume, GroupBy::Label),
+            labels: labels.unwrap_or_default(),
+            dry_run,
+            allow_removing_newest,
+            gc: gc.then(GcOptions::default),
+        };
+        let r = py
+            .detach(|| run_prune(&self.container, &opts))
             .map_err(to_py)?;
         json(&r)
     }

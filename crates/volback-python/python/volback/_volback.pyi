@@ -44,6 +44,8 @@ class NativeContainer:
         zstd_level: int | None = ...,
         size_hint: int = ...,
         progress: Callable[[int, int], bool | None] | None = ...,
+        cancel: CancelToken | None = ...,
+        labels: dict[str, str] | None = ...,
     ) -> str: ...
     def restore(
         self,
@@ -53,6 +55,7 @@ class NativeContainer:
         is_new: bool,
         sync: bool = ...,
         progress: Callable[[int, int], bool | None] | None = ...,
+        cancel: CancelToken | None = ...,
     ) -> str: ...
     def delete(self, backup_id: str) -> None: ...
     def manifest(self, backup_id: str) -> str: ...
@@ -67,4 +70,20 @@ class NativeContainer:
         max_unused: float | None = ...,
         clock_skew: float | None = ...,
         min_age: float | None = ...,
+    ) -> str: ...
+    def prune(
+        self,
+        *,
+        keep_last: int | None = ...,
+        keep_hourly: int | None = ...,
+        keep_daily: int | None = ...,
+        keep_weekly: int | None = ...,
+        keep_monthly: int | None = ...,
+        keep_yearly: int | None = ...,
+        keep_within: str | None = ...,
+        group_by_label: str | None = ...,
+        labels: dict[str, str] | None = ...,
+        dry_run: bool = ...,
+        allow_removing_newest: bool = ...,
+        gc: bool = ...,
     ) -> str: ...

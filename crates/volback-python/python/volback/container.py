@@ -157,6 +157,7 @@ class Container:
         zstd_level: int | None = None,
         progress: ProgressCallback | None = None,
         cancel: _volback.CancelToken | None = None,
+        labels: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Backs up ``volume``; an incremental of ``parent_id`` if given (the volume may have
         grown or shrunk). ``metadata`` (JSON-serialisable) is stored with the backup. Returns
@@ -164,7 +165,9 @@ class Container:
         …). Nothing is committed unless it returns; ``cancel.cancel()`` (from any thread) stops it
         with :class:`volback.Cancelled`. ``expected_size``: the volume must be exactly this long
         (a shorter read is an error). ``size_hint``: the total that ``progress`` is given when the
-        volume's size cannot be told without reading it (a file object without a descriptor)."""
+        volume's size cannot be told without reading it (a file object without a descriptor).
+        ``labels``: ``key=value`` pairs stored with the backup (``{"policy": "daily"}``), listed
+        with it and the groups :meth:`prune` can apply rules to."""
         return dict(
             json.loads(
                 _call(
@@ -180,6 +183,7 @@ class Container:
                     size_hint=_size_of(volume) or size_hint or 0,
                     progress=progress,
                     cancel=cancel,
+                    labels=labels,
                 )
             )
         )
@@ -263,6 +267,48 @@ class Container:
                     max_unused=max_unused,
                     clock_skew=clock_skew,
                     min_age=min_age,
+                )
+            )
+        )
+
+    def prune(
+        self,
+        *,
+        keep_last: int | None = None,
+        keep_hourly: int | None = None,
+        keep_daily: int | None = None,
+        keep_weekly: int | None = None,
+        keep_monthly: int | None = None,
+        keep_yearly: int | None = None,
+        keep_within: str | None = None,
+        group_by_label: str | None = None,
+        labels: dict[str, str] | None = None,
+        dry_run: bool = False,
+        allow_removing_newest: bool = False,
+        gc: bool = True,
+    ) -> dict[str, Any]:
+        """Applies retention rules with restic's ``forget --keep-*`` meaning (``keep_within``
+        as ``"1y2m3d4h"``) to each volume's backups, or to each value of label
+        ``group_by_label``, considering only backups carrying all of ``labels``; deletes what
+        no rule keeps (never a group's newest unless ``allow_removing_newest``) and, with
+        ``gc``, gives the space back. Returns the report: per group, each backup and the
+        rules that keep it."""
+        return dict(
+            json.loads(
+                _call(
+                    self._native.prune,
+                    keep_last=keep_last,
+                    keep_hourly=keep_hourly,
+                    keep_daily=keep_daily,
+                    keep_weekly=keep_weekly,
+                    keep_monthly=keep_monthly,
+                    keep_yearly=keep_yearly,
+                    keep_within=keep_within,
+                    group_by_label=group_by_label,
+                    labels=labels,
+                    dry_run=dry_run,
+                    allow_removing_newest=allow_removing_newest,
+                    gc=gc,
                 )
             )
         )
