@@ -119,6 +119,7 @@
 //! | delete ∥ gc | yes | a manifest deleted during marking makes its chunks collectable a run later, never earlier |
 //! | gc ∥ gc | yes | records are create-only; each sweep re-checks copies on listings taken after its own record was written, so two collectors never delete each other's last copy; segments are merged new-first |
 //! | verify ∥ anything | yes | read-only, under a lease |
+//! | prune ∥ anything | yes | prune is delete + gc: each backup it removes is a delete, then one collection |
 //!
 //! On S3 the create-only commit is `If-None-Match: *`. Servers that ignore it (Garage 2.5, for
 //! one) still never lose data — content-named objects are identical whoever writes them — but
@@ -147,6 +148,7 @@
 //!                               writer, output: target (a file or device) or stream (a
 //!                               sink written front to back); mod: run_restore
 //! gc/                           packs, mark, condemn, repack, sweep, merge: the protocol's steps
+//! prune/                        policy (retention rules, restic's semantics); mod: run_prune
 //! verify.rs                     what verify checks without restoring
 //! driver.rs                     the Cinder verbs over all of the above; start here as a caller
 //! ```
