@@ -749,3 +749,74 @@ fn cancelled_backups_commit_nothing_and_cancelled_restores_leave_no_new_target(e
     restore_new(&e.c, "c1", &out).unwrap();
     assert_same(&vol, &out);
 }
+
+/// An incremental of a file whose stamp (device, inode, size, mtime, ctime) is its parent's
+/// is not read: it reuses the parent's extents, restores byte-identically and says how it was
+/// made. A write (even one that keeps the size and puts the mtime back), `full_read`, or a
+/// pending condemnation record makes it read the volume again.
+#[test]
+fn an_unchanged_file_is_not_read_again() {
+    let e = Env::fs();
+    let vol = e.root.join("v.img");
+    make_image(&vol, 8 << 20, 3);
+    let report = |id: &str, parent: &str, full_read: bool| {
+        let opts = BackupOptions {
+            full_read,
+            ..backup_opts(id, Some(parent))
+        };
+        run_backup(&e.c, VolumeSource::Path(vol.clone()), &opts, None)
+            .unwrap_or_else(|err| panic!("{id}: {err}"))
+    };
+    backup_file(&e.c, &vol, "b0", None);
+    let (m, _, r) = report("b1", "b0", false);
+    assert_eq!(r.bytes_read, 0);
+    assert_eq!(m.read.as_deref(), Some("source-unchanged"));
+    assert_eq!(r.object_count, 1);
+    assert!(r.bytes_new < 4096, "only the manifest: {}", r.bytes_new);
+    let (parent, _) = e.c.read_manifest("b0").unwrap();
+    assert_eq!(
+        (m.extents.clone(), m.size),
+        (parent.extents.clone(), parent.size)
+    );
+    assert_eq!(m.source, parent.source);
+    let out = e.root.join("r1.img");
+    restore_new(&e.c, "b1", &out).unwrap();
+    assert_same(&vol, &out);
+
+    // Forced: read in full, and the same chunks.
+    let (m, _, r) = report("b2", "b1", true);
+    assert!(r.bytes_read >= r.size - r.zero_bytes, "{}", r.bytes_read);
+    assert_eq!(m.read, None);
+    assert_eq!(r.chunks_new, 0);
+
+    // A write that keeps the size and sets the mtime back still changes the ctime.
+    let mtime = std::fs::metadata(&vol).unwrap().modified().unwrap();
+    write_at(&vol, 1 << 20, 4096, 99);
+    std::fs::File::options()
+        .write(true)
+        .open(&vol)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let (m, _, r) = report("b3", "b2", false);
+    assert!(r.bytes_read > 0);
+    assert_eq!(m.read, None);
+    let out = e.root.join("r3.img");
+    restore_new(&e.c, "b3", &out).unwrap();
+    assert_same(&vol, &out);
+
+    // While a condemnation record is pending, the volume is read.
+    e.c.store()
+        .put(
+            "gc/condemned-1-test",
+            bytes::Bytes::from_static(
+                br#"{"format":"volback-condemned","version":1,"created_unix":1,"created_at":"1970-01-01T00:00:01Z","host":"h","packs":[]}"#,
+            ),
+        )
+        .unwrap();
+    let (m, _, r) = report("b4", "b3", false);
+    assert!(r.bytes_read > 0 && m.read.is_none());
+    e.c.store().delete("gc/condemned-1-test").unwrap();
+    let (m, _, _) = report("b5", "b4", false);
+    assert_eq!(m.read.as_deref(), Some("source-unchanged"));
+}

@@ -51,6 +51,8 @@ fn unusable_scratch_dir_is_a_typed_error_and_nothing_is_written() {
     assert!(backup_file(&c, &big, "big", None).chunks_new > 256);
     let opts = volback::backup::BackupOptions {
         dedup_mem_keys: Some(256),
+        // The file is unchanged since "big": read it, so the dedup set is loaded.
+        full_read: true,
         ..backup_opts("b2", Some("big"))
     };
     let source = volback::backup::source::VolumeSource::Path(big.clone());

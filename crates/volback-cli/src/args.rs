@@ -116,6 +116,11 @@ pub struct BackupArgs {
     /// `list` filters on labels and `prune` can group by one.
     #[arg(long)]
     pub label: Vec<String>,
+    /// Read the volume even if it is a file whose device, inode, size, modification and
+    /// change times are those its parent recorded (by default such a file is not read: the
+    /// parent's extents are reused, as restic skips an unchanged file).
+    #[arg(long)]
+    pub full_read: bool,
     /// Print one JSON object and nothing else.
     #[arg(long)]
     pub json: bool,

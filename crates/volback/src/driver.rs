@@ -183,6 +183,7 @@ impl Driver {
             dedup_mem_keys: None,
             cancel: None,
             labels: Default::default(),
+            full_read: false,
         };
         self.backup_with(&container, volume, &opts, progress)
     }

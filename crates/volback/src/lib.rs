@@ -143,7 +143,8 @@
 //!                               packs, index_scan (the protocol's read order), leases,
 //!                               fetch (ranged reads, verified), extents (walking a backup)
 //! backup/                       source (reading volumes), buffers, dedup (the dedup set),
-//!                               pipeline (the threads), packer, writer, parent_guide; mod: run_backup
+//!                               pipeline (the threads), packer, writer, parent_guide,
+//!                               unchanged (an unchanged file is not read); mod: run_backup
 //! restore/                      locations (chunk locations table), check, window, stripe,
 //!                               writer, output: target (a file or device) or stream (a
 //!                               sink written front to back); mod: run_restore

@@ -17,6 +17,7 @@ pub fn run(args: BackupArgs, s3: &S3Options) -> Result<Outcome> {
         chunk_avg,
         lease_ttl,
         label,
+        full_read,
         json,
     } = args;
     let init = match chunk_avg {
@@ -62,6 +63,7 @@ pub fn run(args: BackupArgs, s3: &S3Options) -> Result<Outcome> {
         cancel: None,
         lease_ttl: Some(std::time::Duration::from_secs(lease_ttl.max(1))),
         labels: labels_of(&label)?,
+        full_read,
     };
     let pb = progress_bar(json, size_hint);
     let cb = |n: u64| {

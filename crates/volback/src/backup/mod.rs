@@ -25,6 +25,7 @@ mod packer;
 mod parent_guide;
 mod pipeline;
 pub mod source;
+mod unchanged;
 mod writer;
 
 use std::collections::HashSet;
@@ -73,6 +74,9 @@ pub struct BackupOptions {
     /// `key=value` labels stored with the backup (see
     /// [`crate::format::manifest::validate_labels`]).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Read the volume even when it is a regular file whose stamp matches the parent's (by
+    /// default such a volume is not read: see `backup/unchanged.rs`).
+    pub full_read: bool,
 }
 
 /// What a backup did (the CLI's `backup --json`).
@@ -133,6 +137,43 @@ pub fn run_backup(
     // condemns packs after this point sees the lease and waits for this backup to end; one that
     // condemned packs before it is seen by the index load, which skips condemned packs.
     let lease = LeaseGuard::take(container, &backup_id, opts.lease_ttl.unwrap_or(LEASE_TTL))?;
+    if let Some(from) = unchanged::reusable_parent(container, parent.as_ref(), &volume, opts)? {
+        if let Some(expected) = opts.expected_size
+            && expected != from.size
+        {
+            return Err(Error::VolumeTooShort {
+                volume: volume_name,
+                expected,
+                actual: from.size,
+            });
+        }
+        let manifest = unchanged::manifest_from_parent(backup_id, opts, from);
+        lease.check_valid()?;
+        let bytes = container.commit_manifest(&manifest)?;
+        drop(lease);
+        if let Some(p) = progress {
+            p(manifest.size);
+        }
+        let report = BackupReport {
+            backup_id: manifest.backup_id.clone(),
+            volume_id: manifest.volume_id.clone(),
+            parent_id: manifest.parent_id.clone(),
+            container: container.url().into(),
+            manifest_key: manifest_key(&manifest.backup_id),
+            size: manifest.size,
+            bytes_read: 0,
+            bytes_new: bytes.len() as u64,
+            chunks_total: manifest.stats.chunks_total,
+            chunks_new: 0,
+            chunks_guided: manifest.stats.chunks_total,
+            zero_bytes: manifest.stats.zero_bytes,
+            object_count: 1,
+            elapsed_s: started.elapsed().as_secs_f64(),
+            requests: container.store().requests().since(&requests_before),
+        };
+        return Ok((manifest, bytes, report));
+    }
+    let stamp = volume.stamp;
     // An incremental is cut guided by its parent's chunks ([`crate::chunker::Guide`]); their
     // extent list is located in the same pass over the index.
     let parent_metas = parent_extent_list(&mut parent);
@@ -166,7 +207,8 @@ pub fn run_backup(
         });
     }
 
-    let manifest = new_manifest(backup_id, opts, container.config().chunker, &mut stored);
+    let mut manifest = new_manifest(backup_id, opts, container.config().chunker, &mut stored);
+    manifest.source = stamp;
     lease.check_valid()?;
     let bytes = container.commit_manifest(&manifest)?;
     drop(lease); // after the commit: the collector then sees the manifest
@@ -289,5 +331,7 @@ fn new_manifest(
         },
         volume_metadata: opts.volume_metadata.clone(),
         labels: opts.labels.clone(),
+        source: None,
+        read: None,
     }
 }

@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 use crate::backup::buffers::BufferPool;
 use crate::error::{Error, Result};
+use crate::format::manifest::SourceStamp;
 
 /// Bytes read per buffer. With [`READ_BUFS_IN_FLIGHT`] this sets much of a backup's memory:
 /// 4 MiB reads cost no speed against 8 MiB here and peak ~30 MiB less (fs-image full backup
@@ -76,6 +77,8 @@ pub struct OpenVolume {
     kind: Kind,
     /// Size in bytes, known for files and block devices.
     pub size: Option<u64>,
+    /// A regular file's stamp as it was opened (before any byte is read).
+    pub stamp: Option<SourceStamp>,
 }
 
 enum Kind {
@@ -92,9 +95,17 @@ impl OpenVolume {
                 let meta = f.metadata().map_err(|e| Error::io("stat volume", &p, e))?;
                 let name = p.display().to_string();
                 if meta.is_file() {
+                    let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
                     Ok(OpenVolume {
                         name,
                         size: Some(meta.len()),
+                        stamp: Some(SourceStamp {
+                            dev: meta.dev(),
+                            ino: meta.ino(),
+                            size: meta.len(),
+                            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+                            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+                        }),
                         kind: Kind::File(f),
                     })
                 } else if meta.file_type().is_block_device() {
@@ -103,6 +114,7 @@ impl OpenVolume {
                     Ok(OpenVolume {
                         name,
                         size: Some(size),
+                        stamp: None,
                         kind: Kind::Stream(Box::new(f)),
                     })
                 } else if meta.is_dir() {
@@ -115,6 +127,7 @@ impl OpenVolume {
                     Ok(OpenVolume {
                         name,
                         size: None,
+                        stamp: None,
                         kind: Kind::Stream(Box::new(f)),
                     })
                 }
@@ -122,6 +135,7 @@ impl OpenVolume {
             VolumeSource::Reader { name, reader } => Ok(OpenVolume {
                 name,
                 size: None,
+                stamp: None,
                 kind: Kind::Stream(reader),
             }),
         }

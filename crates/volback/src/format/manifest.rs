@@ -27,6 +27,22 @@ pub struct MetaRef {
     pub len: u32,
 }
 
+/// What identified a regular-file volume when a backup opened it: device, inode, size, and
+/// modification and change times in nanoseconds. A later incremental whose volume shows the
+/// same stamp as its parent's reuses the parent's extents without reading the file (restic's
+/// and rustic's file-metadata check); the change time cannot be set back by a writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+/// How a backup whose volume was not read came to be: its source's stamp matched its parent's.
+pub const READ_SOURCE_UNCHANGED: &str = "source-unchanged";
+
 /// Counts recorded with each backup.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestStats {
@@ -72,6 +88,14 @@ pub struct Manifest {
     /// and the groups retention rules apply to. Absent when empty (earlier manifests have none).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The stamp of a regular-file volume as the backup opened it (absent for devices and
+    /// streams, and in earlier manifests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceStamp>,
+    /// How the volume was read: absent when every byte was read (or its holes skipped);
+    /// [`READ_SOURCE_UNCHANGED`] when it was not read at all, its stamp matching the parent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<String>,
 }
 
 /// Most labels a backup carries.
@@ -174,6 +198,8 @@ mod tests {
             stats: ManifestStats::default(),
             volume_metadata: Some(serde_json::json!({"k": "v"})),
             labels: BTreeMap::new(),
+            source: None,
+            read: None,
         };
         let enc = m.encode().unwrap();
         assert_eq!(Manifest::decode("k", &enc).unwrap(), m);

@@ -1,0 +1,66 @@
+//! The file-metadata shortcut: an incremental of a regular file whose stamp (device, inode,
+//! size, modification and change times) is the one its parent recorded is not read at all.
+//! Its manifest reuses the parent's extent list: the same chunks, which the parent's backup
+//! stored, so nothing is uploaded but the manifest. restic and rustic skip an unchanged image
+//! file the same way; `BackupOptions::full_read` (`--full-read`) reads it regardless.
+//!
+//! Collection safety is the normal path's: the check runs after the backup's lease is taken,
+//! so a condemnation written later is held back until the manifest is committed, and its
+//! sweep then marks that manifest; a condemnation written earlier could name packs holding
+//! the parent's only copies of chunks (if the parent is deleted meanwhile), so while any
+//! condemnation record is pending the volume is read as usual, and the dedup load steers
+//! around condemned packs.
+
+use super::BackupOptions;
+use super::source::OpenVolume;
+use crate::clock::{now_rfc3339, now_unix};
+use crate::container::Container;
+use crate::error::Result;
+use crate::format::keys::CONDEMNED_PREFIX;
+use crate::format::manifest::{Manifest, ManifestStats, READ_SOURCE_UNCHANGED};
+
+/// The parent whose extents this backup may reuse without reading the volume, if any.
+pub(super) fn reusable_parent<'a>(
+    container: &Container,
+    parent: Option<&'a Manifest>,
+    volume: &OpenVolume,
+    opts: &BackupOptions,
+) -> Result<Option<&'a Manifest>> {
+    let (Some(parent), Some(stamp)) = (parent, volume.stamp) else {
+        return Ok(None);
+    };
+    if opts.full_read || parent.source != Some(stamp) {
+        return Ok(None);
+    }
+    if !container.store().list(CONDEMNED_PREFIX)?.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(parent))
+}
+
+/// The manifest of a backup that reuses `parent`'s extents.
+pub(super) fn manifest_from_parent(
+    backup_id: String,
+    opts: &BackupOptions,
+    parent: &Manifest,
+) -> Manifest {
+    Manifest {
+        backup_id,
+        volume_id: opts.volume_id.clone(),
+        parent_id: opts.parent_id.clone(),
+        created_at: now_rfc3339(),
+        created_unix: now_unix(),
+        data_timestamp: opts.data_timestamp.clone(),
+        stats: ManifestStats {
+            chunks_total: parent.stats.chunks_total,
+            chunks_new: 0,
+            bytes_new: 0,
+            zero_bytes: parent.stats.zero_bytes,
+            object_count: 1,
+        },
+        volume_metadata: opts.volume_metadata.clone(),
+        labels: opts.labels.clone(),
+        read: Some(READ_SOURCE_UNCHANGED.into()),
+        ..parent.clone()
+    }
+}
