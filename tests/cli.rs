@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -643,4 +644,121 @@ fn labels_list_filters_and_prune() {
     let err = fails(volback(&["prune", "--container", cs]));
     assert!(err.contains("no retention rule"), "{err}");
     assert_eq!(ids(&[]).len(), 2);
+
+    // What each backup alone holds: a backup of the same data as another holds nothing alone,
+    // and neither does that other one any more.
+    ok(volback(&[
+        "backup",
+        "--container",
+        cs,
+        "--volume",
+        d.join("b.img").to_str().unwrap(),
+        "--volume-id",
+        "b-copy",
+        "--backup-id",
+        "b1-copy",
+    ]));
+    let l = json_of(&ok(volback(&[
+        "list",
+        "--container",
+        cs,
+        "--exclusive",
+        "--json",
+    ])));
+    let alone: BTreeMap<&str, u64> = l["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let n = b["exclusive_bytes"].as_u64().unwrap();
+            (b["backup_id"].as_str().unwrap(), n)
+        })
+        .collect();
+    assert_eq!(alone["b1"], 0, "{alone:?}");
+    assert_eq!(alone["b1-copy"], 0, "{alone:?}");
+    assert!(alone["a2"] > 10_000, "{alone:?}");
+}
+
+/// `--events FILE`: one JSON object per line — started, progress (ending at 100 %), finished
+/// with the same report `--json` prints; an error ends with its kind and message.
+#[test]
+fn job_events_as_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = d.join("c");
+    let vol = d.join("v.img");
+    std::fs::write(&vol, text_like(3_000_000, 4)).unwrap();
+    let events = |path: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let ev = d.join("backup.events");
+    let out = ok(volback(&[
+        "backup",
+        "--container",
+        c.to_str().unwrap(),
+        "--volume",
+        vol.to_str().unwrap(),
+        "--backup-id",
+        "b",
+        "--json",
+        "--events",
+        ev.to_str().unwrap(),
+    ]));
+    let e = events(&ev);
+    assert_eq!(e[0]["event"], "started");
+    assert!(e.iter().all(|x| x["op"] == "backup"));
+    let progress: Vec<_> = e.iter().filter(|x| x["event"] == "progress").collect();
+    assert!(!progress.is_empty());
+    assert_eq!(progress.last().unwrap()["percent"], 100.0);
+    assert_eq!(progress.last().unwrap()["bytes_total"], 3_000_000);
+    let last = e.last().unwrap();
+    assert_eq!(last["event"], "finished");
+    assert_eq!(last["report"], json_of(&out), "the report is --json's");
+
+    let ev = d.join("restore.events");
+    ok(volback(&[
+        "restore",
+        "--container",
+        c.to_str().unwrap(),
+        "--backup-id",
+        "b",
+        "--target",
+        d.join("out.img").to_str().unwrap(),
+        "--events",
+        ev.to_str().unwrap(),
+    ]));
+    let e = events(&ev);
+    let last_progress = e.iter().rev().find(|x| x["event"] == "progress").unwrap();
+    assert_eq!(last_progress["percent"], 100.0);
+    assert_eq!(e.last().unwrap()["report"]["size"], 3_000_000);
+
+    let ev = d.join("error.events");
+    fails(volback(&[
+        "restore",
+        "--container",
+        c.to_str().unwrap(),
+        "--backup-id",
+        "nope",
+        "--target",
+        d.join("out2.img").to_str().unwrap(),
+        "--events",
+        ev.to_str().unwrap(),
+    ]));
+    let e = events(&ev);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert_eq!(e[1]["event"], "error");
+    assert_eq!(e[1]["kind"], "backup_not_found");
+    // A descriptor that is not open is a usage error before anything runs.
+    let err = fails(volback(&[
+        "list",
+        "--container",
+        c.to_str().unwrap(),
+        "--events",
+        "fd:99",
+    ]));
+    assert!(err.contains("fd:99"), "{err}");
 }

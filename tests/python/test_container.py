@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -217,6 +218,11 @@ def test_records_list_verify_gc(tmp_path: Path, image: Path) -> None:
     tampered = text.replace(record["manifest_blake3"], "0" * 64)
     with pytest.raises(volback.RecordError):
         other.import_record(tampered)
+    # A copy of the container, opened by the caller: the record (naming the original) imports
+    # into the container the caller chose.
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "container", copy)
+    assert volback.Container(str(copy)).import_record(text)["container"] == f"file://{copy}"
     assert [m["backup_id"] for m in c.list()] == ["b1", "b2"]
     assert c.verify(read_data=True)["damaged_backups"] == []
     c.delete("b1")

@@ -18,6 +18,10 @@ pub struct Cli {
     pub cmd: Cmd,
     #[command(flatten)]
     pub s3: S3Args,
+    /// Write job events (started, progress, finished with the report, error) as JSON lines to
+    /// this file (appended) or to `fd:N`, an open descriptor.
+    #[arg(long, global = true, value_name = "PATH|fd:N")]
+    pub events: Option<String>,
 }
 
 /// S3 settings; anything not given comes from the AWS environment variables and profile files.
@@ -76,6 +80,25 @@ pub enum Cmd {
     Verify(VerifyArgs),
     /// Check that a container is reachable and writable (creating it if missing).
     Check(CheckArgs),
+}
+
+impl Cmd {
+    /// The subcommand's name, as events name the operation.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Cmd::Backup(_) => "backup",
+            Cmd::Restore(_) => "restore",
+            Cmd::Delete(_) => "delete",
+            Cmd::Export(_) => "export",
+            Cmd::Import(_) => "import",
+            Cmd::List(_) => "list",
+            Cmd::RebuildIndex(_) => "rebuild-index",
+            Cmd::Gc(_) => "gc",
+            Cmd::Prune(_) => "prune",
+            Cmd::Verify(_) => "verify",
+            Cmd::Check(_) => "check",
+        }
+    }
 }
 
 /// Arguments of `volback backup`.
@@ -200,6 +223,10 @@ pub struct ListArgs {
     /// Only backups carrying this `key=value` label (repeat: all of them).
     #[arg(long)]
     pub label: Vec<String>,
+    /// Also show the stored bytes each backup alone holds: what deleting it gives back after
+    /// gc (walks every backup's extent list).
+    #[arg(long)]
+    pub exclusive: bool,
     #[arg(long)]
     pub json: bool,
 }

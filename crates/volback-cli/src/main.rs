@@ -7,6 +7,7 @@
 mod alloc;
 mod args;
 mod commands;
+mod events;
 mod output;
 
 use std::io::Write;
@@ -35,7 +36,17 @@ fn main() -> ExitCode {
     };
     let s3 = cli.s3.options();
     init_logging();
-    match run(cli.cmd, &s3) {
+    if let Some(dest) = &cli.events
+        && let Err(e) = events::open(dest, cli.cmd.name())
+    {
+        eprintln!("volback: error: {e}");
+        return ExitCode::from(1);
+    }
+    let result = run(cli.cmd, &s3);
+    if let Err(e) = &result {
+        events::error(e);
+    }
+    match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Damaged) => ExitCode::from(3),
         Err(e) => {

@@ -266,8 +266,11 @@ impl NativeContainer {
     /// Checks an exported record against this container; returns the backup's fields as JSON.
     fn import_record(&self, py: Python<'_>, text: String) -> PyResult<String> {
         let driver = Driver::with_container(self.container.clone());
+        // This container, which the caller opened, whatever container the record names (a
+        // copy of it, say): the caller's choice, as `volback import --container`.
+        let url = self.container.url().to_string();
         let record = py
-            .detach(|| driver.import_record(&text, None))
+            .detach(|| driver.import_record(&text, Some(&url)))
             .map_err(to_py)?;
         json(&record)
     }

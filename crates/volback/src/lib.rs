@@ -151,6 +151,7 @@
 //! gc/                           packs, mark, condemn, repack, sweep, merge: the protocol's steps
 //! prune/                        policy (retention rules, restic's semantics); mod: run_prune
 //! verify.rs                     what verify checks without restoring
+//! usage.rs                      what each backup alone holds (list --exclusive)
 //! driver.rs                     the Cinder verbs over all of the above; start here as a caller
 //! ```
 //!
@@ -206,6 +207,7 @@ pub mod index;
 pub mod prune;
 pub mod restore;
 pub mod store;
+pub mod usage;
 pub mod verify;
 
 pub use error::{Error, KINDS, Result};

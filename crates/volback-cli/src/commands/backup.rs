@@ -70,6 +70,7 @@ pub fn run(args: BackupArgs, s3: &S3Options) -> Result<Outcome> {
         if let Some(pb) = &pb {
             pb.set_position(n);
         }
+        events::progress(n, size_hint);
     };
     let driver = Driver::with_container(c.clone());
     let out = driver.backup_with(&c, source, &opts, Some(&cb));
@@ -77,6 +78,7 @@ pub fn run(args: BackupArgs, s3: &S3Options) -> Result<Outcome> {
         pb.finish_and_clear();
     }
     let r = out?.report;
+    events::finished(&r);
     if json {
         print_json(&r)?;
     } else {

@@ -27,6 +27,7 @@ pub fn run(args: GcArgs, s3: &S3Options) -> Result<Outcome> {
             min_age: std::time::Duration::from_secs(min_age),
         },
     )?;
+    events::finished(&r);
     if json {
         print_json(&r)?;
     } else {

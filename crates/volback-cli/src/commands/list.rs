@@ -8,6 +8,7 @@ pub fn run(args: ListArgs, s3: &S3Options) -> Result<Outcome> {
         container,
         volume_id,
         label,
+        exclusive,
         json,
     } = args;
     let labels = labels_of(&label)?;
@@ -21,16 +22,29 @@ pub fn run(args: ListArgs, s3: &S3Options) -> Result<Outcome> {
         }
         Err(_) => true,
     });
+    let alone = if exclusive {
+        Some(volback::usage::exclusive_bytes(&c)?)
+    } else {
+        None
+    };
+    let alone_of = |id: &str| alone.as_ref().and_then(|a| a.get(id).copied());
     if json {
         let items: Vec<_> = backups
             .iter()
             .map(|b| match b {
-                Ok(m) => json!({
-                    "backup_id": m.backup_id, "volume_id": m.volume_id, "parent_id": m.parent_id,
-                    "size": m.size, "created_at": m.created_at, "data_timestamp": m.data_timestamp,
-                    "created_unix": m.created_unix, "bytes_new": m.stats.bytes_new,
-                    "object_count": m.stats.object_count, "labels": m.labels,
-                }),
+                Ok(m) => {
+                    let mut item = json!({
+                        "backup_id": m.backup_id, "volume_id": m.volume_id,
+                        "parent_id": m.parent_id, "size": m.size, "created_at": m.created_at,
+                        "data_timestamp": m.data_timestamp, "created_unix": m.created_unix,
+                        "bytes_new": m.stats.bytes_new, "object_count": m.stats.object_count,
+                        "labels": m.labels,
+                    });
+                    if alone.is_some() {
+                        item["exclusive_bytes"] = json!(alone_of(&m.backup_id));
+                    }
+                    item
+                }
                 Err(e) => json!({"error": e.kind(), "message": e.to_string()}),
             })
             .collect();
@@ -55,6 +69,7 @@ pub fn run(args: ListArgs, s3: &S3Options) -> Result<Outcome> {
                     m.parent_id.as_deref().unwrap_or("-"),
                     (m.labels.iter())
                         .map(|(k, v)| format!("{k}={v}"))
+                        .chain(alone_of(&m.backup_id).map(|n| format!("(alone holds {n} bytes)")))
                         .collect::<Vec<_>>()
                         .join(",")
                 )?,

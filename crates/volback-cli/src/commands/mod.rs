@@ -19,6 +19,7 @@ mod restore;
 mod verify;
 
 use crate::args::Cmd;
+use crate::events;
 use crate::out;
 use crate::output::{print_json, progress_bar};
 use volback::backup::BackupOptions;

@@ -57,6 +57,7 @@ pub fn run(args: PruneArgs, s3: &S3Options) -> Result<Outcome> {
             }),
         },
     )?;
+    events::finished(&r);
     if json {
         print_json(&r)?;
         return Ok(Outcome::Done);

@@ -26,10 +26,15 @@ pub fn run(args: RestoreArgs, s3: &S3Options) -> Result<Outcome> {
         })
     };
     let pb = progress_bar(json, None);
+    // The volume's size, for the events' percentages (one more small read, only for them).
+    let total = events::enabled()
+        .then(|| c.read_manifest(&backup_id).ok().map(|(m, _)| m.size))
+        .flatten();
     let cb = |n: u64| {
         if let Some(pb) = &pb {
             pb.set_position(n);
         }
+        events::progress(n, total);
     };
     let to_stdout = target.as_os_str() == "-";
     let r = if to_stdout {
@@ -42,6 +47,7 @@ pub fn run(args: RestoreArgs, s3: &S3Options) -> Result<Outcome> {
         pb.finish_and_clear();
     }
     let r = r?;
+    events::finished(&r);
     if let (Some(p), Some(doc)) = (metadata_out, &r.volume_metadata) {
         std::fs::write(&p, serde_json::to_vec_pretty(doc).unwrap_or_default())
             .map_err(|e| Error::io("write metadata", &p, e))?;

@@ -18,6 +18,7 @@ pub fn run(args: VerifyArgs, s3: &S3Options) -> Result<Outcome> {
             read_data,
         },
     )?;
+    events::finished(&r);
     if json {
         print_json(&r)?;
     } else {

@@ -137,41 +137,20 @@ pub fn run_backup(
     // condemns packs after this point sees the lease and waits for this backup to end; one that
     // condemned packs before it is seen by the index load, which skips condemned packs.
     let lease = LeaseGuard::take(container, &backup_id, opts.lease_ttl.unwrap_or(LEASE_TTL))?;
+    let done = Done {
+        container,
+        opts,
+        volume_name,
+        started,
+        requests_before,
+    };
     if let Some(from) = unchanged::reusable_parent(container, parent.as_ref(), &volume, opts)? {
-        if let Some(expected) = opts.expected_size
-            && expected != from.size
-        {
-            return Err(Error::VolumeTooShort {
-                volume: volume_name,
-                expected,
-                actual: from.size,
-            });
-        }
         let manifest = unchanged::manifest_from_parent(backup_id, opts, from);
-        lease.check_valid()?;
-        let bytes = container.commit_manifest(&manifest)?;
-        drop(lease);
         if let Some(p) = progress {
             p(manifest.size);
         }
-        let report = BackupReport {
-            backup_id: manifest.backup_id.clone(),
-            volume_id: manifest.volume_id.clone(),
-            parent_id: manifest.parent_id.clone(),
-            container: container.url().into(),
-            manifest_key: manifest_key(&manifest.backup_id),
-            size: manifest.size,
-            bytes_read: 0,
-            bytes_new: bytes.len() as u64,
-            chunks_total: manifest.stats.chunks_total,
-            chunks_new: 0,
-            chunks_guided: manifest.stats.chunks_total,
-            zero_bytes: manifest.stats.zero_bytes,
-            object_count: 1,
-            elapsed_s: started.elapsed().as_secs_f64(),
-            requests: container.store().requests().since(&requests_before),
-        };
-        return Ok((manifest, bytes, report));
+        let guided = manifest.stats.chunks_total;
+        return done.commit(manifest, lease, 0, 0, guided);
     }
     let stamp = volume.stamp;
     // An incremental is cut guided by its parent's chunks ([`crate::chunker::Guide`]); their
@@ -197,40 +176,74 @@ pub fn run_backup(
             bytes_read: &bytes_read,
         },
     )?;
-    if let Some(expected) = opts.expected_size
-        && expected != stored.size
-    {
-        return Err(Error::VolumeTooShort {
-            volume: volume_name,
-            expected,
-            actual: stored.size,
-        });
-    }
-
     let mut manifest = new_manifest(backup_id, opts, container.config().chunker, &mut stored);
     manifest.source = stamp;
-    lease.check_valid()?;
-    let bytes = container.commit_manifest(&manifest)?;
-    drop(lease); // after the commit: the collector then sees the manifest
+    done.commit(
+        manifest,
+        lease,
+        bytes_read.load(Ordering::Relaxed),
+        stored.written.bytes,
+        stored.counts.guided,
+    )
+}
 
-    let report = BackupReport {
-        backup_id: manifest.backup_id.clone(),
-        volume_id: manifest.volume_id.clone(),
-        parent_id: manifest.parent_id.clone(),
-        container: container.url().into(),
-        manifest_key: manifest_key(&manifest.backup_id),
-        size: stored.size,
-        bytes_read: bytes_read.load(Ordering::Relaxed),
-        bytes_new: stored.written.bytes + bytes.len() as u64,
-        chunks_total: stored.counts.total,
-        chunks_new: stored.counts.new,
-        chunks_guided: stored.counts.guided,
-        zero_bytes: stored.zero_bytes,
-        object_count: manifest.stats.object_count,
-        elapsed_s: started.elapsed().as_secs_f64(),
-        requests: container.store().requests().since(&requests_before),
-    };
-    Ok((manifest, bytes, report))
+/// What a backup's last step needs: where it commits, what it was asked, and what its report
+/// counts from.
+struct Done<'a> {
+    container: &'a Container,
+    opts: &'a BackupOptions,
+    volume_name: String,
+    started: Instant,
+    requests_before: RequestCounts,
+}
+
+impl Done<'_> {
+    /// Checks the volume's size, commits the manifest while the lease is valid, drops the lease
+    /// (after the commit: the collector then sees the manifest) and reports. `bytes_read`,
+    /// `bytes_written` (packs and index segments) and `guided` are what the backup did besides.
+    fn commit(
+        self,
+        manifest: Manifest,
+        lease: LeaseGuard,
+        bytes_read: u64,
+        bytes_written: u64,
+        guided: u64,
+    ) -> Result<(Manifest, Bytes, BackupReport)> {
+        if let Some(expected) = self.opts.expected_size
+            && expected != manifest.size
+        {
+            return Err(Error::VolumeTooShort {
+                volume: self.volume_name,
+                expected,
+                actual: manifest.size,
+            });
+        }
+        lease.check_valid()?;
+        let bytes = self.container.commit_manifest(&manifest)?;
+        drop(lease);
+        let report = BackupReport {
+            backup_id: manifest.backup_id.clone(),
+            volume_id: manifest.volume_id.clone(),
+            parent_id: manifest.parent_id.clone(),
+            container: self.container.url().into(),
+            manifest_key: manifest_key(&manifest.backup_id),
+            size: manifest.size,
+            bytes_read,
+            bytes_new: bytes_written + bytes.len() as u64,
+            chunks_total: manifest.stats.chunks_total,
+            chunks_new: manifest.stats.chunks_new,
+            chunks_guided: guided,
+            zero_bytes: manifest.stats.zero_bytes,
+            object_count: manifest.stats.object_count,
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            requests: self
+                .container
+                .store()
+                .requests()
+                .since(&self.requests_before),
+        };
+        Ok((manifest, bytes, report))
+    }
 }
 
 /// A backup request that passed its checks.
