@@ -22,6 +22,12 @@ pub struct Cli {
     /// this file (appended) or to `fd:N`, an open descriptor.
     #[arg(long, global = true, value_name = "PATH|fd:N")]
     pub events: Option<String>,
+    /// Where the key of an encrypted container comes from: `env:NAME` (a variable),
+    /// `file:PATH` (a file) or `cmd:COMMAND` (what the command prints, e.g. a key manager's
+    /// client). A container created with a key is encrypted; one without stays plaintext.
+    /// The secret itself is never taken on the command line.
+    #[arg(long, global = true, value_name = "env:NAME|file:PATH|cmd:COMMAND")]
+    pub key: Option<String>,
 }
 
 /// S3 settings; anything not given comes from the AWS environment variables and profile files.
@@ -78,6 +84,8 @@ pub enum Cmd {
     /// Check that backups can be restored: structure always, every chunk with --read-data.
     /// Exit status 3 if anything is damaged.
     Verify(VerifyArgs),
+    /// Manage an encrypted container's keys: list, add, remove, change (never re-encrypts data).
+    Key(KeyArgs),
     /// Check that a container is reachable and writable (creating it if missing).
     Check(CheckArgs),
 }
@@ -97,6 +105,7 @@ impl Cmd {
             Cmd::Prune(_) => "prune",
             Cmd::Verify(_) => "verify",
             Cmd::Check(_) => "check",
+            Cmd::Key(_) => "key",
         }
     }
 }
@@ -330,4 +339,39 @@ pub struct VerifyArgs {
 pub struct CheckArgs {
     #[arg(long)]
     pub container: String,
+}
+
+/// Arguments of `volback key`.
+#[derive(clap::Args)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    pub action: KeyAction,
+    #[arg(long, global = true)]
+    pub container: String,
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// What `volback key` does. Every action but `list` needs the container unlocked (`--key`).
+#[derive(Subcommand)]
+pub enum KeyAction {
+    /// List the key slots (ids, creation times, Argon2id cost; which one `--key` opens).
+    List,
+    /// Add a key: a new slot wrapping the container's master key under another secret.
+    Add {
+        /// Source of the new secret (env:NAME, file:PATH or cmd:COMMAND).
+        #[arg(long, value_name = "SOURCE")]
+        new_key: String,
+    },
+    /// Remove a key slot (refused for the last one).
+    Remove {
+        /// Id of the slot to remove (see `key list`).
+        #[arg(long)]
+        id: String,
+    },
+    /// Change the key `--key` opens to a new secret (adds the new slot, removes the old).
+    Change {
+        #[arg(long, value_name = "SOURCE")]
+        new_key: String,
+    },
 }

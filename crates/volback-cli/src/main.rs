@@ -32,9 +32,21 @@ fn main() -> ExitCode {
         Cmd::Gc(a) => a.json,
         Cmd::Prune(a) => a.json,
         Cmd::Verify(a) => a.json,
+        Cmd::Key(a) => a.json,
         Cmd::Export(_) | Cmd::Check(_) => false,
     };
-    let s3 = cli.s3.options();
+    let key = match cli.key.as_deref().map(volback::crypto::KeySource::parse) {
+        None => None,
+        Some(Ok(k)) => Some(k),
+        Some(Err(e)) => {
+            eprintln!("volback: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let access = commands::Access {
+        s3: cli.s3.options(),
+        key,
+    };
     init_logging();
     if let Some(dest) = &cli.events
         && let Err(e) = events::open(dest, cli.cmd.name())
@@ -42,7 +54,7 @@ fn main() -> ExitCode {
         eprintln!("volback: error: {e}");
         return ExitCode::from(1);
     }
-    let result = run(cli.cmd, &s3);
+    let result = run(cli.cmd, &access);
     if let Err(e) = &result {
         events::error(e);
     }

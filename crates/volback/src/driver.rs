@@ -51,6 +51,9 @@ pub struct DriverConfig {
     /// backups made under an earlier setting). A record naming any other container is
     /// refused: a record never chooses where the driver reads or writes.
     pub allowed_containers: Vec<String>,
+    /// Key of the containers (Cinder's `volback_key`): a container this driver creates with a
+    /// key is encrypted; an encrypted one is opened with it (wrong: [`Error::WrongKey`]).
+    pub key: Option<crate::crypto::KeySource>,
 }
 
 /// Record fields a backup sets (Cinder applies them with `backup.update()`).
@@ -144,11 +147,12 @@ impl Driver {
         if url.is_empty() {
             return Err(Error::Config("no container configured".into()));
         }
-        Container::open_with(
+        Container::open_keyed(
             url,
             create && self.config.create_container,
             self.config.init.clone(),
             &self.config.s3,
+            self.config.key.as_ref(),
         )
     }
 

@@ -39,6 +39,9 @@ pub const KINDS: &[&str] = &[
     "record_manifest_mismatch",
     "record_foreign_container",
     "lease_expired",
+    "key_required",
+    "wrong_key",
+    "key",
     "cancelled",
     "internal",
 ];
@@ -209,6 +212,16 @@ pub enum Error {
         "lease '{key}' was not renewed in time (valid until unix {expires_unix}); nothing was committed"
     )]
     LeaseExpired { key: String, expires_unix: u64 },
+    /// The container is encrypted and the operation needs its key, which was not given.
+    #[error("container '{container}' is encrypted: give one of its keys (--key)")]
+    KeyRequired { container: String },
+    /// No key slot of the container opens with the key given.
+    #[error("no key of container '{container}' matches the key given")]
+    WrongKey { container: String },
+    /// A key source failed, or a key-management request was refused (removing the last key,
+    /// a key given for a container that is not encrypted). Never carries a secret.
+    #[error("key: {0}")]
+    Key(String),
     /// The caller asked the operation to stop (a backup commits nothing; a restore leaves a new
     /// target absent and an existing one partly written).
     #[error("{what} cancelled by the caller")]
@@ -289,6 +302,9 @@ impl Error {
             Error::Record(RecordError::ManifestMismatch { .. }) => "record_manifest_mismatch",
             Error::Record(RecordError::ForeignContainer { .. }) => "record_foreign_container",
             Error::LeaseExpired { .. } => "lease_expired",
+            Error::KeyRequired { .. } => "key_required",
+            Error::WrongKey { .. } => "wrong_key",
+            Error::Key(_) => "key",
             Error::Cancelled { .. } => "cancelled",
             Error::Internal(_) => "internal",
         }

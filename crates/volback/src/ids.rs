@@ -47,6 +47,41 @@ impl fmt::Display for Hash {
     }
 }
 
+/// How a container computes chunk ids: plain BLAKE3, or (encrypted containers) BLAKE3 in keyed
+/// mode with the container's chunk-id key, so that an id says nothing about the block to anyone
+/// without the key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ChunkIds(Option<[u8; 32]>);
+
+impl ChunkIds {
+    /// Plain BLAKE3 (plaintext containers).
+    pub const PLAIN: ChunkIds = ChunkIds(None);
+
+    /// Keyed BLAKE3 with `key`.
+    pub fn keyed(key: [u8; 32]) -> Self {
+        ChunkIds(Some(key))
+    }
+
+    /// The id of a chunk whose bytes are `data`.
+    #[inline]
+    pub fn of(&self, data: &[u8]) -> Hash {
+        match &self.0 {
+            None => Hash::of(data),
+            Some(k) => Hash(*blake3::keyed_hash(k, data).as_bytes()),
+        }
+    }
+}
+
+impl fmt::Debug for ChunkIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ChunkIds(keyed BLAKE3)"
+        } else {
+            "ChunkIds(BLAKE3)"
+        })
+    }
+}
+
 /// Checks a caller-supplied id (backup id, volume id): 1 to 128 characters of ASCII letters,
 /// digits, '-', '_' and '.', not starting with '.'. Ids become parts of object keys, so this is
 /// what stops a record or a command line from naming a path outside the container.

@@ -197,6 +197,7 @@ pub mod backup;
 pub mod chunker;
 pub mod clock;
 pub mod container;
+pub mod crypto;
 pub mod driver;
 pub mod error;
 pub(crate) mod extsort;

@@ -6,6 +6,11 @@
 //! With `read_data`, every chunk a checked backup needs is read back, decompressed and
 //! re-hashed (each pack once, with coalesced ranged reads, in bounded memory).
 //!
+//! Without the key of an encrypted container, only what is visible without it is checked
+//! ([`run_verify`] says so in [`VerifyReport::without_key`]): every manifest and index segment is
+//! a well-formed sealed object, every segment and (with `read_data`) every pack hashes to its
+//! name, and every pack's trailer and sealed table are intact.
+//!
 //! Damage is reported per backup (which backups cannot be restored, and why, naming the object
 //! and offset) and per object (damaged objects that no backup depends on, such as a segment the
 //! packs' own tables stand in for). Verification only reads, under a lease, so it is safe
@@ -120,6 +125,9 @@ pub struct BackupVerdict {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VerifyReport {
     pub read_data: bool,
+    /// Checked without the key of an encrypted container: structure and integrity of the
+    /// stored objects only, not what they hold.
+    pub without_key: bool,
     pub backups_checked: usize,
     /// Ids of the backups that cannot be restored intact.
     pub damaged_backups: Vec<String>,
@@ -155,8 +163,12 @@ impl Findings {
     }
 }
 
-/// Verifies a container (or one backup in it).
+/// Verifies a container (or one backup in it). A locked encrypted container (opened without
+/// its key) is checked as far as that allows.
 pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
+    if c.keys().is_err() {
+        return run_verify_without_key(c, opts);
+    }
     let started = Instant::now();
     let before = c.store().requests();
     let mut report = VerifyReport {
@@ -195,7 +207,7 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
                 let got = c
                     .store()
                     .get(&o.key)
-                    .and_then(|b| Manifest::decode(&o.key, &b));
+                    .and_then(|b| c.decode_manifest(&o.key, &b));
                 match got {
                     Ok(m) => manifests.push(m),
                     Err(Error::MissingObject { .. }) => {} // deleted meanwhile
@@ -300,6 +312,7 @@ fn read_back(
     needed: &HashSet<Hash>,
     report: &mut VerifyReport,
 ) -> Result<HashMap<Hash, BadChunk>> {
+    let keys = c.keys()?;
     let mut ids: Vec<Hash> = needed.iter().copied().collect();
     // Pack by pack, in pack order, so each pack is read once with coalesced ranges.
     ids.sort_by_key(|id| index.get(id).map(|l| (l.pack, l.offset)));
@@ -328,8 +341,10 @@ fn read_back(
                                 let at = u64::from(loc.offset);
                                 let s = (at - r.start) as usize;
                                 let stored = &data[s..s + loc.stored_len as usize];
+                                let keys = keys.chunks();
+                                let raw_len = loc.raw_len;
                                 if let Err(e) =
-                                    decode_chunk(&key, at, id, loc.compression, loc.raw_len, stored)
+                                    decode_chunk(&key, at, id, loc.compression, raw_len, stored, keys)
                                 {
                                     failed.push((*id, BadChunk::new(&key, &e)));
                                 }
@@ -347,4 +362,109 @@ fn read_back(
         }
     }
     Ok(bad)
+}
+
+/// Pack bytes hashed per ranged read when a pack's name is checked without the key.
+const HASH_RANGE: u64 = 8 << 20;
+
+/// Verifies what an encrypted container shows without its key (see the module docs).
+fn run_verify_without_key(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
+    use crate::format::sealed::check_envelope;
+    let started = Instant::now();
+    let before = c.store().requests();
+    let mut report = VerifyReport {
+        read_data: opts.read_data,
+        without_key: true,
+        ..Default::default()
+    };
+    let manifests: Vec<String> = match &opts.backup_id {
+        Some(id) => {
+            crate::ids::validate_id("backup id", id)?;
+            vec![manifest_key(id)]
+        }
+        None => c.store().list("backups/")?.into_iter().map(|o| o.key).collect(),
+    };
+    let checked: Vec<(String, Result<()>)> = c.on_io_pool(|| {
+        manifests
+            .par_iter()
+            .map(|key| {
+                let r = c.store().get(key).and_then(|b| check_envelope(key, &b));
+                (key.clone(), r)
+            })
+            .collect()
+    });
+    for (key, r) in checked {
+        let id = key.trim_start_matches("backups/").to_string();
+        let mut f = Findings::default();
+        if let Err(e) = r {
+            if opts.backup_id.is_none() && matches!(e, Error::MissingObject { .. }) {
+                continue; // deleted meanwhile
+            }
+            f.add(Problem::of(&key, &e));
+            report.damaged_backups.push(id.clone());
+        }
+        report.backups.push(BackupVerdict {
+            backup_id: id,
+            ok: f.count == 0,
+            problem_count: f.count,
+            problems: f.listed,
+        });
+    }
+    report.backups_checked = report.backups.len();
+
+    let segments = c.store().list("index/")?;
+    let damaged: Vec<Problem> = c.on_io_pool(|| {
+        segments
+            .par_iter()
+            .filter_map(|o| {
+                let r = c.store().get(&o.key).and_then(|b| {
+                    check_envelope(&o.key, &b)?;
+                    if crate::format::keys::segment_key(&b) != o.key {
+                        return Err(Error::corrupt(&o.key, 0, "segment does not hash to its name"));
+                    }
+                    Ok(())
+                });
+                r.err().map(|e| Problem::of(&o.key, &e))
+            })
+            .collect()
+    });
+    report.damaged_objects.extend(damaged);
+
+    let mut packs: Vec<(Hash, u64)> = c.listed_packs()?.into_iter().collect();
+    packs.sort();
+    let damaged: Vec<Problem> = c.on_io_pool(|| {
+        packs
+            .par_iter()
+            .filter_map(|(id, size)| {
+                let key = pack_key(id);
+                let mut r = c.read_stored_table(&key, *size).map(|_| ());
+                if r.is_ok() && opts.read_data {
+                    r = hash_matches_name(c, &key, id, *size);
+                }
+                r.err().map(|e| Problem::of(&key, &e))
+            })
+            .collect()
+    });
+    report.damaged_objects.extend(damaged);
+    if opts.read_data {
+        report.bytes_read = packs.iter().map(|(_, s)| s).sum();
+    }
+    report.requests = c.store().requests().since(&before);
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Reads a pack in ranges and checks that its bytes hash to its name.
+fn hash_matches_name(c: &Container, key: &str, id: &Hash, size: u64) -> Result<()> {
+    let mut h = blake3::Hasher::new();
+    let mut at = 0;
+    while at < size {
+        let end = size.min(at.saturating_add(HASH_RANGE));
+        h.update(&c.store().get_range(key, at..end)?);
+        at = end;
+    }
+    if Hash(*h.finalize().as_bytes()) != *id {
+        return Err(Error::corrupt(key, 0, "pack does not hash to its name"));
+    }
+    Ok(())
 }

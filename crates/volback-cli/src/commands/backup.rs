@@ -4,7 +4,7 @@ use super::*;
 use crate::args::BackupArgs;
 use volback::chunker::ChunkerParams;
 
-pub fn run(args: BackupArgs, s3: &S3Options) -> Result<Outcome> {
+pub fn run(args: BackupArgs, access: &Access) -> Result<Outcome> {
     let BackupArgs {
         container,
         volume,
@@ -28,7 +28,7 @@ pub fn run(args: BackupArgs, s3: &S3Options) -> Result<Outcome> {
         }),
         None => None,
     };
-    let c = Container::open_with(&container, true, init, s3)?;
+    let c = access.open(&container, true, init)?;
     let volume_metadata = match metadata {
         Some(p) => {
             let text = volback::store::read_local_file(&p)?;

@@ -3,12 +3,13 @@
 use super::*;
 use crate::args::CheckArgs;
 
-pub fn run(args: CheckArgs, s3: &S3Options) -> Result<Outcome> {
+pub fn run(args: CheckArgs, access: &Access) -> Result<Outcome> {
     let CheckArgs { container } = args;
     let driver = Driver::new(DriverConfig {
         container,
         create_container: true,
-        s3: s3.clone(),
+        s3: access.s3.clone(),
+        key: access.key.clone(),
         ..Default::default()
     });
     driver.check_for_setup_error()?;

@@ -3,13 +3,13 @@
 use super::*;
 use crate::args::DeleteArgs;
 
-pub fn run(args: DeleteArgs, s3: &S3Options) -> Result<Outcome> {
+pub fn run(args: DeleteArgs, access: &Access) -> Result<Outcome> {
     let DeleteArgs {
         container,
         backup_id,
         json,
     } = args;
-    let c = Container::open_with(&container, false, None, s3)?;
+    let c = access.open(&container, false, None)?;
     Driver::with_container(c).delete_backup(&BackupRecord {
         id: backup_id.clone(),
         ..Default::default()

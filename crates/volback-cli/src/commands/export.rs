@@ -3,12 +3,12 @@
 use super::*;
 use crate::args::ExportArgs;
 
-pub fn run(args: ExportArgs, s3: &S3Options) -> Result<Outcome> {
+pub fn run(args: ExportArgs, access: &Access) -> Result<Outcome> {
     let ExportArgs {
         container,
         backup_id,
     } = args;
-    let c = Container::open_with(&container, false, None, s3)?;
+    let c = access.open(&container, false, None)?;
     let text = Driver::with_container(c).export_record(&BackupRecord {
         id: backup_id,
         ..Default::default()

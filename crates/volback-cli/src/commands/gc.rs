@@ -3,7 +3,7 @@
 use super::*;
 use crate::args::GcArgs;
 
-pub fn run(args: GcArgs, s3: &S3Options) -> Result<Outcome> {
+pub fn run(args: GcArgs, access: &Access) -> Result<Outcome> {
     let GcArgs {
         container,
         dry_run,
@@ -17,7 +17,7 @@ pub fn run(args: GcArgs, s3: &S3Options) -> Result<Outcome> {
             "--max-unused {max_unused} must be 0 or more"
         )));
     }
-    let c = Container::open_with(&container, false, None, s3)?;
+    let c = access.open(&container, false, None)?;
     let r = run_gc(
         &c,
         &GcOptions {

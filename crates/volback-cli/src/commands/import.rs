@@ -3,7 +3,7 @@
 use super::*;
 use crate::args::ImportArgs;
 
-pub fn run(args: ImportArgs, s3: &S3Options) -> Result<Outcome> {
+pub fn run(args: ImportArgs, access: &Access) -> Result<Outcome> {
     let ImportArgs {
         container,
         record,
@@ -12,7 +12,8 @@ pub fn run(args: ImportArgs, s3: &S3Options) -> Result<Outcome> {
     let text = read_input(&record)?;
     let driver = Driver::new(DriverConfig {
         container: container.clone(),
-        s3: s3.clone(),
+        s3: access.s3.clone(),
+        key: access.key.clone(),
         ..Default::default()
     });
     let r = driver.import_record(&text, Some(&container))?;

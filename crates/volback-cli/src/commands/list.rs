@@ -3,7 +3,7 @@
 use super::*;
 use crate::args::ListArgs;
 
-pub fn run(args: ListArgs, s3: &S3Options) -> Result<Outcome> {
+pub fn run(args: ListArgs, access: &Access) -> Result<Outcome> {
     let ListArgs {
         container,
         volume_id,
@@ -12,7 +12,7 @@ pub fn run(args: ListArgs, s3: &S3Options) -> Result<Outcome> {
         json,
     } = args;
     let labels = labels_of(&label)?;
-    let c = Container::open_with(&container, false, None, s3)?;
+    let c = access.open(&container, false, None)?;
     let mut backups = c.list_backups()?;
     // Filters apply to readable manifests; damaged ones are always listed.
     backups.retain(|b| match b {

@@ -12,6 +12,7 @@ mod delete;
 mod export;
 mod gc;
 mod import;
+mod key;
 mod list;
 mod prune;
 mod rebuild_index;
@@ -25,6 +26,7 @@ use crate::output::{print_json, progress_bar};
 use volback::backup::BackupOptions;
 use volback::backup::source::VolumeSource;
 use volback::container::Container;
+use volback::crypto::KeySource;
 use volback::driver::{Driver, DriverConfig};
 use volback::format::config::ContainerConfig;
 use volback::format::record::BackupRecord;
@@ -81,6 +83,19 @@ fn labels_of(flags: &[String]) -> Result<std::collections::BTreeMap<String, Stri
         .collect()
 }
 
+/// How the command reaches containers: S3 settings and the key of an encrypted container.
+pub struct Access {
+    pub s3: S3Options,
+    pub key: Option<KeySource>,
+}
+
+impl Access {
+    /// Opens (or, with `create`, creates: encrypted if a key was given) a container.
+    pub fn open(&self, url: &str, create: bool, init: Option<ContainerConfig>) -> Result<Container> {
+        Container::open_keyed(url, create, init, &self.s3, self.key.as_ref())
+    }
+}
+
 /// How a command that did not fail ended.
 pub enum Outcome {
     Done,
@@ -89,18 +104,19 @@ pub enum Outcome {
 }
 
 /// Runs one subcommand.
-pub fn run(cmd: Cmd, s3: &S3Options) -> Result<Outcome> {
+pub fn run(cmd: Cmd, access: &Access) -> Result<Outcome> {
     match cmd {
-        Cmd::Backup(a) => backup::run(a, s3),
-        Cmd::Restore(a) => restore::run(a, s3),
-        Cmd::Delete(a) => delete::run(a, s3),
-        Cmd::Export(a) => export::run(a, s3),
-        Cmd::Import(a) => import::run(a, s3),
-        Cmd::List(a) => list::run(a, s3),
-        Cmd::RebuildIndex(a) => rebuild_index::run(a, s3),
-        Cmd::Gc(a) => gc::run(a, s3),
-        Cmd::Prune(a) => prune::run(a, s3),
-        Cmd::Verify(a) => verify::run(a, s3),
-        Cmd::Check(a) => check::run(a, s3),
+        Cmd::Backup(a) => backup::run(a, access),
+        Cmd::Restore(a) => restore::run(a, access),
+        Cmd::Delete(a) => delete::run(a, access),
+        Cmd::Export(a) => export::run(a, access),
+        Cmd::Import(a) => import::run(a, access),
+        Cmd::List(a) => list::run(a, access),
+        Cmd::RebuildIndex(a) => rebuild_index::run(a, access),
+        Cmd::Gc(a) => gc::run(a, access),
+        Cmd::Prune(a) => prune::run(a, access),
+        Cmd::Verify(a) => verify::run(a, access),
+        Cmd::Check(a) => check::run(a, access),
+        Cmd::Key(a) => key::run(a, access),
     }
 }

@@ -4,7 +4,7 @@ use super::*;
 use crate::args::PruneArgs;
 use volback::prune::{GroupBy, Policy, PruneOptions, Span, run_prune};
 
-pub fn run(args: PruneArgs, s3: &S3Options) -> Result<Outcome> {
+pub fn run(args: PruneArgs, access: &Access) -> Result<Outcome> {
     let PruneArgs {
         container,
         keep_last,
@@ -42,7 +42,7 @@ pub fn run(args: PruneArgs, s3: &S3Options) -> Result<Outcome> {
         yearly: keep_yearly,
         within: keep_within.as_deref().map(Span::parse).transpose()?,
     };
-    let c = Container::open_with(&container, false, None, s3)?;
+    let c = access.open(&container, false, None)?;
     let r = run_prune(
         &c,
         &PruneOptions {

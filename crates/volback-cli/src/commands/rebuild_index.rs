@@ -3,9 +3,9 @@
 use super::*;
 use crate::args::RebuildIndexArgs;
 
-pub fn run(args: RebuildIndexArgs, s3: &S3Options) -> Result<Outcome> {
+pub fn run(args: RebuildIndexArgs, access: &Access) -> Result<Outcome> {
     let RebuildIndexArgs { container, json } = args;
-    let c = Container::open_with(&container, false, None, s3)?;
+    let c = access.open(&container, false, None)?;
     let (packs, chunks) = c.rebuild_index()?;
     if json {
         print_json(&json!({"packs": packs, "chunks": chunks}))?;

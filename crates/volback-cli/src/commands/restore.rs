@@ -4,7 +4,7 @@ use super::*;
 use crate::args::RestoreArgs;
 use volback::restore::{WriteSink, run_restore_to_stream};
 
-pub fn run(args: RestoreArgs, s3: &S3Options) -> Result<Outcome> {
+pub fn run(args: RestoreArgs, access: &Access) -> Result<Outcome> {
     let RestoreArgs {
         container,
         backup_id,
@@ -15,7 +15,7 @@ pub fn run(args: RestoreArgs, s3: &S3Options) -> Result<Outcome> {
         buffered,
         json,
     } = args;
-    let c = Container::open_with(&container, false, None, s3)?;
+    let c = access.open(&container, false, None)?;
     let opts = RestoreOptions {
         sync: !no_sync,
         direct_io: !buffered,

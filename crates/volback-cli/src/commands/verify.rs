@@ -3,14 +3,14 @@
 use super::*;
 use crate::args::VerifyArgs;
 
-pub fn run(args: VerifyArgs, s3: &S3Options) -> Result<Outcome> {
+pub fn run(args: VerifyArgs, access: &Access) -> Result<Outcome> {
     let VerifyArgs {
         container,
         backup_id,
         read_data,
         json,
     } = args;
-    let c = Container::open_with(&container, false, None, s3)?;
+    let c = access.open(&container, false, None)?;
     let r = run_verify(
         &c,
         &VerifyOptions {

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use super::buffers::BufferPool;
 use super::dedup::DedupSet;
 use super::writer::WriterMsg;
+use crate::crypto::Keys;
 use crate::error::{Error, Result};
 use crate::format::chunk::{ChunkKind, EncodedChunk, encode_chunk};
 use crate::format::manifest::MetaRef;
@@ -32,6 +33,8 @@ pub(super) struct Packer<'a> {
     /// without touching data packs).
     pub(super) data_pack: PackBuilder,
     pub(super) meta_pack: PackBuilder,
+    /// The container's keys: chunk ids, and the sealer of an encrypted container's packs.
+    pub(super) keys: &'a Keys,
     pub(super) target: u64,
     pub(super) tx: SyncSender<WriterMsg>,
     /// Buffers of uploaded packs, reused for the next ones. One spare: on a filesystem one
@@ -51,11 +54,16 @@ impl Packer<'_> {
             } else {
                 &mut self.meta_pack
             };
-            if pack.is_empty() && c.kind == ChunkKind::Data {
+            if pack.is_empty() {
                 // Room for a full pack, so the builder never reallocates while it fills, in the
                 // buffer of a pack already uploaded when there is one.
-                let buf = self.buffers.take_empty(self.target as usize + (1 << 20));
-                *pack = PackBuilder::with_buffer(buf);
+                let fresh = match c.kind {
+                    ChunkKind::Data => PackBuilder::with_buffer(
+                        self.buffers.take_empty(self.target as usize + (1 << 20)),
+                    ),
+                    ChunkKind::Meta => PackBuilder::new(),
+                };
+                *pack = fresh.sealed(self.keys.sealer());
             }
             pack.add(&c);
             // Extent-list packs are closed early: they fill slowly (~1 MiB per GiB of volume)
@@ -95,7 +103,8 @@ impl Packer<'_> {
 
     /// Hashes, dedups and stores extent-list chunks, returning their references in order.
     pub(super) fn add_meta(&mut self, chunks: Vec<Bytes>, refs: &mut Vec<MetaRef>) -> Result<()> {
-        let ids: Vec<Hash> = chunks.par_iter().map(|c| Hash::of(c)).collect();
+        let chunk_ids = self.keys.ids();
+        let ids: Vec<Hash> = chunks.par_iter().map(|c| chunk_ids.of(c)).collect();
         let known = self.known.check_and_add(&ids)?;
         let mut new = Vec::new();
         for ((c, id), known) in chunks.iter().zip(&ids).zip(known) {
@@ -107,10 +116,10 @@ impl Packer<'_> {
                 new.push((c, *id));
             }
         }
-        let level = self.level;
+        let (level, keys) = (self.level, self.keys.chunks());
         let enc: Vec<EncodedChunk> = new
             .par_iter()
-            .map(|(c, id)| encode_chunk(*id, ChunkKind::Meta, c, level))
+            .map(|(c, id)| encode_chunk(*id, ChunkKind::Meta, c, level, keys))
             .collect();
         self.add(enc)
     }

@@ -72,6 +72,8 @@ pub(super) fn run(volume: OpenVolume, inputs: Inputs<'_>) -> Result<Pipelined> {
         bytes_read,
     } = inputs;
     let cfg = container.config().clone();
+    let keys = container.keys()?.clone();
+    let ids = keys.ids();
     std::thread::scope(|s| -> Result<_> {
         let (batch_tx, batch_rx) = sync_channel::<Result<Vec<Piece>>>(2);
         let (pack_tx, pack_rx) = sync_channel::<WriterMsg>(0);
@@ -89,7 +91,7 @@ pub(super) fn run(volume: OpenVolume, inputs: Inputs<'_>) -> Result<Pipelined> {
         let guide = parent.map(|(parent, parent_index)| {
             let (tx, rx) = sync_channel(2);
             s.spawn(move || feed_guide(container, parent_index, parent, tx));
-            Guide::new(rx)
+            Guide::new(rx, ids)
         });
         // Returns how many chunks the guide gave.
         let chunker = s.spawn(|| -> u64 {
@@ -133,6 +135,7 @@ pub(super) fn run(volume: OpenVolume, inputs: Inputs<'_>) -> Result<Pipelined> {
             level,
             data_pack: PackBuilder::new(),
             meta_pack: PackBuilder::new(),
+            keys: &keys,
             target: cfg.pack_target,
             tx: pack_tx,
             buffers: BufferPool::new(1),
@@ -158,7 +161,7 @@ pub(super) fn run(volume: OpenVolume, inputs: Inputs<'_>) -> Result<Pipelined> {
                         pieces
                             .par_iter()
                             .map(|p| match p {
-                                Piece::Data(b) => Some(Hash::of(b)),
+                                Piece::Data(b) => Some(ids.of(b)),
                                 Piece::Hashed(_, id) => Some(*id),
                                 Piece::Zero(_) => None,
                             })
@@ -188,7 +191,7 @@ pub(super) fn run(volume: OpenVolume, inputs: Inputs<'_>) -> Result<Pipelined> {
                 }
                 pending = new
                     .par_iter()
-                    .map(|(b, id)| encode_chunk(*id, ChunkKind::Data, b, level))
+                    .map(|(b, id)| encode_chunk(*id, ChunkKind::Data, b, level, keys.chunks()))
                     .collect();
                 packer.add_meta(extents.take_chunks(), &mut meta_refs)?;
                 if let Some(p) = progress {

@@ -96,7 +96,7 @@ impl Cdc {
     /// from it (its id also spares the pipeline a hash).
     fn hash_cut(guide: &mut Option<Guide>, chunk: &[u8]) -> Option<Hash> {
         let g = guide.as_mut()?;
-        let id = Hash::of(chunk);
+        let id = g.ids.of(chunk);
         g.cut_was(&id);
         Some(id)
     }

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::mpsc::Receiver;
 
-use crate::ids::Hash;
+use crate::ids::{ChunkIds, Hash};
 
 /// A chunk of the parent backup that ended at a FastCDC cut (the next extent is data too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,8 @@ pub struct Guide {
     pub(super) followed: u64,
     /// Chunk starts in a row where no candidate matched.
     pub(super) misses: u32,
+    /// How the container computes chunk ids (the parent's ids are compared with these).
+    pub(super) ids: ChunkIds,
 }
 
 /// Parent chunks kept behind the chunker's position for moved data to be found in (~512 MiB of
@@ -66,9 +68,9 @@ fn id_key(id: &Hash) -> u64 {
 }
 
 impl Guide {
-    /// A guide fed, in increasing offset order, through `rx`. When the sender is gone, it
-    /// simply has no more entries.
-    pub fn new(rx: Receiver<Vec<GuideEntry>>) -> Self {
+    /// A guide fed, in increasing offset order, through `rx`, for a container whose chunk ids
+    /// are computed by `ids`. When the sender is gone, it simply has no more entries.
+    pub fn new(rx: Receiver<Vec<GuideEntry>>, ids: ChunkIds) -> Self {
         Guide {
             rx: Mutex::new(rx),
             window: VecDeque::new(),
@@ -78,6 +80,7 @@ impl Guide {
             last: None,
             followed: 0,
             misses: 0,
+            ids,
         }
     }
 
@@ -155,7 +158,7 @@ impl Guide {
             // Both candidates may have the same length: hash once.
             let id = match tried {
                 Some((m, id)) if m == n => id,
-                _ => Hash::of(&src[..n]),
+                _ => self.ids.of(&src[..n]),
             };
             tried = Some((n, id));
             if id != e.id {

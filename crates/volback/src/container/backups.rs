@@ -19,7 +19,7 @@ impl Container {
         let key = manifest_key(backup_id);
         match self.store.get(&key) {
             Ok(bytes) => {
-                let m = Manifest::decode(&key, &bytes)?;
+                let m = self.decode_manifest(&key, &bytes)?;
                 if m.backup_id != backup_id {
                     return Err(Error::corrupt(
                         &key,
@@ -46,19 +46,25 @@ impl Container {
         }
     }
 
+    /// Decodes the manifest stored under `key` as `stored` (opening it first in an encrypted
+    /// container, where it is sealed under its key).
+    pub fn decode_manifest(&self, key: &str, stored: &Bytes) -> Result<Manifest> {
+        let plain = self.open_object(key, key, stored.clone())?;
+        Manifest::decode(key, &plain)
+    }
+
     /// Whether a backup (or its tombstone) already uses this id.
     pub fn backup_id_taken(&self, backup_id: &str) -> Result<bool> {
         Ok(self.store.head(&manifest_key(backup_id))?.is_some()
             || self.store.head(&tombstone_key(backup_id))?.is_some())
     }
 
-    /// Commits a manifest; fails if a backup with this id was committed meanwhile.
+    /// Commits a manifest; fails if a backup with this id was committed meanwhile. Returns the
+    /// stored bytes (sealed, in an encrypted container).
     pub fn commit_manifest(&self, m: &Manifest) -> Result<Bytes> {
-        let bytes = Bytes::from(m.encode()?);
-        if !self
-            .store
-            .put_if_absent(&manifest_key(&m.backup_id), bytes.clone())?
-        {
+        let key = manifest_key(&m.backup_id);
+        let bytes = self.seal_object(&key, m.encode()?)?;
+        if !self.store.put_if_absent(&key, bytes.clone())? {
             return Err(Error::BackupExists {
                 id: m.backup_id.clone(),
                 container: self.url.clone(),
@@ -70,12 +76,13 @@ impl Container {
     /// Every committed backup's manifest, oldest first. Unreadable manifests are returned as
     /// errors in place so that one damaged backup does not hide the others.
     pub fn list_backups(&self) -> Result<Vec<Result<Manifest>>> {
+        self.keys()?;
         let keys = self.store.list(BACKUPS_PREFIX)?;
         let mut out: Vec<Result<Manifest>> = self.on_io_pool(|| {
             keys.par_iter()
                 .map(|o| {
                     let bytes = self.store.get(&o.key)?;
-                    Manifest::decode(&o.key, &bytes)
+                    self.decode_manifest(&o.key, &bytes)
                 })
                 .collect()
         });
@@ -91,8 +98,8 @@ impl Container {
     pub fn delete_backup(&self, backup_id: &str) -> Result<()> {
         let (m, _) = self.read_manifest(backup_id)?;
         let tomb = Tombstone::new(backup_id, &m.volume_id, now_rfc3339());
-        self.store
-            .put(&tombstone_key(backup_id), Bytes::from(tomb.encode()?))?;
+        let key = tombstone_key(backup_id);
+        self.store.put(&key, self.seal_object(&key, tomb.encode()?)?)?;
         self.store.delete(&manifest_key(backup_id))
     }
 }

@@ -98,7 +98,8 @@ impl Container {
         let stored = self
             .store
             .get_range(&key, start..start + u64::from(loc.stored_len))?;
-        decode_chunk(&key, start, id, loc.compression, loc.raw_len, &stored)
+        let keys = self.keys()?.chunks();
+        decode_chunk(&key, start, id, loc.compression, loc.raw_len, &stored, keys)
             .map_err(|e| with_volume_offset(e, volume_offset))
     }
 
@@ -110,6 +111,7 @@ impl Container {
         volume_offset: impl Fn(&Hash) -> u64,
     ) -> Result<Vec<(Hash, Bytes)>> {
         let key = pack_key(&r.pack);
+        let keys = self.keys()?.chunks();
         let data = self.store.get_range(&key, r.start..r.end)?;
         r.chunks
             .iter()
@@ -117,7 +119,7 @@ impl Container {
                 let at = u64::from(loc.offset);
                 let s = (at - r.start) as usize;
                 let stored = &data[s..s + loc.stored_len as usize];
-                decode_chunk(&key, at, id, loc.compression, loc.raw_len, stored)
+                decode_chunk(&key, at, id, loc.compression, loc.raw_len, stored, keys)
                     .map(|raw| (*id, raw))
                     .map_err(|e| with_volume_offset(e, volume_offset(id)))
             })

@@ -61,6 +61,8 @@ pub(crate) fn read_rank(exists: bool, condemned: bool) -> u8 {
 /// full segment is ~3.4 MiB; decoded segments are held until the group is visited, so this
 /// bounds a scan's memory whatever the index's size).
 const SEGMENTS_AT_ONCE: usize = 16;
+/// The name index segments are sealed under (they are named by their content).
+const SEGMENT_NAME: &str = "index";
 const SEGMENT_BYTES_AT_ONCE: u64 = 8 << 20;
 
 /// Index segments read from a container.
@@ -75,11 +77,16 @@ pub struct Segments {
 impl Container {
     /// Writes an index segment for `packs`; returns (key, bytes written).
     pub fn write_index_segment(&self, packs: &[(Hash, Vec<PackEntry>)]) -> Result<(String, u64)> {
-        let seg = encode_segment(packs);
+        let seg = self.seal_object(SEGMENT_NAME, encode_segment(packs))?;
         let key = segment_key(&seg);
         let n = seg.len() as u64;
-        self.store.put(&key, Bytes::from(seg))?;
+        self.store.put(&key, seg)?;
         Ok((key, n))
+    }
+
+    /// Decodes the index segment stored under `key` (opening it in an encrypted container).
+    pub fn decode_segment(&self, key: &str, stored: Bytes) -> Result<Segment> {
+        decode_segment(key, &self.open_object(key, SEGMENT_NAME, stored)?)
     }
 
     /// Reads every index segment into memory (the collector needs them all). Segments that
@@ -120,7 +127,7 @@ impl Container {
                         .par_iter()
                         .map(|o| {
                             let bytes = self.store.get(&o.key)?;
-                            Ok((o.key.clone(), decode_segment(&o.key, &bytes)))
+                            Ok((o.key.clone(), self.decode_segment(&o.key, bytes)))
                         })
                         .collect()
                 });
@@ -247,7 +254,10 @@ impl Container {
         let records: Vec<Result<Option<(String, Condemnation)>>> = self.on_io_pool(|| {
             keys.par_iter()
                 .map(|o| match self.store.get(&o.key) {
-                    Ok(bytes) => Ok(Some((o.key.clone(), Condemnation::decode(&o.key, &bytes)?))),
+                    Ok(bytes) => {
+                        let plain = self.open_object(&o.key, &o.key, bytes)?;
+                        Ok(Some((o.key.clone(), Condemnation::decode(&o.key, &plain)?)))
+                    }
                     Err(Error::MissingObject { .. }) => Ok(None),
                     Err(e) => Err(e),
                 })

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use rayon::prelude::*;
 
 use super::Container;
@@ -39,7 +38,7 @@ impl Container {
             // Saturating: a huge TTL is a lease that never expires, not one that already has.
             expires_unix: now_unix().saturating_add(ttl.as_secs()),
         };
-        self.store.put(key, Bytes::from(lease.encode()?))?;
+        self.store.put(key, self.seal_object(key, lease.encode()?)?)?;
         Ok(lease.expires_unix)
     }
 
@@ -51,7 +50,8 @@ impl Container {
             keys.par_iter()
                 .map(|o| {
                     let bytes = self.store.get(&o.key).ok()?;
-                    let lease = Lease::decode(&bytes)?;
+                    let plain = self.open_object(&o.key, &o.key, bytes).ok()?;
+                    let lease = Lease::decode(&plain)?;
                     Some((o.key.clone(), lease))
                 })
                 .collect()

@@ -6,6 +6,7 @@
 //! - `backups.rs`: manifests read, committed create-only, listed, deleted behind a tombstone;
 //! - `packs.rs` and [`index_scan`]: the packs that exist, their tables, and the index read in the
 //!   collection protocol's order;
+//! - [`keyring`]: an encrypted container's key slots: unlock, add, remove, change;
 //! - [`leases`]: what a running operation shows the collector;
 //! - [`fetch`] and [`extents`]: reading chunks and walking a backup's extents.
 
@@ -13,6 +14,7 @@ mod backups;
 pub mod extents;
 pub mod fetch;
 pub mod index_scan;
+pub mod keyring;
 pub mod leases;
 mod packs;
 pub mod url;
@@ -27,20 +29,37 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::crypto::{KeySource, Keys};
 use crate::error::{Error, Result};
-use crate::format::config::ContainerConfig;
+use crate::format::config::{ContainerConfig, EncryptedConfig, StoredConfig};
 use crate::format::keys::{CONFIG_KEY, LEASES_PREFIX};
 use crate::store::s3::{S3Options, S3Store};
 use crate::store::{FsStore, ObjectStore};
 
-/// An open container: a store plus its config.
+/// An open container: a store plus its config and, once known, its keys.
 #[derive(Clone)]
 pub struct Container {
     store: Arc<dyn ObjectStore>,
     url: String,
     config: ContainerConfig,
+    /// How objects are sealed and chunk ids computed; `None` while an encrypted container is
+    /// locked (opened without its key: only structure can be checked).
+    keys: Option<Arc<Keys>>,
+    /// The stored config of an encrypted container (its id and sealed settings).
+    encrypted: Option<EncryptedConfig>,
     /// Threads for blocking requests, as many as the store wants in flight.
     io_pool: Arc<rayon::ThreadPool>,
+}
+
+impl std::fmt::Debug for Container {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match (&self.encrypted, &self.keys) {
+            (None, _) => "plaintext",
+            (Some(_), Some(_)) => "encrypted, unlocked",
+            (Some(_), None) => "encrypted, locked",
+        };
+        write!(f, "Container({}, {state})", self.url)
+    }
 }
 
 impl Container {
@@ -58,12 +77,27 @@ impl Container {
         init: Option<ContainerConfig>,
         s3: &S3Options,
     ) -> Result<Self> {
+        Self::open_keyed(url, create, init, s3, None)
+    }
+
+    /// Like [`Container::open_with`], with a key. A container created here with a key is
+    /// encrypted; an encrypted container opened with one is unlocked (a wrong key fails with
+    /// [`Error::WrongKey`] before any data is read); an encrypted container opened without one
+    /// is locked: its structure can be verified, nothing else. A key for a plaintext
+    /// container is refused ([`Error::Key`]): the caller believes its data is encrypted.
+    pub fn open_keyed(
+        url: &str,
+        create: bool,
+        init: Option<ContainerConfig>,
+        s3: &S3Options,
+        key: Option<&KeySource>,
+    ) -> Result<Self> {
         let parsed = ContainerUrl::parse(url)?;
         let store: Arc<dyn ObjectStore> = match &parsed {
             ContainerUrl::File(p) => Arc::new(FsStore::open(p, create)?),
             ContainerUrl::S3 { bucket, prefix } => Arc::new(S3Store::open(bucket, prefix, s3)?),
         };
-        Self::with_store(store, parsed.to_url(), create, init)
+        Self::with_store_keyed(store, parsed.to_url(), create, init, key)
     }
 
     /// Opens a container on an existing store (in-memory tests, simulations).
@@ -73,21 +107,38 @@ impl Container {
         create: bool,
         init: Option<ContainerConfig>,
     ) -> Result<Self> {
+        Self::with_store_keyed(store, url, create, init, None)
+    }
+
+    /// Like [`Container::with_store`], with a key (see [`Container::open_keyed`]).
+    pub fn with_store_keyed(
+        store: Arc<dyn ObjectStore>,
+        url: String,
+        create: bool,
+        init: Option<ContainerConfig>,
+        key: Option<&KeySource>,
+    ) -> Result<Self> {
         let store: Arc<dyn ObjectStore> = Arc::new(crate::store::retry::RetryStore::new(store));
-        let config = match store.get(CONFIG_KEY) {
-            Ok(bytes) => ContainerConfig::decode(&bytes)?,
+        let stored = match store.get(CONFIG_KEY) {
+            Ok(bytes) => StoredConfig::decode(&bytes)?,
             Err(Error::MissingObject { .. }) if create => {
                 // Some S3-compatible servers answer a GET in a missing bucket with NoSuchKey and
                 // create the bucket on PUT; a listing tells a missing bucket apart everywhere.
                 store.list(LEASES_PREFIX)?;
                 let cfg = init.unwrap_or_default();
                 cfg.validate()?;
-                let bytes = cfg.encode()?;
-                // Create-only: if another process initialised the container first, use its config.
-                if store.put_if_absent(CONFIG_KEY, Bytes::from(bytes))? {
-                    cfg
-                } else {
-                    ContainerConfig::decode(&store.get(CONFIG_KEY)?)?
+                match key {
+                    None => {
+                        let bytes = cfg.encode()?;
+                        // Create-only: if another process initialised the container first,
+                        // use its config.
+                        if store.put_if_absent(CONFIG_KEY, Bytes::from(bytes))? {
+                            StoredConfig::Plain(cfg)
+                        } else {
+                            StoredConfig::decode(&store.get(CONFIG_KEY)?)?
+                        }
+                    }
+                    Some(source) => keyring::create_encrypted(&store, &cfg, source)?,
                 }
             }
             Err(Error::MissingObject { .. }) => {
@@ -97,17 +148,35 @@ impl Container {
             }
             Err(e) => return Err(e),
         };
+        let (config, keys, encrypted) = match stored {
+            StoredConfig::Plain(cfg) => {
+                if key.is_some() {
+                    return Err(Error::Key(format!(
+                        "container '{url}' is not encrypted (it was created without a key); \
+                         refusing a key so that no one believes its data is encrypted"
+                    )));
+                }
+                (cfg, Some(Arc::new(Keys::plain())), None)
+            }
+            StoredConfig::Encrypted(e) => (ContainerConfig::default(), None, Some(e)),
+        };
         let io_pool = rayon::ThreadPoolBuilder::new()
             .num_threads(store.concurrency())
             .thread_name(|i| format!("volback-io-{i}"))
             .build()
             .map_err(|e| Error::Internal(format!("thread pool: {e}")))?;
-        Ok(Container {
+        let mut c = Container {
             store,
             url,
             config,
+            keys,
+            encrypted,
             io_pool: Arc::new(io_pool),
-        })
+        };
+        if let Some(source) = key {
+            c.unlock(source)?;
+        }
+        Ok(c)
     }
 
     /// Runs `f` on the I/O pool, whose parallel iterators keep `store.concurrency()` requests in
@@ -126,9 +195,40 @@ impl Container {
         &self.url
     }
 
-    /// The container's settings.
+    /// The container's settings (an encrypted container's only once it is unlocked).
     pub fn config(&self) -> &ContainerConfig {
         &self.config
+    }
+
+    /// The keys objects are read and written with: [`Error::KeyRequired`] while an encrypted
+    /// container is locked.
+    pub fn keys(&self) -> Result<&Arc<Keys>> {
+        self.keys.as_ref().ok_or_else(|| Error::KeyRequired {
+            container: self.url.clone(),
+        })
+    }
+
+    /// True if the container is encrypted (whether or not it is unlocked).
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted.is_some()
+    }
+
+    /// The stored form of metadata object `name`'s plaintext `plain`: sealed under that name
+    /// in an encrypted container, as is in a plaintext one.
+    pub fn seal_object(&self, name: &str, plain: Vec<u8>) -> Result<Bytes> {
+        Ok(match self.keys()?.sealer() {
+            Some(s) => Bytes::from(crate::format::sealed::seal_object(s, name, &plain)),
+            None => Bytes::from(plain),
+        })
+    }
+
+    /// The plaintext of metadata object `name`, stored under `key` as `stored` (see
+    /// [`Container::seal_object`]).
+    pub fn open_object(&self, key: &str, name: &str, stored: Bytes) -> Result<Bytes> {
+        Ok(match self.keys()?.sealer() {
+            Some(s) => Bytes::from(crate::format::sealed::open_object(s, key, name, &stored)?),
+            None => stored,
+        })
     }
 
     /// Checks that the container can be written and read back (Cinder's `check_for_setup_error`).

@@ -7,7 +7,8 @@ use rayon::prelude::*;
 use super::Container;
 use crate::error::{Error, Result};
 use crate::format::keys::{PACKS_PREFIX, pack_id_of_key, pack_key};
-use crate::format::pack::PackEntry;
+use crate::format::pack::{PackEntry, Trailer};
+use bytes::Bytes;
 use crate::ids::Hash;
 
 impl Container {
@@ -49,7 +50,15 @@ impl Container {
 
     /// Reads the table of one pack (two ranged reads: trailer, then table).
     pub fn read_pack_table(&self, key: &str, size: u64) -> Result<Vec<PackEntry>> {
-        use crate::format::pack::{ENTRY_LEN, TRAILER_LEN, parse_table, parse_trailer};
+        let sealer = self.keys()?.sealer();
+        let (trailer, table) = self.read_stored_table(key, size)?;
+        crate::format::pack::parse_table(key, size, &trailer, &table, sealer)
+    }
+
+    /// Reads a pack's trailer and stored table and checks the table's length and BLAKE3:
+    /// what can be checked of a pack's structure without the container's key.
+    pub fn read_stored_table(&self, key: &str, size: u64) -> Result<(Trailer, Bytes)> {
+        use crate::format::pack::{TRAILER_LEN, check_table, parse_trailer};
         if size < TRAILER_LEN {
             return Err(Error::corrupt(
                 key,
@@ -57,11 +66,13 @@ impl Container {
                 format!("pack too short ({size} bytes)"),
             ));
         }
-        let trailer = self.store.get_range(key, size - TRAILER_LEN..size)?;
-        let (n, hash) = parse_trailer(key, size, &trailer)?;
-        let table_start = size - TRAILER_LEN - u64::from(n) * ENTRY_LEN;
-        let table = self.store.get_range(key, table_start..size - TRAILER_LEN)?;
-        parse_table(key, size, n, &hash, &table)
+        let raw = self.store.get_range(key, size - TRAILER_LEN..size)?;
+        let trailer = parse_trailer(key, size, &raw)?;
+        let table = self
+            .store
+            .get_range(key, trailer.table_start(size)..size - TRAILER_LEN)?;
+        check_table(key, size, &trailer, &table)?;
+        Ok((trailer, table))
     }
 
     /// Rebuilds the index from the packs themselves (packs are self-describing): reads every

@@ -1,13 +1,16 @@
 //! One chunk's stored form: its id, kind, and bytes as one zstd frame or raw.
 //!
 //! A chunk is compressed only when that makes it shorter; decoding checks the length and the
-//! BLAKE3 of the result against the entry that describes it.
+//! BLAKE3 of the result against the entry that describes it. In an encrypted container the
+//! stored bytes (compressed or not) are then sealed, with the chunk's id as associated data
+//! (`nonce[24] || ciphertext || tag[16]`), and the id is keyed BLAKE3 ([`ChunkKeys`]).
 
 use std::cell::RefCell;
 
 use bytes::Bytes;
 
 use crate::chunker::MAX_CHUNK_LIMIT;
+use crate::crypto::{ChunkKeys, SEAL_OVERHEAD};
 use crate::error::{Error, Result};
 use crate::ids::Hash;
 
@@ -69,6 +72,8 @@ thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    // A sealed, compressed chunk is opened here before it is decompressed.
+    static OPENED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Compresses `data`; returns the compressed bytes only if they are shorter than `limit`.
@@ -109,31 +114,41 @@ pub fn valid_zstd_level(level: i32) -> bool {
 }
 
 /// Compresses a chunk with zstd at `level`, keeping the raw bytes when compression saves less
-/// than 1/32 (decompressing costs more than the bytes saved are worth).
-pub fn encode_chunk(id: Hash, kind: ChunkKind, raw: &Bytes, level: i32) -> EncodedChunk {
+/// than 1/32 (decompressing costs more than the bytes saved are worth), and seals the result
+/// if `keys` has a sealer.
+pub fn encode_chunk(
+    id: Hash,
+    kind: ChunkKind,
+    raw: &Bytes,
+    level: i32,
+    keys: ChunkKeys<'_>,
+) -> EncodedChunk {
     let raw_len = raw.len() as u32;
-    if level != 0
-        && let Ok(Some(c)) = zstd_compress_below(raw, level, raw.len() - raw.len() / 32)
-    {
-        return EncodedChunk {
-            id,
-            kind,
-            compression: Compression::Zstd,
-            raw_len,
-            stored: Bytes::from(c),
-        };
-    }
+    let compressed = match level {
+        0 => None,
+        _ => zstd_compress_below(raw, level, raw.len() - raw.len() / 32)
+            .ok()
+            .flatten(),
+    };
+    let (compression, stored) = match compressed {
+        Some(c) => (Compression::Zstd, Bytes::from(c)),
+        None => (Compression::None, raw.clone()),
+    };
+    let stored = match keys.sealer {
+        Some(s) => Bytes::from(s.seal(&id.0, &stored)),
+        None => stored,
+    };
     EncodedChunk {
         id,
         kind,
-        compression: Compression::None,
+        compression,
         raw_len,
-        stored: raw.clone(),
+        stored,
     }
 }
 
-/// Turns stored bytes back into the chunk and checks its BLAKE3 against the id. `key` and
-/// `offset` name the pack and position for the error.
+/// Turns stored bytes back into the chunk (opening it first if `keys` has a sealer) and checks
+/// its id. `key` and `offset` name the pack and position for the error.
 pub fn decode_chunk(
     key: &str,
     offset: u64,
@@ -141,10 +156,11 @@ pub fn decode_chunk(
     compression: Compression,
     raw_len: u32,
     stored: &[u8],
+    keys: ChunkKeys<'_>,
 ) -> Result<Bytes> {
     check_raw_len(key, offset, raw_len)?;
     let mut raw = vec![0u8; raw_len as usize];
-    decode_chunk_into(key, offset, id, compression, stored, &mut raw)?;
+    decode_chunk_into(key, offset, id, compression, stored, &mut raw, keys)?;
     Ok(Bytes::from(raw))
 }
 
@@ -169,8 +185,52 @@ pub fn decode_chunk_into(
     compression: Compression,
     stored: &[u8],
     out: &mut [u8],
+    keys: ChunkKeys<'_>,
 ) -> Result<()> {
     check_raw_len(key, offset, out.len() as u32)?;
+    let Some(sealer) = keys.sealer else {
+        unpack_into(key, offset, id, compression, stored, out)?;
+        return check_id(key, offset, id, out, keys);
+    };
+    let refused = || {
+        Error::corrupt(
+            key,
+            offset,
+            format!("sealed chunk {id} fails authentication (damaged, moved, or another key)"),
+        )
+    };
+    match compression {
+        // Opened straight into the target buffer: no copy.
+        Compression::None => {
+            if !sealer.open_into(&id.0, stored, out) {
+                return Err(refused());
+            }
+        }
+        Compression::Zstd => OPENED.with(|cell| {
+            let mut opened = cell.borrow_mut();
+            let len = stored.len().checked_sub(SEAL_OVERHEAD).ok_or_else(refused)?;
+            if len > MAX_CHUNK_LIMIT as usize * 2 {
+                return Err(refused());
+            }
+            opened.resize(len, 0);
+            if !sealer.open_into(&id.0, stored, &mut opened) {
+                return Err(refused());
+            }
+            unpack_into(key, offset, id, compression, &opened, out)
+        })?,
+    }
+    check_id(key, offset, id, out, keys)
+}
+
+/// Decompresses (or copies) unsealed stored bytes into `out`, which they must exactly fill.
+fn unpack_into(
+    key: &str,
+    offset: u64,
+    id: &Hash,
+    compression: Compression,
+    stored: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
     let n = match compression {
         Compression::None => {
             if stored.len() == out.len() {
@@ -193,7 +253,12 @@ pub fn decode_chunk_into(
             format!("chunk {id} decodes to {n} bytes, expected {}", out.len()),
         ));
     }
-    if Hash::of(out) != *id {
+    Ok(())
+}
+
+/// Checks that the chunk's bytes have its id.
+fn check_id(key: &str, offset: u64, id: &Hash, out: &[u8], keys: ChunkKeys<'_>) -> Result<()> {
+    if keys.ids.of(out) != *id {
         return Err(Error::ChunkHashMismatch {
             key: key.to_string(),
             offset,

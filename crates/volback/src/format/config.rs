@@ -77,3 +77,112 @@ impl ContainerConfig {
         super::versioned::encode_json("container config", self, true)
     }
 }
+
+/// Config version of an encrypted container: the settings above are sealed inside it.
+pub const ENCRYPTED_CONFIG_VERSION: u64 = 2;
+/// The cipher name an encrypted config carries.
+pub const CIPHER_NAME: &str = "xchacha20-poly1305";
+
+/// The `config` of an encrypted container: what is needed to find and use its keys, and the
+/// container's settings ([`ContainerConfig`], as version 1 stores them) sealed under the name
+/// `config/<container_id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptedConfig {
+    pub format: String,
+    pub version: u64,
+    /// 32 hex digits, random: binds key slots and the sealed settings to this container.
+    pub container_id: String,
+    pub cipher: String,
+    pub created_at: String,
+    /// Hex of the sealed settings (a `sealed` object).
+    pub sealed: String,
+}
+
+/// A `config` object as stored: a plaintext container's settings, or an encrypted one's.
+#[derive(Debug, Clone)]
+pub enum StoredConfig {
+    Plain(ContainerConfig),
+    Encrypted(EncryptedConfig),
+}
+
+impl StoredConfig {
+    /// Parses `config`, whichever version this build reads.
+    pub fn decode(bytes: &[u8]) -> Result<StoredConfig> {
+        #[derive(Deserialize)]
+        struct Head {
+            version: Option<u64>,
+        }
+        let version = serde_json::from_slice::<Head>(bytes)
+            .ok()
+            .and_then(|h| h.version);
+        if version != Some(ENCRYPTED_CONFIG_VERSION) {
+            return ContainerConfig::decode(bytes).map(StoredConfig::Plain);
+        }
+        let c: EncryptedConfig = decode_versioned_json(
+            super::keys::CONFIG_KEY,
+            bytes,
+            "container config",
+            CONFIG_FORMAT,
+            ENCRYPTED_CONFIG_VERSION,
+        )?;
+        if c.cipher != CIPHER_NAME {
+            return Err(Error::Config(format!(
+                "container cipher '{}' is not supported (this volback knows {CIPHER_NAME})",
+                c.cipher.escape_debug()
+            )));
+        }
+        if c.container_id.len() != 32 || super::versioned::hex_decode(&c.container_id).is_none()
+        {
+            return Err(Error::corrupt(
+                super::keys::CONFIG_KEY,
+                0,
+                "container id is not 32 hex digits",
+            ));
+        }
+        Ok(StoredConfig::Encrypted(c))
+    }
+}
+
+impl EncryptedConfig {
+    fn sealed_name(container_id: &str) -> String {
+        format!("config/{container_id}")
+    }
+
+    /// A new encrypted container's config with `settings` sealed by `sealer`.
+    pub fn seal(
+        settings: &ContainerConfig,
+        sealer: &crate::crypto::Sealer,
+        container_id: String,
+    ) -> Result<EncryptedConfig> {
+        let plain = settings.encode()?;
+        let sealed = super::sealed::seal_object(sealer, &Self::sealed_name(&container_id), &plain);
+        Ok(EncryptedConfig {
+            format: CONFIG_FORMAT.into(),
+            version: ENCRYPTED_CONFIG_VERSION,
+            container_id,
+            cipher: CIPHER_NAME.into(),
+            created_at: settings.created_at.clone(),
+            sealed: super::versioned::hex_encode(&sealed),
+        })
+    }
+
+    /// The sealed settings, opened with `sealer` and checked.
+    pub fn open(&self, sealer: &crate::crypto::Sealer) -> Result<ContainerConfig> {
+        let key = super::keys::CONFIG_KEY;
+        let sealed = super::versioned::hex_decode(&self.sealed)
+            .ok_or_else(|| Error::corrupt(key, 0, "sealed settings are not hex"))?;
+        let plain = super::sealed::open_object(
+            sealer,
+            key,
+            &Self::sealed_name(&self.container_id),
+            &sealed,
+        )?;
+        ContainerConfig::decode(&plain)
+    }
+
+    /// The stored form (pretty JSON).
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        super::versioned::encode_json("container config", self, true)
+    }
+}

@@ -4,6 +4,7 @@
 //! | object | key | file |
 //! |---|---|---|
 //! | container config | `config` | [`config`] |
+//! | key slot (encrypted containers) | `keys/<id>` | [`key_slot`] |
 //! | pack (chunks + table) | `packs/<xx>/<blake3>` | [`pack`], chunks in [`chunk`] |
 //! | index segment | `index/<blake3>` | [`index_segment`] |
 //! | manifest | `backups/<id>` | [`manifest`] |
@@ -12,6 +13,7 @@
 //! | lease | `leases/<id>-<uuid>` | [`lease`] |
 //! | condemnation record | `gc/condemned-<time>-<uuid>` | [`condemnation`] |
 //! | exported record | outside the container | [`record`] |
+//! | any metadata object of an encrypted container | as above | [`sealed`] |
 //!
 //! Every format carries a version; a reader refuses a version it does not know with
 //! [`crate::Error::UnsupportedVersion`], and refuses damage with an error naming the object and
@@ -23,10 +25,12 @@ pub mod condemnation;
 pub mod config;
 pub mod extent_list;
 pub mod index_segment;
+pub mod key_slot;
 pub mod keys;
 pub mod lease;
 pub mod manifest;
 pub mod pack;
 pub mod record;
+pub mod sealed;
 pub mod tombstone;
 pub mod versioned;

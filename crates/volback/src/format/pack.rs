@@ -10,21 +10,33 @@
 //! Layout (all integers little-endian; specified in `docs/format.md`):
 //!
 //! ```text
-//! "VBPK" u16 version=1 u16 reserved          8-byte header
+//! "VBPK" u16 version u16 reserved            8-byte header
 //! chunk bytes, back to back                  each zstd frame or raw, as its entry says
 //! table: n entries of 44 bytes               id[32] raw_len u32 stored_len u32 kind u8 comp u8 0u16
 //! trailer, 48 bytes:                         blake3(table)[32] n u32 version u16 0u16 0u32 "VBPE"
 //! ```
+//!
+//! Version 1 is a plaintext container's pack. Version 2 is an encrypted container's: each
+//! chunk's stored bytes are sealed (`nonce || ciphertext || tag`, the chunk id as associated
+//! data; see `chunk`), and the table is sealed as one message (associated data
+//! `volback pack table`), so it is `n * 44 + 40` bytes; the trailer's BLAKE3 is over the
+//! sealed table, and the pack is still named by the BLAKE3 of its bytes: integrity can be
+//! checked without the key.
 
 use bytes::Bytes;
 
 use super::chunk::{ChunkKind, Compression, EncodedChunk};
 use crate::chunker::MAX_CHUNK_LIMIT;
+use crate::crypto::{SEAL_OVERHEAD, Sealer};
 use crate::error::{Error, Result};
 use crate::ids::Hash;
 
-/// Pack format version written and read by this build.
+/// Pack format version of plaintext containers, written and read by this build.
 pub const PACK_VERSION: u16 = 1;
+/// Pack format version of encrypted containers (sealed chunks and table).
+pub const SEALED_PACK_VERSION: u16 = 2;
+/// Associated data of a sealed pack table.
+const TABLE_AAD: &[u8] = b"volback pack table";
 const HEADER: &[u8; 4] = b"VBPK";
 const END: &[u8; 4] = b"VBPE";
 /// Size of the fixed header.
@@ -54,6 +66,8 @@ pub struct PackEntry {
 pub struct PackBuilder {
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
+    /// Seals the table (the chunks come sealed), in an encrypted container.
+    sealer: Option<Sealer>,
 }
 
 impl Default for PackBuilder {
@@ -83,12 +97,24 @@ impl PackBuilder {
         PackBuilder {
             buf,
             entries: Vec::new(),
+            sealer: None,
         }
+    }
+
+    /// The same pack, in an encrypted container's format if `sealer` is given (its chunks must
+    /// be sealed with the same key: [`super::chunk::encode_chunk`] with the container's keys).
+    pub fn sealed(mut self, sealer: Option<&Sealer>) -> Self {
+        if let Some(s) = sealer {
+            self.buf[4..6].copy_from_slice(&SEALED_PACK_VERSION.to_le_bytes());
+            self.sealer = Some(s.clone());
+        }
+        self
     }
 
     /// Bytes the pack will have, table and trailer included.
     pub fn size(&self) -> u64 {
-        self.buf.len() as u64 + self.entries.len() as u64 * ENTRY_LEN + TRAILER_LEN
+        let seal = if self.sealer.is_some() { SEAL_OVERHEAD as u64 } else { 0 };
+        self.buf.len() as u64 + self.entries.len() as u64 * ENTRY_LEN + seal + TRAILER_LEN
     }
 
     /// Number of chunks.
@@ -142,7 +168,7 @@ impl PackBuilder {
     ) -> (Vec<u8>, Hash, Vec<PackEntry>) {
         loop {
             let table_start = self.buf.len();
-            let id = self.seal();
+            let id = self.close();
             if !avoid.contains(&id) || self.entries.is_empty() {
                 return (self.buf, id, self.entries);
             }
@@ -161,22 +187,33 @@ impl PackBuilder {
         }
     }
 
-    /// Appends the table and trailer; returns the pack's id.
-    fn seal(&mut self) -> Hash {
+    /// Appends the table (sealed, in an encrypted container) and trailer; returns the pack's id.
+    fn close(&mut self) -> Hash {
         let table_start = self.buf.len();
+        let mut table = Vec::with_capacity(self.entries.len() * ENTRY_LEN as usize);
         for e in &self.entries {
-            self.buf.extend_from_slice(&e.id.0);
-            self.buf.extend_from_slice(&e.raw_len.to_le_bytes());
-            self.buf.extend_from_slice(&e.stored_len.to_le_bytes());
-            self.buf.push(e.kind as u8);
-            self.buf.push(e.compression as u8);
-            self.buf.extend_from_slice(&[0, 0]);
+            table.extend_from_slice(&e.id.0);
+            table.extend_from_slice(&e.raw_len.to_le_bytes());
+            table.extend_from_slice(&e.stored_len.to_le_bytes());
+            table.push(e.kind as u8);
+            table.push(e.compression as u8);
+            table.extend_from_slice(&[0, 0]);
         }
+        let version = match &self.sealer {
+            Some(s) => {
+                s.seal_into(TABLE_AAD, &table, &mut self.buf);
+                SEALED_PACK_VERSION
+            }
+            None => {
+                self.buf.extend_from_slice(&table);
+                PACK_VERSION
+            }
+        };
         let table_hash = Hash::of(&self.buf[table_start..]);
         self.buf.extend_from_slice(&table_hash.0);
         self.buf
             .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(&PACK_VERSION.to_le_bytes());
+        self.buf.extend_from_slice(&version.to_le_bytes());
         self.buf.extend_from_slice(&[0; 6]);
         self.buf.extend_from_slice(END);
         Hash::of(&self.buf)
@@ -187,9 +224,37 @@ fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// Parses the trailer (the last 48 bytes of a pack of `pack_size` bytes); returns the number of
-/// entries and the table's expected hash.
-pub fn parse_trailer(key: &str, pack_size: u64, trailer: &[u8]) -> Result<(u32, Hash)> {
+/// What a pack's trailer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trailer {
+    /// Number of table entries.
+    pub n: u32,
+    /// BLAKE3 of the stored table.
+    pub table_hash: Hash,
+    /// [`PACK_VERSION`] or [`SEALED_PACK_VERSION`].
+    pub version: u16,
+}
+
+impl Trailer {
+    /// True for an encrypted container's pack.
+    pub fn is_sealed(&self) -> bool {
+        self.version == SEALED_PACK_VERSION
+    }
+
+    /// Bytes of the stored table.
+    pub fn table_len(&self) -> u64 {
+        let seal = if self.is_sealed() { SEAL_OVERHEAD as u64 } else { 0 };
+        u64::from(self.n) * ENTRY_LEN + seal
+    }
+
+    /// Where the table starts in a pack of `pack_size` bytes (checked by [`parse_trailer`]).
+    pub fn table_start(&self, pack_size: u64) -> u64 {
+        pack_size - TRAILER_LEN - self.table_len()
+    }
+}
+
+/// Parses the trailer (the last 48 bytes of a pack of `pack_size` bytes).
+pub fn parse_trailer(key: &str, pack_size: u64, trailer: &[u8]) -> Result<Trailer> {
     let at = pack_size.saturating_sub(TRAILER_LEN);
     if pack_size < HEADER_LEN + TRAILER_LEN || trailer.len() != TRAILER_LEN as usize {
         return Err(Error::corrupt(
@@ -215,52 +280,96 @@ pub fn parse_trailer(key: &str, pack_size: u64, trailer: &[u8]) -> Result<(u32, 
         ));
     }
     let version = u16::from_le_bytes([trailer[36], trailer[37]]);
-    if version != PACK_VERSION {
+    if version != PACK_VERSION && version != SEALED_PACK_VERSION {
         return Err(Error::UnsupportedVersion {
             key: key.to_string(),
             what: "pack",
             found: u64::from(version),
-            supported: u64::from(PACK_VERSION),
+            supported: u64::from(SEALED_PACK_VERSION),
         });
     }
     let n = le_u32(trailer, 32);
-    let table_len = u64::from(n) * ENTRY_LEN;
-    if HEADER_LEN + table_len + TRAILER_LEN > pack_size {
+    let provisional = Trailer {
+        n,
+        table_hash: Hash([0; 32]),
+        version,
+    };
+    if HEADER_LEN + provisional.table_len() + TRAILER_LEN > pack_size {
         return Err(Error::corrupt(
             key,
             at + 32,
             format!("pack claims {n} entries, too many for its size"),
         ));
     }
-    let hash =
+    let table_hash =
         Hash::from_slice(&trailer[..32]).ok_or_else(|| Error::corrupt(key, at, "short trailer"))?;
-    Ok((n, hash))
+    Ok(Trailer {
+        table_hash,
+        ..provisional
+    })
 }
 
-/// Parses a pack's table (the `n * 44` bytes before the trailer), checking it against the
-/// trailer's hash and that the chunks exactly fill the space between header and table.
-pub fn parse_table(
-    key: &str,
-    pack_size: u64,
-    n: u32,
-    expected: &Hash,
-    table: &[u8],
-) -> Result<Vec<PackEntry>> {
-    let table_start = pack_size - TRAILER_LEN - u64::from(n) * ENTRY_LEN;
-    if table.len() as u64 != u64::from(n) * ENTRY_LEN {
+/// Checks a stored table (the [`Trailer::table_len`] bytes before the trailer) against the
+/// trailer's length and hash: all that can be checked of a sealed table without the key.
+pub fn check_table(key: &str, pack_size: u64, trailer: &Trailer, table: &[u8]) -> Result<()> {
+    let table_start = trailer.table_start(pack_size);
+    if table.len() as u64 != trailer.table_len() {
         return Err(Error::corrupt(
             key,
             table_start,
             "pack table has the wrong length",
         ));
     }
-    if Hash::of(table) != *expected {
+    if Hash::of(table) != trailer.table_hash {
         return Err(Error::corrupt(
             key,
             table_start,
             "pack table fails its BLAKE3 check",
         ));
     }
+    Ok(())
+}
+
+/// Parses a pack's table, checking it ([`check_table`]), opening it with `sealer` if the pack
+/// is sealed, and checking that the chunks exactly fill the space between header and table.
+pub fn parse_table(
+    key: &str,
+    pack_size: u64,
+    trailer: &Trailer,
+    table: &[u8],
+    sealer: Option<&Sealer>,
+) -> Result<Vec<PackEntry>> {
+    check_table(key, pack_size, trailer, table)?;
+    let table_start = trailer.table_start(pack_size);
+    let opened;
+    let table = match (trailer.is_sealed(), sealer) {
+        (false, None) => table,
+        (true, Some(s)) => {
+            opened = s.open(TABLE_AAD, table).ok_or_else(|| {
+                Error::corrupt(
+                    key,
+                    table_start,
+                    "sealed pack table fails authentication (another container's key?)",
+                )
+            })?;
+            &opened[..]
+        }
+        (true, None) => {
+            return Err(Error::corrupt(
+                key,
+                table_start,
+                "sealed pack in a plaintext container",
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(Error::corrupt(
+                key,
+                table_start,
+                "plaintext pack in an encrypted container",
+            ));
+        }
+    };
+    let n = trailer.n;
     let mut entries = Vec::with_capacity(n as usize);
     let mut offset = HEADER_LEN;
     for (i, e) in table.chunks_exact(ENTRY_LEN as usize).enumerate() {
@@ -309,8 +418,9 @@ pub fn parse_table(
     Ok(entries)
 }
 
-/// Parses a whole pack held in memory (used by verify and index rebuild).
-pub fn parse_pack(key: &str, pack: &[u8]) -> Result<Vec<PackEntry>> {
+/// Parses a whole pack held in memory (used by verify and index rebuild); `sealer` opens an
+/// encrypted container's pack.
+pub fn parse_pack(key: &str, pack: &[u8], sealer: Option<&Sealer>) -> Result<Vec<PackEntry>> {
     let size = pack.len() as u64;
     if size < HEADER_LEN + TRAILER_LEN {
         return Err(Error::corrupt(
@@ -322,14 +432,25 @@ pub fn parse_pack(key: &str, pack: &[u8]) -> Result<Vec<PackEntry>> {
     if &pack[..4] != HEADER {
         return Err(Error::corrupt(key, 0, "pack header magic missing"));
     }
-    let (n, hash) = parse_trailer(key, size, &pack[(size - TRAILER_LEN) as usize..])?;
-    let start = (size - TRAILER_LEN - u64::from(n) * ENTRY_LEN) as usize;
+    let trailer = parse_trailer(key, size, &pack[(size - TRAILER_LEN) as usize..])?;
+    let header_version = u16::from_le_bytes([pack[4], pack[5]]);
+    if header_version != trailer.version {
+        return Err(Error::corrupt(
+            key,
+            4,
+            format!(
+                "pack header says version {header_version}, trailer {}",
+                trailer.version
+            ),
+        ));
+    }
+    let start = trailer.table_start(size) as usize;
     parse_table(
         key,
         size,
-        n,
-        &hash,
+        &trailer,
         &pack[start..(size - TRAILER_LEN) as usize],
+        sealer,
     )
 }
 

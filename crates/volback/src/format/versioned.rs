@@ -49,3 +49,26 @@ pub fn encode_json(what: &str, value: &impl serde::Serialize, pretty: bool) -> R
     };
     r.map_err(|e| crate::error::Error::Internal(format!("cannot encode the {what}: {e}")))
 }
+
+/// Lower-case hex of `bytes` (key slots and the encrypted config store binary fields so).
+pub fn hex_encode(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// The bytes of lower- or upper-case hex `s`; `None` if it is not hex.
+pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    if b.len() % 2 != 0 {
+        return None;
+    }
+    b.chunks_exact(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}

@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 
-use bytes::Bytes;
 
 use super::packs::Packs;
 use crate::clock::{hostname, now_rfc3339, now_unix};
@@ -94,8 +93,8 @@ pub(super) fn write_record(
             .collect(),
     };
     let key = condemnation_key(record.created_unix);
-    let bytes = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
-    if !c.store().put_if_absent(&key, Bytes::from(bytes))? {
+    let bytes = crate::format::versioned::encode_json("condemnation record", &record, false)?;
+    if !c.store().put_if_absent(&key, c.seal_object(&key, bytes)?)? {
         return Err(Error::Internal(format!("condemnation record {key} exists")));
     }
     Ok(Some((key, record)))

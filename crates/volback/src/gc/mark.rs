@@ -45,7 +45,7 @@ impl<'a> Marker<'a> {
                 Err(Error::MissingObject { .. }) => continue, // deleted meanwhile
                 Err(e) => return Err(e),
             };
-            let m = Manifest::decode(&o.key, &bytes)?;
+            let m = self.c.decode_manifest(&o.key, &bytes)?;
             match self.mark(&m) {
                 // Committed after the index was loaded, or its extent list was repacked by
                 // another collector: look again with a fresh index.

@@ -79,8 +79,10 @@ fn repack(
 ) -> Result<Vec<(Hash, u64, Vec<PackEntry>)>> {
     let level = c.config().zstd_level;
     let target = c.config().pack_target;
+    let keys = c.keys()?;
+    let fresh = || PackBuilder::new().sealed(keys.sealer());
     let mut out = Vec::new();
-    let mut builders = [PackBuilder::new(), PackBuilder::new()];
+    let mut builders = [fresh(), fresh()];
     let seal = |b: PackBuilder, out: &mut Vec<_>| -> Result<()> {
         if b.is_empty() {
             return Ok(());
@@ -111,14 +113,14 @@ fn repack(
             .flatten()
             .map(|(id, raw)| {
                 let kind = source.get(&id).map_or(ChunkKind::Data, |l| l.kind);
-                encode_chunk(id, kind, &raw, level)
+                encode_chunk(id, kind, &raw, level, keys.chunks())
             })
             .collect();
         for e in encoded {
             let slot = usize::from(e.kind == ChunkKind::Meta);
             builders[slot].add(&e);
             if builders[slot].size() >= target {
-                let full = std::mem::take(&mut builders[slot]);
+                let full = std::mem::replace(&mut builders[slot], fresh());
                 seal(full, &mut out)?;
             }
         }

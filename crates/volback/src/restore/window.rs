@@ -104,6 +104,7 @@ pub(super) fn restore_range(
             Some(bytes) => &bytes[..],
             None => &read[..(r.end - r.start) as usize],
         };
+        let keys = container.keys()?.chunks();
         for (id, loc) in &r.chunks {
             // Each of the chunk's extents is written over exactly: one of another length
             // would make a claim spill into its neighbour's (check_complete already refused
@@ -127,7 +128,7 @@ pub(super) fn restore_range(
             // SAFETY: `first` is one of this chunk's extents, `len` long; this chunk is in
             // this range only, and this range is restored by this thread only.
             let out = unsafe { stripe.claim(first, len as usize)? };
-            decode_chunk_into(&key, loc.offset.into(), id, loc.compression, stored, out)
+            decode_chunk_into(&key, loc.offset.into(), id, loc.compression, stored, out, keys)
                 .map_err(|e| with_volume_offset(e, first))?;
             for &(off, _, other) in &at[1..] {
                 if other != len {
