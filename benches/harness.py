@@ -100,11 +100,18 @@ def place(src, dst):
 class Volback:
     name = "volback"
 
-    def __init__(self, work, s3=None, binary=None, name=None):
-        """`binary` and `name`: another build of volback (--baseline), run in the same rounds."""
+    def __init__(self, work, s3=None, binary=None, name=None, encrypted=False):
+        """`binary` and `name`: another build of volback (--baseline), run in the same rounds.
+        `encrypted`: an encrypted container, its key in a file (--encrypted)."""
         self.bin = binary or os.path.join(ROOT, "target", "release", "volback")
         if name:
             self.name = name
+        self.key = []
+        if encrypted:
+            key_file = os.path.join(work, self.name + ".key")
+            with open(key_file, "w") as f:
+                f.write("benchmark passphrase\n")
+            self.key = ["--key", "file:" + key_file]
         self.env = dict(os.environ)
         if s3:
             self.container = s3["url"]
@@ -123,10 +130,11 @@ class Volback:
         cmd = [self.bin, "backup", "--container", self.container, "--volume", vol, "--backup-id", tag, "--json"]
         if parent:
             cmd += ["--parent", parent]
-        return run(cmd + list(extra), env=self.env)
+        return run(cmd + self.key + list(extra), env=self.env)
 
     def restore(self, tag, target, durable):
         cmd = [self.bin, "restore", "--container", self.container, "--backup-id", tag, "--target", target, "--json"]
+        cmd += self.key
         return run(cmd + ([] if durable else ["--no-sync"]), env=self.env)
 
     def stored(self):
@@ -233,6 +241,8 @@ def main():
     ap.add_argument("--s3", action="store_true", help="volback against a local S3 server (s3s-fs)")
     ap.add_argument("--baseline", default=None, metavar="BIN",
                     help="another volback binary (an earlier build) run in the same rounds, as 'volback-base'")
+    ap.add_argument("--encrypted", action="store_true",
+                    help="also volback on an encrypted container, as 'volback-enc', in the same rounds (filesystem only)")
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("HARNESS_ROUNDS", "3")),
                     help="rounds of the day-1/day-2 cases, tools interleaved; each cell is the median")
     a = ap.parse_args()
@@ -257,6 +267,8 @@ def main():
             tools.append(Volback(work, s3))
             if a.baseline:
                 tools.append(Volback(work, s3, binary=os.path.abspath(a.baseline), name="volback-base"))
+            if a.encrypted and not a.s3:
+                tools.append(Volback(work, name="volback-enc", encrypted=True))
         elif shutil.which(t):
             tools.append({"restic": Restic, "borg": Borg}[t](work))
         else:

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use volback::chunker::{ChunkerParams, Guide, GuideEntry, GuideFilter, Piece, Splitter, is_zero};
+use volback::crypto::ChunkKeys;
 use volback::format::chunk::{ChunkKind, decode_chunk, encode_chunk};
 use volback::format::extent_list::{ExtentListReader, ExtentListWriter};
 use volback::format::pack::PackBuilder;
@@ -65,7 +66,10 @@ fn guided(entries: &[GuideEntry]) -> Splitter {
     for batch in entries.chunks(4096) {
         let _ = tx.send(batch.to_vec());
     }
-    Splitter::with_guide(ChunkerParams::default(), Guide::new(rx))
+    Splitter::with_guide(
+        ChunkerParams::default(),
+        Guide::new(rx, volback::ids::ChunkIds::PLAIN),
+    )
 }
 
 fn chunks_of(data: &Bytes) -> Vec<Bytes> {
@@ -124,7 +128,7 @@ fn benches(c: &mut Criterion) {
                 text_chunks
                     .iter()
                     .map(|c| {
-                        encode_chunk(Hash([0; 32]), ChunkKind::Data, c, level)
+                        encode_chunk(Hash([0; 32]), ChunkKind::Data, c, level, ChunkKeys::PLAIN)
                             .stored
                             .len()
                     })
@@ -134,16 +138,24 @@ fn benches(c: &mut Criterion) {
     }
     let encoded: Vec<_> = text_chunks
         .iter()
-        .map(|c| encode_chunk(Hash::of(c), ChunkKind::Data, c, 1))
+        .map(|c| encode_chunk(Hash::of(c), ChunkKind::Data, c, 1, ChunkKeys::PLAIN))
         .collect();
     g.bench_function("decode + verify per chunk, 8 MiB text", |b| {
         b.iter(|| {
             encoded
                 .iter()
                 .map(|e| {
-                    decode_chunk("bench", 0, &e.id, e.compression, e.raw_len, &e.stored)
-                        .map(|r| r.len())
-                        .unwrap_or(0)
+                    decode_chunk(
+                        "bench",
+                        0,
+                        &e.id,
+                        e.compression,
+                        e.raw_len,
+                        &e.stored,
+                        ChunkKeys::PLAIN,
+                    )
+                    .map(|r| r.len())
+                    .unwrap_or(0)
                 })
                 .sum::<usize>()
         })

@@ -68,7 +68,8 @@ fn volume(path: &Path) -> Vec<u8> {
 fn backup_labelled(c: &Container, vol: &Path, id: &str, parent: Option<&str>) -> u64 {
     let mut opts = backup_opts(id, parent);
     opts.volume_id = "volume-name-secret".into();
-    opts.labels.insert("tenant".into(), "tenant-name-secret".into());
+    opts.labels
+        .insert("tenant".into(), "tenant-name-secret".into());
     let source = volback::backup::source::VolumeSource::Path(vol.into());
     volback::backup::run_backup(c, source, &opts, None)
         .unwrap_or_else(|e| panic!("backup {id}: {e}"))
@@ -103,7 +104,10 @@ fn chunk_ids(c: &Container) -> HashSet<Hash> {
         .unwrap()
         .good
         .iter()
-        .flat_map(|(_, s)| s.iter().flat_map(|(_, entries)| entries.iter().map(|e| e.id)))
+        .flat_map(|(_, s)| {
+            s.iter()
+                .flat_map(|(_, entries)| entries.iter().map(|e| e.id))
+        })
         .collect()
 }
 
@@ -114,7 +118,10 @@ fn restore_new(c: &Container, id: &str, out: &Path) -> volback::Result<()> {
 fn restore_and_compare(c: &Container, id: &str, expected: &[u8], at: &Path) {
     let _ = std::fs::remove_file(at);
     restore_new(c, id, at).unwrap_or_else(|e| panic!("restore {id}: {e}"));
-    assert!(std::fs::read(at).unwrap() == expected, "restore of {id} differs");
+    assert!(
+        std::fs::read(at).unwrap() == expected,
+        "restore of {id} differs"
+    );
 }
 
 fn nothing_readable_or_recognisable_is_stored(e: &Env) {
@@ -127,13 +134,17 @@ fn nothing_readable_or_recognisable_is_stored(e: &Env) {
     let first = backup_labelled(&c, &vol, "b1", None);
     // Dedup works inside the encrypted container: a second full backup stores (almost) nothing.
     let again = backup_labelled(&c, &vol, "b2", None);
-    assert!(again < first / 100, "second backup stored {again} of {first} bytes");
+    assert!(
+        again < first / 100,
+        "second backup stored {again} of {first} bytes"
+    );
     restore_and_compare(&c, "b2", &data, &e.root.join("r.img"));
 
     let random_slice = &data[100_000..100_048];
     let plain_ids = chunk_ids(&e.c);
     let plain_objects = files(&e.objects);
-    let all = |objs: &[(String, Vec<u8>)], needle: &[u8]| objs.iter().any(|(_, b)| contains(b, needle));
+    let all =
+        |objs: &[(String, Vec<u8>)], needle: &[u8]| objs.iter().any(|(_, b)| contains(b, needle));
     // The needles are visible in the plaintext container, so the search below can fail.
     assert!(all(&plain_objects, random_slice));
     assert!(all(&plain_objects, b"volume-name-secret"));
@@ -159,13 +170,20 @@ fn nothing_readable_or_recognisable_is_stored(e: &Env) {
     .collect();
     for (name, bytes) in files(&dir) {
         for n in &secret_needles {
-            assert!(!contains(&bytes, n), "{name} holds {:?}", String::from_utf8_lossy(n));
+            assert!(
+                !contains(&bytes, n),
+                "{name} holds {:?}",
+                String::from_utf8_lossy(n)
+            );
         }
         for id in plain_ids.iter().chain(&enc_ids) {
             assert!(!contains(&bytes, &id.0), "{name} holds chunk id {id}");
             assert!(!name.contains(&id.to_hex()), "{name} names chunk id {id}");
             let hex = id.to_hex();
-            assert!(!contains(&bytes, hex.as_bytes()), "{name} holds chunk id {id} in hex");
+            assert!(
+                !contains(&bytes, hex.as_bytes()),
+                "{name} holds chunk id {id} in hex"
+            );
         }
     }
 }
@@ -182,7 +200,9 @@ fn keys_are_added_removed_and_changed_without_touching_data(e: &Env) {
         .collect();
     let first_slot = c.list_keys().unwrap()[0].id.clone();
 
-    let second = c.add_key(&key("second"), KdfParams::insecure_for_tests()).unwrap();
+    let second = c
+        .add_key(&key("second"), KdfParams::insecure_for_tests())
+        .unwrap();
     let c2 = open(e, &url, Some(&key("second"))).unwrap();
     restore_and_compare(&c2, "b1", &data, &e.root.join("r.img"));
     let listed = c2.list_keys().unwrap();
@@ -190,15 +210,22 @@ fn keys_are_added_removed_and_changed_without_touching_data(e: &Env) {
     assert!(listed.iter().any(|k| k.id == second && k.current));
 
     c2.remove_key(&first_slot).unwrap();
-    assert_eq!(open(e, &url, Some(&key("first"))).unwrap_err().kind(), "wrong_key");
+    assert_eq!(
+        open(e, &url, Some(&key("first"))).unwrap_err().kind(),
+        "wrong_key"
+    );
     let last = c2.remove_key(&second).unwrap_err();
     assert_eq!(last.kind(), "key", "{last}");
     assert_eq!(c2.remove_key("0000000000000000").unwrap_err().kind(), "key");
 
     // Changing the passphrase: the new one opens, the old one no longer does.
     let mut c3 = open(e, &url, Some(&key("second"))).unwrap();
-    c3.change_key(&key("third"), KdfParams::insecure_for_tests()).unwrap();
-    assert_eq!(open(e, &url, Some(&key("second"))).unwrap_err().kind(), "wrong_key");
+    c3.change_key(&key("third"), KdfParams::insecure_for_tests())
+        .unwrap();
+    assert_eq!(
+        open(e, &url, Some(&key("second"))).unwrap_err().kind(),
+        "wrong_key"
+    );
     let c4 = open(e, &url, Some(&key("third"))).unwrap();
     restore_and_compare(&c4, "b1", &data, &e.root.join("r.img"));
     assert_eq!(c4.list_keys().unwrap().len(), 1);
@@ -211,7 +238,10 @@ fn keys_are_added_removed_and_changed_without_touching_data(e: &Env) {
     let mut after = after;
     before.sort();
     after.sort();
-    assert!(before == after, "key management must not touch data objects");
+    assert!(
+        before == after,
+        "key management must not touch data objects"
+    );
 }
 
 fn wrong_and_missing_keys_fail_before_any_data_is_read(e: &Env) {
@@ -225,12 +255,18 @@ fn wrong_and_missing_keys_fail_before_any_data_is_read(e: &Env) {
     let t = Instant::now();
     let err = open(e, &url, Some(&key("wrong"))).unwrap_err();
     assert_eq!(err.kind(), "wrong_key", "{err}");
-    assert!(t.elapsed().as_secs() < 5, "a wrong key is refused in one derivation");
+    assert!(
+        t.elapsed().as_secs() < 5,
+        "a wrong key is refused in one derivation"
+    );
 
     // Without a key: every operation that needs one says so.
     let locked = open(e, &url, None).unwrap();
     assert!(locked.is_encrypted());
-    assert_eq!(locked.read_manifest("b1").unwrap_err().kind(), "key_required");
+    assert_eq!(
+        locked.read_manifest("b1").unwrap_err().kind(),
+        "key_required"
+    );
     assert_eq!(locked.list_backups().unwrap_err().kind(), "key_required");
     let source = volback::backup::source::VolumeSource::Path(vol.clone());
     let b = volback::backup::run_backup(&locked, source, &backup_opts("b2", None), None);
@@ -238,7 +274,10 @@ fn wrong_and_missing_keys_fail_before_any_data_is_read(e: &Env) {
     let r = restore_new(&locked, "b1", &e.root.join("r.img"));
     assert_eq!(r.unwrap_err().kind(), "key_required");
     assert!(!e.root.join("r.img").exists());
-    assert_eq!(locked.delete_backup("b1").unwrap_err().kind(), "key_required");
+    assert_eq!(
+        locked.delete_backup("b1").unwrap_err().kind(),
+        "key_required"
+    );
 
     // A key for a plaintext container is refused: its data is not encrypted.
     let plain = open(e, &e.url, Some(&key("right"))).unwrap_err();
@@ -276,10 +315,17 @@ fn structure_is_verified_without_the_key(e: &Env) {
     assert!(quick.ok(), "{quick:?}");
     let deep = run_verify(&locked, &all).unwrap();
     assert_eq!(deep.damaged_objects.len(), 1, "{deep:?}");
-    assert!(deep.damaged_objects[0].object.ends_with(pack.rsplit('/').next().unwrap()));
+    assert!(
+        deep.damaged_objects[0]
+            .object
+            .ends_with(pack.rsplit('/').next().unwrap())
+    );
     let unlocked = open(e, &url, Some(&key("k"))).unwrap();
     let keyed = run_verify(&unlocked, &all).unwrap();
-    assert!(!keyed.without_key && keyed.damaged_backups.len() == 2, "{keyed:?}");
+    assert!(
+        !keyed.without_key && keyed.damaged_backups.len() == 2,
+        "{keyed:?}"
+    );
 
     // A damaged manifest envelope is found without the key.
     let m = dir.join("backups/b2");
@@ -322,7 +368,10 @@ fn gc_and_exported_records_work_and_carry_no_key(e: &Env) {
     backup_labelled(&c, &vol, "b2", Some("b1"));
     c.delete_backup("b1").unwrap();
     let report = volback::gc::run_gc(&c, &Default::default()).unwrap();
-    assert!(report.packs_deleted + report.packs_repacked > 0, "{report:?}");
+    assert!(
+        report.packs_deleted + report.packs_repacked > 0,
+        "{report:?}"
+    );
     restore_and_compare(&c, "b2", &data2, &e.root.join("r.img"));
     assert_ne!(data, data2);
 
@@ -333,7 +382,10 @@ fn gc_and_exported_records_work_and_carry_no_key(e: &Env) {
         ..Default::default()
     };
     let text = driver.export_record(&record).unwrap();
-    assert!(!text.contains("the-secret-passphrase") && !text.contains("keys/"), "{text}");
+    assert!(
+        !text.contains("the-secret-passphrase") && !text.contains("keys/"),
+        "{text}"
+    );
     let imported = driver.import_record(&text, None).unwrap();
     assert_eq!(imported.size, data2.len() as u64);
 }

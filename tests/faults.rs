@@ -193,7 +193,7 @@ fn data_chunks(store: &MemStore) -> std::collections::HashSet<volback::ids::Hash
     let mut ids = std::collections::HashSet::new();
     for o in store.list("packs/").unwrap() {
         let pack = store.get(&o.key).unwrap();
-        for e in volback::format::pack::parse_pack(&o.key, &pack).unwrap() {
+        for e in volback::format::pack::parse_pack(&o.key, &pack, None).unwrap() {
             if e.kind == volback::format::chunk::ChunkKind::Data {
                 ids.insert(e.id);
             }
@@ -220,7 +220,7 @@ fn an_unreadable_parent_only_costs_the_guide() {
             let mut deleted = 0;
             for o in mem.list("packs/").unwrap() {
                 let pack = mem.get(&o.key).unwrap();
-                let entries = volback::format::pack::parse_pack(&o.key, &pack).unwrap();
+                let entries = volback::format::pack::parse_pack(&o.key, &pack, None).unwrap();
                 if entries
                     .iter()
                     .any(|e| e.kind == volback::format::chunk::ChunkKind::Meta)

@@ -9,6 +9,7 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use volback::chunker::{ChunkerParams, Piece, Splitter};
+use volback::crypto::ChunkKeys;
 use volback::format::chunk::{ChunkKind, decode_chunk, encode_chunk};
 use volback::format::extent_list::{Extent, ExtentListReader, ExtentListWriter};
 use volback::format::index_segment::{decode_segment, encode_segment};
@@ -128,14 +129,14 @@ proptest! {
         let mut b = PackBuilder::new();
         for c in &chunks {
             let raw = Bytes::copy_from_slice(c);
-            b.add(&encode_chunk(Hash::of(c), ChunkKind::Data, &raw, 1));
+            b.add(&encode_chunk(Hash::of(c), ChunkKind::Data, &raw, 1, ChunkKeys::PLAIN));
         }
         let (bytes, id, entries) = b.finish();
         prop_assert_eq!(Hash::of(&bytes), id);
-        prop_assert_eq!(&parse_pack("p", &bytes).unwrap(), &entries);
+        prop_assert_eq!(&parse_pack("p", &bytes, None).unwrap(), &entries);
         for (e, c) in entries.iter().zip(&chunks) {
             let s = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
-            prop_assert_eq!(&decode_chunk("p", 0, &e.id, e.compression, e.raw_len, s).unwrap()[..], &c[..]);
+            prop_assert_eq!(&decode_chunk("p", 0, &e.id, e.compression, e.raw_len, s, ChunkKeys::PLAIN).unwrap()[..], &c[..]);
         }
         let seg = vec![(id, entries)];
         prop_assert_eq!(decode_segment("i", &encode_segment(&seg)).unwrap(), seg);
@@ -143,7 +144,7 @@ proptest! {
 
     #[test]
     fn decoders_never_panic_on_arbitrary_bytes(data in prop::collection::vec(any::<u8>(), 0..4096)) {
-        let _ = parse_pack("p", &data);
+        let _ = parse_pack("p", &data, None);
         let _ = decode_segment("i", &data);
         let _ = volback::format::manifest::Manifest::decode("m", &data);
         let _ = volback::format::condemnation::Condemnation::decode("gc/condemned-0-x", &data);
@@ -186,6 +187,7 @@ fn sample_pack(chunks: &[Vec<u8>]) -> (Vec<u8>, Vec<volback::format::pack::PackE
             ChunkKind::Data,
             &Bytes::copy_from_slice(c),
             1,
+            ChunkKeys::PLAIN,
         ));
     }
     let (bytes, _, entries) = b.finish();
@@ -230,7 +232,7 @@ proptest! {
             _ => pack[at + 41] = value as u8,
         }
         rehash_pack_table(&mut pack, n);
-        match parse_pack("p", &pack) {
+        match parse_pack("p", &pack, None) {
             Err(e) => prop_assert_eq!(e.kind(), "corrupt", "{}", e),
             Ok(got) => {
                 let table = (pack.len() - 48 - n * 44) as u64;
@@ -238,7 +240,7 @@ proptest! {
                     prop_assert!(u64::from(e.offset) + u64::from(e.stored_len) <= table);
                     prop_assert!(e.raw_len <= volback::chunker::MAX_CHUNK_LIMIT);
                     let s = &pack[e.offset as usize..(e.offset + e.stored_len) as usize];
-                    let decoded = decode_chunk("p", u64::from(e.offset), &e.id, e.compression, e.raw_len, s);
+                    let decoded = decode_chunk("p", u64::from(e.offset), &e.id, e.compression, e.raw_len, s, ChunkKeys::PLAIN);
                     if let Err(err) = decoded {
                         prop_assert!(
                             ["corrupt", "hash_mismatch"].contains(&err.kind()),
@@ -264,7 +266,7 @@ proptest! {
         let mut flipped = pack.clone();
         let p = pos.index(flipped.len());
         flipped[p] ^= flip;
-        match parse_pack("p", &flipped) {
+        match parse_pack("p", &flipped, None) {
             Err(e) => prop_assert!(["corrupt", "unsupported_version"].contains(&e.kind()), "{}", e),
             Ok(got) => {
                 prop_assert_eq!(&got, &entries, "only chunk bytes can change unnoticed by the table");
@@ -273,14 +275,14 @@ proptest! {
                     .find(|e| (e.offset as usize..(e.offset + e.stored_len) as usize).contains(&p));
                 if let Some(e) = hit {
                     let s = &flipped[e.offset as usize..(e.offset + e.stored_len) as usize];
-                    let err = decode_chunk("p", u64::from(e.offset), &e.id, e.compression, e.raw_len, s)
+                    let err = decode_chunk("p", u64::from(e.offset), &e.id, e.compression, e.raw_len, s, ChunkKeys::PLAIN)
                         .unwrap_err();
                     prop_assert!(["corrupt", "hash_mismatch"].contains(&err.kind()), "{}", err);
                 }
             }
         }
         let short = &pack[..cut.index(pack.len())];
-        prop_assert_eq!(parse_pack("p", short).unwrap_err().kind(), "corrupt");
+        prop_assert_eq!(parse_pack("p", short, None).unwrap_err().kind(), "corrupt");
     }
 
     /// An index segment's fields rewritten (pack position, offset, lengths, kind, compression,

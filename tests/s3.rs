@@ -21,9 +21,7 @@ fn wrong_credentials_fail_fast_and_never_show_the_secret() {
     let mut bad = s3_options(&endpoint);
     bad.secret_access_key = Some("wrong-secret-value-1234".into());
     let t = Instant::now();
-    let err = Container::open_with(&e.url, false, None, &bad)
-        .err()
-        .expect("must fail");
+    let err = Container::open_with(&e.url, false, None, &bad).expect_err("must fail");
     assert!(
         t.elapsed() < Duration::from_secs(10),
         "took {:?}",
@@ -61,17 +59,14 @@ fn missing_bucket_and_unreachable_endpoint_fail_within_seconds() {
     let endpoint = e.server.as_ref().unwrap().endpoint();
     let t = Instant::now();
     let err = Container::open_with("s3://no-such-bucket/x", true, None, &s3_options(&endpoint))
-        .err()
-        .expect("must fail");
+        .expect_err("must fail");
     assert!(t.elapsed() < Duration::from_secs(10));
     assert_eq!(err.kind(), "missing_bucket", "{err}");
     assert!(err.to_string().contains("no-such-bucket"));
 
     let dead = format!("http://127.0.0.1:{}", free_port());
     let t = Instant::now();
-    let err = Container::open_with(&e.url, true, None, &s3_options(&dead))
-        .err()
-        .expect("must fail");
+    let err = Container::open_with(&e.url, true, None, &s3_options(&dead)).expect_err("must fail");
     assert!(
         t.elapsed() < Duration::from_secs(20),
         "took {:?}",
@@ -84,9 +79,7 @@ fn missing_bucket_and_unreachable_endpoint_fail_within_seconds() {
     none.access_key_id = None;
     none.secret_access_key = None;
     none.profile = Some("volback-no-such-profile".into());
-    let err = Container::open_with(&e.url, true, None, &none)
-        .err()
-        .expect("must fail");
+    let err = Container::open_with(&e.url, true, None, &none).expect_err("must fail");
     assert_eq!(err.kind(), "config", "{err}");
 }
 

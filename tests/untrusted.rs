@@ -9,6 +9,7 @@ use common::backend::Env;
 use common::*;
 use volback::backup::source::VolumeSource;
 use volback::container::Container;
+use volback::crypto::ChunkKeys;
 use volback::driver::{Driver, DriverConfig};
 use volback::format::chunk::{ChunkKind, encode_chunk};
 use volback::format::index_segment::encode_segment;
@@ -34,7 +35,13 @@ fn commit_crafted(c: &Container, template: &str, id: &str, stream: Vec<u8>, coun
     let raw = Bytes::from(stream);
     let chunk_id = Hash::of(&raw);
     let mut b = PackBuilder::new();
-    b.add(&encode_chunk(chunk_id, ChunkKind::Meta, &raw, 1));
+    b.add(&encode_chunk(
+        chunk_id,
+        ChunkKind::Meta,
+        &raw,
+        1,
+        ChunkKeys::PLAIN,
+    ));
     let (pack, pack_id, entries) = b.finish();
     c.store().put(&pack_key(&pack_id), pack).unwrap();
     let seg = encode_segment(&[(pack_id, entries)]);

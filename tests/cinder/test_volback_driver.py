@@ -370,6 +370,33 @@ class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[
         self.assertEqual(fields.BackupStatus.ERROR, backup.status)
         self.assertIn("absent", backup.fail_reason)
 
+    def test_an_encrypted_container_stores_no_plaintext_and_a_wrong_key_fails(self, *mocks: Any) -> None:
+        # A real variable: the native side reads the process environment.
+        os.environ["VOLBACK_TEST_KEY"] = "right-secret"
+        self.addCleanup(os.environ.pop, "VOLBACK_TEST_KEY", None)
+        self.override_config("backup_volback_key", "env:VOLBACK_TEST_KEY")
+        volback.cinder._CONTAINERS.clear()
+        vol_id = self._create_volume_db_entry(size=1)
+        marker = b"cinder-volume-plaintext-marker " * 2048
+        data = marker + image_bytes(31, 2)
+        full = self._backup(vol_id, data)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, full.status, full.fail_reason)
+        self.assertTrue(self._restore(full, vol_id, True) == data)
+        for root, _, names in os.walk(self._objects()):
+            for name in names:
+                with open(os.path.join(root, name), "rb") as f:
+                    stored = f.read()
+                self.assertNotIn(marker[:64], stored, name)
+                self.assertNotIn(vol_id.encode(), stored, name)
+        self.assertTrue(self._open().encrypted)
+        # Another key: the backup ends in error, naming the cause and not the secret.
+        os.environ["VOLBACK_TEST_KEY"] = "wrong-secret"
+        volback.cinder._CONTAINERS.clear()
+        failed = self._backup(vol_id, data, parent=full, fails=True)
+        self.assertEqual(fields.BackupStatus.ERROR, failed.status)
+        self.assertIn("key", failed.fail_reason or "")
+        self.assertNotIn("wrong-secret", failed.fail_reason or "")
+
     def test_a_corrupt_pack_fails_the_restore_by_name(self, *mocks: Any) -> None:
         vol_id = self._create_volume_db_entry(size=1)
         backup = self._backup(vol_id, image_bytes(10, 6))

@@ -308,3 +308,44 @@ def test_labels_and_prune(tmp_path: Path) -> None:
     assert [b["backup_id"] for b in c.list()] == ["b2"]
     with pytest.raises(volback.ConfigError):
         c.prune()
+
+
+def test_an_encrypted_container_round_trips_and_manages_its_keys(tmp_path: Path, image: Path) -> None:
+    url = str(tmp_path / "enc")
+    c = volback.Container(url, create=True, key=b"first secret")
+    assert c.encrypted
+    c.backup(image, volume_id="vol-1", backup_id="b1")
+    stored = b"".join(p.read_bytes() for p in Path(url).rglob("*") if p.is_file())
+    assert b"volume block backup chunk" not in stored
+    assert b"vol-1" not in stored
+
+    # A key from a file, added, opens the container; the first key is then removed.
+    key_file = tmp_path / "key"
+    key_file.write_text("second secret\n")
+    new_id = c.add_key(f"file:{key_file}")
+    first_id = next(k["id"] for k in c.key_slots() if k["current"])
+    c2 = volback.Container(url, key=f"file:{key_file}")
+    out = tmp_path / "out.img"
+    c2.restore("b1", out, is_new=True)
+    assert out.read_bytes() == image.read_bytes()
+    c2.remove_key(first_id)
+    with pytest.raises(volback.EncryptionKeyError) as wrong:
+        volback.Container(url, key=b"first secret")
+    assert wrong.value.kind == "wrong_key"
+    with pytest.raises(volback.EncryptionKeyError) as last:
+        c2.remove_key(new_id)
+    assert last.value.kind == "key"
+
+    # Without a key: only verification.
+    locked = volback.Container(url)
+    assert locked.encrypted
+    with pytest.raises(volback.EncryptionKeyError) as required:
+        locked.list()
+    assert required.value.kind == "key_required"
+    report = locked.verify(read_data=True)
+    assert report["without_key"] and report["backups_checked"] == 1
+    assert not report["damaged_backups"] and not report["damaged_objects"]
+    # A key for a plaintext container is refused: its data is not encrypted.
+    volback.Container(str(tmp_path / "plain"), create=True)
+    with pytest.raises(volback.EncryptionKeyError):
+        volback.Container(str(tmp_path / "plain"), key=b"x")

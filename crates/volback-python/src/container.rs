@@ -13,6 +13,7 @@ use volback::backup::source::VolumeSource;
 use volback::backup::{BackupOptions, run_backup};
 use volback::chunker::ChunkerParams;
 use volback::container::Container;
+use volback::crypto::{KdfParams, KeySource};
 use volback::driver::Driver;
 use volback::format::config::ContainerConfig;
 use volback::format::record::BackupRecord;
@@ -28,6 +29,20 @@ pub struct NativeContainer {
     container: Container,
 }
 
+/// A key given from Python: a source string (`env:NAME`, `file:PATH`, `cmd:COMMAND`) or the
+/// secret itself as bytes.
+fn key_source(key: &Bound<'_, PyAny>) -> PyResult<KeySource> {
+    if let Ok(spec) = key.extract::<String>() {
+        return KeySource::parse(&spec).map_err(to_py);
+    }
+    match key.extract::<Vec<u8>>() {
+        Ok(secret) => Ok(KeySource::secret(secret)),
+        Err(_) => Err(errors::config(
+            "key must be a source string (env:NAME, file:PATH, cmd:COMMAND) or bytes",
+        )),
+    }
+}
+
 fn json(v: &impl serde::Serialize) -> PyResult<String> {
     serde_json::to_string(v).map_err(|e| errors::config(format!("report: {e}")))
 }
@@ -41,7 +56,7 @@ impl NativeContainer {
     #[pyo3(signature = (
         url, *, create = false, zstd_level = None, chunk_avg = None, pack_size = None,
         s3_endpoint = None, s3_region = None, s3_access_key_id = None,
-        s3_secret_access_key = None, s3_session_token = None, s3_concurrency = None,
+        s3_secret_access_key = None, s3_session_token = None, s3_concurrency = None, key = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -57,7 +72,9 @@ impl NativeContainer {
         s3_secret_access_key: Option<String>,
         s3_session_token: Option<String>,
         s3_concurrency: Option<usize>,
+        key: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let key = key.map(key_source).transpose()?;
         let mut init = ContainerConfig::default();
         if let Some(level) = zstd_level {
             init.zstd_level = level;
@@ -79,7 +96,7 @@ impl NativeContainer {
             ..Default::default()
         };
         let container = py
-            .detach(|| Container::open_with(&url, create, Some(init), &s3))
+            .detach(|| Container::open_keyed(&url, create, Some(init), &s3, key.as_ref()))
             .map_err(to_py)?;
         Ok(NativeContainer { container })
     }
@@ -93,6 +110,39 @@ impl NativeContainer {
     /// The container's settings, as JSON.
     fn config(&self) -> PyResult<String> {
         json(self.container.config())
+    }
+
+    /// True if the container is encrypted.
+    #[getter]
+    fn encrypted(&self) -> bool {
+        self.container.is_encrypted()
+    }
+
+    /// The key slots of an encrypted container, as JSON.
+    fn keys(&self, py: Python<'_>) -> PyResult<String> {
+        json(&py.detach(|| self.container.list_keys()).map_err(to_py)?)
+    }
+
+    /// Adds a key (a source string or the secret's bytes); returns the new slot's id.
+    fn add_key(&self, py: Python<'_>, new_key: &Bound<'_, PyAny>) -> PyResult<String> {
+        let source = key_source(new_key)?;
+        py.detach(|| self.container.add_key(&source, KdfParams::default()))
+            .map_err(to_py)
+    }
+
+    /// Removes key slot `id` (refused for the last one).
+    fn remove_key(&self, py: Python<'_>, id: String) -> PyResult<()> {
+        py.detach(|| self.container.remove_key(&id)).map_err(to_py)
+    }
+
+    /// Replaces the key this container was opened with by `new_key`; returns the new slot's id.
+    fn change_key(&self, py: Python<'_>, new_key: &Bound<'_, PyAny>) -> PyResult<String> {
+        let source = key_source(new_key)?;
+        // The clone's keys record the new slot; this object's still open everything (the
+        // master key is unchanged), only `keys()` marks no slot as current.
+        let mut c = self.container.clone();
+        py.detach(|| c.change_key(&source, KdfParams::default()))
+            .map_err(to_py)
     }
 
     /// Writes, reads back and deletes a probe object.

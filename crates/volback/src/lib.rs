@@ -56,7 +56,8 @@
 //!
 //! | object | written | what it is |
 //! |---|---|---|
-//! | `config` | once, create-only | chunker parameters, pack size, zstd level; every backup in the container uses them |
+//! | `config` | once, create-only | chunker parameters, pack size, zstd level; every backup in the container uses them (encrypted: sealed, with the container id and cipher beside) |
+//! | `keys/<id>` | encrypted containers: creation, key add/change | the master key wrapped by one secret (Argon2id) |
 //! | `packs/<xx>/<blake3>` | by backups (later: the collector's repack) | chunks back to back + a table at the end; named by its own BLAKE3 |
 //! | `index/<blake3>` | after the packs it describes | chunk id → (pack, offset, lengths); immutable segments |
 //! | `backups/<id>` | last, create-only | the manifest: ids, size, metadata, and the extent-list chunk ids |
@@ -64,11 +65,24 @@
 //! | `leases/<id>-<uuid>` | while a backup, restore or verify runs | lease read by the garbage collector |
 //! | `gc/condemned-<time>-<uuid>` | by the collector | packs proposed for deletion |
 //!
-//! A chunk's id is the BLAKE3 of its uncompressed bytes. A manifest names chunks by id only,
+//! A chunk's id is the BLAKE3 of its uncompressed bytes (keyed BLAKE3 in an encrypted
+//! container). A manifest names chunks by id only,
 //! never by pack, so packs can be rewritten (repacked) without touching any manifest. The extent
 //! list (every extent of the volume: a chunk id and length, or a zero run) is itself stored as
 //! content-defined chunks, so an incremental backup re-stores only the parts of its extent list
 //! that changed.
+//!
+//! ## Encryption ([`crypto`]; specified in `docs/format.md`, "Encryption")
+//!
+//! A container created with a key is encrypted on the client. A random master key, stored
+//! only wrapped (one `keys/<id>` slot per secret, Argon2id), gives a data key and a chunk-id
+//! key. Every chunk in a pack, every pack table and every metadata object (manifest, index
+//! segment, tombstone, lease, condemnation record, the settings in `config`) is sealed with
+//! XChaCha20-Poly1305 under a random 192-bit nonce, bound to its name; chunk ids are keyed
+//! BLAKE3. Objects stay named by the BLAKE3 of their stored bytes, so everything above works
+//! unchanged on ciphertext, and structure and integrity can be verified without the key. A
+//! container opened without its key is *locked* ([`container::Container::keys`] fails with
+//! `key_required`); a wrong key fails with `wrong_key` before any other object is read.
 //!
 //! ## Crash safety: data first, manifest last
 //!
@@ -132,15 +146,18 @@
 //!
 //! ```text
 //! error.rs, ids.rs, clock.rs    the error type (stable kind() strings), ids and hashes, time
+//! crypto/                       seal (XChaCha20-Poly1305), kdf (Argon2id), source (where a
+//!                               secret comes from); mod: Keys, what reading and writing need
 //! chunker/                      params, zero (zero runs), cdc (FastCDC), parallel (cutting on
 //!                               several threads), guide (the parent's chunks), splitter
 //! format/                       one file per stored object: config, chunk, pack, index_segment,
-//!                               manifest, extent_list, record, lease, condemnation, tombstone;
+//!                               manifest, extent_list, record, lease, condemnation, tombstone,
+//!                               key_slot, sealed (an encrypted container's envelope);
 //!                               keys (which key holds what); versioned (JSON versions)
 //! store/                        the ObjectStore trait; fs, memory, s3; retry; direct (O_DIRECT)
 //! index/                        the index in memory (Index, Locate) and the dedup ChunkSet
-//! container/                    Container: url, open/create (mod), backups (manifests),
-//!                               packs, index_scan (the protocol's read order), leases,
+//! container/                    Container: url, open/create (mod), keyring (key slots),
+//!                               backups (manifests), packs, index_scan (the protocol's read order), leases,
 //!                               fetch (ranged reads, verified), extents (walking a backup)
 //! backup/                       source (reading volumes), buffers, dedup (the dedup set),
 //!                               pipeline (the threads), packer, writer, parent_guide,

@@ -343,9 +343,15 @@ fn read_back(
                                 let stored = &data[s..s + loc.stored_len as usize];
                                 let keys = keys.chunks();
                                 let raw_len = loc.raw_len;
-                                if let Err(e) =
-                                    decode_chunk(&key, at, id, loc.compression, raw_len, stored, keys)
-                                {
+                                if let Err(e) = decode_chunk(
+                                    &key,
+                                    at,
+                                    id,
+                                    loc.compression,
+                                    raw_len,
+                                    stored,
+                                    keys,
+                                ) {
                                     failed.push((*id, BadChunk::new(&key, &e)));
                                 }
                             }
@@ -382,7 +388,12 @@ fn run_verify_without_key(c: &Container, opts: &VerifyOptions) -> Result<VerifyR
             crate::ids::validate_id("backup id", id)?;
             vec![manifest_key(id)]
         }
-        None => c.store().list("backups/")?.into_iter().map(|o| o.key).collect(),
+        None => c
+            .store()
+            .list("backups/")?
+            .into_iter()
+            .map(|o| o.key)
+            .collect(),
     };
     let checked: Vec<(String, Result<()>)> = c.on_io_pool(|| {
         manifests
@@ -420,7 +431,11 @@ fn run_verify_without_key(c: &Container, opts: &VerifyOptions) -> Result<VerifyR
                 let r = c.store().get(&o.key).and_then(|b| {
                     check_envelope(&o.key, &b)?;
                     if crate::format::keys::segment_key(&b) != o.key {
-                        return Err(Error::corrupt(&o.key, 0, "segment does not hash to its name"));
+                        return Err(Error::corrupt(
+                            &o.key,
+                            0,
+                            "segment does not hash to its name",
+                        ));
                     }
                     Ok(())
                 });

@@ -91,7 +91,12 @@ pub struct Access {
 
 impl Access {
     /// Opens (or, with `create`, creates: encrypted if a key was given) a container.
-    pub fn open(&self, url: &str, create: bool, init: Option<ContainerConfig>) -> Result<Container> {
+    pub fn open(
+        &self,
+        url: &str,
+        create: bool,
+        init: Option<ContainerConfig>,
+    ) -> Result<Container> {
         Container::open_keyed(url, create, init, &self.s3, self.key.as_ref())
     }
 }

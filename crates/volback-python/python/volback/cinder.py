@@ -50,6 +50,14 @@ volback_opts = [
         help="S3 secret key (default: the AWS credential chain). Never logged or exported.",
     ),
     cfg.IntOpt("backup_volback_s3_concurrency", default=8, min=1, max=256, help="S3 requests in flight."),
+    cfg.StrOpt(
+        "backup_volback_key",
+        secret=True,
+        help="Where the container key comes from: env:NAME, file:PATH or cmd:COMMAND (whose "
+        "output is the key, e.g. a Barbican or Vault client). A container this driver creates "
+        "with a key is encrypted on this host: every object sealed (XChaCha20-Poly1305), chunk "
+        "ids keyed. Unset: a plaintext container. Never logged or exported.",
+    ),
     cfg.IntOpt(
         "backup_volback_zstd_level",
         default=1,
@@ -198,6 +206,7 @@ class VolbackBackupDriver(driver.BackupDriver):  # type: ignore[misc]
             CONF.backup_volback_zstd_level,
             CONF.backup_volback_chunk_avg,
             CONF.backup_volback_pack_size,
+            CONF.backup_volback_key,
         )
         with _CONTAINERS_LOCK:
             c = _CONTAINERS.get(key)
@@ -209,6 +218,7 @@ class VolbackBackupDriver(driver.BackupDriver):  # type: ignore[misc]
                     chunk_avg=CONF.backup_volback_chunk_avg,
                     pack_size=CONF.backup_volback_pack_size,
                     s3=s3,
+                    key=CONF.backup_volback_key,
                 )
                 _CONTAINERS[key] = c
         return c

@@ -101,6 +101,12 @@ class Container:
 
     ``create`` makes a missing container with ``zstd_level``, ``chunk_avg`` (bytes) and
     ``pack_size`` (bytes); an existing container keeps the settings it was created with.
+
+    ``key`` is the key of an encrypted container: a source (``"env:NAME"``, ``"file:PATH"``,
+    ``"cmd:COMMAND"``, whose output is the secret) or the secret itself as ``bytes``. A
+    container created with a key is encrypted (every object sealed, chunk ids keyed); a wrong
+    key raises :class:`volback.EncryptionKeyError` (kind ``wrong_key``), and an encrypted container opened
+    without one can only be verified (kind ``key_required`` otherwise).
     Every method releases the GIL while it works.
     """
 
@@ -113,6 +119,7 @@ class Container:
         chunk_avg: int | None = None,
         pack_size: int | None = None,
         s3: S3Settings | None = None,
+        key: str | bytes | None = None,
     ) -> None:
         s3 = s3 or S3Settings()
         self._native = _call(
@@ -128,12 +135,37 @@ class Container:
             s3_secret_access_key=s3.secret_access_key,
             s3_session_token=s3.session_token,
             s3_concurrency=s3.concurrency,
+            key=key,
         )
 
     @property
     def url(self) -> str:
         """The canonical URL (``file:///…`` or ``s3://…``; never with credentials)."""
         return str(self._native.url)
+
+    @property
+    def encrypted(self) -> bool:
+        """True for an encrypted container."""
+        return bool(self._native.encrypted)
+
+    def key_slots(self) -> list[dict[str, Any]]:
+        """The key slots (``id``, ``created_at``, Argon2id cost, ``current``: the one this
+        object was opened with)."""
+        return list(json.loads(_call(self._native.keys)))
+
+    def add_key(self, new_key: str | bytes) -> str:
+        """Adds a key (a source or the secret's bytes) by wrapping the master key once more;
+        returns the new slot's id. No data is re-encrypted."""
+        return str(_call(self._native.add_key, new_key))
+
+    def remove_key(self, key_id: str) -> None:
+        """Removes a key slot; refused (kind ``key``) for the last one."""
+        _call(self._native.remove_key, key_id)
+
+    def change_key(self, new_key: str | bytes) -> str:
+        """Replaces the key this container was opened with (a new slot, then the old one
+        removed); returns the new slot's id."""
+        return str(_call(self._native.change_key, new_key))
 
     def config(self) -> dict[str, Any]:
         """The container's settings (chunker, pack size, zstd level)."""

@@ -63,6 +63,11 @@ class VolumeError(VolbackError):
     ``target_exists``)."""
 
 
+class EncryptionKeyError(VolbackError):
+    """A key is missing, wrong, or a key request was refused (``key_required``, ``wrong_key``,
+    ``key``)."""
+
+
 class Cancelled(VolbackError):
     """The caller stopped the operation (``cancelled``)."""
 
@@ -97,6 +102,9 @@ _BY_KIND: dict[str, type[VolbackError]] = {
     "volume_too_short": VolumeError,
     "target_too_small": VolumeError,
     "target_exists": VolumeError,
+    "key_required": EncryptionKeyError,
+    "wrong_key": EncryptionKeyError,
+    "key": EncryptionKeyError,
     "cancelled": Cancelled,
     "lease_expired": LeaseExpired,
     "internal": VolbackError,

@@ -292,7 +292,10 @@ fn guided_matches_unguided(
         pos += n;
         k += 1;
     }
-    let (guided, followed) = split_counting(Splitter::with_guide(params, Guide::new(rx)), &input);
+    let (guided, followed) = split_counting(
+        Splitter::with_guide(params, Guide::new(rx, crate::ids::ChunkIds::PLAIN)),
+        &input,
+    );
     let plain = split_all(params, &input);
     let unguided: Vec<Piece> = guided
         .iter()

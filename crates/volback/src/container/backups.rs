@@ -99,7 +99,8 @@ impl Container {
         let (m, _) = self.read_manifest(backup_id)?;
         let tomb = Tombstone::new(backup_id, &m.volume_id, now_rfc3339());
         let key = tombstone_key(backup_id);
-        self.store.put(&key, self.seal_object(&key, tomb.encode()?)?)?;
+        self.store
+            .put(&key, self.seal_object(&key, tomb.encode()?)?)?;
         self.store.delete(&manifest_key(backup_id))
     }
 }

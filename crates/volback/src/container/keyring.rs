@@ -121,7 +121,10 @@ impl Container {
         let secret = source.read()?;
         let slot = KeySlot::new(&cid, master, &secret, params)?;
         let key = key_slot_key(&slot.id);
-        if !self.store.put_if_absent(&key, Bytes::from(slot.encode()?))? {
+        if !self
+            .store
+            .put_if_absent(&key, Bytes::from(slot.encode()?))?
+        {
             return Err(Error::Internal(format!("key slot '{key}' exists already")));
         }
         Ok(slot.id)
@@ -163,7 +166,11 @@ impl Container {
 
     /// The container's key slots.
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
-        let current = self.keys.as_ref().and_then(|k| k.master()).map(|m| m.1.to_string());
+        let current = self
+            .keys
+            .as_ref()
+            .and_then(|k| k.master())
+            .map(|m| m.1.to_string());
         Ok(self
             .key_slots()?
             .into_iter()

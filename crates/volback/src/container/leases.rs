@@ -38,7 +38,8 @@ impl Container {
             // Saturating: a huge TTL is a lease that never expires, not one that already has.
             expires_unix: now_unix().saturating_add(ttl.as_secs()),
         };
-        self.store.put(key, self.seal_object(key, lease.encode()?)?)?;
+        self.store
+            .put(key, self.seal_object(key, lease.encode()?)?)?;
         Ok(lease.expires_unix)
     }
 

@@ -8,8 +8,8 @@ use super::Container;
 use crate::error::{Error, Result};
 use crate::format::keys::{PACKS_PREFIX, pack_id_of_key, pack_key};
 use crate::format::pack::{PackEntry, Trailer};
-use bytes::Bytes;
 use crate::ids::Hash;
+use bytes::Bytes;
 
 impl Container {
     /// Keys (with sizes) of every pack in the container, for checks that need many of them:

@@ -86,12 +86,7 @@ impl Sealer {
         let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
         out.copy_from_slice(body);
         self.cipher
-            .decrypt_in_place_detached(
-                XNonce::from_slice(nonce),
-                aad,
-                out,
-                Tag::from_slice(tag),
-            )
+            .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, out, Tag::from_slice(tag))
             .is_ok()
     }
 
@@ -114,13 +109,19 @@ mod tests {
         assert_eq!(sealed.len(), 11 + SEAL_OVERHEAD);
         assert_eq!(s.open(b"name", &sealed).unwrap(), b"hello world");
         assert!(s.open(b"other", &sealed).is_none(), "aad is bound");
-        assert!(Sealer::new(&[8; 32]).open(b"name", &sealed).is_none(), "key");
+        assert!(
+            Sealer::new(&[8; 32]).open(b"name", &sealed).is_none(),
+            "key"
+        );
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 1;
             assert!(s.open(b"name", &bad).is_none(), "byte {i}");
         }
         assert!(s.open(b"name", &sealed[..SEAL_OVERHEAD - 1]).is_none());
-        assert_ne!(s.seal(b"name", b"hello world")[..NONCE_LEN], sealed[..NONCE_LEN]);
+        assert_ne!(
+            s.seal(b"name", b"hello world")[..NONCE_LEN],
+            sealed[..NONCE_LEN]
+        );
     }
 }

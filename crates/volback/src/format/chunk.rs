@@ -208,7 +208,10 @@ pub fn decode_chunk_into(
         }
         Compression::Zstd => OPENED.with(|cell| {
             let mut opened = cell.borrow_mut();
-            let len = stored.len().checked_sub(SEAL_OVERHEAD).ok_or_else(refused)?;
+            let len = stored
+                .len()
+                .checked_sub(SEAL_OVERHEAD)
+                .ok_or_else(refused)?;
             if len > MAX_CHUNK_LIMIT as usize * 2 {
                 return Err(refused());
             }

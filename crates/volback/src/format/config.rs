@@ -132,8 +132,7 @@ impl StoredConfig {
                 c.cipher.escape_debug()
             )));
         }
-        if c.container_id.len() != 32 || super::versioned::hex_decode(&c.container_id).is_none()
-        {
+        if c.container_id.len() != 32 || super::versioned::hex_decode(&c.container_id).is_none() {
             return Err(Error::corrupt(
                 super::keys::CONFIG_KEY,
                 0,

@@ -97,7 +97,11 @@ impl KeySlot {
         let salt_ok = hex_decode(&slot.salt).is_some_and(|s| s.len() == SALT_LEN);
         let wrapped_ok = hex_decode(&slot.wrapped).is_some_and(|w| w.len() == 32 + SEAL_OVERHEAD);
         if !salt_ok || !wrapped_ok {
-            return Err(Error::corrupt(key, 0, "key slot's salt or wrapped key is malformed"));
+            return Err(Error::corrupt(
+                key,
+                0,
+                "key slot's salt or wrapped key is malformed",
+            ));
         }
         Ok(slot)
     }

@@ -113,7 +113,11 @@ impl PackBuilder {
 
     /// Bytes the pack will have, table and trailer included.
     pub fn size(&self) -> u64 {
-        let seal = if self.sealer.is_some() { SEAL_OVERHEAD as u64 } else { 0 };
+        let seal = if self.sealer.is_some() {
+            SEAL_OVERHEAD as u64
+        } else {
+            0
+        };
         self.buf.len() as u64 + self.entries.len() as u64 * ENTRY_LEN + seal + TRAILER_LEN
     }
 
@@ -243,7 +247,11 @@ impl Trailer {
 
     /// Bytes of the stored table.
     pub fn table_len(&self) -> u64 {
-        let seal = if self.is_sealed() { SEAL_OVERHEAD as u64 } else { 0 };
+        let seal = if self.is_sealed() {
+            SEAL_OVERHEAD as u64
+        } else {
+            0
+        };
         u64::from(self.n) * ENTRY_LEN + seal
     }
 
@@ -457,6 +465,7 @@ pub fn parse_pack(key: &str, pack: &[u8], sealer: Option<&Sealer>) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::ChunkKeys;
     use crate::format::chunk::{decode_chunk, encode_chunk};
 
     fn sample() -> (Bytes, Hash, Vec<PackEntry>, Vec<Bytes>) {
@@ -471,7 +480,13 @@ mod tests {
         ];
         let mut b = PackBuilder::new();
         for r in &raws {
-            b.add(&encode_chunk(Hash::of(r), ChunkKind::Data, r, 3));
+            b.add(&encode_chunk(
+                Hash::of(r),
+                ChunkKind::Data,
+                r,
+                3,
+                ChunkKeys::PLAIN,
+            ));
         }
         let expected = b.size();
         let (bytes, id, entries) = b.finish();
@@ -485,12 +500,20 @@ mod tests {
         assert_eq!(id, Hash::of(&bytes));
         assert_eq!(entries[0].compression, Compression::Zstd);
         assert_eq!(entries[2].compression, Compression::None);
-        let parsed = parse_pack("p", &bytes).unwrap();
+        let parsed = parse_pack("p", &bytes, None).unwrap();
         assert_eq!(parsed, entries);
         for (e, raw) in entries.iter().zip(&raws) {
             let s = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
-            let got =
-                decode_chunk("p", e.offset.into(), &e.id, e.compression, e.raw_len, s).unwrap();
+            let got = decode_chunk(
+                "p",
+                e.offset.into(),
+                &e.id,
+                e.compression,
+                e.raw_len,
+                s,
+                ChunkKeys::PLAIN,
+            )
+            .unwrap();
             assert_eq!(&got, raw);
         }
     }
@@ -539,9 +562,18 @@ mod tests {
         ];
         for (raw, want) in &chunks {
             let id = Hash::of(raw);
-            let e = encode_chunk(id, ChunkKind::Data, raw, 1);
+            let e = encode_chunk(id, ChunkKind::Data, raw, 1, ChunkKeys::PLAIN);
             assert_eq!(e.compression, *want, "chunk of {} bytes", raw.len());
-            let got = decode_chunk("p", 0, &id, e.compression, e.raw_len, &e.stored).unwrap();
+            let got = decode_chunk(
+                "p",
+                0,
+                &id,
+                e.compression,
+                e.raw_len,
+                &e.stored,
+                ChunkKeys::PLAIN,
+            )
+            .unwrap();
             assert_eq!(&got, raw);
         }
     }
@@ -552,7 +584,7 @@ mod tests {
         // Truncation.
         for cut in [0, 10, bytes.len() - 1] {
             assert!(matches!(
-                parse_pack("p", &bytes[..cut]),
+                parse_pack("p", &bytes[..cut], None),
                 Err(Error::Corrupt { .. })
             ));
         }
@@ -560,14 +592,25 @@ mod tests {
         let mut t = bytes.to_vec();
         let at = t.len() - 48 - 10;
         t[at] ^= 1;
-        assert!(matches!(parse_pack("p", &t), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            parse_pack("p", &t, None),
+            Err(Error::Corrupt { .. })
+        ));
         // A flipped byte in a chunk: decode fails or the hash check does.
         let e = entries[1];
         let mut t = bytes.to_vec();
         t[e.offset as usize + 3] ^= 0x40;
         let s = &t[e.offset as usize..(e.offset + e.stored_len) as usize];
-        let err =
-            decode_chunk("p", e.offset.into(), &e.id, e.compression, e.raw_len, s).unwrap_err();
+        let err = decode_chunk(
+            "p",
+            e.offset.into(),
+            &e.id,
+            e.compression,
+            e.raw_len,
+            s,
+            ChunkKeys::PLAIN,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, Error::Corrupt { .. } | Error::ChunkHashMismatch { .. }),
             "{err}"
@@ -577,7 +620,7 @@ mod tests {
         let at = t.len() - 12;
         t[at] = 9;
         assert!(matches!(
-            parse_pack("p", &t),
+            parse_pack("p", &t, None),
             Err(Error::UnsupportedVersion { .. })
         ));
     }

@@ -94,7 +94,9 @@ mod tests {
         let sealed = seal_object(&s, "backups/a", b"{}");
         assert_eq!(open_object(&s, "k", "backups/a", &sealed).unwrap(), b"{}");
         assert_eq!(
-            open_object(&s, "k", "backups/b", &sealed).unwrap_err().kind(),
+            open_object(&s, "k", "backups/b", &sealed)
+                .unwrap_err()
+                .kind(),
             "corrupt"
         );
         assert_eq!(

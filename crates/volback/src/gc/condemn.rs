@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 
-
 use super::packs::Packs;
 use crate::clock::{hostname, now_rfc3339, now_unix};
 use crate::container::Container;

@@ -128,8 +128,16 @@ pub(super) fn restore_range(
             // SAFETY: `first` is one of this chunk's extents, `len` long; this chunk is in
             // this range only, and this range is restored by this thread only.
             let out = unsafe { stripe.claim(first, len as usize)? };
-            decode_chunk_into(&key, loc.offset.into(), id, loc.compression, stored, out, keys)
-                .map_err(|e| with_volume_offset(e, first))?;
+            decode_chunk_into(
+                &key,
+                loc.offset.into(),
+                id,
+                loc.compression,
+                stored,
+                out,
+                keys,
+            )
+            .map_err(|e| with_volume_offset(e, first))?;
             for &(off, _, other) in &at[1..] {
                 if other != len {
                     return Err(mismatch(off, other));
