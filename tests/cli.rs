@@ -762,3 +762,146 @@ fn job_events_as_json_lines() {
     ]));
     assert!(err.contains("fd:99"), "{err}");
 }
+
+#[test]
+fn encrypted_container_keys_from_env_file_and_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let vol = d.join("v.img");
+    make_image(&vol, 4 << 20, 3);
+    let c = d.join("c").display().to_string();
+    let secret = "env-secret-passphrase-123";
+    let env = vec![("VOLBACK_TEST_PASS".to_string(), secret.to_string())];
+    let v = vol.display().to_string();
+    let run = |args: &[&str]| run_with(&env, args);
+    ok(run(&[
+        "backup",
+        "--key",
+        "env:VOLBACK_TEST_PASS",
+        "--container",
+        &c,
+        "--volume",
+        &v,
+        "--backup-id",
+        "b1",
+    ]));
+    // Everything the container holds, and every output, is free of the secret.
+    let stored: Vec<u8> = std::fs::read_dir(d.join("c/keys"))
+        .unwrap()
+        .flat_map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .chain(std::fs::read(d.join("c/config")).unwrap())
+        .collect();
+    assert!(!String::from_utf8_lossy(&stored).contains(secret));
+
+    // Without the key: list fails with key_required; verify checks structure.
+    let out = run(&["list", "--container", &c, "--json"]);
+    assert_eq!(json_of(&out)["error"], "key_required");
+    let out = ok(run(&["verify", "--container", &c, "--read-data", "--json"]));
+    assert_eq!(json_of(&out)["without_key"], true);
+    // A wrong key: wrong_key, and the message shows neither secret.
+    let key_file = d.join("key");
+    std::fs::write(&key_file, "file-secret\n").unwrap();
+    let kf = format!("file:{}", key_file.display());
+    let err = fails(run(&["list", "--key", &kf, "--container", &c]));
+    assert!(err.contains("no key of container"), "{err}");
+    assert!(
+        !err.contains("file-secret") && !err.contains(secret),
+        "{err}"
+    );
+
+    // Add the file's key, then change the env key to a command's output, then remove.
+    let added = json_of(&ok(run(&[
+        "key",
+        "add",
+        "--new-key",
+        &kf,
+        "--key",
+        "env:VOLBACK_TEST_PASS",
+        "--container",
+        &c,
+        "--json",
+    ])));
+    let added = added["added"].as_str().unwrap().to_string();
+    let listed = json_of(&ok(run(&[
+        "key",
+        "list",
+        "--key",
+        &kf,
+        "--container",
+        &c,
+        "--json",
+    ])));
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    ok(run(&[
+        "key",
+        "change",
+        "--new-key",
+        "cmd:echo command-secret",
+        "--key",
+        "env:VOLBACK_TEST_PASS",
+        "--container",
+        &c,
+    ]));
+    fails(run(&[
+        "list",
+        "--key",
+        "env:VOLBACK_TEST_PASS",
+        "--container",
+        &c,
+    ]));
+    let out = d.join("out.img");
+    ok(run(&[
+        "restore",
+        "--key",
+        "cmd:echo command-secret",
+        "--container",
+        &c,
+        "--backup-id",
+        "b1",
+        "--target",
+        &out.display().to_string(),
+    ]));
+    assert_same(&vol, &out);
+    ok(run(&[
+        "key",
+        "remove",
+        "--id",
+        &added,
+        "--key",
+        "cmd:echo command-secret",
+        "--container",
+        &c,
+    ]));
+    let listed = json_of(&ok(run(&[
+        "key",
+        "list",
+        "--key",
+        "cmd:echo command-secret",
+        "--container",
+        &c,
+        "--json",
+    ])));
+    let only = listed.as_array().unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = run(&[
+        "key",
+        "remove",
+        "--id",
+        &only,
+        "--key",
+        "cmd:echo command-secret",
+        "--container",
+        &c,
+        "--json",
+    ]);
+    assert_eq!(json_of(&out)["error"], "key", "the last key stays");
+    // A bad source is a usage error, before anything is opened.
+    assert_eq!(
+        run(&["list", "--key", "secret", "--container", &c])
+            .status
+            .code(),
+        Some(2)
+    );
+}

@@ -78,7 +78,7 @@
 //! only wrapped (one `keys/<id>` slot per secret, Argon2id), gives a data key and a chunk-id
 //! key. Every chunk in a pack, every pack table and every metadata object (manifest, index
 //! segment, tombstone, lease, condemnation record, the settings in `config`) is sealed with
-//! XChaCha20-Poly1305 under a random 192-bit nonce, bound to its name; chunk ids are keyed
+//! AES-256-GCM-SIV under a random nonce, bound to its name; chunk ids are keyed
 //! BLAKE3. Objects stay named by the BLAKE3 of their stored bytes, so everything above works
 //! unchanged on ciphertext, and structure and integrity can be verified without the key. A
 //! container opened without its key is *locked* ([`container::Container::keys`] fails with
@@ -146,7 +146,7 @@
 //!
 //! ```text
 //! error.rs, ids.rs, clock.rs    the error type (stable kind() strings), ids and hashes, time
-//! crypto/                       seal (XChaCha20-Poly1305), kdf (Argon2id), source (where a
+//! crypto/                       seal (AES-256-GCM-SIV), kdf (Argon2id), source (where a
 //!                               secret comes from); mod: Keys, what reading and writing need
 //! chunker/                      params, zero (zero runs), cdc (FastCDC), parallel (cutting on
 //!                               several threads), guide (the parent's chunks), splitter

@@ -55,7 +55,7 @@ volback_opts = [
         secret=True,
         help="Where the container key comes from: env:NAME, file:PATH or cmd:COMMAND (whose "
         "output is the key, e.g. a Barbican or Vault client). A container this driver creates "
-        "with a key is encrypted on this host: every object sealed (XChaCha20-Poly1305), chunk "
+        "with a key is encrypted on this host: every object sealed (AES-256-GCM-SIV), chunk "
         "ids keyed. Unset: a plaintext container. Never logged or exported.",
     ),
     cfg.IntOpt(

@@ -5,7 +5,7 @@
 //! a secret with Argon2id ([`kdf`]); the secret comes from a [`KeySource`]. Adding, removing
 //! or changing a key rewrites one slot and never touches data. From the master key come:
 //!
-//! - the **data key**, which seals ([`Sealer`]: XChaCha20-Poly1305) every chunk in a pack,
+//! - the **data key**, which seals ([`Sealer`]: AES-256-GCM-SIV) every chunk in a pack,
 //!   every pack's table and every metadata object (manifests, index segments, tombstones,
 //!   leases, condemnation records, the container's settings);
 //! - the **chunk-id key**: chunk ids are BLAKE3 in keyed mode ([`ChunkIds`]), so a stored id

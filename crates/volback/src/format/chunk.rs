@@ -3,7 +3,7 @@
 //! A chunk is compressed only when that makes it shorter; decoding checks the length and the
 //! BLAKE3 of the result against the entry that describes it. In an encrypted container the
 //! stored bytes (compressed or not) are then sealed, with the chunk's id as associated data
-//! (`nonce[24] || ciphertext || tag[16]`), and the id is keyed BLAKE3 ([`ChunkKeys`]).
+//! (`nonce[12] || ciphertext || tag[16]`), and the id is keyed BLAKE3 ([`ChunkKeys`]).
 
 use std::cell::RefCell;
 
@@ -76,8 +76,14 @@ thread_local! {
     static OPENED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Compresses `data`; returns the compressed bytes only if they are shorter than `limit`.
-fn zstd_compress_below(data: &[u8], level: i32, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
+/// Compresses `data`; if the result is shorter than `limit`, returns `stored(result)` (which
+/// copies it out of the reused scratch buffer, sealing it on the way in an encrypted container).
+fn zstd_compress_below(
+    data: &[u8],
+    level: i32,
+    limit: usize,
+    stored: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> std::io::Result<Option<Vec<u8>>> {
     COMPRESSOR.with(|cell| {
         SCRATCH.with(|scratch| {
             let mut slot = cell.borrow_mut();
@@ -89,7 +95,7 @@ fn zstd_compress_below(data: &[u8], level: i32, limit: usize) -> std::io::Result
             out.clear();
             out.reserve(zstd::zstd_safe::compress_bound(data.len()));
             c.compress_to_buffer(data, &mut *out)?;
-            Ok((out.len() < limit).then(|| out.to_vec()))
+            Ok((out.len() < limit).then(|| stored(&out)))
         })
     })
 }
@@ -124,19 +130,23 @@ pub fn encode_chunk(
     keys: ChunkKeys<'_>,
 ) -> EncodedChunk {
     let raw_len = raw.len() as u32;
+    // Sealed as it leaves the compressor's scratch buffer: one copy, not two.
+    let finish = |b: &[u8]| match keys.sealer {
+        Some(s) => s.seal(&id.0, b),
+        None => b.to_vec(),
+    };
     let compressed = match level {
         0 => None,
-        _ => zstd_compress_below(raw, level, raw.len() - raw.len() / 32)
+        _ => zstd_compress_below(raw, level, raw.len() - raw.len() / 32, finish)
             .ok()
             .flatten(),
     };
     let (compression, stored) = match compressed {
         Some(c) => (Compression::Zstd, Bytes::from(c)),
-        None => (Compression::None, raw.clone()),
-    };
-    let stored = match keys.sealer {
-        Some(s) => Bytes::from(s.seal(&id.0, &stored)),
-        None => stored,
+        None => match keys.sealer {
+            Some(s) => (Compression::None, Bytes::from(s.seal(&id.0, raw))),
+            None => (Compression::None, raw.clone()),
+        },
     };
     EncodedChunk {
         id,

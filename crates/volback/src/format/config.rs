@@ -81,7 +81,7 @@ impl ContainerConfig {
 /// Config version of an encrypted container: the settings above are sealed inside it.
 pub const ENCRYPTED_CONFIG_VERSION: u64 = 2;
 /// The cipher name an encrypted config carries.
-pub const CIPHER_NAME: &str = "xchacha20-poly1305";
+pub const CIPHER_NAME: &str = "aes-256-gcm-siv";
 
 /// The `config` of an encrypted container: what is needed to find and use its keys, and the
 /// container's settings ([`ContainerConfig`], as version 1 stores them) sealed under the name

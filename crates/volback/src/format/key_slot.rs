@@ -3,11 +3,11 @@
 //! ```json
 //! {"format":"volback-key","version":1,"id":"<16 hex>","container_id":"<32 hex>",
 //!  "created_at":"…","kdf":"argon2id","params":{"memory_kib":65536,"iterations":3,"parallelism":1},
-//!  "salt":"<32 hex>","wrapped":"<144 hex: nonce[24] sealed master key[32] tag[16]>"}
+//!  "salt":"<32 hex>","wrapped":"<120 hex: nonce[12] sealed master key[32] tag[16]>"}
 //! ```
 //!
 //! The key-encryption key is Argon2id(secret, salt) with the slot's parameters; the master key
-//! is sealed with it (XChaCha20-Poly1305), the associated data being
+//! is sealed with it (AES-256-GCM-SIV), the associated data being
 //! `volback-key|<container_id>|<slot id>`, so a slot copied from another container, or renamed,
 //! does not open. A slot holds nothing that helps without its secret.
 

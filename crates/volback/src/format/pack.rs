@@ -19,7 +19,7 @@
 //! Version 1 is a plaintext container's pack. Version 2 is an encrypted container's: each
 //! chunk's stored bytes are sealed (`nonce || ciphertext || tag`, the chunk id as associated
 //! data; see `chunk`), and the table is sealed as one message (associated data
-//! `volback pack table`), so it is `n * 44 + 40` bytes; the trailer's BLAKE3 is over the
+//! `volback pack table`), so it is `n * 44 + 28` bytes; the trailer's BLAKE3 is over the
 //! sealed table, and the pack is still named by the BLAKE3 of its bytes: integrity can be
 //! checked without the key.
 

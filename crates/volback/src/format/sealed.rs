@@ -2,8 +2,8 @@
 //! segment, tombstone, lease, condemnation record, the container's settings).
 //!
 //! ```text
-//! "VBSL" u16 version=1 u16 cipher=1        8-byte header (cipher 1: XChaCha20-Poly1305)
-//! nonce[24] ciphertext tag[16]             the object's plaintext form, sealed
+//! "VBSL" u16 version=1 u16 cipher=1        8-byte header (cipher 1: AES-256-GCM-SIV)
+//! nonce[12] ciphertext tag[16]             the object's plaintext form, sealed
 //! ```
 //!
 //! The associated data is the header followed by the object's *name*: its key for objects
@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 
 /// Sealed-object envelope version written and read by this build.
 pub const SEALED_VERSION: u16 = 1;
-/// The only cipher: XChaCha20-Poly1305.
-pub const CIPHER_XCHACHA20_POLY1305: u16 = 1;
+/// The only cipher: AES-256-GCM-SIV.
+pub const CIPHER_AES_256_GCM_SIV: u16 = 1;
 const MAGIC: &[u8; 4] = b"VBSL";
 /// Bytes of the header.
 pub const HEADER_LEN: usize = 8;
@@ -27,7 +27,7 @@ fn header() -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..4].copy_from_slice(MAGIC);
     h[4..6].copy_from_slice(&SEALED_VERSION.to_le_bytes());
-    h[6..8].copy_from_slice(&CIPHER_XCHACHA20_POLY1305.to_le_bytes());
+    h[6..8].copy_from_slice(&CIPHER_AES_256_GCM_SIV.to_le_bytes());
     h
 }
 
@@ -57,12 +57,12 @@ pub fn check_envelope(key: &str, stored: &[u8]) -> Result<()> {
     }
     let version = u16::from_le_bytes([stored[4], stored[5]]);
     let cipher = u16::from_le_bytes([stored[6], stored[7]]);
-    if version != SEALED_VERSION || cipher != CIPHER_XCHACHA20_POLY1305 {
+    if version != SEALED_VERSION || cipher != CIPHER_AES_256_GCM_SIV {
         return Err(Error::UnsupportedVersion {
             key: key.to_string(),
             what: "sealed object",
             found: u64::from(version) << 16 | u64::from(cipher),
-            supported: u64::from(SEALED_VERSION) << 16 | u64::from(CIPHER_XCHACHA20_POLY1305),
+            supported: u64::from(SEALED_VERSION) << 16 | u64::from(CIPHER_AES_256_GCM_SIV),
         });
     }
     Ok(())
