@@ -28,14 +28,15 @@ pub struct KeyInfo {
 
 /// Creates an encrypted container in `store`: a random master key, its first slot (under
 /// `source`'s secret), then the config, create-only. The slot goes first, so a config is never
-/// visible without a key that opens it. If another process created the container meanwhile,
-/// its config is returned (and this process's slot, bound to a container id that lost, is
-/// deleted: it opens nothing).
+/// visible without a key that opens it. Returns the config and the keys (no second Argon2id
+/// derivation to unlock what was just created). If another process created the container
+/// meanwhile, its config is returned without keys, to be unlocked as usual (and this process's
+/// slot, bound to a container id that lost, is deleted: it opens nothing).
 pub(super) fn create_encrypted(
     store: &Arc<dyn ObjectStore>,
     settings: &ContainerConfig,
     source: &KeySource,
-) -> Result<StoredConfig> {
+) -> Result<(StoredConfig, Option<Keys>)> {
     let secret = source.read()?;
     let mut id = [0u8; 16];
     random_bytes(&mut id);
@@ -50,10 +51,10 @@ pub(super) fn create_encrypted(
         .ok_or_else(|| Error::Internal("a master key without a sealer".into()))?;
     let cfg = EncryptedConfig::seal(settings, sealer, container_id)?;
     if store.put_if_absent(CONFIG_KEY, Bytes::from(cfg.encode()?))? {
-        Ok(StoredConfig::Encrypted(cfg))
+        Ok((StoredConfig::Encrypted(cfg), Some(keys)))
     } else {
         store.delete(&slot_key)?;
-        StoredConfig::decode(&store.get(CONFIG_KEY)?)
+        Ok((StoredConfig::decode(&store.get(CONFIG_KEY)?)?, None))
     }
 }
 

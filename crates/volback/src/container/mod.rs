@@ -119,6 +119,8 @@ impl Container {
         key: Option<&KeySource>,
     ) -> Result<Self> {
         let store: Arc<dyn ObjectStore> = Arc::new(crate::store::retry::RetryStore::new(store));
+        // The keys of an encrypted container this call created.
+        let mut created = None;
         let stored = match store.get(CONFIG_KEY) {
             Ok(bytes) => StoredConfig::decode(&bytes)?,
             Err(Error::MissingObject { .. }) if create => {
@@ -138,7 +140,11 @@ impl Container {
                             StoredConfig::decode(&store.get(CONFIG_KEY)?)?
                         }
                     }
-                    Some(source) => keyring::create_encrypted(&store, &cfg, source)?,
+                    Some(source) => {
+                        let (stored, keys) = keyring::create_encrypted(&store, &cfg, source)?;
+                        created = keys.map(|k| (k, cfg));
+                        stored
+                    }
                 }
             }
             Err(Error::MissingObject { .. }) => {
@@ -173,8 +179,13 @@ impl Container {
             encrypted,
             io_pool: Arc::new(io_pool),
         };
-        if let Some(source) = key {
-            c.unlock(source)?;
+        match (created, key) {
+            (Some((keys, settings)), _) => {
+                c.config = settings;
+                c.keys = Some(Arc::new(keys));
+            }
+            (None, Some(source)) => c.unlock(source)?,
+            (None, None) => {}
         }
         Ok(c)
     }
