@@ -102,7 +102,8 @@ class Volback:
 
     def __init__(self, work, s3=None, binary=None, name=None, encrypted=False):
         """`binary` and `name`: another build of volback (--baseline), run in the same rounds.
-        `encrypted`: an encrypted container, its key in a file (--encrypted)."""
+        `encrypted`: an encrypted container whose key is a 256-bit key in a file, as a key
+        manager hands out (--encrypted)."""
         self.bin = binary or os.path.join(ROOT, "target", "release", "volback")
         if name:
             self.name = name
@@ -110,7 +111,7 @@ class Volback:
         if encrypted:
             key_file = os.path.join(work, self.name + ".key")
             with open(key_file, "w") as f:
-                f.write("benchmark passphrase\n")
+                f.write(os.urandom(32).hex() + "\n")
             self.key = ["--key", "file:" + key_file]
         self.env = dict(os.environ)
         if s3:
@@ -242,7 +243,8 @@ def main():
     ap.add_argument("--baseline", default=None, metavar="BIN",
                     help="another volback binary (an earlier build) run in the same rounds, as 'volback-base'")
     ap.add_argument("--encrypted", action="store_true",
-                    help="also volback on an encrypted container, as 'volback-enc', in the same rounds (filesystem only)")
+                    help="also volback on an encrypted container (a 256-bit key from a file), as 'volback-enc', "
+                         "in the same rounds (filesystem only)")
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("HARNESS_ROUNDS", "3")),
                     help="rounds of the day-1/day-2 cases, tools interleaved; each cell is the median")
     a = ap.parse_args()

@@ -173,3 +173,172 @@ fn a_version_1_container_takes_new_backups() {
         want["volumes"]["incr-2"].as_str().unwrap()
     );
 }
+
+/// The encrypted format (config v2, sealed objects, v2 packs, a key slot) is pinned the same
+/// way: `tests/fixtures/container-v2-encrypted` holds two backups of fixed volumes (a full one
+/// with labels and metadata, and an incremental of it), written with the passphrase in
+/// `container-v2-encrypted.json`. `VOLBACK_WRITE_FIXTURE=1 cargo test --test golden -- --ignored`
+/// writes it anew into `target/` (a format change adds a fixture; it never replaces this one).
+mod encrypted {
+    use super::*;
+    use volback::crypto::KeySource;
+
+    const NAME: &str = "container-v2-encrypted";
+
+    fn volumes() -> [Vec<u8>; 2] {
+        let mut first = common::pseudo_random(1 << 20, 71);
+        first.extend_from_slice(&vec![0u8; 256 << 10]);
+        first.extend_from_slice(&common::text_like(768 << 10, 72));
+        let mut second = first.clone();
+        second[300_000..364_000].copy_from_slice(&common::pseudo_random(64_000, 73));
+        [first, second]
+    }
+
+    fn want() -> serde_json::Value {
+        let text = std::fs::read_to_string(fixture().join(format!("{NAME}.json"))).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn key() -> KeySource {
+        KeySource::secret(want()["passphrase"].as_str().unwrap().as_bytes().to_vec())
+    }
+
+    #[test]
+    #[ignore = "writes the fixture; run by hand for a new format version"]
+    fn write_fixture() {
+        if std::env::var_os("VOLBACK_WRITE_FIXTURE").is_none() {
+            return;
+        }
+        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target").join(NAME);
+        let _ = std::fs::remove_dir_all(&out);
+        let url = out.display().to_string();
+        let pass = "golden fixture passphrase";
+        let c = Container::open_keyed(
+            &url,
+            true,
+            None,
+            &Default::default(),
+            Some(&KeySource::secret(pass.as_bytes().to_vec())),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let [first, second] = volumes();
+        for (id, parent, bytes) in [("full-1", None, &first), ("incr-2", Some("full-1"), &second)] {
+            let vol = dir.path().join(id);
+            std::fs::write(&vol, bytes).unwrap();
+            let mut opts = common::backup_opts(id, parent);
+            opts.volume_id = "vol-secret".into();
+            opts.labels.insert("policy".into(), "daily".into());
+            opts.volume_metadata = Some(serde_json::json!({"name": "db-volume"}));
+            let source = volback::backup::source::VolumeSource::Path(vol);
+            volback::backup::run_backup(&c, source, &opts, None).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(out.join("leases"));
+        let mut objects = serde_json::Map::new();
+        let mut stack = vec![out.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let k = p.strip_prefix(&out).unwrap().display().to_string();
+                    objects.insert(k, Hash::of(&std::fs::read(&p).unwrap()).to_hex().into());
+                }
+            }
+        }
+        let doc = serde_json::json!({
+            "comment": "An encrypted container (config v2) written from fixed inputs; tests/golden.rs reads it with every later build. Object and volume hashes are BLAKE3.",
+            "passphrase": pass,
+            "objects": objects,
+            "volumes": {"full-1": Hash::of(&first).to_hex(), "incr-2": Hash::of(&second).to_hex()},
+        });
+        std::fs::write(
+            out.with_extension("json"),
+            serde_json::to_string_pretty(&doc).unwrap(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_fixture_is_unchanged() {
+        let want = want();
+        let objects = want["objects"].as_object().unwrap();
+        let root = fixture().join(NAME);
+        let mut found = 0;
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let key = p.strip_prefix(&root).unwrap().display().to_string();
+                let hash = Hash::of(&std::fs::read(&p).unwrap()).to_hex();
+                assert_eq!(Some(hash.as_str()), objects[&key].as_str(), "{key}");
+                found += 1;
+            }
+        }
+        assert_eq!(found, objects.len(), "objects missing from the fixture");
+        // Fixed inputs: the volumes this build generates are the ones the fixture holds.
+        let [first, second] = volumes();
+        assert_eq!(Hash::of(&first).to_hex(), want["volumes"]["full-1"]);
+        assert_eq!(Hash::of(&second).to_hex(), want["volumes"]["incr-2"]);
+    }
+
+    #[test]
+    fn an_encrypted_container_restores_verifies_and_refuses_other_keys() {
+        let want = want();
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("c");
+        copy_dir(&fixture().join(NAME), &copy);
+        let url = copy.display().to_string();
+        let s3 = Default::default();
+        let wrong = KeySource::secret(b"not the passphrase".to_vec());
+        let err = Container::open_keyed(&url, false, None, &s3, Some(&wrong)).unwrap_err();
+        assert_eq!(err.kind(), "wrong_key");
+        let locked = Container::open_keyed(&url, false, None, &s3, None).unwrap();
+        let v = run_verify(
+            &locked,
+            &VerifyOptions {
+                backup_id: None,
+                read_data: true,
+            },
+        )
+        .unwrap();
+        assert!(v.ok() && v.without_key && v.backups_checked == 2, "{v:?}");
+
+        let c = Container::open_keyed(&url, false, None, &s3, Some(&key())).unwrap();
+        let listed = c.list_backups().unwrap();
+        assert_eq!(listed.len(), 2);
+        for m in listed {
+            let m = m.unwrap();
+            assert_eq!(m.volume_id, "vol-secret");
+            assert_eq!(m.labels.get("policy").map(String::as_str), Some("daily"));
+            let out = dir.path().join(&m.backup_id);
+            let report =
+                volback::restore::run_restore(&c, &m.backup_id, &out, volback::restore::TargetMode::New, None)
+                    .unwrap();
+            assert_eq!(
+                report.volume_metadata,
+                Some(serde_json::json!({"name": "db-volume"}))
+            );
+            assert_eq!(
+                Hash::of(&std::fs::read(&out).unwrap()).to_hex(),
+                want["volumes"][&m.backup_id].as_str().unwrap(),
+                "{} restores different bytes",
+                m.backup_id
+            );
+        }
+        let v = run_verify(
+            &c,
+            &VerifyOptions {
+                backup_id: None,
+                read_data: true,
+            },
+        )
+        .unwrap();
+        assert!(v.ok() && !v.without_key && v.chunks_read > 0, "{v:?}");
+    }
+}

@@ -10,7 +10,9 @@ fuzz_target!(|data: &[u8]| {
         .and_then(|r| r.split('"').next())
         .map_or("keys/0".to_string(), volback::format::key_slot::key_slot_key);
     if let Ok(slot) = KeySlot::decode(&key, data) {
-        slot.params.check(&key).unwrap();
+        if let Some(p) = slot.params {
+            p.check(&key).unwrap();
+        }
         let again = KeySlot::decode(&key, &slot.encode().unwrap()).unwrap();
         assert_eq!(again, slot);
     }

@@ -26,13 +26,11 @@ pub fn run(args: KeyArgs, access: &Access) -> Result<Outcome> {
             } else {
                 for k in keys {
                     let mark = if k.current { " (opened by --key)" } else { "" };
-                    out!(
-                        "{}  created {}  Argon2id {} MiB x {}{mark}",
-                        k.id,
-                        k.created_at,
-                        k.memory_kib / 1024,
-                        k.iterations
-                    )?;
+                    let kdf = match k.memory_kib {
+                        0 => "256-bit key".to_string(),
+                        m => format!("passphrase, Argon2id {} MiB x {}", m / 1024, k.iterations),
+                    };
+                    out!("{}  created {}  {kdf}{mark}", k.id, k.created_at)?;
                 }
             }
             return Ok(Outcome::Done);

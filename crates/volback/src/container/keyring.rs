@@ -19,7 +19,9 @@ use crate::store::ObjectStore;
 pub struct KeyInfo {
     pub id: String,
     pub created_at: String,
-    /// Argon2id memory (KiB) and passes.
+    /// `argon2id` (a passphrase) or `key256` (a 256-bit key, not stretched).
+    pub kdf: String,
+    /// Argon2id memory (KiB) and passes (0 for a `key256` slot).
     pub memory_kib: u32,
     pub iterations: u32,
     /// True for the slot this process opened the container with.
@@ -84,13 +86,15 @@ impl Container {
         Ok(slots)
     }
 
-    /// Unlocks an encrypted container with the secret from `source`: tries each slot (one
-    /// Argon2id derivation each) and fails with [`Error::WrongKey`] if none opens, before any
-    /// backup data is read.
+    /// Unlocks an encrypted container with the secret from `source`: tries each slot (the
+    /// 256-bit-key slots first, then one Argon2id derivation per passphrase slot) and fails
+    /// with [`Error::WrongKey`] if none opens, before any backup data is read.
     pub fn unlock(&mut self, source: &KeySource) -> Result<()> {
         let cfg = self.encrypted_config()?.clone();
         let secret = source.read()?;
-        for slot in self.key_slots()? {
+        let mut slots = self.key_slots()?;
+        slots.sort_by_key(|s| !s.is_cheap());
+        for slot in slots {
             if let Some(master) = slot.unwrap_master(&cfg.container_id, &secret)? {
                 let keys = Keys::from_master(master, slot.id.clone());
                 let sealer = keys
@@ -179,8 +183,9 @@ impl Container {
                 current: current.as_deref() == Some(s.id.as_str()),
                 id: s.id,
                 created_at: s.created_at,
-                memory_kib: s.params.memory_kib,
-                iterations: s.params.iterations,
+                memory_kib: s.params.map_or(0, |p| p.memory_kib),
+                iterations: s.params.map_or(0, |p| p.iterations),
+                kdf: s.kdf,
             })
             .collect())
     }

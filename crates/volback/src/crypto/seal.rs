@@ -22,10 +22,11 @@ pub const TAG_LEN: usize = 16;
 /// Bytes a sealed message has more than its plaintext.
 pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
-/// Fills `buf` from the operating system's random source (aws-lc's DRBG, seeded by it).
+/// Fills `buf` from the operating system's random source (`getrandom(2)`: one system call,
+/// no generator to seed in each process).
 pub fn random_bytes(buf: &mut [u8]) {
     // Fails only if the operating system has no random source, where nothing can be sealed.
-    if aws_lc_rs::rand::fill(buf).is_err() {
+    if getrandom::fill(buf).is_err() {
         panic!("the operating system's random source failed");
     }
 }
