@@ -209,7 +209,9 @@ mod encrypted {
         if std::env::var_os("VOLBACK_WRITE_FIXTURE").is_none() {
             return;
         }
-        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target").join(NAME);
+        let out = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target")
+            .join(NAME);
         let _ = std::fs::remove_dir_all(&out);
         let url = out.display().to_string();
         let pass = "golden fixture passphrase";
@@ -223,7 +225,10 @@ mod encrypted {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let [first, second] = volumes();
-        for (id, parent, bytes) in [("full-1", None, &first), ("incr-2", Some("full-1"), &second)] {
+        for (id, parent, bytes) in [
+            ("full-1", None, &first),
+            ("incr-2", Some("full-1"), &second),
+        ] {
             let vol = dir.path().join(id);
             std::fs::write(&vol, bytes).unwrap();
             let mut opts = common::backup_opts(id, parent);
@@ -317,9 +322,14 @@ mod encrypted {
             assert_eq!(m.volume_id, "vol-secret");
             assert_eq!(m.labels.get("policy").map(String::as_str), Some("daily"));
             let out = dir.path().join(&m.backup_id);
-            let report =
-                volback::restore::run_restore(&c, &m.backup_id, &out, volback::restore::TargetMode::New, None)
-                    .unwrap();
+            let report = volback::restore::run_restore(
+                &c,
+                &m.backup_id,
+                &out,
+                volback::restore::TargetMode::New,
+                None,
+            )
+            .unwrap();
             assert_eq!(
                 report.volume_metadata,
                 Some(serde_json::json!({"name": "db-volume"}))

@@ -1,10 +1,10 @@
-//! Key-encryption keys from secrets: Argon2id, with parameters stored in each key slot.
+//! Key-encryption keys from passphrases: Argon2id, with parameters stored in each key slot.
 //!
-//! Every secret — a passphrase typed by a person, a key file, a variable, a key manager's
-//! answer — is stretched with Argon2id before it unwraps the container's master key. A
-//! secret's source cannot tell how random it is, and stretching costs one derivation per
-//! open: 0.15 s and 64 MiB with the defaults on the benchmark machine, freed before any data
-//! moves.
+//! A passphrase — whatever its source: typed into a file, a variable, a command's output — is
+//! stretched with Argon2id before it unwraps the container's master key: one derivation per
+//! open, 0.14 s and 64 MiB with the defaults on the benchmark machine, freed before any data
+//! moves. A secret of exactly 64 hex digits is a 256-bit key (a key manager's), which needs no
+//! stretching ([`crate::format::key_slot`]).
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};

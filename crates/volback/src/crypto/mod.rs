@@ -2,7 +2,8 @@
 //!
 //! An encrypted container has one random 256-bit master key. It is stored only wrapped, in key
 //! slots (`keys/<id>`, [`crate::format::key_slot`]), each by a key-encryption key derived from
-//! a secret with Argon2id ([`kdf`]); the secret comes from a [`KeySource`]. Adding, removing
+//! a secret: with Argon2id ([`kdf`]) for a passphrase, directly for a 256-bit key; the secret
+//! comes from a [`KeySource`]. Adding, removing
 //! or changing a key rewrites one slot and never touches data. From the master key come:
 //!
 //! - the **data key**, which seals ([`Sealer`]: AES-256-GCM-SIV) every chunk in a pack,

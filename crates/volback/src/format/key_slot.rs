@@ -228,10 +228,22 @@ mod tests {
         assert_eq!((slot.kdf.as_str(), slot.params), (KDF_KEY256, None));
         let t = std::time::Instant::now();
         let upper = hex.to_uppercase();
-        assert_eq!(*slot.unwrap_master("c1", upper.as_bytes()).unwrap().unwrap(), [5; 32]);
-        assert!(slot.unwrap_master("c1", &hex.as_bytes()[1..]).unwrap().is_none());
+        assert_eq!(
+            *slot.unwrap_master("c1", upper.as_bytes()).unwrap().unwrap(),
+            [5; 32]
+        );
+        assert!(
+            slot.unwrap_master("c1", &hex.as_bytes()[1..])
+                .unwrap()
+                .is_none()
+        );
         assert!(t.elapsed().as_millis() < 50, "no Argon2id");
-        let pass = KeySlot::new("c1", &[5; 32], b"a passphrase", KdfParams::insecure_for_tests());
+        let pass = KeySlot::new(
+            "c1",
+            &[5; 32],
+            b"a passphrase",
+            KdfParams::insecure_for_tests(),
+        );
         assert_eq!(pass.unwrap().kdf, KDF_ARGON2ID);
         let mut mixed = slot.clone();
         mixed.params = Some(KdfParams::insecure_for_tests());
