@@ -346,32 +346,56 @@ pub struct CheckArgs {
 pub struct KeyArgs {
     #[command(subcommand)]
     pub action: KeyAction,
-    #[arg(long, global = true)]
+}
+
+/// The container a `volback key` action works on.
+#[derive(clap::Args)]
+pub struct KeyTarget {
+    #[arg(long)]
     pub container: String,
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub json: bool,
 }
 
 /// What `volback key` does. Every action but `list` needs the container unlocked (`--key`).
 #[derive(Subcommand)]
 pub enum KeyAction {
-    /// List the key slots (ids, creation times, Argon2id cost; which one `--key` opens).
-    List,
+    /// List the key slots (ids, creation times, passphrase or 256-bit key; which one `--key`
+    /// opens).
+    List(KeyTarget),
     /// Add a key: a new slot wrapping the container's master key under another secret.
     Add {
+        #[command(flatten)]
+        target: KeyTarget,
         /// Source of the new secret (env:NAME, file:PATH or cmd:COMMAND).
         #[arg(long, value_name = "SOURCE")]
         new_key: String,
     },
     /// Remove a key slot (refused for the last one).
     Remove {
+        #[command(flatten)]
+        target: KeyTarget,
         /// Id of the slot to remove (see `key list`).
         #[arg(long)]
         id: String,
     },
     /// Change the key `--key` opens to a new secret (adds the new slot, removes the old).
     Change {
+        #[command(flatten)]
+        target: KeyTarget,
         #[arg(long, value_name = "SOURCE")]
         new_key: String,
     },
+}
+
+impl KeyAction {
+    /// The container and output form the action names.
+    pub fn target(&self) -> &KeyTarget {
+        match self {
+            KeyAction::List(t) => t,
+            KeyAction::Add { target, .. }
+            | KeyAction::Remove { target, .. }
+            | KeyAction::Change { target, .. } => target,
+        }
+    }
 }

@@ -5,12 +5,9 @@ use crate::args::{KeyAction, KeyArgs};
 use volback::crypto::KdfParams;
 
 pub fn run(args: KeyArgs, access: &Access) -> Result<Outcome> {
-    let KeyArgs {
-        action,
-        container,
-        json,
-    } = args;
-    let mut c = access.open(&container, false, None)?;
+    let KeyArgs { action } = args;
+    let json = action.target().json;
+    let mut c = access.open(&action.target().container, false, None)?;
     if !c.is_encrypted() {
         return Err(Error::Key(format!(
             "container '{}' is not encrypted: it has no keys",
@@ -19,7 +16,7 @@ pub fn run(args: KeyArgs, access: &Access) -> Result<Outcome> {
     }
     let new_source = |spec: &str| KeySource::parse(spec);
     let (what, id) = match action {
-        KeyAction::List => {
+        KeyAction::List(_) => {
             let keys = c.list_keys()?;
             if json {
                 print_json(&keys)?;
@@ -35,15 +32,15 @@ pub fn run(args: KeyArgs, access: &Access) -> Result<Outcome> {
             }
             return Ok(Outcome::Done);
         }
-        KeyAction::Add { new_key } => (
+        KeyAction::Add { new_key, .. } => (
             "added",
             c.add_key(&new_source(&new_key)?, KdfParams::default())?,
         ),
-        KeyAction::Remove { id } => {
+        KeyAction::Remove { id, .. } => {
             c.remove_key(&id)?;
             ("removed", id)
         }
-        KeyAction::Change { new_key } => (
+        KeyAction::Change { new_key, .. } => (
             "changed to",
             c.change_key(&new_source(&new_key)?, KdfParams::default())?,
         ),

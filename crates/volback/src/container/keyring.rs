@@ -137,7 +137,9 @@ impl Container {
 
     /// Removes key slot `id`. Refused for the last slot (the container could never be opened
     /// again) and for a slot that does not exist. The container must be unlocked, so only a
-    /// holder of a key can remove one.
+    /// holder of a key can remove one. The check is not atomic with the delete: two holders
+    /// removing each other's slot of the last two at the same moment could leave none (key
+    /// management is an operator's act, not something to run concurrently).
     pub fn remove_key(&self, id: &str) -> Result<()> {
         self.master()?;
         let slots = self.key_slots()?;
