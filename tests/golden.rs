@@ -22,6 +22,42 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
+/// BLAKE3 of every object under `root`, by key.
+fn object_hashes(root: &Path) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let key = p.strip_prefix(root).unwrap().display().to_string();
+                out.insert(key, Hash::of(&std::fs::read(&p).unwrap()).to_hex().into());
+            }
+        }
+    }
+    out
+}
+
+/// Every object under `root` is pinned in `want["objects"]` with its hash, and every pinned
+/// object is there.
+fn assert_pinned(root: &Path, want: &serde_json::Value) {
+    let found = object_hashes(root);
+    for (key, hash) in &found {
+        assert_eq!(
+            Some(hash),
+            want["objects"].get(key),
+            "{key} is not pinned as it is"
+        );
+    }
+    assert_eq!(
+        found.len(),
+        want["objects"].as_object().unwrap().len(),
+        "objects missing from the fixture"
+    );
+}
+
 fn expected() -> serde_json::Value {
     let text = std::fs::read_to_string(fixture().join("container-v1.json")).unwrap();
     serde_json::from_str(&text).unwrap()
@@ -30,31 +66,7 @@ fn expected() -> serde_json::Value {
 /// The fixture is the one that was written, object for object.
 #[test]
 fn the_fixture_is_unchanged() {
-    let want = expected();
-    let objects = want["objects"].as_object().unwrap();
-    let root = fixture().join("container-v1");
-    let mut found = 0;
-    let mut stack = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let key = p.strip_prefix(&root).unwrap().display().to_string();
-            let pinned = objects[&key]
-                .as_str()
-                .unwrap_or_else(|| panic!("{key} is not pinned"));
-            assert_eq!(
-                Hash::of(&std::fs::read(&p).unwrap()).to_hex(),
-                pinned,
-                "{key}"
-            );
-            found += 1;
-        }
-    }
-    assert_eq!(found, objects.len(), "objects missing from the fixture");
+    assert_pinned(&fixture().join("container-v1"), &expected());
 }
 
 /// A copy of the fixture (restores and verifies write leases) and a driver for it.
@@ -239,19 +251,8 @@ mod encrypted {
             volback::backup::run_backup(&c, source, &opts, None).unwrap();
         }
         let _ = std::fs::remove_dir_all(out.join("leases"));
-        let mut objects = serde_json::Map::new();
-        let mut stack = vec![out.clone()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else {
-                    let k = p.strip_prefix(&out).unwrap().display().to_string();
-                    objects.insert(k, Hash::of(&std::fs::read(&p).unwrap()).to_hex().into());
-                }
-            }
-        }
+        let _ = std::fs::remove_dir(out.join(".tmp"));
+        let objects = object_hashes(&out);
         let doc = serde_json::json!({
             "comment": "An encrypted container (config v2) written from fixed inputs; tests/golden.rs reads it with every later build. Object and volume hashes are BLAKE3.",
             "passphrase": pass,
@@ -268,24 +269,7 @@ mod encrypted {
     #[test]
     fn the_fixture_is_unchanged() {
         let want = want();
-        let objects = want["objects"].as_object().unwrap();
-        let root = fixture().join(NAME);
-        let mut found = 0;
-        let mut stack = vec![root.clone()];
-        while let Some(dir) = stack.pop() {
-            for e in std::fs::read_dir(&dir).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    stack.push(p);
-                    continue;
-                }
-                let key = p.strip_prefix(&root).unwrap().display().to_string();
-                let hash = Hash::of(&std::fs::read(&p).unwrap()).to_hex();
-                assert_eq!(Some(hash.as_str()), objects[&key].as_str(), "{key}");
-                found += 1;
-            }
-        }
-        assert_eq!(found, objects.len(), "objects missing from the fixture");
+        assert_pinned(&fixture().join(NAME), &want);
         // Fixed inputs: the volumes this build generates are the ones the fixture holds.
         let [first, second] = volumes();
         assert_eq!(Hash::of(&first).to_hex(), want["volumes"]["full-1"]);

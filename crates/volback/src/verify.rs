@@ -285,6 +285,14 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
         }
     }
 
+    add_verdicts(&mut report, findings);
+    report.requests = c.store().requests().since(&before);
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// One verdict per backup checked, damaged ones listed apart.
+fn add_verdicts(report: &mut VerifyReport, findings: BTreeMap<String, Findings>) {
     report.backups_checked = findings.len();
     for (id, f) in findings {
         if f.count > 0 {
@@ -297,9 +305,6 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
             problems: f.listed,
         });
     }
-    report.requests = c.store().requests().since(&before);
-    report.elapsed_s = started.elapsed().as_secs_f64();
-    Ok(report)
 }
 
 /// Of one ranged read: chunks read, bytes read, chunks that failed.
@@ -404,24 +409,18 @@ fn run_verify_without_key(c: &Container, opts: &VerifyOptions) -> Result<VerifyR
             })
             .collect()
     });
+    let mut findings: BTreeMap<String, Findings> = BTreeMap::new();
     for (key, r) in checked {
         let id = key.trim_start_matches("backups/").to_string();
-        let mut f = Findings::default();
-        if let Err(e) = r {
-            if opts.backup_id.is_none() && matches!(e, Error::MissingObject { .. }) {
-                continue; // deleted meanwhile
+        match r {
+            Err(Error::MissingObject { .. }) if opts.backup_id.is_none() => {} // deleted meanwhile
+            Err(e) => findings.entry(id).or_default().add(Problem::of(&key, &e)),
+            Ok(()) => {
+                findings.entry(id).or_default();
             }
-            f.add(Problem::of(&key, &e));
-            report.damaged_backups.push(id.clone());
         }
-        report.backups.push(BackupVerdict {
-            backup_id: id,
-            ok: f.count == 0,
-            problem_count: f.count,
-            problems: f.listed,
-        });
     }
-    report.backups_checked = report.backups.len();
+    add_verdicts(&mut report, findings);
 
     let segments = c.store().list("index/")?;
     let damaged: Vec<Problem> = c.on_io_pool(|| {
