@@ -11,11 +11,12 @@
 //! backup:  volume ──read (SEEK_HOLE skips holes)──> zero runs + FastCDC (parallel) [source, chunker]
 //!            (incremental: the parent's chunks guide the cuts; an unchanged chunk is hashed, not scanned)
 //!            ──BLAKE3 (parallel)──> dedup set (memory, or a temp file) ──zstd (parallel)──> [pipeline, dedup]
-//!            pack builder ──PUT pack──> index segment ──PUT──> manifest (create-only) [pack, index, manifest]
+//!            (encrypted: sealed, AES-256-GCM-SIV) pack builder ──PUT pack──> index segment ──PUT──>
+//!            manifest (create-only)                                               [pack, index, manifest]
 //!
 //! restore: index segments ──external sort──> location table (temp file)          [locations]
 //!          manifest ──> extent-list chunks ──> windows of extents ──group by pack──>  [restore]
-//!            ranged GETs (coalesced, parallel) ──zstd -d, BLAKE3 verify──> 32 MiB stripe
+//!            ranged GETs (coalesced, parallel) ──(open,) zstd -d, BLAKE3 verify──> 32 MiB stripe
 //!            ──writer thread, volume order──> target
 //! ```
 //!
