@@ -339,9 +339,11 @@ def test_an_encrypted_container_round_trips_and_manages_its_keys(tmp_path: Path,
     # Without a key: only verification.
     locked = volback.Container(url)
     assert locked.encrypted
-    with pytest.raises(volback.EncryptionKeyError) as required:
-        locked.list()
-    assert required.value.kind == "key_required"
+    for needs_key in (locked.list, locked.config):
+        with pytest.raises(volback.EncryptionKeyError) as required:
+            needs_key()
+        assert required.value.kind == "key_required"
+    assert c2.config()["chunker"]["avg"] == 32768
     report = locked.verify(read_data=True)
     assert report["without_key"] and report["backups_checked"] == 1
     assert not report["damaged_backups"] and not report["damaged_objects"]

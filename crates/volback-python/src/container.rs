@@ -107,8 +107,10 @@ impl NativeContainer {
         self.container.url().to_string()
     }
 
-    /// The container's settings, as JSON.
+    /// The container's settings, as JSON (an encrypted container's are sealed: `key_required`
+    /// without its key).
     fn config(&self) -> PyResult<String> {
+        self.container.keys().map_err(to_py)?;
         json(self.container.config())
     }
 

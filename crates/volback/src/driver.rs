@@ -51,8 +51,8 @@ pub struct DriverConfig {
     /// backups made under an earlier setting). A record naming any other container is
     /// refused: a record never chooses where the driver reads or writes.
     pub allowed_containers: Vec<String>,
-    /// Key of the containers (Cinder's `volback_key`): a container this driver creates with a
-    /// key is encrypted; an encrypted one is opened with it (wrong: [`Error::WrongKey`]).
+    /// Key of the containers (Cinder's `backup_volback_key`): a container this driver creates
+    /// with a key is encrypted; an encrypted one is opened with it (wrong: [`Error::WrongKey`]).
     pub key: Option<crate::crypto::KeySource>,
 }
 

@@ -168,8 +168,9 @@ class Container:
         return str(_call(self._native.change_key, new_key))
 
     def config(self) -> dict[str, Any]:
-        """The container's settings (chunker, pack size, zstd level)."""
-        return dict(json.loads(self._native.config()))
+        """The container's settings (chunker, pack size, zstd level); an encrypted container's
+        need its key."""
+        return dict(json.loads(_call(self._native.config)))
 
     def check(self) -> None:
         """Writes, reads back and deletes a probe object."""
