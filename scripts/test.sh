@@ -6,12 +6,22 @@
 # script installs it first if it is missing, so one command runs everything on a fresh machine.
 # s3s-fs: SigV4-checking, stores objects as plain files (tests can damage them), starts in
 # milliseconds. 0.14.1 is the newest release that builds with this toolchain (rustc 1.95).
+# The Object Lock tests start Ceph's RADOS Gateway instead (installed below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v s3s-fs >/dev/null 2>&1; then
   echo "== installing s3s-fs 0.14.1 (S3-compatible test server)"
   cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet
+fi
+# Ceph's RADOS Gateway: the Object Lock tests need a server that enforces retention (s3s-fs has
+# no Object Lock). Debian's packages; tests/object_lock.rs starts it (scripts/ceph-rgw.sh).
+if ! command -v radosgw >/dev/null 2>&1 || ! command -v uuidgen >/dev/null 2>&1; then
+  echo "== installing Ceph (monitor, OSD, RADOS Gateway) from Debian"
+  sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends \
+    ceph-mon ceph-osd radosgw ceph-common uuid-runtime curl >/dev/null
 fi
 cargo test --locked "$@"
 

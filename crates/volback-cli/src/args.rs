@@ -141,6 +141,15 @@ pub struct BackupArgs {
     /// Average chunk size in bytes for a container created by this command.
     #[arg(long)]
     pub chunk_avg: Option<u32>,
+    /// For a container created by this command (an S3 bucket created with Object Lock
+    /// enabled): keep every backup, and everything it needs, from deletion for this many days
+    /// after it is committed.
+    #[arg(long, value_name = "DAYS")]
+    pub object_lock_days: Option<u32>,
+    /// Object Lock mode: `compliance` (no one can delete early) or `governance` (only a user
+    /// allowed to bypass governance retention can).
+    #[arg(long, default_value = "compliance", requires = "object_lock_days")]
+    pub object_lock_mode: String,
     /// Seconds the backup's lease lives without renewal (renewed every eighth of it).
     #[arg(long, default_value_t = volback::container::LEASE_TTL.as_secs())]
     pub lease_ttl: u64,

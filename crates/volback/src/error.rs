@@ -39,6 +39,7 @@ pub const KINDS: &[&str] = &[
     "record_manifest_mismatch",
     "record_foreign_container",
     "lease_expired",
+    "retained",
     "key_required",
     "wrong_key",
     "key",
@@ -212,6 +213,10 @@ pub enum Error {
         "lease '{key}' was not renewed in time (valid until unix {expires_unix}); nothing was committed"
     )]
     LeaseExpired { key: String, expires_unix: u64 },
+    /// An object is under S3 Object Lock retention and cannot be deleted yet (`until`: the
+    /// retention date, RFC 3339, when known). Nothing was changed.
+    #[error("'{key}' is under Object Lock retention{}: it cannot be deleted before then", until.as_ref().map(|u| format!(" until {u}")).unwrap_or_default())]
+    Retained { key: String, until: Option<String> },
     /// The container is encrypted and the operation needs its key, which was not given.
     #[error("container '{container}' is encrypted: give one of its keys (--key)")]
     KeyRequired { container: String },
@@ -302,6 +307,7 @@ impl Error {
             Error::Record(RecordError::ManifestMismatch { .. }) => "record_manifest_mismatch",
             Error::Record(RecordError::ForeignContainer { .. }) => "record_foreign_container",
             Error::LeaseExpired { .. } => "lease_expired",
+            Error::Retained { .. } => "retained",
             Error::KeyRequired { .. } => "key_required",
             Error::WrongKey { .. } => "wrong_key",
             Error::Key(_) => "key",

@@ -3,6 +3,8 @@
 use super::*;
 use crate::args::BackupArgs;
 use volback::chunker::ChunkerParams;
+use volback::format::config::ObjectLock;
+use volback::store::s3_lock::LockMode;
 
 pub fn run(args: BackupArgs, access: &Access) -> Result<Outcome> {
     let BackupArgs {
@@ -15,19 +17,25 @@ pub fn run(args: BackupArgs, access: &Access) -> Result<Outcome> {
         data_timestamp,
         zstd_level,
         chunk_avg,
+        object_lock_days,
+        object_lock_mode,
         lease_ttl,
         label,
         full_read,
         json,
     } = args;
-    let init = match chunk_avg {
-        Some(avg) => Some(ContainerConfig {
-            chunker: ChunkerParams::around(avg)
-                .map_err(|e| Error::Config(format!("--chunk-avg: {e}")))?,
-            ..ContainerConfig::default()
-        }),
-        None => None,
-    };
+    let mut init = ContainerConfig::default();
+    if let Some(avg) = chunk_avg {
+        init.chunker =
+            ChunkerParams::around(avg).map_err(|e| Error::Config(format!("--chunk-avg: {e}")))?;
+    }
+    if let Some(days) = object_lock_days {
+        init.object_lock = Some(ObjectLock {
+            mode: LockMode::parse(&object_lock_mode)?,
+            days,
+        });
+    }
+    let init = (chunk_avg.is_some() || object_lock_days.is_some()).then_some(init);
     let c = access.open(&container, true, init)?;
     let volume_metadata = match metadata {
         Some(p) => {

@@ -104,6 +104,12 @@ pub struct BackupReport {
     pub zero_bytes: u64,
     /// Objects this backup wrote (packs, index segments, the manifest).
     pub object_count: u64,
+    /// Objects put under Object Lock retention for this backup (its manifest, the packs it
+    /// reads, the config and key slots); 0 in a container without Object Lock.
+    pub objects_retained: u64,
+    /// Until when they are retained (RFC 3339), in a container with Object Lock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retained_until: Option<String>,
     pub elapsed_s: f64,
     pub requests: RequestCounts,
 }
@@ -218,8 +224,20 @@ impl Done<'_> {
                 actual: manifest.size,
             });
         }
+        // Object Lock: what the backup reads is retained before the manifest shows it, and the
+        // manifest right after (container/retention.rs).
+        let lock = self.container.object_lock();
+        let retained_until = lock.map(Container::retention_date);
+        let mut objects_retained = 0;
+        if let (Some(lock), Some(until)) = (lock, retained_until) {
+            objects_retained = self.container.retain_backup(&manifest, lock, until)?;
+        }
         lease.check_valid()?;
         let bytes = self.container.commit_manifest(&manifest)?;
+        if let (Some(lock), Some(until)) = (lock, retained_until) {
+            self.container.retain_manifest(&manifest, lock, until)?;
+            objects_retained += 1;
+        }
         drop(lease);
         let report = BackupReport {
             backup_id: manifest.backup_id.clone(),
@@ -235,6 +253,8 @@ impl Done<'_> {
             chunks_guided: guided,
             zero_bytes: manifest.stats.zero_bytes,
             object_count: manifest.stats.object_count,
+            objects_retained,
+            retained_until: retained_until.map(crate::store::s3_lock::format_date),
             elapsed_s: self.started.elapsed().as_secs_f64(),
             requests: self
                 .container

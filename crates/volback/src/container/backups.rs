@@ -95,8 +95,12 @@ impl Container {
 
     /// Deletes a backup: tombstone first, then the manifest. Its chunks stay until the garbage
     /// collector finds no committed manifest needs them, so no other backup is affected.
+    ///
+    /// In a container with Object Lock, a backup still retained is refused
+    /// ([`Error::Retained`]) before anything is written.
     pub fn delete_backup(&self, backup_id: &str) -> Result<()> {
         let (m, _) = self.read_manifest(backup_id)?;
+        self.check_not_retained(&manifest_key(backup_id))?;
         let tomb = Tombstone::new(backup_id, &m.volume_id, now_rfc3339());
         let key = tombstone_key(backup_id);
         self.store

@@ -119,7 +119,8 @@ impl Container {
     }
 
     /// Adds a key: a new slot wrapping the master key under `source`'s secret, with Argon2id
-    /// cost `params`. Returns the new slot's id. The container must be unlocked.
+    /// cost `params` (retained like a backup committed now, in a container with Object Lock).
+    /// Returns the new slot's id. The container must be unlocked.
     pub fn add_key(&self, source: &KeySource, params: KdfParams) -> Result<String> {
         let cid = self.encrypted_config()?.container_id.clone();
         let (master, _) = self.master()?;
@@ -132,11 +133,13 @@ impl Container {
         {
             return Err(Error::Internal(format!("key slot '{key}' exists already")));
         }
+        self.retain_key_slot(&key)?;
         Ok(slot.id)
     }
 
     /// Removes key slot `id`. Refused for the last slot (the container could never be opened
-    /// again) and for a slot that does not exist. The container must be unlocked, so only a
+    /// again), for a slot that does not exist, and for a slot still under Object Lock
+    /// retention ([`Error::Retained`]). The container must be unlocked, so only a
     /// holder of a key can remove one. The check is not atomic with the delete: two holders
     /// removing each other's slot of the last two at the same moment could leave none (key
     /// management is an operator's act, not something to run concurrently).
@@ -157,14 +160,19 @@ impl Container {
                 self.url
             )));
         }
+        self.check_not_retained(&key_slot_key(id))?;
         self.store.delete(&key_slot_key(id))
     }
 
     /// Changes the key this container was unlocked with to `source`'s secret: adds the new
-    /// slot, then removes the old one. Returns the new slot's id.
+    /// slot, then removes the old one. Returns the new slot's id. While the old slot is under
+    /// Object Lock retention this is refused ([`Error::Retained`]) before anything is written:
+    /// add a key now and remove the old one after its date.
     pub fn change_key(&mut self, source: &KeySource, params: KdfParams) -> Result<String> {
         let (master, old) = self.master()?;
         let (master, old) = (zeroize::Zeroizing::new(*master), old.to_string());
+        // A retained slot cannot be removed: refuse before adding the new one.
+        self.check_not_retained(&key_slot_key(&old))?;
         let new = self.add_key(source, params)?;
         self.store.delete(&key_slot_key(&old))?;
         self.keys = Some(Arc::new(Keys::from_master(master, new.clone())));

@@ -8,6 +8,7 @@
 //!   collection protocol's order;
 //! - [`keyring`]: an encrypted container's key slots: unlock, add, remove, change;
 //! - [`leases`]: what a running operation shows the collector;
+//! - [`retention`]: Object Lock: what a committed backup needs, kept from deletion;
 //! - [`fetch`] and [`extents`]: reading chunks and walking a backup's extents.
 
 mod backups;
@@ -17,6 +18,7 @@ pub mod index_scan;
 pub mod keyring;
 pub mod leases;
 mod packs;
+pub mod retention;
 pub mod url;
 
 pub use crate::format::keys::{manifest_key, pack_id_of_key, pack_key, tombstone_key};
@@ -34,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::format::config::{ContainerConfig, EncryptedConfig, StoredConfig};
 use crate::format::keys::{CONFIG_KEY, LEASES_PREFIX};
 use crate::store::s3::{S3Options, S3Store};
+use crate::store::versions::AllVersions;
 use crate::store::{FsStore, ObjectStore};
 
 /// An open container: a store plus its config and, once known, its keys.
@@ -121,20 +124,27 @@ impl Container {
         let store: Arc<dyn ObjectStore> = Arc::new(crate::store::retry::RetryStore::new(store));
         // The keys of an encrypted container this call created.
         let mut created = None;
+        // The Object Lock settings of a container this call created.
+        let mut created_lock = None;
         let stored = match store.get(CONFIG_KEY) {
             Ok(bytes) => StoredConfig::decode(&bytes)?,
             Err(Error::MissingObject { .. }) if create => {
                 // Some S3-compatible servers answer a GET in a missing bucket with NoSuchKey and
                 // create the bucket on PUT; a listing tells a missing bucket apart everywhere.
                 store.list(LEASES_PREFIX)?;
-                let cfg = init.unwrap_or_default();
+                let mut cfg = init.unwrap_or_default();
+                cfg.version = cfg.stored_version();
                 cfg.validate()?;
+                if cfg.object_lock.is_some() {
+                    store.check_object_lock()?;
+                }
                 match key {
                     None => {
                         let bytes = cfg.encode()?;
                         // Create-only: if another process initialised the container first,
                         // use its config.
                         if store.put_if_absent(CONFIG_KEY, Bytes::from(bytes))? {
+                            created_lock = cfg.object_lock;
                             StoredConfig::Plain(cfg)
                         } else {
                             StoredConfig::decode(&store.get(CONFIG_KEY)?)?
@@ -142,6 +152,9 @@ impl Container {
                     }
                     Some(source) => {
                         let (stored, keys) = keyring::create_encrypted(&store, &cfg, source)?;
+                        if keys.is_some() {
+                            created_lock = cfg.object_lock;
+                        }
                         created = keys.map(|k| (k, cfg));
                         stored
                     }
@@ -186,6 +199,12 @@ impl Container {
             }
             (None, Some(source)) => c.unlock(source)?,
             (None, None) => {}
+        }
+        if c.keys.is_some() && c.config.object_lock.is_some() {
+            c.store = Arc::new(AllVersions::new(c.store.clone()));
+        }
+        if let Some(lock) = created_lock {
+            c.retain_new_container(lock)?;
         }
         Ok(c)
     }

@@ -12,6 +12,21 @@ use crate::error::{Error, Result};
 pub const CONFIG_FORMAT: &str = "volback-container";
 /// Container config version written and read by this build.
 pub const CONFIG_VERSION: u64 = 1;
+/// Config version of a container with Object Lock: version 1 plus `object_lock`. A build that
+/// does not know it must not open such a container (its deletes would only hide objects).
+pub const LOCKED_CONFIG_VERSION: u64 = 3;
+/// Longest Object Lock retention a container may ask for (100 years).
+pub const MAX_LOCK_DAYS: u32 = 36_500;
+
+/// S3 Object Lock retention for everything a committed backup needs: its manifest, the packs
+/// holding its chunks, the config and the key slots. Each is kept from deletion for `days`
+/// after the last backup that needs it was committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLock {
+    pub mode: crate::store::s3_lock::LockMode,
+    pub days: u32,
+}
 
 /// Per-container settings, fixed when the container is created so that every backup in it
 /// chunks identically (the precondition for dedup across backups and volumes).
@@ -25,6 +40,9 @@ pub struct ContainerConfig {
     /// Default zstd level for new chunks (a backup may override; readers need no level).
     pub zstd_level: i32,
     pub created_at: String,
+    /// Object Lock retention (config version 3); `None` in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLock>,
 }
 
 impl Default for ContainerConfig {
@@ -36,6 +54,7 @@ impl Default for ContainerConfig {
             pack_target: 32 << 20,
             zstd_level: 1,
             created_at: now_rfc3339(),
+            object_lock: None,
         }
     }
 }
@@ -56,17 +75,54 @@ impl ContainerConfig {
                 self.zstd_level
             )));
         }
+        if let Some(lock) = self.object_lock
+            && !(1..=MAX_LOCK_DAYS).contains(&lock.days)
+        {
+            return Err(Error::Config(format!(
+                "Object Lock retention of {} days must be 1 to {MAX_LOCK_DAYS} days",
+                lock.days
+            )));
+        }
+        let want = self.stored_version();
+        if self.version != want {
+            return Err(Error::corrupt(
+                super::keys::CONFIG_KEY,
+                0,
+                format!(
+                    "config version {} {} Object Lock settings",
+                    self.version,
+                    if want == CONFIG_VERSION {
+                        "has"
+                    } else {
+                        "lacks"
+                    }
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// The version these settings are stored with: [`LOCKED_CONFIG_VERSION`] with Object Lock,
+    /// else [`CONFIG_VERSION`].
+    pub fn stored_version(&self) -> u64 {
+        match self.object_lock {
+            Some(_) => LOCKED_CONFIG_VERSION,
+            None => CONFIG_VERSION,
+        }
     }
 
     /// Parses the `config` object, rejecting other formats and versions by name.
     pub fn decode(bytes: &[u8]) -> Result<ContainerConfig> {
+        let version = match stored_version(bytes) {
+            Some(LOCKED_CONFIG_VERSION) => LOCKED_CONFIG_VERSION,
+            _ => CONFIG_VERSION,
+        };
         let cfg: ContainerConfig = decode_versioned_json(
             super::keys::CONFIG_KEY,
             bytes,
             "container config",
             CONFIG_FORMAT,
-            CONFIG_VERSION,
+            version,
         )?;
         cfg.validate()?;
         Ok(cfg)
@@ -76,6 +132,17 @@ impl ContainerConfig {
     pub fn encode(&self) -> Result<Vec<u8>> {
         super::versioned::encode_json("container config", self, true)
     }
+}
+
+/// The `version` field of a stored config, if it parses that far.
+fn stored_version(bytes: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Head {
+        version: Option<u64>,
+    }
+    serde_json::from_slice::<Head>(bytes)
+        .ok()
+        .and_then(|h| h.version)
 }
 
 /// Config version of an encrypted container: the settings above are sealed inside it.
@@ -109,14 +176,7 @@ pub enum StoredConfig {
 impl StoredConfig {
     /// Parses `config`, whichever version this build reads.
     pub fn decode(bytes: &[u8]) -> Result<StoredConfig> {
-        #[derive(Deserialize)]
-        struct Head {
-            version: Option<u64>,
-        }
-        let version = serde_json::from_slice::<Head>(bytes)
-            .ok()
-            .and_then(|h| h.version);
-        if version != Some(ENCRYPTED_CONFIG_VERSION) {
+        if stored_version(bytes) != Some(ENCRYPTED_CONFIG_VERSION) {
             return ContainerConfig::decode(bytes).map(StoredConfig::Plain);
         }
         let c: EncryptedConfig = decode_versioned_json(
@@ -183,5 +243,58 @@ impl EncryptedConfig {
     /// The stored form (pretty JSON).
     pub fn encode(&self) -> Result<Vec<u8>> {
         super::versioned::encode_json("container config", self, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::s3_lock::LockMode;
+
+    /// Object Lock settings are stored as version 3, which a build that does not know them
+    /// refuses; a version that does not match the settings is refused too.
+    #[test]
+    fn object_lock_settings_are_version_3_and_checked() {
+        let mut cfg = ContainerConfig {
+            object_lock: Some(ObjectLock {
+                mode: LockMode::Compliance,
+                days: 30,
+            }),
+            ..Default::default()
+        };
+        cfg.version = cfg.stored_version();
+        let bytes = cfg.encode().unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.contains("\"version\": 3") && text.contains("\"compliance\""),
+            "{text}"
+        );
+        assert_eq!(ContainerConfig::decode(&bytes).unwrap(), cfg);
+        let v1_with_lock = text.replace("\"version\": 3", "\"version\": 1");
+        assert_eq!(
+            ContainerConfig::decode(v1_with_lock.as_bytes())
+                .unwrap_err()
+                .kind(),
+            "corrupt"
+        );
+        let plain = ContainerConfig::default().encode().unwrap();
+        let v3_without = String::from_utf8(plain)
+            .unwrap()
+            .replace("\"version\": 1", "\"version\": 3");
+        assert_eq!(
+            ContainerConfig::decode(v3_without.as_bytes())
+                .unwrap_err()
+                .kind(),
+            "corrupt"
+        );
+        for days in [0, MAX_LOCK_DAYS + 1] {
+            cfg.object_lock = Some(ObjectLock {
+                mode: LockMode::Governance,
+                days,
+            });
+            assert_eq!(cfg.validate().unwrap_err().kind(), "config", "{days}");
+        }
+        assert!(LockMode::parse("legal-hold").is_err());
+        assert_eq!(LockMode::parse("GOVERNANCE").unwrap(), LockMode::Governance);
     }
 }

@@ -40,6 +40,7 @@ use crate::container::{Container, Segments};
 use crate::error::Result;
 use crate::ids::Hash;
 use crate::store::RequestCounts;
+use crate::store::s3_lock::format_date;
 use mark::Marker;
 use packs::Packs;
 use sweep::SweepInputs;
@@ -101,6 +102,13 @@ pub struct GcReport {
     pub bytes_reclaimed: i64,
     /// Condemned packs the sweep kept because a backup committed since needs them.
     pub packs_kept: usize,
+    /// Packs this run would have condemned but left alone because they are under Object Lock
+    /// retention (or whose delete the server refused for it), their bytes, and the earliest
+    /// date one of them can be reclaimed (RFC 3339).
+    pub packs_retained: usize,
+    pub bytes_retained: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retained_until: Option<String>,
     /// Condemnation records swept, and those left for a later run (held back by a lease or
     /// younger than `min_age`).
     pub records_swept: usize,
@@ -146,7 +154,26 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
     let mut marker = Marker::new(c, index);
     marker.mark_all()?;
 
-    let chosen = condemn::choose(&packs, &marker.live, &condemned_before, opts.max_unused);
+    let mut chosen = condemn::choose(&packs, &marker.live, &condemned_before, opts.max_unused);
+    // Object Lock: a retained pack cannot be deleted before its date; repacking it would only
+    // store its live chunks twice. Leave it for a run after the date.
+    let candidates: Vec<Hash> = chosen
+        .unreferenced
+        .iter()
+        .chain(&chosen.sparse)
+        .copied()
+        .collect();
+    let retained = c.retained_packs(&candidates)?;
+    if !retained.is_empty() {
+        chosen.unreferenced.retain(|p| !retained.contains_key(p));
+        chosen.sparse.retain(|p| !retained.contains_key(p));
+        report.packs_retained = retained.len();
+        report.bytes_retained = retained
+            .keys()
+            .map(|p| listed.get(p).copied().unwrap_or(0))
+            .sum();
+        report.retained_until = retained.values().min().map(|&u| format_date(u));
+    }
     let (unreferenced, sparse) = (&chosen.unreferenced, &chosen.sparse);
     report.backups = marker.walked.len();
     report.live_chunks = marker.live.len();

@@ -7,7 +7,8 @@
 //!
 //!
 //! Backends: [`fs`] (a directory), [`memory`], [`s3`] (any S3-compatible server). Every store
-//! is wrapped in [`retry`] (transient failures retried with backoff); [`direct`] writes large
+//! is wrapped in [`retry`] (transient failures retried with backoff), a container with Object
+//! Lock in [`versions`] (deletes remove every version); [`direct`] writes large
 //! files around the page cache.
 
 pub mod direct;
@@ -15,6 +16,8 @@ pub mod fs;
 pub mod memory;
 pub mod retry;
 pub mod s3;
+pub mod s3_lock;
+pub mod versions;
 
 pub use fs::{FsStore, read_local_file};
 pub use memory::MemStore;
@@ -155,6 +158,36 @@ pub trait ObjectStore: Send + Sync {
         let _ = age;
         Ok(0)
     }
+    /// Object Lock: keeps the current version of `key` from deletion until `until_unix`, in
+    /// `mode`. Retention is never shortened: a date before the one the object already has is
+    /// not an error. Stores without Object Lock: [`Error::Config`].
+    fn retain(&self, key: &str, mode: s3_lock::LockMode, until_unix: u64) -> Result<()> {
+        let _ = (key, mode, until_unix);
+        Err(no_object_lock(self.describe()))
+    }
+    /// The date until which the current version of `key` is retained (`None`: it is not, or
+    /// the store has no Object Lock).
+    fn retained_until(&self, key: &str) -> Result<Option<u64>> {
+        let _ = key;
+        Ok(None)
+    }
+    /// Removes `key` with every earlier version of it, where the store keeps versions (in a
+    /// versioned bucket a plain delete only hides an object). A version under retention is
+    /// [`Error::Retained`]; versions without retention are removed all the same.
+    fn delete_versions(&self, key: &str) -> Result<()> {
+        self.delete(key)
+    }
+    /// Checks that objects written here can be locked ([`ObjectStore::retain`]).
+    fn check_object_lock(&self) -> Result<()> {
+        Err(no_object_lock(self.describe()))
+    }
+}
+
+fn no_object_lock(store: String) -> Error {
+    Error::Config(format!(
+        "{store} has no Object Lock: only an S3 bucket created with Object Lock enabled can \
+         keep backups from deletion"
+    ))
 }
 
 /// Checks that a key is a relative, normalised path made of safe characters, so that no key can

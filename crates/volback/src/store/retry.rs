@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use crate::store::s3_lock::LockMode;
 use crate::store::{ObjectMeta, ObjectStore, RequestCounts};
 
 /// Attempts per operation (the first included).
@@ -114,6 +115,22 @@ impl ObjectStore for RetryStore {
 
     fn upload_concurrency(&self) -> usize {
         self.inner.upload_concurrency()
+    }
+
+    fn retain(&self, key: &str, mode: LockMode, until_unix: u64) -> Result<()> {
+        self.retry(|_| self.inner.retain(key, mode, until_unix))
+    }
+
+    fn retained_until(&self, key: &str) -> Result<Option<u64>> {
+        self.retry(|_| self.inner.retained_until(key))
+    }
+
+    fn delete_versions(&self, key: &str) -> Result<()> {
+        self.retry(|_| self.inner.delete_versions(key))
+    }
+
+    fn check_object_lock(&self) -> Result<()> {
+        self.retry(|_| self.inner.check_object_lock())
     }
 
     fn sweep_temporaries(&self, age: Duration) -> Result<u64> {

@@ -20,11 +20,14 @@
 //! - Credentials never appear in messages: errors are rebuilt from the operation, the key and
 //!   the server's answer, and `describe()` shows only `s3://bucket/prefix`.
 //!
-//! `aws-sdk-s3` is not used: object_store covers every call volback makes.
+//! - **Object Lock** retention and object versions ([`super::s3_lock`]): signed requests of
+//!   their own, with this store's credentials and client settings.
+//!
+//! `aws-sdk-s3` is not used: object_store covers every other call volback makes.
 
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,6 +40,7 @@ use object_store::{
 };
 
 use crate::error::{Error, Result};
+use crate::store::s3_lock::{LockApi, LockMode, ObjectVersion, VersionDelete};
 use crate::store::{ObjectMeta, ObjectStore, RequestCounters, RequestCounts, validate_key};
 
 /// S3 connection settings. Unset fields fall back to the environment, then the profile files.
@@ -185,6 +189,12 @@ pub struct S3Store {
     counters: RequestCounters,
     /// The secret key and session token, kept out of every message.
     redact: Vec<String>,
+    /// Object Lock and version requests, with this store's client settings and credentials
+    /// (built on first use: most containers never lock anything).
+    lock_api: OnceLock<Result<LockApi, String>>,
+    client_options: ClientOptions,
+    region: String,
+    endpoint: Option<String>,
 }
 
 /// The settings' secrets, to be kept out of messages.
@@ -200,9 +210,14 @@ impl S3Store {
     /// Connects to `bucket` (no request is made until the first operation).
     pub fn open(bucket: &str, prefix: &str, options: &S3Options) -> Result<Self> {
         let o = options.resolved();
+        let region = o.region.clone().unwrap_or_else(|| "us-east-1".into());
+        let client_options = ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(120))
+            .with_allow_http(true);
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(bucket)
-            .with_region(o.region.clone().unwrap_or_else(|| "us-east-1".into()))
+            .with_region(&region)
             .with_retry(RetryConfig {
                 backoff: BackoffConfig {
                     init_backoff: Duration::from_millis(100),
@@ -212,12 +227,7 @@ impl S3Store {
                 max_retries: 6,
                 retry_timeout: o.retry_timeout.unwrap_or(Duration::from_secs(30)),
             })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(Duration::from_secs(120))
-                    .with_allow_http(true),
-            );
+            .with_client_options(client_options.clone());
         if let Some(e) = &o.endpoint {
             b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
         }
@@ -263,7 +273,61 @@ impl S3Store {
             multipart_threshold: o.multipart_threshold.unwrap_or(DEFAULT_MULTIPART_THRESHOLD),
             counters: RequestCounters::default(),
             redact: secrets(&o).into_iter().map(String::from).collect(),
+            lock_api: OnceLock::new(),
+            client_options,
+            region,
+            endpoint: o.endpoint.clone(),
         })
+    }
+
+    fn lock_api(&self) -> Result<&LockApi> {
+        self.lock_api
+            .get_or_init(|| {
+                LockApi::new(
+                    &self.client_options,
+                    self.inner.credentials().clone(),
+                    &self.region,
+                    self.endpoint.as_deref(),
+                    &self.bucket,
+                )
+                .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::Config(e.clone()))
+    }
+
+    /// Creates this store's bucket, with Object Lock enabled if `object_lock` (tests, and
+    /// operators preparing a bucket; an existing bucket of this owner is not an error).
+    pub fn create_bucket(&self, object_lock: bool) -> Result<()> {
+        let api = self.lock_api()?;
+        self.rt.block_on(api.create_bucket(object_lock))
+    }
+
+    /// Every version and delete marker of `key` (a versioned bucket).
+    pub fn versions(&self, key: &str) -> Result<Vec<ObjectVersion>> {
+        let full = self.full_key_checked(key)?;
+        self.counters.list();
+        self.rt.block_on(self.lock_api()?.versions(&full))
+    }
+
+    fn full_key_checked(&self, key: &str) -> Result<String> {
+        validate_key(key)?;
+        Ok(self.full_key(key))
+    }
+
+    /// An error naming the object with its `s3://` location.
+    fn located(&self, key: &str, e: Error) -> Error {
+        match e {
+            Error::Remote { op, message, .. } => Error::Remote {
+                op,
+                location: format!("s3://{}/{}", self.bucket, self.full_key(key)),
+                message: clean(
+                    &message,
+                    &self.redact.iter().map(String::as_str).collect::<Vec<_>>(),
+                ),
+            },
+            other => other,
+        }
     }
 
     fn path(&self, key: &str) -> Result<OsPath> {
@@ -510,6 +574,68 @@ impl ObjectStore for S3Store {
 
     fn concurrency(&self) -> usize {
         self.concurrency
+    }
+
+    fn retain(&self, key: &str, mode: LockMode, until_unix: u64) -> Result<()> {
+        let full = self.full_key_checked(key)?;
+        let api = self.lock_api()?;
+        self.counters.put(0);
+        match self.rt.block_on(api.put_retention(&full, mode, until_unix)) {
+            Ok(()) => Ok(()),
+            // A shorter date than the object has is refused (retention only grows): fine if
+            // what it has covers `until_unix`.
+            Err(e @ Error::Remote { .. }) => match self.retained_until(key)? {
+                Some(have) if have >= until_unix => Ok(()),
+                _ => Err(self.located(key, e)),
+            },
+            Err(e) => Err(self.located(key, e)),
+        }
+    }
+
+    fn retained_until(&self, key: &str) -> Result<Option<u64>> {
+        let full = self.full_key_checked(key)?;
+        self.counters.head();
+        self.rt
+            .block_on(self.lock_api()?.get_retention(&full))
+            .map_err(|e| self.located(key, e))
+    }
+
+    fn delete_versions(&self, key: &str) -> Result<()> {
+        let full = self.full_key_checked(key)?;
+        let api = self.lock_api()?;
+        let mut retained = None;
+        for v in self.versions(key)? {
+            self.counters.delete();
+            match self.rt.block_on(api.delete_version(&full, &v.version_id)) {
+                Ok(VersionDelete::Deleted) => {}
+                Ok(VersionDelete::Retained(_)) => retained = Some(v),
+                Err(e) => return Err(self.located(key, e)),
+            }
+        }
+        match retained {
+            None => Ok(()),
+            Some(_) => Err(Error::Retained {
+                key: key.to_string(),
+                until: self
+                    .retained_until(key)
+                    .ok()
+                    .flatten()
+                    .map(super::s3_lock::format_date),
+            }),
+        }
+    }
+
+    fn check_object_lock(&self) -> Result<()> {
+        self.counters.get(0);
+        if self.rt.block_on(self.lock_api()?.lock_enabled())? {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "bucket '{}' does not have Object Lock enabled: it can only be enabled when \
+                 the bucket is created (x-amz-bucket-object-lock-enabled)",
+                self.bucket
+            )))
+        }
     }
 }
 
