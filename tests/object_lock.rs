@@ -1,7 +1,8 @@
 //! S3 Object Lock against a server that enforces it (Ceph's RADOS Gateway on 127.0.0.1): what a
 //! committed backup needs is retained before the backup shows; no delete, by volback or by
 //! anyone with the writer's credentials, removes it early; the collector leaves retained packs
-//! alone and says so, and reclaims the rest without leaving versions behind.
+//! alone and says so, and reclaims the rest without leaving versions behind; what a plain DELETE
+//! hid comes back with `undelete`.
 
 mod common;
 
@@ -111,6 +112,18 @@ fn committed_backups_are_retained_and_no_delete_removes_them_early() {
         let err = raw.delete_versions(&key).unwrap_err();
         assert_eq!(err.kind(), "retained", "{key}: {err}");
     }
+    // A plain DELETE only hides an object behind a delete marker; `undelete` brings it back.
+    let hidden: Vec<String> = packs
+        .iter()
+        .map(|o| o.key.clone())
+        .chain(["backups/incr".into()])
+        .collect();
+    for key in &hidden {
+        raw.delete(key).unwrap();
+    }
+    assert_eq!(c.list_backups().unwrap().len(), 1);
+    assert_eq!(c.undelete().unwrap(), hidden.len() as u64);
+    assert_eq!(c.list_backups().unwrap().len(), 2);
     let out = dir.path().join("out.img");
     run_restore(&c, "incr", &out, TargetMode::New, None).unwrap();
     assert_same(&vol, &out);
@@ -297,4 +310,7 @@ fn cli_creates_locked_containers_and_refuses_early_deletes() {
             || String::from_utf8_lossy(&out.stderr).contains("retained"),
         "{out:?}"
     );
+    let out = run(&["undelete", "--container", url, "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(json_of(&out)["objects_restored"], 0);
 }

@@ -74,8 +74,10 @@ def manager_patches(cls: Any) -> Any:
     return mock.patch("cinder.volume.volume_utils.brick_get_connector_properties", return_value={})(cls)
 
 
-@manager_patches
-class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[misc]
+class ManagerHarness(test_backup.BaseBackupTest):  # type: ignore[misc]
+    """A stock backup manager with volback as its driver over a filesystem container; helpers
+    that drive it as the service does. No tests of its own."""
+
     def setUp(self) -> None:
         super().setUp()
         self.tmp = tempfile.mkdtemp(prefix="volback-cinder-")
@@ -140,8 +142,9 @@ class VolbackDriverUnderTheManager(test_backup.BaseBackupTest):  # type: ignore[
         with open(self.device, "rb") as f:
             return f.read()
 
-    # -- the tests -------------------------------------------------------------------------
 
+@manager_patches
+class VolbackDriverUnderTheManager(ManagerHarness):
     def test_full_and_incremental_chain_restores_every_link(self, *mocks: Any) -> None:
         vol_id = self._create_volume_db_entry(size=1)
         v1 = image_bytes(1, 12)
@@ -560,3 +563,60 @@ class VolbackDriverOnS3(VolbackDriverUnderTheManager):
         self.assertGreater(len(backup.fail_reason or ""), 0)
         self.assertNotIn(SECRET_KEY, backup.fail_reason)
         self.assertIn("backups", backup.fail_reason)
+
+
+def start_ceph_rgw(workdir: str) -> str:
+    """Ceph's RADOS Gateway on 127.0.0.1 (scripts/ceph-rgw.sh; stops when this process ends)."""
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "ceph-rgw.sh")
+    out = subprocess.run(
+        ["bash", script, "start", workdir, str(os.getpid())], check=True, capture_output=True, text=True
+    )
+    return out.stdout.strip()
+
+
+@manager_patches
+class VolbackDriverWithObjectLock(ManagerHarness):
+    """Object Lock on a server that enforces it (Ceph RGW): a backup the manager makes is
+    retained, and deleting it early fails with the date while the backup stays restorable."""
+
+    endpoint = ""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        workdir = tempfile.mkdtemp(prefix="volback-cinder-rgw-")
+        cls.endpoint = start_ceph_rgw(workdir)
+        # A bucket with Object Lock enabled (what an operator prepares once).
+        subprocess.run(
+            ["curl", "-sf", "-X", "PUT", "-H", "x-amz-bucket-object-lock-enabled: true"]
+            + ["-H", "x-amz-content-sha256: " + hashlib.sha256(b"").hexdigest()]
+            + ["--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "volbacktest:volbacktestsecret"]
+            + [cls.endpoint + "/locked"],
+            check=True,
+        )
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.container = "s3://locked/cinder"
+        self.override_config("backup_volback_container", self.container)
+        self.override_config("backup_volback_s3_endpoint", self.endpoint)
+        self.override_config("backup_volback_s3_region", "us-east-1")
+        self.override_config("backup_volback_s3_access_key", "volbacktest")
+        self.override_config("backup_volback_s3_secret_key", "volbacktestsecret")
+        self.override_config("backup_volback_object_lock_days", 1)
+
+    def test_retained_backups_cannot_be_deleted_early(self, *mocks: Any) -> None:
+        vol_id = self._create_volume_db_entry(size=1)
+        data = image_bytes(31, 4)
+        backup = self._backup(vol_id, data)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, backup.status, backup.fail_reason)
+        backup.status = fields.BackupStatus.DELETING
+        backup.save()
+        self.assertRaises(exception.BackupOperationError, self.backup_mgr.delete_backup, self.ctxt, backup)
+        backup.refresh()
+        self.assertEqual(fields.BackupStatus.ERROR, backup.status)
+        self.assertIn("retained", backup.fail_reason or "")
+        self.assertIn("Object Lock", backup.fail_reason or "")
+        backup.status = fields.BackupStatus.AVAILABLE
+        backup.save()
+        self.assertTrue(self._restore(backup, vol_id, True) == data)

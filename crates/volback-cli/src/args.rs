@@ -76,6 +76,9 @@ pub enum Cmd {
     List(ListArgs),
     /// Rebuild the chunk index from the packs' own tables (repairs a lost or damaged index).
     RebuildIndex(RebuildIndexArgs),
+    /// Bring back the objects of a container with Object Lock that a plain DELETE hid behind
+    /// delete markers (retained versions cannot be deleted, only hidden).
+    Undelete(UndeleteArgs),
     /// Reclaim the space of deleted backups and interrupted ones; safe alongside anything.
     Gc(GcArgs),
     /// Apply retention rules (restic's --keep-* semantics) per volume or per label value:
@@ -101,6 +104,7 @@ impl Cmd {
             Cmd::Import(_) => "import",
             Cmd::List(_) => "list",
             Cmd::RebuildIndex(_) => "rebuild-index",
+            Cmd::Undelete(_) => "undelete",
             Cmd::Gc(_) => "gc",
             Cmd::Prune(_) => "prune",
             Cmd::Verify(_) => "verify",
@@ -293,6 +297,15 @@ pub struct PruneArgs {
     /// Largest clock difference between hosts sharing the container, in seconds (for gc).
     #[arg(long, default_value_t = GcOptions::default().clock_skew.as_secs())]
     pub clock_skew: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `volback undelete`.
+#[derive(clap::Args)]
+pub struct UndeleteArgs {
+    #[arg(long)]
+    pub container: String,
     #[arg(long)]
     pub json: bool,
 }

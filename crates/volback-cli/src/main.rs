@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Cmd::Import(a) => a.json,
         Cmd::List(a) => a.json,
         Cmd::RebuildIndex(a) => a.json,
+        Cmd::Undelete(a) => a.json,
         Cmd::Gc(a) => a.json,
         Cmd::Prune(a) => a.json,
         Cmd::Verify(a) => a.json,

@@ -15,12 +15,13 @@ use volback::chunker::ChunkerParams;
 use volback::container::Container;
 use volback::crypto::{KdfParams, KeySource};
 use volback::driver::Driver;
-use volback::format::config::ContainerConfig;
+use volback::format::config::{ContainerConfig, ObjectLock};
 use volback::format::record::BackupRecord;
 use volback::gc::{GcOptions, run_gc};
 use volback::prune::{GroupBy, Policy, PruneOptions, Span, run_prune};
 use volback::restore::{RestoreOptions, TargetMode, run_restore_to_stream, run_restore_with};
 use volback::store::s3::S3Options;
+use volback::store::s3_lock::LockMode;
 use volback::verify::{VerifyOptions, run_verify};
 
 /// An open volback container (a filesystem path or `s3://bucket/prefix`).
@@ -50,13 +51,15 @@ fn json(v: &impl serde::Serialize) -> PyResult<String> {
 #[pymethods]
 impl NativeContainer {
     /// Opens (with `create`, creates) the container at `url`. Settings for a new container:
-    /// `zstd_level`, `chunk_avg` (bytes; min and max follow at /4 and x4), `pack_size` (bytes).
+    /// `zstd_level`, `chunk_avg` (bytes; min and max follow at /4 and x4), `pack_size` (bytes),
+    /// `object_lock_days` and `object_lock_mode` (S3 Object Lock retention).
     /// S3 settings not given come from the standard AWS environment and files.
     #[new]
     #[pyo3(signature = (
         url, *, create = false, zstd_level = None, chunk_avg = None, pack_size = None,
         s3_endpoint = None, s3_region = None, s3_access_key_id = None,
         s3_secret_access_key = None, s3_session_token = None, s3_concurrency = None, key = None,
+        object_lock_days = None, object_lock_mode = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -73,6 +76,8 @@ impl NativeContainer {
         s3_session_token: Option<String>,
         s3_concurrency: Option<usize>,
         key: Option<&Bound<'_, PyAny>>,
+        object_lock_days: Option<u32>,
+        object_lock_mode: Option<String>,
     ) -> PyResult<Self> {
         let key = key.map(key_source).transpose()?;
         let mut init = ContainerConfig::default();
@@ -85,6 +90,13 @@ impl NativeContainer {
         }
         if let Some(size) = pack_size {
             init.pack_target = size;
+        }
+        if let Some(days) = object_lock_days {
+            let mode = object_lock_mode.as_deref().unwrap_or("compliance");
+            init.object_lock = Some(ObjectLock {
+                mode: LockMode::parse(mode).map_err(to_py)?,
+                days,
+            });
         }
         let s3 = S3Options {
             endpoint: s3_endpoint,
@@ -343,6 +355,12 @@ impl NativeContainer {
             .detach(|| run_verify(&self.container, &opts))
             .map_err(to_py)?;
         json(&r)
+    }
+
+    /// Brings back objects a plain DELETE hid behind delete markers (a container with Object
+    /// Lock); returns how many.
+    fn undelete(&self, py: Python<'_>) -> PyResult<u64> {
+        py.detach(|| self.container.undelete()).map_err(to_py)
     }
 
     /// Collects garbage (safe alongside anything); JSON report.

@@ -47,6 +47,14 @@ pub fn run(args: GcArgs, access: &Access) -> Result<Outcome> {
             r.records_deferred,
             r.elapsed_s
         )?;
+        if r.packs_retained > 0 {
+            out!(
+                "{} packs ({} bytes) no backup needs are under Object Lock retention; the first can be reclaimed after {}",
+                r.packs_retained,
+                r.bytes_retained,
+                r.retained_until.as_deref().unwrap_or("its date")
+            )?;
+        }
         if r.live_chunks_missing > 0 {
             out!(
                 "warning: {} chunks needed by backups are in no pack; run verify",

@@ -17,6 +17,7 @@ mod list;
 mod prune;
 mod rebuild_index;
 mod restore;
+mod undelete;
 mod verify;
 
 use crate::args::Cmd;
@@ -118,6 +119,7 @@ pub fn run(cmd: Cmd, access: &Access) -> Result<Outcome> {
         Cmd::Import(a) => import::run(a, access),
         Cmd::List(a) => list::run(a, access),
         Cmd::RebuildIndex(a) => rebuild_index::run(a, access),
+        Cmd::Undelete(a) => undelete::run(a, access),
         Cmd::Gc(a) => gc::run(a, access),
         Cmd::Prune(a) => prune::run(a, access),
         Cmd::Verify(a) => verify::run(a, access),

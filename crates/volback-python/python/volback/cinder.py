@@ -79,6 +79,21 @@ volback_opts = [
         max=512 * 1024 * 1024,
         help="Pack size in bytes, for a container this driver creates.",
     ),
+    cfg.IntOpt(
+        "backup_volback_object_lock_days",
+        min=1,
+        max=36500,
+        help="For a container this driver creates in an S3 bucket with Object Lock enabled: "
+        "keep every backup, and everything it needs, from deletion for this many days after it "
+        "is committed, even with this service's own credentials. Unset: no retention.",
+    ),
+    cfg.StrOpt(
+        "backup_volback_object_lock_mode",
+        default="compliance",
+        choices=["compliance", "governance"],
+        help="Object Lock mode: compliance (no one can delete early) or governance (only a user "
+        "allowed to bypass governance retention can).",
+    ),
     cfg.FloatOpt(
         "backup_volback_status_interval",
         default=1.0,
@@ -207,6 +222,8 @@ class VolbackBackupDriver(driver.BackupDriver):  # type: ignore[misc]
             CONF.backup_volback_chunk_avg,
             CONF.backup_volback_pack_size,
             CONF.backup_volback_key,
+            CONF.backup_volback_object_lock_days,
+            CONF.backup_volback_object_lock_mode,
         )
         with _CONTAINERS_LOCK:
             c = _CONTAINERS.get(key)
@@ -219,6 +236,8 @@ class VolbackBackupDriver(driver.BackupDriver):  # type: ignore[misc]
                     pack_size=CONF.backup_volback_pack_size,
                     s3=s3,
                     key=CONF.backup_volback_key,
+                    object_lock_days=CONF.backup_volback_object_lock_days,
+                    object_lock_mode=CONF.backup_volback_object_lock_mode,
                 )
                 _CONTAINERS[key] = c
         return c
@@ -368,6 +387,10 @@ class VolbackBackupDriver(driver.BackupDriver):  # type: ignore[misc]
             LOG.debug("backup %s: nothing to delete", backup.id)
         except exception.InvalidBackup:
             LOG.warning("backup %s is not in this driver's container: left alone", backup.id)
+        except volback.RetainedError as e:
+            # Object Lock: the backup stays until its date; the service shows error_deleting
+            # with this message, and a delete after the date succeeds.
+            raise exception.BackupOperationError(f"backup {backup.id} is retained: {e}") from None
         except volback.VolbackError as e:
             raise exception.BackupOperationError(str(e)) from None
 

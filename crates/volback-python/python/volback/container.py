@@ -107,6 +107,11 @@ class Container:
     container created with a key is encrypted (every object sealed, chunk ids keyed); a wrong
     key raises :class:`volback.EncryptionKeyError` (kind ``wrong_key``), and an encrypted container opened
     without one can only be verified (kind ``key_required`` otherwise).
+
+    ``object_lock_days`` (with ``object_lock_mode``, ``"compliance"`` or ``"governance"``) creates
+    a container in an S3 bucket with Object Lock enabled whose backups, and everything they
+    need, no one can delete for that many days after each is committed: deleting one earlier
+    raises :class:`volback.RetainedError`.
     Every method releases the GIL while it works.
     """
 
@@ -120,6 +125,8 @@ class Container:
         pack_size: int | None = None,
         s3: S3Settings | None = None,
         key: str | bytes | None = None,
+        object_lock_days: int | None = None,
+        object_lock_mode: str = "compliance",
     ) -> None:
         s3 = s3 or S3Settings()
         self._native = _call(
@@ -136,6 +143,8 @@ class Container:
             s3_session_token=s3.session_token,
             s3_concurrency=s3.concurrency,
             key=key,
+            object_lock_days=object_lock_days,
+            object_lock_mode=object_lock_mode,
         )
 
     @property
@@ -282,6 +291,11 @@ class Container:
         """Checks that backups can be restored without restoring them; ``read_data`` re-reads
         and re-hashes every chunk. ``report["damaged_backups"]`` names what cannot be."""
         return dict(json.loads(_call(self._native.verify, backup_id, read_data=read_data)))
+
+    def undelete(self) -> int:
+        """Brings back objects of a container with Object Lock that a plain DELETE hid behind
+        delete markers; returns how many."""
+        return int(_call(self._native.undelete))
 
     def gc(
         self,

@@ -68,6 +68,10 @@ class EncryptionKeyError(VolbackError):
     ``key``)."""
 
 
+class RetainedError(VolbackError):
+    """An object is under S3 Object Lock retention and cannot be deleted yet (``retained``)."""
+
+
 class Cancelled(VolbackError):
     """The caller stopped the operation (``cancelled``)."""
 
@@ -107,6 +111,7 @@ _BY_KIND: dict[str, type[VolbackError]] = {
     "key": EncryptionKeyError,
     "cancelled": Cancelled,
     "lease_expired": LeaseExpired,
+    "retained": RetainedError,
     "internal": VolbackError,
 }
 

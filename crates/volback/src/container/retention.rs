@@ -12,7 +12,8 @@
 //! written; the collector leaves retained packs alone (and says how many, and until when); and
 //! deletes remove every version of an object ([`crate::store::versions`]), so nothing reclaimed
 //! lingers as a hidden version. The server enforces the dates whoever asks: a writer's stolen
-//! credentials cannot delete a retained version either.
+//! credentials cannot delete a retained version either. A plain DELETE by someone else only
+//! hides an object behind a delete marker; [`Container::undelete`] removes such markers.
 
 use std::collections::{HashMap, HashSet};
 
@@ -139,6 +140,20 @@ impl Container {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Brings back every object of the container that a plain DELETE hid behind a delete
+    /// marker (anyone with the writer's credentials can hide a retained object, never delete
+    /// it; volback's own deletes remove versions and leave no markers). Returns how many.
+    /// Refused for a container without Object Lock, whose deletes are final.
+    pub fn undelete(&self) -> Result<u64> {
+        if self.object_lock().is_none() {
+            return Err(Error::Config(format!(
+                "container '{}' has no Object Lock: its deleted objects are gone",
+                self.url
+            )));
+        }
+        self.store.undelete("")
     }
 
     /// Refuses to go on if `key` is retained past now ([`Error::Retained`]).

@@ -177,6 +177,13 @@ pub trait ObjectStore: Send + Sync {
     fn delete_versions(&self, key: &str) -> Result<()> {
         self.delete(key)
     }
+    /// Removes the delete markers that hide objects under `prefix` whose earlier versions
+    /// are still stored (in a versioned bucket, a plain DELETE by anyone only hides an object):
+    /// each such object is visible again. Returns how many. Stores without versions: 0.
+    fn undelete(&self, prefix: &str) -> Result<u64> {
+        let _ = prefix;
+        Ok(0)
+    }
     /// Checks that objects written here can be locked ([`ObjectStore::retain`]).
     fn check_object_lock(&self) -> Result<()> {
         Err(no_object_lock(self.describe()))

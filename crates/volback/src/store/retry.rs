@@ -129,6 +129,10 @@ impl ObjectStore for RetryStore {
         self.retry(|_| self.inner.delete_versions(key))
     }
 
+    fn undelete(&self, prefix: &str) -> Result<u64> {
+        self.retry(|_| self.inner.undelete(prefix))
+    }
+
     fn check_object_lock(&self) -> Result<()> {
         self.retry(|_| self.inner.check_object_lock())
     }

@@ -625,6 +625,45 @@ impl ObjectStore for S3Store {
         }
     }
 
+    fn undelete(&self, prefix: &str) -> Result<u64> {
+        let full_prefix = if prefix.is_empty() {
+            self.full_key("")
+        } else {
+            self.full_key_checked(prefix)?
+        };
+        let api = self.lock_api()?;
+        self.counters.list();
+        let all = self.rt.block_on(api.versions_under(&full_prefix))?;
+        let kept: std::collections::HashSet<&str> = all
+            .iter()
+            .filter(|v| !v.delete_marker)
+            .map(|v| v.key.as_str())
+            .collect();
+        let mut shown = std::collections::HashSet::new();
+        for m in all
+            .iter()
+            .filter(|v| v.delete_marker && kept.contains(v.key.as_str()))
+        {
+            self.counters.delete();
+            match self
+                .rt
+                .block_on(api.delete_version(&m.key, &m.version_id))?
+            {
+                VersionDelete::Deleted => {
+                    shown.insert(m.key.as_str());
+                }
+                VersionDelete::Retained(why) => {
+                    return Err(Error::Remote {
+                        op: "remove delete marker of",
+                        location: format!("s3://{}/{}", self.bucket, m.key),
+                        message: why,
+                    });
+                }
+            }
+        }
+        Ok(shown.len() as u64)
+    }
+
     fn check_object_lock(&self) -> Result<()> {
         self.counters.get(0);
         if self.rt.block_on(self.lock_api()?.lock_enabled())? {

@@ -309,6 +309,13 @@ impl LockApi {
 
     /// Every version and delete marker of exactly `full_key`.
     pub(crate) async fn versions(&self, full_key: &str) -> Result<Vec<ObjectVersion>> {
+        let mut all = self.versions_under(full_key).await?;
+        all.retain(|v| v.key == full_key);
+        Ok(all)
+    }
+
+    /// Every version and delete marker of the keys starting with `prefix`.
+    pub(crate) async fn versions_under(&self, full_key: &str) -> Result<Vec<ObjectVersion>> {
         let mut out = Vec::new();
         let mut marker: Option<(String, String)> = None;
         loop {
@@ -383,7 +390,6 @@ impl LockApi {
                 }
             }
         }
-        out.retain(|v| v.key == full_key);
         Ok(out)
     }
 

@@ -83,6 +83,9 @@ impl ObjectStore for AllVersions {
     fn delete_versions(&self, key: &str) -> Result<()> {
         self.inner.delete_versions(key)
     }
+    fn undelete(&self, prefix: &str) -> Result<u64> {
+        self.inner.undelete(prefix)
+    }
     fn check_object_lock(&self) -> Result<()> {
         self.inner.check_object_lock()
     }
