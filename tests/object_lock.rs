@@ -19,6 +19,7 @@ use volback::container::Container;
 use volback::crypto::KeySource;
 use volback::format::config::{ContainerConfig, ObjectLock};
 use volback::gc::{GcOptions, run_gc};
+use volback::prune::{GroupBy, Policy, PruneOptions, run_prune};
 use volback::restore::{TargetMode, run_restore};
 use volback::store::ObjectStore;
 use volback::store::s3::S3Store;
@@ -64,6 +65,33 @@ fn open(name: &str, create: bool, mode: LockMode, key: Option<&KeySource>) -> Co
 /// Every version of `key`, delete markers included.
 fn versions(raw: &S3Store, key: &str) -> usize {
     raw.versions(key).unwrap().len()
+}
+
+/// Packs a cancelled backup left in `c` (no backup needs them; none is retained).
+fn orphan_packs(c: &Container, raw: &S3Store) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("vol.img");
+    make_image(&vol, 40 << 20, 9);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let progress = |done: u64| {
+        if done >= 24 << 20 {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    };
+    let opts = volback::backup::BackupOptions {
+        cancel: Some(cancel.clone()),
+        ..backup_opts("cancelled", None)
+    };
+    let err = run_backup(c, VolumeSource::Path(vol.clone()), &opts, Some(&progress)).unwrap_err();
+    assert_eq!(err.kind(), "cancelled");
+    let orphans: Vec<String> = raw
+        .list("packs/")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert!(orphans.len() >= 2, "{orphans:?}");
+    orphans
 }
 
 #[test]
@@ -128,9 +156,30 @@ fn committed_backups_are_retained_and_no_delete_removes_them_early() {
     run_restore(&c, "incr", &out, TargetMode::New, None).unwrap();
     assert_same(&vol, &out);
 
-    // The collector has nothing to take and takes nothing.
-    let r = run_gc(&c, &GcOptions::default()).unwrap();
-    assert_eq!((r.packs_deleted, r.packs_unreferenced), (0, 0), "{r:?}");
+    // Prune keeps what its rules would remove while it is retained, and says until when; the
+    // collector has nothing to take and takes nothing.
+    let r = run_prune(
+        &c,
+        &PruneOptions {
+            policy: Policy {
+                last: Some(1),
+                ..Policy::default()
+            },
+            group_by: GroupBy::Volume,
+            labels: Default::default(),
+            dry_run: false,
+            allow_removing_newest: false,
+            gc: Some(GcOptions::default()),
+        },
+    )
+    .unwrap();
+    assert!(r.removed.is_empty(), "{r:?}");
+    assert_eq!(r.retained.len(), 1, "{r:?}");
+    assert_eq!(r.retained[0].backup_id, "full");
+    assert!(r.retained[0].until.is_some());
+    let gc = r.gc.unwrap();
+    assert_eq!((gc.packs_deleted, gc.packs_unreferenced), (0, 0), "{gc:?}");
+    assert_eq!(c.list_backups().unwrap().len(), 2);
     assert_eq!(raw.list("packs/").unwrap().len(), packs.len());
 }
 
@@ -140,28 +189,7 @@ fn committed_backups_are_retained_and_no_delete_removes_them_early() {
 fn gc_reclaims_unretained_packs_for_good_and_waits_for_retained_ones() {
     let raw = bucket("lock-gc", true);
     let c = open("lock-gc", true, LockMode::Governance, None);
-    let dir = tempfile::tempdir().unwrap();
-    let vol = dir.path().join("vol.img");
-    make_image(&vol, 40 << 20, 9);
-    let cancel = Arc::new(AtomicBool::new(false));
-    let progress = |done: u64| {
-        if done >= 24 << 20 {
-            cancel.store(true, Ordering::Relaxed);
-        }
-    };
-    let opts = volback::backup::BackupOptions {
-        cancel: Some(cancel.clone()),
-        ..backup_opts("cancelled", None)
-    };
-    let err = run_backup(&c, VolumeSource::Path(vol.clone()), &opts, Some(&progress)).unwrap_err();
-    assert_eq!(err.kind(), "cancelled");
-    let orphans: Vec<String> = raw
-        .list("packs/")
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
-    assert!(orphans.len() >= 2, "{orphans:?}");
+    let orphans = orphan_packs(&c, &raw);
     for k in &orphans {
         assert_eq!(raw.retained_until(k).unwrap(), None, "{k}");
     }
@@ -313,4 +341,38 @@ fn cli_creates_locked_containers_and_refuses_early_deletes() {
     let out = run(&["undelete", "--container", url, "--json"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(json_of(&out)["objects_restored"], 0);
+}
+
+/// A plaintext container in a versioned bucket: its deletes leave noncurrent versions, which
+/// gc reports (the bucket's lifecycle rules decide when they go).
+#[test]
+fn gc_reports_what_a_versioned_bucket_still_keeps() {
+    let raw = bucket("versioned-plain", true);
+    let c = Container::open_with(
+        "s3://versioned-plain/c",
+        true,
+        Some(ContainerConfig {
+            pack_target: 1 << 20,
+            ..Default::default()
+        }),
+        &Rgw::shared().options(),
+    )
+    .unwrap();
+    let orphans = orphan_packs(&c, &raw);
+    let gc = GcOptions {
+        clock_skew: Duration::ZERO,
+        ..GcOptions::default()
+    };
+    let r = run_gc(&c, &gc).unwrap();
+    assert_eq!(r.packs_deleted, orphans.len(), "{r:?}");
+    assert!(raw.list("packs/").unwrap().is_empty());
+    assert!(
+        r.noncurrent_versions.unwrap() >= orphans.len() as u64,
+        "{r:?}"
+    );
+    assert!(r.noncurrent_bytes.unwrap() >= r.bytes_deleted, "{r:?}");
+    assert!(
+        versions(&raw, &orphans[0]) >= 2,
+        "a version and a delete marker"
+    );
 }

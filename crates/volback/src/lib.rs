@@ -12,7 +12,8 @@
 //!            (incremental: the parent's chunks guide the cuts; an unchanged chunk is hashed, not scanned)
 //!            ──BLAKE3 (parallel)──> dedup set (memory, or a temp file) ──zstd (parallel)──> [pipeline, dedup]
 //!            (encrypted: sealed, AES-256-GCM-SIV) pack builder ──PUT pack──> index segment ──PUT──>
-//!            manifest (create-only)                                               [pack, index, manifest]
+//!            (Object Lock: the packs it reads retained) manifest (create-only, then retained)
+//!                                                                                 [pack, index, manifest]
 //!
 //! restore: index segments ──external sort──> location table (temp file)          [locations]
 //!          manifest ──> extent-list chunks ──> windows of extents ──group by pack──>  [restore]
@@ -66,6 +67,9 @@
 //! | `leases/<id>-<uuid>` | while a backup, restore or verify runs | lease read by the garbage collector |
 //! | `gc/condemned-<time>-<uuid>` | by the collector | packs proposed for deletion |
 //!
+//! With Object Lock, `config` is settings version 3 (the retention mode and days), and the
+//! manifests, the packs they read, `config` and the key slots are retained on S3.
+//!
 //! A chunk's id is the BLAKE3 of its uncompressed bytes (keyed BLAKE3 in an encrypted
 //! container). A manifest names chunks by id only,
 //! never by pack, so packs can be rewritten (repacked) without touching any manifest. The extent
@@ -84,6 +88,18 @@
 //! unchanged on ciphertext, and structure and integrity can be verified without the key. A
 //! container opened without its key is *locked* ([`container::Container::keys`] fails with
 //! `key_required`); a wrong key fails with `wrong_key` before any other object is read.
+//!
+//! ## Object Lock ([`container::retention`]; specified in `docs/format.md`, "Object Lock")
+//!
+//! A container created with Object Lock settings lives in an S3 bucket with Object Lock
+//! enabled. Before a backup's manifest is committed, the packs a restore of it reads (found
+//! through the index), the config and the key slots are retained until now + the retention
+//! period; the manifest is retained right after its commit, or removed again if that fails.
+//! No one, volback or a thief with the writer's credentials, can delete a retained version
+//! before its date: `delete` of such a backup fails with `retained`, the collector leaves
+//! retained packs and reports them, and every delete volback makes removes all versions, so
+//! nothing reclaimed lingers in the versioned bucket. What a plain DELETE hid behind a delete
+//! marker, `undelete` brings back.
 //!
 //! ## Crash safety: data first, manifest last
 //!
@@ -135,6 +151,8 @@
 //! | gc ∥ gc | yes | records are create-only; each sweep re-checks copies on listings taken after its own record was written, so two collectors never delete each other's last copy; segments are merged new-first |
 //! | verify ∥ anything | yes | read-only, under a lease |
 //! | prune ∥ anything | yes | prune is delete + gc: each backup it removes is a delete, then one collection |
+//! | backup ∥ gc, Object Lock | yes | as above; retention only adds refusals: a pack whose delete the server refuses stays, out of the index, and a later collection condemns it again |
+//! | delete ∥ anything, Object Lock | yes | a retained backup's delete is refused before it writes a tombstone; an expired one is deleted as above |
 //!
 //! On S3 the create-only commit is `If-None-Match: *`. Servers that ignore it (Garage 2.5, for
 //! one) still never lose data — content-named objects are identical whoever writes them — but
@@ -155,11 +173,13 @@
 //!                               manifest, extent_list, record, lease, condemnation, tombstone,
 //!                               key_slot, sealed (an encrypted container's envelope);
 //!                               keys (which key holds what); versioned (JSON versions)
-//! store/                        the ObjectStore trait; fs, memory, s3; retry; direct (O_DIRECT)
+//! store/                        the ObjectStore trait; fs, memory, s3, s3_lock (Object Lock and
+//!                               versions); retry; versions (deletes of every version); direct
 //! index/                        the index in memory (Index, Locate) and the dedup ChunkSet
 //! container/                    Container: url, open/create (mod), keyring (key slots),
 //!                               backups (manifests), packs, index_scan (the protocol's read order), leases,
-//!                               fetch (ranged reads, verified), extents (walking a backup)
+//!                               fetch (ranged reads, verified), extents (walking a backup),
+//!                               retention (Object Lock)
 //! backup/                       source (reading volumes), buffers, dedup (the dedup set),
 //!                               pipeline (the threads), packer, writer, parent_guide,
 //!                               unchanged (an unchanged file is not read); mod: run_backup

@@ -55,6 +55,13 @@ pub fn run(args: GcArgs, access: &Access) -> Result<Outcome> {
                 r.retained_until.as_deref().unwrap_or("its date")
             )?;
         }
+        if let (Some(n), Some(bytes)) = (r.noncurrent_versions, r.noncurrent_bytes)
+            && n > 0
+        {
+            out!(
+                "the bucket keeps {n} noncurrent versions ({bytes} bytes) of this container's objects: its lifecycle rules decide when they go"
+            )?;
+        }
         if r.live_chunks_missing > 0 {
             out!(
                 "warning: {} chunks needed by backups are in no pack; run verify",

@@ -81,5 +81,12 @@ pub fn run(args: PruneArgs, access: &Access) -> Result<Outcome> {
             .map(|g| format!("; reclaimed {} bytes", g.bytes_reclaimed))
             .unwrap_or_default()
     )?;
+    for b in &r.retained {
+        out!(
+            "kept {}: under Object Lock retention until {}",
+            b.backup_id,
+            b.until.as_deref().unwrap_or("its date")
+        )?;
+    }
     Ok(Outcome::Done)
 }

@@ -122,6 +122,14 @@ pub struct GcReport {
     pub probes_removed: usize,
     /// Chunks that committed backups reference but no existing pack holds (damage: run verify).
     pub live_chunks_missing: usize,
+    /// In a versioned bucket: versions of the container's objects that are no longer current
+    /// (deleted or replaced, still stored and billed until the bucket's lifecycle rules or an
+    /// administrator remove them) and their bytes. A container with Object Lock deletes every
+    /// version itself, so there it counts only what someone else's deletes left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noncurrent_versions: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noncurrent_bytes: Option<u64>,
     /// Temporary files of interrupted writes removed (filesystem containers).
     pub temporaries_removed: u64,
     pub requests: RequestCounts,
@@ -220,6 +228,10 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
         &mut report,
     )?;
     report.temporaries_removed = c.store().sweep_temporaries(TEMPORARY_MAX_AGE)?;
+    if let Some((n, bytes)) = c.store().noncurrent_versions("")? {
+        report.noncurrent_versions = Some(n);
+        report.noncurrent_bytes = Some(bytes);
+    }
     report.bytes_reclaimed = report.bytes_deleted as i64 - report.bytes_written as i64;
     Ok(finish(c, report, started, &requests_before))
 }

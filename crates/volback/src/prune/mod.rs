@@ -54,9 +54,20 @@ pub struct PruneReport {
     pub groups: Vec<PruneGroup>,
     pub kept: usize,
     pub removed: Vec<String>,
+    /// Backups no rule keeps that are still under Object Lock retention: left in place, each
+    /// with its date; a prune after the date removes them.
+    pub retained: Vec<RetainedBackup>,
     /// Unreadable manifests, left alone (`verify` says more).
     pub unreadable: usize,
     pub gc: Option<GcReport>,
+}
+
+/// A backup prune would remove but Object Lock retains.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetainedBackup {
+    pub backup_id: String,
+    /// RFC 3339.
+    pub until: Option<String>,
 }
 
 /// Applies `opts.policy` to the container's backups.
@@ -93,6 +104,7 @@ pub fn run_prune(c: &Container, opts: &PruneOptions) -> Result<PruneReport> {
         groups: Vec::new(),
         kept: 0,
         removed: Vec::new(),
+        retained: Vec::new(),
         unreadable,
         gc: None,
     };
@@ -116,13 +128,22 @@ pub fn run_prune(c: &Container, opts: &PruneOptions) -> Result<PruneReport> {
     if opts.dry_run {
         return Ok(report);
     }
+    let mut retained = Vec::new();
     for id in &report.removed {
         match c.delete_backup(id) {
             // Deleted meanwhile by someone else: the outcome is the same.
             Ok(()) | Err(Error::BackupNotFound { .. }) | Err(Error::BackupDeleted { .. }) => {}
+            Err(Error::Retained { until, .. }) => retained.push(RetainedBackup {
+                backup_id: id.clone(),
+                until,
+            }),
             Err(e) => return Err(e),
         }
     }
+    report
+        .removed
+        .retain(|id| !retained.iter().any(|r| &r.backup_id == id));
+    report.retained = retained;
     if let Some(gc) = &opts.gc {
         report.gc = Some(run_gc(c, gc)?);
     }

@@ -184,6 +184,13 @@ pub trait ObjectStore: Send + Sync {
         let _ = prefix;
         Ok(0)
     }
+    /// In a versioned bucket: how many versions under `prefix` are not current (deleted or
+    /// replaced objects the bucket still keeps, and bills) and their bytes. `None`: the store
+    /// keeps no versions (or would not say).
+    fn noncurrent_versions(&self, prefix: &str) -> Result<Option<(u64, u64)>> {
+        let _ = prefix;
+        Ok(None)
+    }
     /// Checks that objects written here can be locked ([`ObjectStore::retain`]).
     fn check_object_lock(&self) -> Result<()> {
         Err(no_object_lock(self.describe()))

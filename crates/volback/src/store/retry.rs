@@ -133,6 +133,10 @@ impl ObjectStore for RetryStore {
         self.retry(|_| self.inner.undelete(prefix))
     }
 
+    fn noncurrent_versions(&self, prefix: &str) -> Result<Option<(u64, u64)>> {
+        self.retry(|_| self.inner.noncurrent_versions(prefix))
+    }
+
     fn check_object_lock(&self) -> Result<()> {
         self.retry(|_| self.inner.check_object_lock())
     }

@@ -310,6 +310,18 @@ impl S3Store {
         self.rt.block_on(self.lock_api()?.versions(&full))
     }
 
+    /// Every version and delete marker under `prefix` (full keys).
+    fn all_versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>> {
+        let full_prefix = if prefix.is_empty() {
+            self.full_key("")
+        } else {
+            self.full_key_checked(prefix)?
+        };
+        self.counters.list();
+        self.rt
+            .block_on(self.lock_api()?.versions_under(&full_prefix))
+    }
+
     fn full_key_checked(&self, key: &str) -> Result<String> {
         validate_key(key)?;
         Ok(self.full_key(key))
@@ -625,15 +637,20 @@ impl ObjectStore for S3Store {
         }
     }
 
-    fn undelete(&self, prefix: &str) -> Result<u64> {
-        let full_prefix = if prefix.is_empty() {
-            self.full_key("")
-        } else {
-            self.full_key_checked(prefix)?
-        };
+    fn noncurrent_versions(&self, prefix: &str) -> Result<Option<(u64, u64)>> {
         let api = self.lock_api()?;
-        self.counters.list();
-        let all = self.rt.block_on(api.versions_under(&full_prefix))?;
+        self.counters.get(0);
+        if self.rt.block_on(api.versioning())? != Some(true) {
+            return Ok(None);
+        }
+        let all = self.all_versions(prefix)?;
+        let old = all.iter().filter(|v| !v.latest && !v.delete_marker);
+        Ok(Some(old.fold((0, 0), |(n, b), v| (n + 1, b + v.size))))
+    }
+
+    fn undelete(&self, prefix: &str) -> Result<u64> {
+        let api = self.lock_api()?;
+        let all = self.all_versions(prefix)?;
         let kept: std::collections::HashSet<&str> = all
             .iter()
             .filter(|v| !v.delete_marker)

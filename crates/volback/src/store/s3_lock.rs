@@ -59,6 +59,9 @@ pub struct ObjectVersion {
     pub key: String,
     pub version_id: String,
     pub delete_marker: bool,
+    /// The current version of its key (a delete marker may be: the key then reads as missing).
+    pub latest: bool,
+    pub size: u64,
 }
 
 /// What a DELETE of one version came to.
@@ -219,7 +222,9 @@ impl LockApi {
             .bytes()
             .await
             .map_err(|e| transient(e.to_string()))?;
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        // 501 Not Implemented (a server without the feature) is an answer, not a hiccup.
+        let transient_status = status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED;
+        if transient_status || status == StatusCode::TOO_MANY_REQUESTS {
             return Err(transient(format!("{status}: {}", answer(&body))));
         }
         Ok((status, body))
@@ -357,6 +362,8 @@ impl LockApi {
                                 key: String::new(),
                                 version_id: String::new(),
                                 delete_marker: path.ends_with("DeleteMarker"),
+                                latest: false,
+                                size: 0,
                             });
                         }
                         continue;
@@ -368,6 +375,12 @@ impl LockApi {
                         v.key = t.clone();
                     } else if entry.ends_with("/VersionId") {
                         v.version_id = t.clone();
+                    } else if entry.ends_with("/IsLatest") {
+                        v.latest = t == "true";
+                    } else if entry.ends_with("/Size") {
+                        v.size = t.parse().map_err(|_| {
+                            Error::corrupt(full_key, 0, format!("version size '{t}'"))
+                        })?;
                     }
                 }
             }
@@ -417,6 +430,29 @@ impl LockApi {
             return Ok(VersionDelete::Retained(answer(&body)));
         }
         Err(Self::refused("delete", full_key.into(), status, &body))
+    }
+
+    /// Whether the bucket keeps versions (`None`: the server would not say).
+    pub(crate) async fn versioning(&self) -> Result<Option<bool>> {
+        let (status, body) = self
+            .send(
+                "read versioning of",
+                Method::GET,
+                "",
+                "versioning",
+                &[],
+                Bytes::new(),
+            )
+            .await?;
+        if !status.is_success() {
+            return Ok(None);
+        }
+        let Ok(items) = xml_items(&body) else {
+            return Ok(None);
+        };
+        Ok(Some(
+            xml_text(&items, "VersioningConfiguration/Status") == Some("Enabled"),
+        ))
     }
 
     /// Whether the bucket has Object Lock enabled.

@@ -86,6 +86,9 @@ impl ObjectStore for AllVersions {
     fn undelete(&self, prefix: &str) -> Result<u64> {
         self.inner.undelete(prefix)
     }
+    fn noncurrent_versions(&self, prefix: &str) -> Result<Option<(u64, u64)>> {
+        self.inner.noncurrent_versions(prefix)
+    }
     fn check_object_lock(&self) -> Result<()> {
         self.inner.check_object_lock()
     }
