@@ -58,11 +58,14 @@ def main():
     if not os.path.exists(day1):
         subprocess.run([sys.executable, os.path.join(ROOT, "benches", "make_images.py"), a.images], check=True)
     work = tempfile.mkdtemp(prefix="volback-lock-bench-")
+    # Each round stores two containers of ~0.5 GiB in the gateway's memory.
+    env = dict(os.environ, CEPH_MEMSTORE_BYTES=str((1 + a.rounds) << 31))
     endpoint = subprocess.run(
         ["bash", os.path.join(ROOT, "scripts", "ceph-rgw.sh"), "start", work, str(os.getpid())],
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     ).stdout.strip()
     rows = []
     for r in range(a.rounds):

@@ -6,7 +6,8 @@
 #   bash scripts/ceph-rgw.sh start DIR [WATCH_PID]   prints the endpoint URL on stdout
 #   bash scripts/ceph-rgw.sh stop DIR
 #
-# One monitor, one in-memory OSD (memstore), no manager, no authentication between daemons;
+# One monitor, one in-memory OSD (memstore, CEPH_MEMSTORE_BYTES, default 2 GiB, held in RAM as
+# objects arrive), no manager, no authentication between daemons;
 # every file (config, stores, logs, sockets) is under DIR, which start wipes first. With
 # WATCH_PID, the cluster stops itself when that process ends (a test binary that started it).
 # S3 user: access key `volbacktest`, secret `volbacktestsecret`. Needs Debian's ceph-mon,
@@ -104,7 +105,7 @@ paxos propose interval = 0.05
 [osd]
 osd data = $dir/osd
 osd objectstore = memstore
-memstore device bytes = 2147483648
+memstore device bytes = ${CEPH_MEMSTORE_BYTES:-2147483648}
 [client.rgw]
 rgw frontends = beast endpoint=127.0.0.1:$rgw_port
 rgw data = $dir/rgw

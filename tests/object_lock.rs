@@ -62,6 +62,23 @@ fn open(name: &str, create: bool, mode: LockMode, key: Option<&KeySource>) -> Co
     .unwrap()
 }
 
+/// The keys under `prefix`, as the bucket lists them.
+fn keys(raw: &S3Store, prefix: &str) -> Vec<String> {
+    raw.list(prefix)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect()
+}
+
+/// A collection that sweeps at once (one host, no clock skew).
+fn prompt_gc() -> GcOptions {
+    GcOptions {
+        clock_skew: Duration::ZERO,
+        ..GcOptions::default()
+    }
+}
+
 /// Every version of `key`, delete markers included.
 fn versions(raw: &S3Store, key: &str) -> usize {
     raw.versions(key).unwrap().len()
@@ -84,12 +101,7 @@ fn orphan_packs(c: &Container, raw: &S3Store) -> Vec<String> {
     };
     let err = run_backup(c, VolumeSource::Path(vol.clone()), &opts, Some(&progress)).unwrap_err();
     assert_eq!(err.kind(), "cancelled");
-    let orphans: Vec<String> = raw
-        .list("packs/")
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
+    let orphans = keys(raw, "packs/");
     assert!(orphans.len() >= 2, "{orphans:?}");
     orphans
 }
@@ -197,20 +209,12 @@ fn gc_reclaims_unretained_packs_for_good_and_waits_for_retained_ones() {
     let held = &orphans[0];
     raw.retain(held, LockMode::Governance, now() + 6).unwrap();
 
-    let gc = GcOptions {
-        clock_skew: Duration::ZERO,
-        ..GcOptions::default()
-    };
+    let gc = prompt_gc();
     let r = run_gc(&c, &gc).unwrap();
     assert_eq!(r.packs_retained, 1, "{r:?}");
     assert!(r.retained_until.is_some(), "{r:?}");
     assert_eq!(r.packs_deleted, orphans.len() - 1, "{r:?}");
-    let left: Vec<String> = raw
-        .list("packs/")
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
+    let left = keys(&raw, "packs/");
     assert_eq!(left, vec![held.clone()]);
     for k in &orphans[1..] {
         assert_eq!(versions(&raw, k), 0, "{k} left a version behind");
@@ -359,10 +363,7 @@ fn gc_reports_what_a_versioned_bucket_still_keeps() {
     )
     .unwrap();
     let orphans = orphan_packs(&c, &raw);
-    let gc = GcOptions {
-        clock_skew: Duration::ZERO,
-        ..GcOptions::default()
-    };
+    let gc = prompt_gc();
     let r = run_gc(&c, &gc).unwrap();
     assert_eq!(r.packs_deleted, orphans.len(), "{r:?}");
     assert!(raw.list("packs/").unwrap().is_empty());

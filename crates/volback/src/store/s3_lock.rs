@@ -244,6 +244,19 @@ impl LockApi {
         }
     }
 
+    /// The elements of a successful XML answer about `location`, or the error for another.
+    fn xml_answer(
+        op: &'static str,
+        location: &str,
+        status: StatusCode,
+        body: &[u8],
+    ) -> Result<Vec<(String, Option<String>)>> {
+        if !status.is_success() {
+            return Err(Self::refused(op, location.into(), status, body));
+        }
+        xml_items(body).map_err(|e| Error::corrupt(location, 0, e))
+    }
+
     /// Keeps `full_key`'s current version from deletion until `until_unix`.
     pub(crate) async fn put_retention(
         &self,
@@ -291,15 +304,7 @@ impl LockApi {
         if status == StatusCode::NOT_FOUND && answer(&body).contains("ObjectLockConfiguration") {
             return Ok(None);
         }
-        if !status.is_success() {
-            return Err(Self::refused(
-                "read retention of",
-                full_key.into(),
-                status,
-                &body,
-            ));
-        }
-        let items = xml_items(&body).map_err(|e| Error::corrupt(full_key, 0, e))?;
+        let items = Self::xml_answer("read retention of", full_key, status, &body)?;
         match xml_text(&items, "Retention/RetainUntilDate") {
             None => Ok(None),
             Some(date) => parse_date(date).map(Some).ok_or_else(|| {
@@ -343,15 +348,7 @@ impl LockApi {
                     Bytes::new(),
                 )
                 .await?;
-            if !status.is_success() {
-                return Err(Self::refused(
-                    "list versions of",
-                    full_key.into(),
-                    status,
-                    &body,
-                ));
-            }
-            let items = xml_items(&body).map_err(|e| Error::corrupt(full_key, 0, e))?;
+            let items = Self::xml_answer("list versions of", full_key, status, &body)?;
             let mut current: Option<ObjectVersion> = None;
             for (path, text) in &items {
                 let entry = match path.as_str() {
@@ -467,6 +464,9 @@ impl LockApi {
                 Bytes::new(),
             )
             .await?;
+        if status == StatusCode::NOT_IMPLEMENTED {
+            return Ok(false); // a server without Object Lock (s3s-fs)
+        }
         if status == StatusCode::NOT_FOUND {
             if answer(&body).contains("NoSuchBucket") {
                 return Err(Self::refused(
@@ -478,15 +478,12 @@ impl LockApi {
             }
             return Ok(false);
         }
-        if !status.is_success() {
-            return Err(Self::refused(
-                "read Object Lock configuration of",
-                self.base.clone(),
-                status,
-                &body,
-            ));
-        }
-        let items = xml_items(&body).map_err(|e| Error::corrupt("?object-lock", 0, e))?;
+        let items = Self::xml_answer(
+            "read Object Lock configuration of",
+            &self.base,
+            status,
+            &body,
+        )?;
         Ok(xml_text(&items, "ObjectLockConfiguration/ObjectLockEnabled") == Some("Enabled"))
     }
 
