@@ -905,3 +905,81 @@ fn encrypted_container_keys_from_env_file_and_command() {
         Some(2)
     );
 }
+
+/// `copy`: an encrypted container's backups into a second, plaintext one and into a third with
+/// its own key; a second run copies nothing; a copy needs a selection.
+#[test]
+fn copy_between_containers_with_their_own_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let vol = d.join("v.img");
+    make_image(&vol, 4 << 20, 8);
+    let (src, plain, other) = (
+        d.join("src").display().to_string(),
+        d.join("plain").display().to_string(),
+        d.join("other").display().to_string(),
+    );
+    let env = vec![
+        ("SRC_KEY".to_string(), "source passphrase".to_string()),
+        ("DST_KEY".to_string(), "destination passphrase".to_string()),
+    ];
+    let run = |args: &[&str]| run_with(&env, args);
+    let v = vol.display().to_string();
+    for id in ["b1", "b2"] {
+        ok(run(&[
+            "backup",
+            "--key",
+            "env:SRC_KEY",
+            "--container",
+            &src,
+            "--volume",
+            &v,
+            "--backup-id",
+            id,
+            "--label",
+            "tier=gold",
+        ]));
+    }
+    let copy = |to: &str, extra: &[&str]| {
+        let mut args = vec!["copy", "--key", "env:SRC_KEY", "--from", &src, "--to", to];
+        args.extend_from_slice(extra);
+        args.push("--json");
+        json_of(&ok(run(&args)))
+    };
+    let r = copy(&plain, &["--label", "tier=gold"]);
+    assert_eq!(r["copied"].as_array().unwrap().len(), 2, "{r}");
+    let r = copy(&plain, &["--all"]);
+    assert_eq!(
+        (
+            r["copied"].as_array().unwrap().len(),
+            r["bytes_written"].as_u64()
+        ),
+        (0, Some(0)),
+        "{r}"
+    );
+    let r = copy(&other, &["--backup-id", "b2", "--to-key", "env:DST_KEY"]);
+    assert_eq!(r["copied"][0]["backup_id"], "b2", "{r}");
+    let out = d.join("out.img");
+    ok(run(&[
+        "restore",
+        "--key",
+        "env:DST_KEY",
+        "--container",
+        &other,
+        "--backup-id",
+        "b2",
+        "--target",
+        out.to_str().unwrap(),
+    ]));
+    assert_same(&vol, &out);
+    let err = fails(run(&[
+        "copy",
+        "--key",
+        "env:SRC_KEY",
+        "--from",
+        &src,
+        "--to",
+        &plain,
+    ]));
+    assert!(err.contains("--all"), "{err}");
+}

@@ -82,6 +82,20 @@ impl Env {
         }
     }
 
+    /// The URL and object directory of another, empty container `name` on the same backend.
+    pub fn second_container(&self, name: &str) -> (String, PathBuf) {
+        match &self.server {
+            None => {
+                let p = self.root.join(name);
+                (p.display().to_string(), p)
+            }
+            Some(_) => (
+                format!("s3://{BUCKET}/{name}"),
+                self.objects.parent().unwrap().join(name),
+            ),
+        }
+    }
+
     /// Environment and flags that point the CLI at this container.
     pub fn cli_env(&self) -> Vec<(String, String)> {
         match &self.server {

@@ -310,6 +310,25 @@ def test_labels_and_prune(tmp_path: Path) -> None:
         c.prune()
 
 
+def test_copies_into_a_second_container(tmp_path: Path) -> None:
+    src = open_container(tmp_path)
+    vol = tmp_path / "v.img"
+    for i in range(2):
+        make_image(vol, 20 + i, mib=2)
+        src.backup(vol, volume_id="v", backup_id=f"b{i}", labels={"vm": "web"})
+    dst = volback.Container(str(tmp_path / "second"), create=True, key=b"copy destination key")
+    r = src.copy_to(dst, labels={"vm": "web"})
+    assert [c["backup_id"] for c in r["copied"]] == ["b0", "b1"] and r["bytes_written"] > 0
+    assert [b["labels"] for b in dst.list()] == [{"vm": "web"}, {"vm": "web"}]
+    again = src.copy_to(dst)
+    assert again["copied"] == [] and again["skipped"] == ["b0", "b1"]
+    out = tmp_path / "out.img"
+    dst.restore("b1", out, is_new=True)
+    assert out.read_bytes() == vol.read_bytes()
+    with pytest.raises(volback.BackupNotFound):
+        src.copy_to(dst, backup_ids=["nope"])
+
+
 def test_an_encrypted_container_round_trips_and_manages_its_keys(tmp_path: Path, image: Path) -> None:
     url = str(tmp_path / "enc")
     c = volback.Container(url, create=True, key=b"first secret")

@@ -76,6 +76,9 @@ pub enum Cmd {
     List(ListArgs),
     /// Rebuild the chunk index from the packs' own tables (repairs a lost or damaged index).
     RebuildIndex(RebuildIndexArgs),
+    /// Copy backups into a second container (another directory, bucket or endpoint, other
+    /// credentials, other keys), writing only the chunks it lacks; again: nothing.
+    Copy(CopyArgs),
     /// Bring back the objects of a container with Object Lock that a plain DELETE hid behind
     /// delete markers (retained versions cannot be deleted, only hidden).
     Undelete(UndeleteArgs),
@@ -105,6 +108,7 @@ impl Cmd {
             Cmd::List(_) => "list",
             Cmd::RebuildIndex(_) => "rebuild-index",
             Cmd::Undelete(_) => "undelete",
+            Cmd::Copy(_) => "copy",
             Cmd::Gc(_) => "gc",
             Cmd::Prune(_) => "prune",
             Cmd::Verify(_) => "verify",
@@ -297,6 +301,43 @@ pub struct PruneArgs {
     /// Largest clock difference between hosts sharing the container, in seconds (for gc).
     #[arg(long, default_value_t = GcOptions::default().clock_skew.as_secs())]
     pub clock_skew: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `volback copy`.
+#[derive(clap::Args)]
+pub struct CopyArgs {
+    /// The container to copy from (opened with the global S3 settings and --key).
+    #[arg(long)]
+    pub from: String,
+    /// The container to copy into (created if missing; encrypted if --to-key is given).
+    #[arg(long)]
+    pub to: String,
+    /// Copy this backup (repeat for more).
+    #[arg(long)]
+    pub backup_id: Vec<String>,
+    /// Copy this volume's backups.
+    #[arg(long)]
+    pub volume_id: Option<String>,
+    /// Copy the backups carrying this `key=value` label (repeat: all of them).
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// Copy every backup.
+    #[arg(long)]
+    pub all: bool,
+    /// The destination's S3 endpoint (then its region and profile too come from the --to-s3
+    /// flags and the AWS environment, not from the source's flags).
+    #[arg(long)]
+    pub to_s3_endpoint: Option<String>,
+    #[arg(long)]
+    pub to_s3_region: Option<String>,
+    /// Profile in ~/.aws/credentials for the destination (its own credentials).
+    #[arg(long)]
+    pub to_s3_profile: Option<String>,
+    /// Where the destination's key comes from (env:NAME, file:PATH, cmd:COMMAND).
+    #[arg(long, value_name = "env:NAME|file:PATH|cmd:COMMAND")]
+    pub to_key: Option<String>,
     #[arg(long)]
     pub json: bool,
 }

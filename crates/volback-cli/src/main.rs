@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         Cmd::List(a) => a.json,
         Cmd::RebuildIndex(a) => a.json,
         Cmd::Undelete(a) => a.json,
+        Cmd::Copy(a) => a.json,
         Cmd::Gc(a) => a.json,
         Cmd::Prune(a) => a.json,
         Cmd::Verify(a) => a.json,

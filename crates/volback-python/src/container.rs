@@ -13,6 +13,7 @@ use volback::backup::source::VolumeSource;
 use volback::backup::{BackupOptions, run_backup};
 use volback::chunker::ChunkerParams;
 use volback::container::Container;
+use volback::copy::{CopyOptions, Selection, run_copy};
 use volback::crypto::{KdfParams, KeySource};
 use volback::driver::Driver;
 use volback::format::config::{ContainerConfig, ObjectLock};
@@ -361,6 +362,31 @@ impl NativeContainer {
     /// Lock); returns how many.
     fn undelete(&self, py: Python<'_>) -> PyResult<u64> {
         py.detach(|| self.container.undelete()).map_err(to_py)
+    }
+
+    /// Copies the selected backups (all, without a selection) into `dst`, writing only what
+    /// it lacks; JSON report.
+    #[pyo3(signature = (dst, *, backup_ids = None, volume_id = None, labels = None))]
+    fn copy_to(
+        &self,
+        py: Python<'_>,
+        dst: &NativeContainer,
+        backup_ids: Option<Vec<String>>,
+        volume_id: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> PyResult<String> {
+        let opts = CopyOptions {
+            selection: Selection {
+                backup_ids: backup_ids.unwrap_or_default(),
+                volume_id,
+                labels: labels.unwrap_or_default(),
+            },
+            cancel: None,
+        };
+        let r = py
+            .detach(|| run_copy(&self.container, &dst.container, &opts))
+            .map_err(to_py)?;
+        json(&r)
     }
 
     /// Collects garbage (safe alongside anything); JSON report.

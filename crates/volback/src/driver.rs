@@ -188,6 +188,7 @@ impl Driver {
             cancel: None,
             labels: Default::default(),
             full_read: false,
+            created: None,
         };
         self.backup_with(&container, volume, &opts, progress)
     }

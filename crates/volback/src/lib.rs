@@ -188,6 +188,8 @@
 //!                               sink written front to back); mod: run_restore
 //! gc/                           packs, mark, condemn, repack, sweep, merge: the protocol's steps
 //! prune/                        policy (retention rules, restic's semantics); mod: run_prune
+//! copy/                         backups into a second container: a restore streamed into a
+//!                               backup of the destination; mod: run_copy
 //! verify.rs                     what verify checks without restoring
 //! usage.rs                      what each backup alone holds (list --exclusive)
 //! driver.rs                     the Cinder verbs over all of the above; start here as a caller
@@ -235,6 +237,7 @@ pub mod backup;
 pub mod chunker;
 pub mod clock;
 pub mod container;
+pub mod copy;
 pub mod crypto;
 pub mod driver;
 pub mod error;

@@ -72,6 +72,7 @@ pub fn run(args: BackupArgs, access: &Access) -> Result<Outcome> {
         lease_ttl: Some(std::time::Duration::from_secs(lease_ttl.max(1))),
         labels: labels_of(&label)?,
         full_read,
+        created: None,
     };
     let pb = progress_bar(json, size_hint);
     let cb = |n: u64| {

@@ -8,6 +8,7 @@ use serde_json::json;
 
 mod backup;
 mod check;
+mod copy;
 mod delete;
 mod export;
 mod gc;
@@ -120,6 +121,7 @@ pub fn run(cmd: Cmd, access: &Access) -> Result<Outcome> {
         Cmd::List(a) => list::run(a, access),
         Cmd::RebuildIndex(a) => rebuild_index::run(a, access),
         Cmd::Undelete(a) => undelete::run(a, access),
+        Cmd::Copy(a) => copy::run(a, access),
         Cmd::Gc(a) => gc::run(a, access),
         Cmd::Prune(a) => prune::run(a, access),
         Cmd::Verify(a) => verify::run(a, access),

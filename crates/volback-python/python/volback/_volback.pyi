@@ -73,6 +73,14 @@ class NativeContainer:
     def import_record(self, text: str) -> str: ...
     def verify(self, backup_id: str | None = ..., *, read_data: bool = ...) -> str: ...
     def undelete(self) -> int: ...
+    def copy_to(
+        self,
+        dst: NativeContainer,
+        *,
+        backup_ids: list[str] | None = ...,
+        volume_id: str | None = ...,
+        labels: dict[str, str] | None = ...,
+    ) -> str: ...
     def gc(
         self,
         *,

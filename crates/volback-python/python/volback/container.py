@@ -292,6 +292,30 @@ class Container:
         and re-hashes every chunk. ``report["damaged_backups"]`` names what cannot be."""
         return dict(json.loads(_call(self._native.verify, backup_id, read_data=read_data)))
 
+    def copy_to(
+        self,
+        dst: Container,
+        *,
+        backup_ids: list[str] | None = None,
+        volume_id: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Copies backups into ``dst`` (another directory, bucket or endpoint; its own key): those
+        named, of ``volume_id``, carrying ``labels``, or all. Only what ``dst`` lacks is written;
+        backups it holds are skipped; copies keep ids, labels and times. Returns the report
+        (``copied``, ``skipped``, ``bytes_read``, ``bytes_written``)."""
+        return dict(
+            json.loads(
+                _call(
+                    self._native.copy_to,
+                    dst._native,
+                    backup_ids=backup_ids,
+                    volume_id=volume_id,
+                    labels=labels,
+                )
+            )
+        )
+
     def undelete(self) -> int:
         """Brings back objects of a container with Object Lock that a plain DELETE hid behind
         delete markers; returns how many."""

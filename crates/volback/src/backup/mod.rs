@@ -77,6 +77,25 @@ pub struct BackupOptions {
     /// Read the volume even when it is a regular file whose stamp matches the parent's (by
     /// default such a volume is not read: see `backup/unchanged.rs`).
     pub full_read: bool,
+    /// The backup's creation time (Unix seconds, RFC 3339) instead of now: a copy keeps its
+    /// source's, so that retention rules see the same history in both containers.
+    pub created: Option<(u64, String)>,
+}
+
+impl BackupOptions {
+    /// When the backup was created (RFC 3339): [`BackupOptions::created`], else now.
+    pub(crate) fn created_at(&self) -> String {
+        self.created
+            .as_ref()
+            .map_or_else(now_rfc3339, |(_, at)| at.clone())
+    }
+
+    /// When the backup was created (Unix seconds): [`BackupOptions::created`], else now.
+    pub(crate) fn created_unix(&self) -> u64 {
+        self.created
+            .as_ref()
+            .map_or_else(now_unix, |(unix, _)| *unix)
+    }
 }
 
 /// What a backup did (the CLI's `backup --json`).
@@ -347,8 +366,8 @@ fn new_manifest(
         backup_id,
         volume_id: opts.volume_id.clone(),
         parent_id: opts.parent_id.clone(),
-        created_at: now_rfc3339(),
-        created_unix: now_unix(),
+        created_at: opts.created_at(),
+        created_unix: opts.created_unix(),
         data_timestamp: opts.data_timestamp.clone(),
         size: stored.size,
         chunker,

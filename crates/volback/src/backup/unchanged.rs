@@ -13,7 +13,6 @@
 
 use super::BackupOptions;
 use super::source::OpenVolume;
-use crate::clock::{now_rfc3339, now_unix};
 use crate::container::Container;
 use crate::error::Result;
 use crate::format::keys::CONDEMNED_PREFIX;
@@ -48,8 +47,8 @@ pub(super) fn manifest_from_parent(
         backup_id,
         volume_id: opts.volume_id.clone(),
         parent_id: opts.parent_id.clone(),
-        created_at: now_rfc3339(),
-        created_unix: now_unix(),
+        created_at: opts.created_at(),
+        created_unix: opts.created_unix(),
         data_timestamp: opts.data_timestamp.clone(),
         stats: ManifestStats {
             chunks_total: parent.stats.chunks_total,
