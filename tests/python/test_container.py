@@ -11,7 +11,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -327,6 +327,38 @@ def test_copies_into_a_second_container(tmp_path: Path) -> None:
     assert out.read_bytes() == vol.read_bytes()
     with pytest.raises(volback.BackupNotFound):
         src.copy_to(dst, backup_ids=["nope"])
+
+
+def test_job_events_as_a_scheduler_consumes_them(tmp_path: Path) -> None:
+    c = open_container(tmp_path)
+    vol = tmp_path / "v.img"
+    make_image(vol, 30, mib=24)
+    events: list[dict[str, Any]] = []
+    seen: list[int] = []
+    r = c.backup(
+        vol, volume_id="v", backup_id="b1", events=events.append, progress=lambda d, t: seen.append(d)
+    )
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "finished" and "progress" in kinds, kinds
+    assert all(e["op"] == "backup" for e in events)
+    last = [e for e in events if e["event"] == "progress"][-1]
+    assert last["bytes_done"] == last["bytes_total"] == vol.stat().st_size and last["percent"] == 100.0
+    assert events[-1]["report"] == r and seen, "the caller's own progress is still called"
+    events.clear()
+    c.restore("b1", tmp_path / "out.img", is_new=True, events=events.append)
+    assert [e["event"] for e in events][:: len(events) - 1] == ["started", "finished"]
+    events.clear()
+    with pytest.raises(volback.BackupNotFound):
+        c.restore("nope", tmp_path / "out2.img", is_new=True, events=events.append)
+    assert events[-1]["event"] == "error" and events[-1]["kind"] == "backup_not_found", events
+    calls: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("gc", lambda: c.gc(events=events.append)),
+        ("verify", lambda: c.verify(events=events.append)),
+    ]
+    for op, call in calls:
+        events.clear()
+        call()
+        assert [(e["event"], e["op"]) for e in events] == [("started", op), ("finished", op)]
 
 
 def test_an_encrypted_container_round_trips_and_manages_its_keys(tmp_path: Path, image: Path) -> None:

@@ -7,6 +7,11 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
+/// `unix` (seconds since the epoch) as RFC 3339 (UTC, seconds).
+pub fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
 /// Current time in seconds since the epoch.
 pub fn now_unix() -> u64 {
     SystemTime::now()

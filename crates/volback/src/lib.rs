@@ -151,6 +151,7 @@
 //! | gc ∥ gc | yes | records are create-only; each sweep re-checks copies on listings taken after its own record was written, so two collectors never delete each other's last copy; segments are merged new-first |
 //! | verify ∥ anything | yes | read-only, under a lease |
 //! | prune ∥ anything | yes | prune is delete + gc: each backup it removes is a delete, then one collection |
+//! | copy ∥ anything | yes | a copy is a restore of the source (under its lease) streamed into a backup of the destination (under its own): each side is as safe as those are |
 //! | backup ∥ gc, Object Lock | yes | as above; retention only adds refusals: a pack whose delete the server refuses stays, out of the index, and a later collection condemns it again |
 //! | delete ∥ anything, Object Lock | yes | a retained backup's delete is refused before it writes a tombstone; an expired one is deleted as above |
 //!

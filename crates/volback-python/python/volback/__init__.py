@@ -25,12 +25,14 @@ from volback.errors import (
     VolumeError,
     error_class,
 )
+from volback.events import EventCallback
 
 __all__ = [
     "KINDS",
     "CancelToken",
     "__version__",
     "Container",
+    "EventCallback",
     "ProgressCallback",
     "S3Settings",
     "Volume",

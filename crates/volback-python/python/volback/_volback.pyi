@@ -1,3 +1,4 @@
+import builtins
 from typing import Any, Callable
 
 KINDS: list[str]
@@ -77,7 +78,7 @@ class NativeContainer:
         self,
         dst: NativeContainer,
         *,
-        backup_ids: list[str] | None = ...,
+        backup_ids: builtins.list[str] | None = ...,
         volume_id: str | None = ...,
         labels: dict[str, str] | None = ...,
     ) -> str: ...

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Union
 
 from volback import _volback
 from volback.errors import from_native
+from volback.events import EventCallback, run_job
 
 #: ``progress(done_bytes, total_bytes)``; return ``False`` to stop the operation.
 ProgressCallback = Callable[[int, int], Optional[bool]]
@@ -200,6 +201,7 @@ class Container:
         progress: ProgressCallback | None = None,
         cancel: _volback.CancelToken | None = None,
         labels: dict[str, str] | None = None,
+        events: EventCallback | None = None,
     ) -> dict[str, Any]:
         """Backs up ``volume``; an incremental of ``parent_id`` if given (the volume may have
         grown or shrunk). ``metadata`` (JSON-serialisable) is stored with the backup. Returns
@@ -210,24 +212,29 @@ class Container:
         volume's size cannot be told without reading it (a file object without a descriptor).
         ``labels``: ``key=value`` pairs stored with the backup (``{"policy": "daily"}``), listed
         with it and the groups :meth:`prune` can apply rules to."""
-        return dict(
-            json.loads(
-                _call(
-                    self._native.backup,
-                    volume,
-                    backup_id=backup_id or str(uuid.uuid4()),
-                    volume_id=volume_id,
-                    parent_id=parent_id,
-                    metadata_json=None if metadata is None else json.dumps(metadata),
-                    data_timestamp=data_timestamp,
-                    expected_size=expected_size,
-                    zstd_level=zstd_level,
-                    size_hint=_size_of(volume) or size_hint or 0,
-                    progress=progress,
-                    cancel=cancel,
-                    labels=labels,
+        return run_job(
+            "backup",
+            events,
+            progress,
+            lambda p: dict(
+                json.loads(
+                    _call(
+                        self._native.backup,
+                        volume,
+                        backup_id=backup_id or str(uuid.uuid4()),
+                        volume_id=volume_id,
+                        parent_id=parent_id,
+                        metadata_json=None if metadata is None else json.dumps(metadata),
+                        data_timestamp=data_timestamp,
+                        expected_size=expected_size,
+                        zstd_level=zstd_level,
+                        size_hint=_size_of(volume) or size_hint or 0,
+                        progress=p,
+                        cancel=cancel,
+                        labels=labels,
+                    )
                 )
-            )
+            ),
         )
 
     def restore(
@@ -239,6 +246,7 @@ class Container:
         sync: bool = True,
         progress: ProgressCallback | None = None,
         cancel: _volback.CancelToken | None = None,
+        events: EventCallback | None = None,
     ) -> dict[str, Any]:
         """Restores ``backup_id`` onto ``target``: a path, a file descriptor, or a file object.
         A descriptor (or an object whose ``fileno()`` gives one) is written at offsets; any
@@ -248,18 +256,23 @@ class Container:
         when complete; a file object is seeked over them when it is seekable); otherwise zeros
         are written and a file ends at exactly the volume size. Returns the report, with the
         stored volume metadata under ``volume_metadata``."""
-        return dict(
-            json.loads(
-                _call(
-                    self._native.restore,
-                    backup_id,
-                    target,
-                    is_new=is_new,
-                    sync=sync,
-                    progress=progress,
-                    cancel=cancel,
+        return run_job(
+            "restore",
+            events,
+            progress,
+            lambda p: dict(
+                json.loads(
+                    _call(
+                        self._native.restore,
+                        backup_id,
+                        target,
+                        is_new=is_new,
+                        sync=sync,
+                        progress=p,
+                        cancel=cancel,
+                    )
                 )
-            )
+            ),
         )
 
     def delete(self, backup_id: str) -> None:
@@ -287,33 +300,46 @@ class Container:
         one exported); returns the backup's fields."""
         return dict(json.loads(_call(self._native.import_record, text)))
 
-    def verify(self, backup_id: str | None = None, *, read_data: bool = False) -> dict[str, Any]:
+    def verify(
+        self, backup_id: str | None = None, *, read_data: bool = False, events: EventCallback | None = None
+    ) -> dict[str, Any]:
         """Checks that backups can be restored without restoring them; ``read_data`` re-reads
         and re-hashes every chunk. ``report["damaged_backups"]`` names what cannot be."""
-        return dict(json.loads(_call(self._native.verify, backup_id, read_data=read_data)))
+        return run_job(
+            "verify",
+            events,
+            None,
+            lambda _: dict(json.loads(_call(self._native.verify, backup_id, read_data=read_data))),
+        )
 
     def copy_to(
         self,
         dst: Container,
         *,
-        backup_ids: list[str] | None = None,
+        backup_ids: builtins.list[str] | None = None,
         volume_id: str | None = None,
         labels: dict[str, str] | None = None,
+        events: EventCallback | None = None,
     ) -> dict[str, Any]:
         """Copies backups into ``dst`` (another directory, bucket or endpoint; its own key): those
         named, of ``volume_id``, carrying ``labels``, or all. Only what ``dst`` lacks is written;
         backups it holds are skipped; copies keep ids, labels and times. Returns the report
         (``copied``, ``skipped``, ``bytes_read``, ``bytes_written``)."""
-        return dict(
-            json.loads(
-                _call(
-                    self._native.copy_to,
-                    dst._native,
-                    backup_ids=backup_ids,
-                    volume_id=volume_id,
-                    labels=labels,
+        return run_job(
+            "copy",
+            events,
+            None,
+            lambda _: dict(
+                json.loads(
+                    _call(
+                        self._native.copy_to,
+                        dst._native,
+                        backup_ids=backup_ids,
+                        volume_id=volume_id,
+                        labels=labels,
+                    )
                 )
-            )
+            ),
         )
 
     def undelete(self) -> int:
@@ -328,18 +354,24 @@ class Container:
         max_unused: float | None = None,
         clock_skew: float | None = None,
         min_age: float | None = None,
+        events: EventCallback | None = None,
     ) -> dict[str, Any]:
         """Gives back the space of deleted and interrupted backups; safe alongside anything."""
-        return dict(
-            json.loads(
-                _call(
-                    self._native.gc,
-                    dry_run=dry_run,
-                    max_unused=max_unused,
-                    clock_skew=clock_skew,
-                    min_age=min_age,
+        return run_job(
+            "gc",
+            events,
+            None,
+            lambda _: dict(
+                json.loads(
+                    _call(
+                        self._native.gc,
+                        dry_run=dry_run,
+                        max_unused=max_unused,
+                        clock_skew=clock_skew,
+                        min_age=min_age,
+                    )
                 )
-            )
+            ),
         )
 
     def prune(
@@ -357,6 +389,7 @@ class Container:
         dry_run: bool = False,
         allow_removing_newest: bool = False,
         gc: bool = True,
+        events: EventCallback | None = None,
     ) -> dict[str, Any]:
         """Applies retention rules with restic's ``forget --keep-*`` meaning (``keep_within``
         as ``"1y2m3d4h"``) to each volume's backups, or to each value of label
@@ -364,22 +397,27 @@ class Container:
         no rule keeps (never a group's newest unless ``allow_removing_newest``) and, with
         ``gc``, gives the space back. Returns the report: per group, each backup and the
         rules that keep it."""
-        return dict(
-            json.loads(
-                _call(
-                    self._native.prune,
-                    keep_last=keep_last,
-                    keep_hourly=keep_hourly,
-                    keep_daily=keep_daily,
-                    keep_weekly=keep_weekly,
-                    keep_monthly=keep_monthly,
-                    keep_yearly=keep_yearly,
-                    keep_within=keep_within,
-                    group_by_label=group_by_label,
-                    labels=labels,
-                    dry_run=dry_run,
-                    allow_removing_newest=allow_removing_newest,
-                    gc=gc,
+        return run_job(
+            "prune",
+            events,
+            None,
+            lambda _: dict(
+                json.loads(
+                    _call(
+                        self._native.prune,
+                        keep_last=keep_last,
+                        keep_hourly=keep_hourly,
+                        keep_daily=keep_daily,
+                        keep_weekly=keep_weekly,
+                        keep_monthly=keep_monthly,
+                        keep_yearly=keep_yearly,
+                        keep_within=keep_within,
+                        group_by_label=group_by_label,
+                        labels=labels,
+                        dry_run=dry_run,
+                        allow_removing_newest=allow_removing_newest,
+                        gc=gc,
+                    )
                 )
-            )
+            ),
         )

@@ -11,7 +11,7 @@
 //! provider, and sent on an HTTP client built from the same [`ClientOptions`]: `aws-sdk-s3`
 //! would double volback's build time (docs/performance.md) for five small requests.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -102,10 +102,7 @@ fn parse_date(s: &str) -> Option<u64> {
         .map(|d| d.as_secs())
 }
 
-pub(crate) fn format_date(unix: u64) -> String {
-    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(unix);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+pub(crate) use crate::clock::rfc3339 as format_date;
 
 /// Every element of an XML document in order: its path (`A/B/C`) and, for text, the text
 /// (`None` marks where the element starts). S3's answers here are small.
