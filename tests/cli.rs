@@ -946,9 +946,23 @@ fn copy_between_containers_with_their_own_keys() {
         args.push("--json");
         json_of(&ok(run(&args)))
     };
-    let r = copy(&plain, &["--label", "tier=gold"]);
+    let err = fails(run(&[
+        "copy",
+        "--key",
+        "env:SRC_KEY",
+        "--from",
+        &src,
+        "--to",
+        &plain,
+        "--all",
+    ]));
+    assert!(err.contains("is encrypted"), "{err}");
+    let r = copy(
+        &plain,
+        &["--label", "tier=gold", "--allow-plaintext-destination"],
+    );
     assert_eq!(r["copied"].as_array().unwrap().len(), 2, "{r}");
-    let r = copy(&plain, &["--all"]);
+    let r = copy(&plain, &["--all", "--allow-plaintext-destination"]);
     assert_eq!(
         (
             r["copied"].as_array().unwrap().len(),

@@ -50,8 +50,16 @@ fn copies_write_only_what_the_destination_lacks_and_restore_from_it_alone(e: &En
     let images = five_days(e);
     let (url, objects) = e.second_container("dst");
     let dst = Container::open_with(&url, true, None, &e.s3).unwrap();
-    let r = run_copy(&e.c, &dst, &all()).unwrap();
+    let last = std::sync::Mutex::new((0u64, 0u64));
+    let progress = |done: u64, total: u64| *last.lock().unwrap() = (done, total);
+    let r = run_copy(&e.c, &dst, &all(), Some(&progress)).unwrap();
     assert_eq!(r.copied.len(), 5, "{r:?}");
+    let (done, total) = *last.lock().unwrap();
+    assert_eq!(
+        (done, total),
+        (r.bytes_read, 5 * (24 << 20)),
+        "progress ends at the total"
+    );
     assert_eq!(r.copied[1].parent_id.as_deref(), Some("day0"));
     // What the destination stores is what the source stores, within 5 %.
     let (src_bytes, dst_bytes) = (dir_size(&e.objects), dir_size(&objects));
@@ -60,7 +68,7 @@ fn copies_write_only_what_the_destination_lacks_and_restore_from_it_alone(e: &En
         "source {src_bytes}, destination {dst_bytes}"
     );
     // Again: nothing to copy, nothing written.
-    let again = run_copy(&e.c, &dst, &all()).unwrap();
+    let again = run_copy(&e.c, &dst, &all(), None).unwrap();
     assert!(again.copied.is_empty(), "{again:?}");
     assert_eq!(again.skipped.len(), 5);
     assert_eq!(again.destination_requests.put, 0, "{again:?}");
@@ -102,7 +110,10 @@ fn copies_write_only_what_the_destination_lacks_and_restore_from_it_alone(e: &En
         },
         ..all()
     };
-    assert_eq!(run_copy(&e.c, &dst, &by_label).unwrap().skipped.len(), 5);
+    assert_eq!(
+        run_copy(&e.c, &dst, &by_label, None).unwrap().skipped.len(),
+        5
+    );
 }
 
 fn an_interrupted_copy_resumes_and_a_conflicting_id_is_refused(e: &Env) {
@@ -118,16 +129,16 @@ fn an_interrupted_copy_resumes_and_a_conflicting_id_is_refused(e: &Env) {
         },
         ..all()
     };
-    run_copy(&e.c, &dst, &opts).unwrap();
+    run_copy(&e.c, &dst, &opts, None).unwrap();
     cancel.store(true, Ordering::Relaxed);
     let stopped = CopyOptions {
         cancel: Some(cancel),
         ..all()
     };
-    let err = run_copy(&e.c, &dst, &stopped).unwrap_err();
+    let err = run_copy(&e.c, &dst, &stopped, None).unwrap_err();
     assert_eq!(err.kind(), "cancelled", "{err}");
     assert_eq!(dst.list_backups().unwrap().len(), 2);
-    let r = run_copy(&e.c, &dst, &all()).unwrap();
+    let r = run_copy(&e.c, &dst, &all(), None).unwrap();
     assert_eq!((r.copied.len(), r.skipped.len()), (3, 2), "{r:?}");
 
     // A destination backup that shares an id with a different source backup is refused.
@@ -136,7 +147,7 @@ fn an_interrupted_copy_resumes_and_a_conflicting_id_is_refused(e: &Env) {
     let vol = e.root.join("other.img");
     make_image(&vol, 1 << 20, 99);
     backup_file(&other, &vol, "day0", None);
-    let err = run_copy(&e.c, &other, &all()).unwrap_err();
+    let err = run_copy(&e.c, &other, &all(), None).unwrap_err();
     assert_eq!(err.kind(), "backup_exists", "{err}");
     // An unknown id is an error, not an empty copy.
     let missing = CopyOptions {
@@ -147,7 +158,7 @@ fn an_interrupted_copy_resumes_and_a_conflicting_id_is_refused(e: &Env) {
         ..all()
     };
     assert_eq!(
-        run_copy(&e.c, &dst, &missing).unwrap_err().kind(),
+        run_copy(&e.c, &dst, &missing, None).unwrap_err().kind(),
         "backup_not_found"
     );
 }
@@ -177,8 +188,16 @@ fn copies_cross_encryption_boundaries() {
     backup_file(&enc, &vol, "b2", Some("b1"));
     let plain = open("plain", None);
     let enc2 = open("enc2", Some(&k2));
+    // Encrypted backups go into a plaintext container only when the caller says so.
+    let err = run_copy(&enc, &plain, &all(), None).unwrap_err();
+    assert_eq!(err.kind(), "key", "{err}");
+    assert!(plain.list_backups().unwrap().is_empty());
+    let allowed = CopyOptions {
+        allow_plaintext: true,
+        ..all()
+    };
     for dst in [&plain, &enc2] {
-        let r = run_copy(&enc, dst, &all()).unwrap();
+        let r = run_copy(&enc, dst, &allowed, None).unwrap();
         assert_eq!(r.copied.len(), 2);
         // The incremental writes far less than the full (dedup in the destination's ids).
         assert!(
@@ -191,6 +210,6 @@ fn copies_cross_encryption_boundaries() {
         assert_same(&vol, &out);
     }
     let back = open("back", Some(&k1));
-    run_copy(&plain, &back, &all()).unwrap();
+    run_copy(&plain, &back, &all(), None).unwrap();
     assert!(back.is_encrypted());
 }

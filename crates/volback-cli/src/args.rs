@@ -338,6 +338,9 @@ pub struct CopyArgs {
     /// Where the destination's key comes from (env:NAME, file:PATH, cmd:COMMAND).
     #[arg(long, value_name = "env:NAME|file:PATH|cmd:COMMAND")]
     pub to_key: Option<String>,
+    /// Allow copying an encrypted container's backups into a plaintext one (refused otherwise).
+    #[arg(long)]
+    pub allow_plaintext_destination: bool,
     #[arg(long)]
     pub json: bool,
 }

@@ -366,7 +366,7 @@ impl NativeContainer {
 
     /// Copies the selected backups (all, without a selection) into `dst`, writing only what
     /// it lacks; JSON report.
-    #[pyo3(signature = (dst, *, backup_ids = None, volume_id = None, labels = None))]
+    #[pyo3(signature = (dst, *, backup_ids = None, volume_id = None, labels = None, allow_plaintext = false))]
     fn copy_to(
         &self,
         py: Python<'_>,
@@ -374,6 +374,7 @@ impl NativeContainer {
         backup_ids: Option<Vec<String>>,
         volume_id: Option<String>,
         labels: Option<BTreeMap<String, String>>,
+        allow_plaintext: bool,
     ) -> PyResult<String> {
         let opts = CopyOptions {
             selection: Selection {
@@ -381,10 +382,11 @@ impl NativeContainer {
                 volume_id,
                 labels: labels.unwrap_or_default(),
             },
+            allow_plaintext,
             cancel: None,
         };
         let r = py
-            .detach(|| run_copy(&self.container, &dst.container, &opts))
+            .detach(|| run_copy(&self.container, &dst.container, &opts, None))
             .map_err(to_py)?;
         json(&r)
     }

@@ -17,6 +17,7 @@ pub fn run(args: CopyArgs, access: &Access) -> Result<Outcome> {
         to_s3_region,
         to_s3_profile,
         to_key,
+        allow_plaintext_destination,
         json,
     } = args;
     if backup_id.is_empty() && volume_id.is_none() && label.is_empty() && !all {
@@ -38,6 +39,14 @@ pub fn run(args: CopyArgs, access: &Access) -> Result<Outcome> {
     }
     let key = to_key.as_deref().map(KeySource::parse).transpose()?;
     let dst = Container::open_keyed(&to, true, None, &s3, key.as_ref())?;
+    let pb = progress_bar(json, None);
+    let progress = |done: u64, total: u64| {
+        if let Some(pb) = &pb {
+            pb.set_length(total);
+            pb.set_position(done);
+        }
+        events::progress(done, Some(total));
+    };
     let r = run_copy(
         &src,
         &dst,
@@ -47,9 +56,14 @@ pub fn run(args: CopyArgs, access: &Access) -> Result<Outcome> {
                 volume_id,
                 labels: labels_of(&label)?,
             },
+            allow_plaintext: allow_plaintext_destination,
             cancel: None,
         },
+        Some(&progress),
     )?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
     events::finished(&r);
     if json {
         print_json(&r)?;

@@ -81,6 +81,7 @@ class NativeContainer:
         backup_ids: builtins.list[str] | None = ...,
         volume_id: str | None = ...,
         labels: dict[str, str] | None = ...,
+        allow_plaintext: bool = ...,
     ) -> str: ...
     def gc(
         self,

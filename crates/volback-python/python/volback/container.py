@@ -319,11 +319,13 @@ class Container:
         backup_ids: builtins.list[str] | None = None,
         volume_id: str | None = None,
         labels: dict[str, str] | None = None,
+        allow_plaintext: bool = False,
         events: EventCallback | None = None,
     ) -> dict[str, Any]:
         """Copies backups into ``dst`` (another directory, bucket or endpoint; its own key): those
         named, of ``volume_id``, carrying ``labels``, or all. Only what ``dst`` lacks is written;
-        backups it holds are skipped; copies keep ids, labels and times. Returns the report
+        backups it holds are skipped; copies keep ids, labels and times. An encrypted container's
+        backups go only to an encrypted ``dst`` unless ``allow_plaintext``. Returns the report
         (``copied``, ``skipped``, ``bytes_read``, ``bytes_written``)."""
         return run_job(
             "copy",
@@ -337,6 +339,7 @@ class Container:
                         backup_ids=backup_ids,
                         volume_id=volume_id,
                         labels=labels,
+                        allow_plaintext=allow_plaintext,
                     )
                 )
             ),

@@ -7,8 +7,9 @@
 //! cuts, deduplicates, compresses and (with its own keys) seals them as any backup does. So
 //!
 //! - only the chunks the destination lacks are written, packed densely in new packs;
-//! - an encrypted source may go to a plaintext destination, or the other way, or between two
-//!   encrypted containers with unrelated keys: nothing is assumed of the destination's ids;
+//! - an encrypted source goes to a destination with keys of its own (or, only when the caller
+//!   allows it, to a plaintext one); a plaintext source may go to an encrypted destination:
+//!   nothing is assumed of the destination's chunk ids;
 //! - the copy keeps its backup id, volume id, labels, metadata, data timestamp and creation
 //!   time, and is an incremental of its parent where the destination holds the parent (whose
 //!   chunks then guide the cut, as in any incremental);
@@ -63,6 +64,9 @@ impl Selection {
 #[derive(Debug, Clone, Default)]
 pub struct CopyOptions {
     pub selection: Selection,
+    /// Copy an encrypted container's backups into a plaintext one. Refused by default: an
+    /// encrypted source stays encrypted (the destination needs a key of its own).
+    pub allow_plaintext: bool,
     /// Set to stop: the backup being copied fails with [`Error::Cancelled`] and commits
     /// nothing; those copied before it stay.
     pub cancel: Option<Arc<AtomicBool>>,
@@ -97,9 +101,25 @@ pub struct CopyReport {
     pub elapsed_s: f64,
 }
 
+/// Progress of a copy: volume bytes copied so far, of the total of the backups to copy.
+pub type CopyProgress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
 /// Copies the selected backups of `src` into `dst`, oldest first.
-pub fn run_copy(src: &Container, dst: &Container, opts: &CopyOptions) -> Result<CopyReport> {
+pub fn run_copy(
+    src: &Container,
+    dst: &Container,
+    opts: &CopyOptions,
+    progress: Option<CopyProgress<'_>>,
+) -> Result<CopyReport> {
     let started = Instant::now();
+    if src.is_encrypted() && !dst.is_encrypted() && !opts.allow_plaintext {
+        return Err(Error::Key(format!(
+            "'{}' is encrypted and '{}' is not: give the destination a key of its own, or \
+             allow a plaintext copy explicitly",
+            src.url(),
+            dst.url()
+        )));
+    }
     let (src_before, dst_before) = (src.store().requests(), dst.store().requests());
     let mut selected = Vec::new();
     for m in src.list_backups()? {
@@ -117,13 +137,24 @@ pub fn run_copy(src: &Container, dst: &Container, opts: &CopyOptions) -> Result<
         }
     }
     let mut report = CopyReport::default();
+    let mut todo = Vec::new();
     for m in &selected {
         if dst.backup_id_taken(&m.backup_id)? {
             same_backup(dst, m)?;
             report.skipped.push(m.backup_id.clone());
-            continue;
+        } else {
+            todo.push(m);
         }
-        let copied = copy_one(src, dst, m, opts)?;
+    }
+    let total: u64 = todo.iter().map(|m| m.size).sum();
+    for m in todo {
+        let done = report.bytes_read;
+        let one = |n: u64| {
+            if let Some(p) = progress {
+                p(done.saturating_add(n), total);
+            }
+        };
+        let copied = copy_one(src, dst, m, opts, Some(&one))?;
         report.bytes_read += copied.size;
         report.bytes_written += copied.bytes_written;
         report.copied.push(copied);
@@ -162,6 +193,7 @@ fn copy_one(
     dst: &Container,
     m: &Manifest,
     opts: &CopyOptions,
+    progress: Option<crate::backup::Progress<'_>>,
 ) -> Result<CopiedBackup> {
     let started = Instant::now();
     let parent_id = match &m.parent_id {
@@ -202,7 +234,7 @@ fn copy_one(
             name: name.clone(),
             reader: Box::new(reader),
         };
-        let backed_up = run_backup(dst, source, &backup_opts, None);
+        let backed_up = run_backup(dst, source, &backup_opts, progress);
         let restored = restore
             .join()
             .unwrap_or_else(|_| Err(Error::Internal(format!("restore of {name} panicked"))));
