@@ -183,7 +183,8 @@
 //!                               retention (Object Lock)
 //! backup/                       source (reading volumes), buffers, dedup (the dedup set),
 //!                               pipeline (the threads), packer, writer, parent_guide,
-//!                               unchanged (an unchanged file is not read); mod: run_backup
+//!                               unchanged (an unchanged file is not read), retain (Object
+//!                               Lock at commit); mod: run_backup
 //! restore/                      locations (chunk locations table), check, window, stripe,
 //!                               writer, output: target (a file or device) or stream (a
 //!                               sink written front to back); mod: run_restore

@@ -24,6 +24,7 @@ pub mod dedup;
 mod packer;
 mod parent_guide;
 mod pipeline;
+pub mod retain;
 pub mod source;
 mod unchanged;
 mod writer;
@@ -249,7 +250,7 @@ impl Done<'_> {
         let retained_until = lock.map(Container::retention_date);
         let mut objects_retained = 0;
         if let (Some(lock), Some(until)) = (lock, retained_until) {
-            objects_retained = self.container.retain_backup(&manifest, lock, until)?;
+            objects_retained = retain::retain_backup(self.container, &manifest, lock, until)?;
         }
         lease.check_valid()?;
         let bytes = self.container.commit_manifest(&manifest)?;

@@ -3,8 +3,8 @@
 //! A container created with [`ObjectLock`] settings lives in an S3 bucket with Object Lock
 //! enabled. Before a backup's manifest is committed, every object a restore of it reads is
 //! retained (`PutObjectRetention`) until `now + days`: the packs holding its chunks (found
-//! through the index, as a restore finds them), the config and, in an encrypted container, the
-//! key slots. Then the manifest is committed and retained itself; if that fails, the manifest
+//! through the index, as a restore finds them: `backup/retain.rs`), the config and, in an
+//! encrypted container, the key slots. Then the manifest is committed and retained itself; if that fails, the manifest
 //! is removed again and the backup fails: a backup is never visible unprotected. Packs a new
 //! backup shares with older ones are retained again, to the new date: retention only grows.
 //!
@@ -15,7 +15,7 @@
 //! credentials cannot delete a retained version either. A plain DELETE by someone else only
 //! hides an object behind a delete marker; [`Container::undelete`] removes such markers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use rayon::prelude::*;
 
@@ -23,17 +23,11 @@ use super::Container;
 use crate::clock::now_unix;
 use crate::error::{Error, Result};
 use crate::format::config::ObjectLock;
-use crate::format::extent_list::Extent;
 use crate::format::key_slot::KEYS_PREFIX;
 use crate::format::keys::{CONFIG_KEY, manifest_key, pack_key};
 use crate::format::manifest::Manifest;
 use crate::ids::Hash;
-use crate::index::Locate;
-use crate::restore::locations::{DEFAULT_MEM_ENTRIES, LocationTable};
 use crate::store::s3_lock::format_date;
-
-/// Chunk ids located per batch when collecting a backup's packs.
-const LOCATE_BATCH: usize = 4096;
 
 impl Container {
     /// The container's Object Lock settings, if it was created with them.
@@ -47,7 +41,7 @@ impl Container {
     }
 
     /// Retains `keys` until `until` in the container's mode, many requests at a time.
-    fn retain_all(&self, lock: ObjectLock, keys: &[String], until: u64) -> Result<()> {
+    pub(crate) fn retain_all(&self, lock: ObjectLock, keys: &[String], until: u64) -> Result<()> {
         self.on_io_pool(|| {
             keys.par_iter()
                 .try_for_each(|k| self.store.retain(k, lock.mode, until))
@@ -55,7 +49,7 @@ impl Container {
     }
 
     /// The objects every backup needs besides its own: the config and the key slots.
-    fn container_objects(&self) -> Result<Vec<String>> {
+    pub(crate) fn container_objects(&self) -> Result<Vec<String>> {
         let mut keys = vec![CONFIG_KEY.to_string()];
         if self.is_encrypted() {
             keys.extend(self.store.list(KEYS_PREFIX)?.into_iter().map(|o| o.key));
@@ -74,58 +68,6 @@ impl Container {
             Some(lock) => self.retain_all(lock, &[key.to_string()], Self::retention_date(lock)),
             None => Ok(()),
         }
-    }
-
-    /// The packs a restore of `m` reads: those holding its extent-list and data chunks, found
-    /// through the index as a restore finds them (in memory that does not grow with the
-    /// container: [`LocationTable`]).
-    pub fn packs_needed(&self, m: &Manifest) -> Result<Vec<String>> {
-        let table = LocationTable::load(self, DEFAULT_MEM_ENTRIES)?;
-        let mut packs: HashSet<u32> = HashSet::new();
-        let locate = |ids: &[Hash], packs: &mut HashSet<u32>| -> Result<()> {
-            for (id, loc) in ids.iter().zip(table.locate_all(ids)?) {
-                let loc = loc.ok_or_else(|| Error::ChunkNotIndexed {
-                    backup_id: m.backup_id.clone(),
-                    chunk: id.to_hex(),
-                    volume_offset: 0,
-                })?;
-                packs.insert(loc.pack);
-            }
-            Ok(())
-        };
-        let metas: Vec<Hash> = m
-            .meta_ids(&manifest_key(&m.backup_id))?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        locate(&metas, &mut packs)?;
-        let mut batch = Vec::with_capacity(LOCATE_BATCH);
-        self.walk_extents(&table, m, |_, e| {
-            if let Extent::Data { id, .. } = e {
-                batch.push(*id);
-                if batch.len() == LOCATE_BATCH {
-                    locate(&batch, &mut packs)?;
-                    batch.clear();
-                }
-            }
-            Ok(())
-        })?;
-        locate(&batch, &mut packs)?;
-        let mut keys: Vec<String> = packs
-            .into_iter()
-            .map(|p| pack_key(&table.pack_id(p)))
-            .collect();
-        keys.sort();
-        Ok(keys)
-    }
-
-    /// Before `m` is committed: retains every object a restore of it reads until `until`.
-    /// Returns how many objects that was.
-    pub(crate) fn retain_backup(&self, m: &Manifest, lock: ObjectLock, until: u64) -> Result<u64> {
-        let mut keys = self.packs_needed(m)?;
-        keys.extend(self.container_objects()?);
-        self.retain_all(lock, &keys, until)?;
-        Ok(keys.len() as u64)
     }
 
     /// After `m` was committed: retains its manifest until `until`. If that fails, the manifest
