@@ -9,7 +9,8 @@
 # One monitor, one in-memory OSD (memstore, CEPH_MEMSTORE_BYTES, default 2 GiB, held in RAM as
 # objects arrive), no manager, no authentication between daemons;
 # every file (config, stores, logs, sockets) is under DIR, which start wipes first. With
-# WATCH_PID, the cluster stops itself when that process ends (a test binary that started it).
+# WATCH_PID, the cluster stops itself when that process ends (a test binary that started it)
+# and DIR is removed.
 # S3 user: access key `volbacktest`, secret `volbacktestsecret`. Needs Debian's ceph-mon,
 # ceph-osd, radosgw and ceph-common (scripts/test.sh installs them).
 set -euo pipefail
@@ -150,6 +151,7 @@ if [ -n "$watch" ]; then
   (
     while kill -0 "$watch" 2>/dev/null; do sleep 1; done
     bash "$0" stop "$dir"
+    rm -rf "$dir"
   ) </dev/null >/dev/null 2>&1 &
   disown
 fi

@@ -213,3 +213,36 @@ fn copies_cross_encryption_boundaries() {
     run_copy(&plain, &back, &all(), None).unwrap();
     assert!(back.is_encrypted());
 }
+
+/// From a filesystem container into S3, stopped half-way through (a backup part-copied) and
+/// run again, then from S3 into a new filesystem container: every copy restores byte for byte.
+#[test]
+fn copies_between_a_filesystem_and_s3_resume_after_an_interruption() {
+    let (fs, s3) = (Env::fs(), Env::s3());
+    let images = five_days(&fs);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let progress = |done: u64, total: u64| {
+        if done > total / 2 {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    };
+    let stopped = CopyOptions {
+        cancel: Some(cancel.clone()),
+        ..all()
+    };
+    let err = run_copy(&fs.c, &s3.c, &stopped, Some(&progress)).unwrap_err();
+    assert_eq!(err.kind(), "cancelled", "{err}");
+    let done = s3.c.list_backups().unwrap().len();
+    assert!((1..5).contains(&done), "{done} copied before the stop");
+    let r = run_copy(&fs.c, &s3.c, &all(), None).unwrap();
+    assert_eq!((r.copied.len(), r.skipped.len()), (5 - done, done), "{r:?}");
+    let (url, _) = fs.second_container("back");
+    let back = Container::open_with(&url, true, None, &fs.s3).unwrap();
+    assert_eq!(
+        run_copy(&s3.c, &back, &all(), None).unwrap().copied.len(),
+        5
+    );
+    let out = fs.root.join("back.img");
+    run_restore(&back, "day4", &out, TargetMode::New, None).unwrap();
+    assert_same(&images[4], &out);
+}
