@@ -237,6 +237,7 @@
 
 pub mod backup;
 pub mod chunker;
+pub mod cinder;
 pub mod clock;
 pub mod container;
 pub mod copy;
