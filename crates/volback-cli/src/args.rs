@@ -79,6 +79,9 @@ pub enum Cmd {
     /// Copy backups into a second container (another directory, bucket or endpoint, other
     /// credentials, other keys), writing only the chunks it lacks; again: nothing.
     Copy(CopyArgs),
+    /// Backups written by Cinder's own chunked drivers (posix/NFS directory, S3 bucket): list
+    /// them, restore one (its whole chain, every object's MD5 checked) without Cinder.
+    Cinder(CinderArgs),
     /// Bring back the objects of a container with Object Lock that a plain DELETE hid behind
     /// delete markers (retained versions cannot be deleted, only hidden).
     Undelete(UndeleteArgs),
@@ -109,6 +112,7 @@ impl Cmd {
             Cmd::RebuildIndex(_) => "rebuild-index",
             Cmd::Undelete(_) => "undelete",
             Cmd::Copy(_) => "copy",
+            Cmd::Cinder(_) => "cinder",
             Cmd::Gc(_) => "gc",
             Cmd::Prune(_) => "prune",
             Cmd::Verify(_) => "verify",
@@ -343,6 +347,45 @@ pub struct CopyArgs {
     pub allow_plaintext_destination: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `volback cinder`.
+#[derive(clap::Args)]
+pub struct CinderArgs {
+    #[command(subcommand)]
+    pub action: CinderAction,
+}
+
+/// What `volback cinder` does.
+#[derive(Subcommand)]
+pub enum CinderAction {
+    /// List the Cinder backups found (id, volume, parent, time, objects).
+    List {
+        /// Cinder's backup_posix_path (or a directory under it), or s3://bucket/prefix.
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a Cinder backup (its chain applied newest layer first) into a new file.
+    Restore {
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        backup_id: String,
+        #[arg(long)]
+        target: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl CinderAction {
+    pub fn json(&self) -> bool {
+        match self {
+            CinderAction::List { json, .. } | CinderAction::Restore { json, .. } => *json,
+        }
+    }
 }
 
 /// Arguments of `volback undelete`.

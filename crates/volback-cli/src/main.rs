@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Cmd::RebuildIndex(a) => a.json,
         Cmd::Undelete(a) => a.json,
         Cmd::Copy(a) => a.json,
+        Cmd::Cinder(a) => a.action.json(),
         Cmd::Gc(a) => a.json,
         Cmd::Prune(a) => a.json,
         Cmd::Verify(a) => a.json,

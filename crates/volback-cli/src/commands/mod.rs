@@ -8,6 +8,7 @@ use serde_json::json;
 
 mod backup;
 mod check;
+mod cinder;
 mod copy;
 mod delete;
 mod export;
@@ -122,6 +123,7 @@ pub fn run(cmd: Cmd, access: &Access) -> Result<Outcome> {
         Cmd::RebuildIndex(a) => rebuild_index::run(a, access),
         Cmd::Undelete(a) => undelete::run(a, access),
         Cmd::Copy(a) => copy::run(a, access),
+        Cmd::Cinder(a) => cinder::run(a, access),
         Cmd::Gc(a) => gc::run(a, access),
         Cmd::Prune(a) => prune::run(a, access),
         Cmd::Verify(a) => verify::run(a, access),

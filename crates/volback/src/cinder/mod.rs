@@ -26,6 +26,24 @@ use crate::error::{Error, Result};
 use crate::store::ObjectStore;
 use metadata::{CinderCompression, CinderManifest, CinderObject, volume_size_from_sha256file};
 
+/// The store holding Cinder's backups at `url`: a directory (Cinder's `backup_posix_path`, or
+/// one backup's container directory under it) or `s3://bucket/prefix` (its S3 bucket).
+pub fn open_source(
+    url: &str,
+    s3: &crate::store::s3::S3Options,
+) -> Result<std::sync::Arc<dyn ObjectStore>> {
+    use crate::container::ContainerUrl;
+    let store: std::sync::Arc<dyn ObjectStore> = match ContainerUrl::parse(url)? {
+        ContainerUrl::File(p) => std::sync::Arc::new(crate::store::FsStore::open(&p, false)?),
+        ContainerUrl::S3 { bucket, prefix } => {
+            std::sync::Arc::new(crate::store::s3::S3Store::open(&bucket, &prefix, s3)?)
+        }
+    };
+    Ok(std::sync::Arc::new(crate::store::retry::RetryStore::new(
+        store,
+    )))
+}
+
 /// Suffix of a Cinder backup manifest's key.
 pub const METADATA_SUFFIX: &str = "_metadata";
 const SHA256_SUFFIX: &str = "_sha256file";
