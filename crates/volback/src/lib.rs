@@ -192,6 +192,8 @@
 //! prune/                        policy (retention rules, restic's semantics); mod: run_prune
 //! copy/                         backups into a second container: a restore streamed into a
 //!                               backup of the destination; mod: run_copy
+//! cinder/                       backups Cinder's chunked drivers wrote: metadata (their
+//!                               manifest); mod: list, chain, restore newest layer first
 //! verify.rs                     what verify checks without restoring
 //! usage.rs                      what each backup alone holds (list --exclusive)
 //! driver.rs                     the Cinder verbs over all of the above; start here as a caller
