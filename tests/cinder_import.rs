@@ -126,6 +126,10 @@ fn a_cinder_chain_restores_byte_for_byte_and_damage_is_named() {
         err.to_string().contains("bbbb2222-00001") && err.to_string().contains("MD5"),
         "{err}"
     );
+    assert!(
+        !dir.path().join("bad.img").exists(),
+        "a failed restore left its target"
+    );
     // A missing object, and a missing parent.
     std::fs::remove_file(&obj).unwrap();
     let err =

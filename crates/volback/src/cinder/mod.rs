@@ -9,7 +9,8 @@
 //! layer that has it, and an object that later layers cover entirely is not read at all. Every
 //! object read is decompressed, checked against its uncompressed length and the MD5 the
 //! manifest recorded (Cinder itself never checks it), and written with positional writes, many
-//! objects at a time. Zero blocks are not written to the new target: they stay holes.
+//! objects at a time. Zero blocks are not written to the new target: they stay holes. A
+//! restore that fails removes the target it created.
 
 pub mod metadata;
 
@@ -266,63 +267,70 @@ pub fn restore_cinder_backup(
             },
             _ => Error::io("create restore target", target, e),
         })?;
-    file.set_len(size)
-        .map_err(|e| Error::io("size restore target", target, e))?;
-    let mut report = CinderRestoreReport {
-        backup_id: backup_id.into(),
-        chain: links.iter().map(|b| b.manifest.backup_id.clone()).collect(),
-        size,
-        ..Default::default()
-    };
-    let mut covered = Covered::default();
-    for b in links.iter().rev() {
-        let work: Vec<(&CinderObject, Vec<(u64, u64)>)> = b
-            .manifest
-            .objects
-            .iter()
-            .map(|o| (o, covered.gaps(o.offset, o.offset + o.length)))
-            .collect();
-        let results: Vec<Result<Option<u64>>> = work
-            .par_iter()
-            .map(|(o, gaps)| {
-                if gaps.is_empty() {
-                    return Ok(None);
-                }
-                if o.offset + o.length > size {
-                    return Err(Error::corrupt(
-                        &b.key,
-                        0,
-                        format!("object {} ends past the volume's {size} bytes", o.name),
-                    ));
-                }
-                let data = read_object(store, b, o)?;
-                let mut written = 0;
-                for &(s, e) in gaps {
-                    let part = &data[(s - o.offset) as usize..(e - o.offset) as usize];
-                    written += write_nonzero(&file, target, s, part)?;
-                }
-                Ok(Some(written))
-            })
-            .collect();
-        for r in results {
-            match r? {
-                Some(n) => {
-                    report.objects_read += 1;
-                    report.bytes_written += n;
-                }
-                None => report.objects_skipped += 1,
-            }
-        }
-        covered.add(
-            b.manifest
+    // A restore that fails leaves no target behind: never a half-written volume.
+    let filled = (|| -> Result<CinderRestoreReport> {
+        file.set_len(size)
+            .map_err(|e| Error::io("size restore target", target, e))?;
+        let mut report = CinderRestoreReport {
+            backup_id: backup_id.into(),
+            chain: links.iter().map(|b| b.manifest.backup_id.clone()).collect(),
+            size,
+            ..Default::default()
+        };
+        let mut covered = Covered::default();
+        for b in links.iter().rev() {
+            let work: Vec<(&CinderObject, Vec<(u64, u64)>)> = b
+                .manifest
                 .objects
                 .iter()
-                .map(|o| (o.offset, o.offset + o.length)),
-        );
+                .map(|o| (o, covered.gaps(o.offset, o.offset + o.length)))
+                .collect();
+            let results: Vec<Result<Option<u64>>> = work
+                .par_iter()
+                .map(|(o, gaps)| {
+                    if gaps.is_empty() {
+                        return Ok(None);
+                    }
+                    if o.offset + o.length > size {
+                        return Err(Error::corrupt(
+                            &b.key,
+                            0,
+                            format!("object {} ends past the volume's {size} bytes", o.name),
+                        ));
+                    }
+                    let data = read_object(store, b, o)?;
+                    let mut written = 0;
+                    for &(s, e) in gaps {
+                        let part = &data[(s - o.offset) as usize..(e - o.offset) as usize];
+                        written += write_nonzero(&file, target, s, part)?;
+                    }
+                    Ok(Some(written))
+                })
+                .collect();
+            for r in results {
+                match r? {
+                    Some(n) => {
+                        report.objects_read += 1;
+                        report.bytes_written += n;
+                    }
+                    None => report.objects_skipped += 1,
+                }
+            }
+            covered.add(
+                b.manifest
+                    .objects
+                    .iter()
+                    .map(|o| (o.offset, o.offset + o.length)),
+            );
+        }
+        file.sync_all()
+            .map_err(|e| Error::io("flush restore target", target, e))?;
+        Ok(report)
+    })();
+    if filled.is_err() {
+        let _ = std::fs::remove_file(target);
     }
-    file.sync_all()
-        .map_err(|e| Error::io("flush restore target", target, e))?;
-    Ok(report)
+    filled
 }
 
 #[cfg(test)]
