@@ -1,15 +1,22 @@
 //! Cinder's own chunked-driver backups read directly: a chain written in Cinder's posix layout
 //! (full + two incrementals, zlib, bz2 and zstd objects, a zero region) restored byte for
-//! byte, newest layer first; damaged, missing and orphaned links give typed errors.
+//! byte, newest layer first; damaged, missing and orphaned links give typed errors. The same
+//! chain adopted into a volback container: same ids, same bytes, what volback's own backups of
+//! the volumes store, records Cinder's `backup-import` takes, re-runs that write nothing.
 
 mod common;
 
 use std::io::Write;
 use std::path::Path;
 
+use base64::Engine as _;
 use common::*;
 use md5::Digest as _;
-use volback::cinder::{chain, list_cinder_backups, restore_cinder_backup};
+use volback::cinder::{
+    AdoptOptions, adopt_cinder_backups, find_chain as chain, list_cinder_backups,
+    restore_cinder_backup,
+};
+use volback::container::Container;
 use volback::store::{FsStore, ObjectStore};
 
 const MIB: usize = 1 << 20;
@@ -65,15 +72,14 @@ fn write_backup(
     std::fs::write(dir.join(format!("{prefix}_metadata")), meta.to_string()).unwrap();
 }
 
-#[test]
-fn a_cinder_chain_restores_byte_for_byte_and_damage_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("backup_posix_path");
+/// A chain of three Cinder backups of an 8 MiB volume: a zlib full (MiB 2-3 zero), a bz2
+/// incremental, a zstd incremental; returns the three volumes.
+fn write_chain(root: &Path) -> [Vec<u8>; 3] {
     // 8 MiB volume, MiB 2-3 zero; the full stores every MiB, as Cinder does.
     let mut v1 = pseudo_random(8 * MIB, 1);
     v1[2 * MIB..4 * MIB].fill(0);
     write_backup(
-        &root,
+        root,
         "aaaa1111",
         None,
         &v1,
@@ -82,12 +88,20 @@ fn a_cinder_chain_restores_byte_for_byte_and_damage_is_named() {
     );
     let mut v2 = v1.clone();
     v2[5 * MIB..6 * MIB].copy_from_slice(&pseudo_random(MIB, 2));
-    write_backup(&root, "bbbb2222", Some("aaaa1111"), &v2, &[5], "bz2");
+    write_backup(root, "bbbb2222", Some("aaaa1111"), &v2, &[5], "bz2");
     let mut v3 = v2.clone();
     v3[0..MIB].copy_from_slice(&pseudo_random(MIB, 3));
     v3[5 * MIB..6 * MIB].fill(0);
-    write_backup(&root, "cccc3333", Some("bbbb2222"), &v3, &[0, 5], "zstd");
+    write_backup(root, "cccc3333", Some("bbbb2222"), &v3, &[0, 5], "zstd");
 
+    [v1, v2, v3]
+}
+
+#[test]
+fn a_cinder_chain_restores_byte_for_byte_and_damage_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("backup_posix_path");
+    let [v1, v2, v3] = write_chain(&root);
     let store = FsStore::open(&root, false).unwrap();
     let listed: Vec<_> = list_cinder_backups(&store, "")
         .unwrap()
@@ -140,4 +154,110 @@ fn a_cinder_chain_restores_byte_for_byte_and_damage_is_named() {
         restore_cinder_backup(&store, "", "cccc3333", &dir.path().join("bad3.img")).unwrap_err();
     assert_eq!(err.kind(), "parent_not_found", "{err}");
     let _ = store.requests();
+}
+
+#[test]
+fn a_cinder_chain_is_adopted_with_its_ids_deduplicated_verified_and_resumable() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("backup_posix_path");
+    let volumes = write_chain(&root);
+    let store = FsStore::open(&root, false).unwrap();
+    let url = dir.path().join("volback").display().to_string();
+    let dst = Container::open_with(&url, true, None, &Default::default()).unwrap();
+    let ids = ["aaaa1111", "bbbb2222", "cccc3333"];
+
+    let r = adopt_cinder_backups(&store, "", &dst, &AdoptOptions::default()).unwrap();
+    let got: Vec<_> = r.adopted.iter().map(|a| a.backup_id.as_str()).collect();
+    assert_eq!(got, ids, "parents first");
+    let parents: Vec<_> = r.adopted.iter().map(|a| a.parent_id.as_deref()).collect();
+    assert_eq!(parents, [None, Some("aaaa1111"), Some("bbbb2222")]);
+    for (a, want) in r.adopted.iter().zip(&volumes) {
+        assert!(!a.already_adopted);
+        assert_eq!(
+            a.volume_blake3.as_deref(),
+            Some(blake3::hash(want).to_hex().as_str())
+        );
+        let out = dir.path().join(format!("{}.img", a.backup_id));
+        volback::restore::run_restore(
+            &dst,
+            &a.backup_id,
+            &out,
+            volback::restore::TargetMode::New,
+            None,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), *want, "{}", a.backup_id);
+        let (m, _) = dst.read_manifest(&a.backup_id).unwrap();
+        assert_eq!(m.volume_id, "vol1");
+        assert_eq!(m.labels.get("origin").map(String::as_str), Some("cinder"));
+        assert_eq!(m.created_at, "2026-12-05T10:00:00Z");
+        // The record `cinder backup-import` takes: the backup's fields with the volback
+        // driver's record of the adopted backup.
+        assert_eq!(
+            a.record.backup_service,
+            "volback.cinder.VolbackBackupDriver"
+        );
+        let fields: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode(&a.record.backup_url)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(fields["id"], a.backup_id.as_str());
+        assert_eq!(fields["container"], dst.url());
+        assert_eq!(fields["size"], 1);
+        assert_eq!(
+            fields["driver_info"]["volback_record"]["backup"]["id"],
+            a.backup_id.as_str()
+        );
+    }
+
+    // Stores what volback's own backups of the same volumes store.
+    let own_url = dir.path().join("own").display().to_string();
+    let own = Container::open_with(&own_url, true, None, &Default::default()).unwrap();
+    let mut own_bytes = 0;
+    for (i, v) in volumes.iter().enumerate() {
+        let img = dir.path().join(format!("own{i}.img"));
+        std::fs::write(&img, v).unwrap();
+        let parent = (i > 0).then(|| ids[i - 1]);
+        own_bytes += backup_file(&own, &img, ids[i], parent).bytes_new;
+    }
+    let packs = |p: &str| dir_size(&Path::new(p).join("packs"));
+    assert_eq!(packs(&url), packs(&own_url), "adopted vs own packs");
+    assert!(
+        r.bytes_written <= own_bytes + 4096,
+        "{} vs {own_bytes}",
+        r.bytes_written
+    );
+
+    // Again: nothing read or written, the same records.
+    let again = adopt_cinder_backups(&store, "", &dst, &AdoptOptions::default()).unwrap();
+    assert!(again.adopted.iter().all(|a| a.already_adopted));
+    assert_eq!(again.bytes_written, 0);
+    for (a, b) in again.adopted.iter().zip(&r.adopted) {
+        assert_eq!(a.record, b.record);
+    }
+
+    // A damaged object of a backup not yet adopted: the adoption fails naming it, and commits
+    // nothing.
+    let mut v4 = volumes[2].clone();
+    v4[7 * MIB..8 * MIB].copy_from_slice(&pseudo_random(MIB, 4));
+    write_backup(&root, "dddd4444", Some("cccc3333"), &v4, &[7], "zlib");
+    let obj = root.join("dd/dd/dddd4444/volume_vol1_20261205100000_backup_dddd4444-00001");
+    let good = std::fs::read(&obj).unwrap();
+    std::fs::write(&obj, compress("zlib", &pseudo_random(MIB, 5))).unwrap();
+    let err = adopt_cinder_backups(&store, "", &dst, &AdoptOptions::default()).unwrap_err();
+    assert_eq!(err.kind(), "corrupt", "{err}");
+    assert!(err.to_string().contains("dddd4444-00001"), "{err}");
+    assert!(!dst.backup_id_taken("dddd4444").unwrap());
+    // Repaired: the re-run adopts only the new backup.
+    std::fs::write(&obj, good).unwrap();
+    let opts = AdoptOptions {
+        backup_ids: vec!["dddd4444".into()],
+        ..Default::default()
+    };
+    let r = adopt_cinder_backups(&store, "", &dst, &opts).unwrap();
+    assert_eq!(r.adopted.len(), 1);
+    assert_eq!(r.adopted[0].parent_id.as_deref(), Some("cccc3333"));
+    assert!(r.bytes_written < 2 * MIB as u64, "{}", r.bytes_written);
 }
