@@ -378,12 +378,42 @@ pub enum CinderAction {
         #[arg(long)]
         json: bool,
     },
+    /// Adopt Cinder backups into a volback container: same backup ids, deduplicated, each
+    /// verified by a restore to hash; prints the records `cinder backup-import` takes.
+    Adopt {
+        #[arg(long)]
+        source: String,
+        /// The volback container (created if missing; encrypted with the global --key).
+        #[arg(long)]
+        container: String,
+        /// Adopt these backups (repeatable).
+        #[arg(long)]
+        backup_id: Vec<String>,
+        /// Adopt the backups of this volume.
+        #[arg(long)]
+        volume_id: Option<String>,
+        /// Adopt every backup found.
+        #[arg(long)]
+        all: bool,
+        /// The old driver's `cinder backup-export` output for a backup (its backup_url, or
+        /// the JSON with backup_service and backup_url), whose fields the new record keeps
+        /// (repeatable).
+        #[arg(long)]
+        cinder_export: Vec<PathBuf>,
+        /// Write the records (a JSON list of backup_id, backup_service, backup_url) here.
+        #[arg(long)]
+        records: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl CinderAction {
     pub fn json(&self) -> bool {
         match self {
-            CinderAction::List { json, .. } | CinderAction::Restore { json, .. } => *json,
+            CinderAction::List { json, .. }
+            | CinderAction::Restore { json, .. }
+            | CinderAction::Adopt { json, .. } => *json,
         }
     }
 }

@@ -49,6 +49,13 @@ fn json(v: &impl serde::Serialize) -> PyResult<String> {
     serde_json::to_string(v).map_err(|e| errors::config(format!("report: {e}")))
 }
 
+impl NativeContainer {
+    /// The open container.
+    pub(crate) fn container(&self) -> &Container {
+        &self.container
+    }
+}
+
 #[pymethods]
 impl NativeContainer {
     /// Opens (with `create`, creates) the container at `url`. Settings for a new container:

@@ -1,9 +1,11 @@
 //! `volback cinder`: backups written by Cinder's own chunked drivers, listed and restored
-//! without Cinder.
+//! without Cinder, and adopted into a volback container.
 
 use super::*;
 use crate::args::{CinderAction, CinderArgs};
-use volback::cinder::{list_cinder_backups, open_source, restore_cinder_backup};
+use volback::cinder::{
+    AdoptOptions, adopt_cinder_backups, list_cinder_backups, open_source, restore_cinder_backup,
+};
 
 pub fn run(args: CinderArgs, access: &Access) -> Result<Outcome> {
     match args.action {
@@ -61,6 +63,66 @@ pub fn run(args: CinderArgs, access: &Access) -> Result<Outcome> {
                     r.objects_read,
                     r.objects_skipped
                 )?;
+            }
+        }
+        CinderAction::Adopt {
+            source,
+            container,
+            backup_id,
+            volume_id,
+            all,
+            cinder_export,
+            records,
+            json,
+        } => {
+            if backup_id.is_empty() && volume_id.is_none() && !all {
+                return Err(Error::Config(
+                    "say what to adopt: --backup-id, --volume-id or --all".into(),
+                ));
+            }
+            let store = open_source(&source, &access.s3)?;
+            let dst = access.open(&container, true, None)?;
+            let opts = AdoptOptions {
+                backup_ids: backup_id,
+                volume_id,
+                cinder_exports: cinder_export
+                    .iter()
+                    .map(|p| read_input(&p.to_string_lossy()))
+                    .collect::<Result<_>>()?,
+                cancel: None,
+            };
+            let r = adopt_cinder_backups(store.as_ref(), "", &dst, &opts)?;
+            if let Some(path) = records {
+                let list: Vec<_> = r
+                    .adopted
+                    .iter()
+                    .map(|a| {
+                        json!({"backup_id": a.backup_id,
+                            "backup_service": a.record.backup_service,
+                            "backup_url": a.record.backup_url})
+                    })
+                    .collect();
+                let text = serde_json::to_vec_pretty(&list)
+                    .map_err(|e| Error::Internal(format!("records do not serialize: {e}")))?;
+                std::fs::write(&path, text).map_err(|e| Error::io("write records", &path, e))?;
+            }
+            if json {
+                print_json(&r)?;
+            } else {
+                for a in &r.adopted {
+                    if a.already_adopted {
+                        out!("{}  already adopted", a.backup_id)?;
+                    } else {
+                        out!(
+                            "{}  adopted ({} bytes, parent {}, {} objects read, {} bytes written)",
+                            a.backup_id,
+                            a.size,
+                            a.parent_id.as_deref().unwrap_or("-"),
+                            a.objects_read,
+                            a.bytes_written
+                        )?;
+                    }
+                }
             }
         }
     }

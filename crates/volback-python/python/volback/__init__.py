@@ -2,11 +2,13 @@
 
 ``Container`` opens a container (a directory or ``s3://bucket/prefix``) and backs volumes up
 into it, restores, deletes, exports and imports records, verifies and collects garbage; the
-work is native and runs without the GIL. ``volback.cinder.VolbackBackupDriver`` is the
+work is native and runs without the GIL. ``CinderSource`` reads backups Cinder's own drivers
+wrote: lists, restores and adopts them. ``volback.cinder.VolbackBackupDriver`` is the
 OpenStack Cinder backup driver built on it.
 """
 
 from volback._volback import KINDS, CancelToken, __version__
+from volback.cinder_source import CinderSource
 from volback.container import Container, ProgressCallback, S3Settings, Volume
 from volback.errors import (
     BackupDeleted,
@@ -31,6 +33,7 @@ __all__ = [
     "KINDS",
     "CancelToken",
     "__version__",
+    "CinderSource",
     "Container",
     "EventCallback",
     "ProgressCallback",

@@ -107,3 +107,25 @@ class NativeContainer:
         allow_removing_newest: bool = ...,
         gc: bool = ...,
     ) -> str: ...
+
+class NativeCinderSource:
+    def __init__(
+        self,
+        url: str,
+        *,
+        s3_endpoint: str | None = ...,
+        s3_region: str | None = ...,
+        s3_access_key_id: str | None = ...,
+        s3_secret_access_key: str | None = ...,
+        s3_session_token: str | None = ...,
+    ) -> None: ...
+    def list(self) -> str: ...
+    def restore(self, backup_id: str, target: str) -> str: ...
+    def adopt_into(
+        self,
+        dst: NativeContainer,
+        *,
+        backup_ids: builtins.list[str] | None = ...,
+        volume_id: str | None = ...,
+        cinder_exports: builtins.list[str] | None = ...,
+    ) -> str: ...

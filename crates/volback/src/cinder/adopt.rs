@@ -1,7 +1,7 @@
 //! Cinder backups adopted into a volback container: each becomes a volback backup with the same
 //! backup id, and a record Cinder's `backup-import` accepts for the volback driver.
 //!
-//! A Cinder backup is adopted as its volume, streamed ([`super::stream`]) from its chain's
+//! A Cinder backup is adopted as its volume, streamed (`cinder/stream.rs`) from its chain's
 //! objects (every one MD5-checked) through a pipe into a volback backup, hashed with BLAKE3
 //! on the way. Then the new backup is restored to a hash, writing no volume: a backup whose
 //! restore differs from what went in is deleted again and the adoption fails. So

@@ -41,7 +41,8 @@ impl CinderCompression {
 /// One data object of a Cinder backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CinderObject {
-    /// The object's name, relative to the manifest's directory (or key prefix).
+    /// The object's name, relative to the driver's container (`<prefix>-00001`, where the
+    /// manifest is `<prefix>_metadata`).
     pub name: String,
     pub offset: u64,
     /// Uncompressed length.
@@ -97,14 +98,18 @@ fn md5_of_hex(s: &str) -> Option<[u8; 16]> {
     bytes.try_into().ok()
 }
 
-/// Whether `name` is one object name (no separators, nothing that climbs out).
-fn plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+/// Whether `name` is an object name: `/`-separated segments (the S3 and Swift drivers' names
+/// have them), none empty, none starting with a dot (nothing that climbs out).
+fn object_name_ok(name: &str) -> bool {
+    name.len() <= 1024
+        && name.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg.len() <= 255
+                && !seg.starts_with('.')
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
 }
 
 impl CinderManifest {
@@ -128,15 +133,15 @@ impl CinderManifest {
             let Some((name, o)) = entry.into_iter().next() else {
                 return Err(bad("no name".into()));
             };
-            if !plain_name(&name) {
+            if !object_name_ok(&name) {
                 return Err(bad(format!(
                     "name '{}' is not an object name",
                     name.escape_debug()
                 )));
             }
-            if o.offset.checked_add(o.length).is_none() {
+            if o.length == 0 || o.offset.checked_add(o.length).is_none() {
                 return Err(bad(format!(
-                    "offset {} + length {} overflows",
+                    "offset {} + length {} is empty or overflows",
                     o.offset, o.length
                 )));
             }

@@ -59,15 +59,19 @@ pub struct CinderBackup {
 }
 
 impl CinderBackup {
-    fn dir(&self) -> &str {
-        self.key.rfind('/').map_or("", |i| &self.key[..i])
-    }
-
+    /// The key of object `o`. Object names are `<prefix>-NNNNN` and the manifest is
+    /// `<prefix>_metadata`, both relative to the driver's container; so the container's key
+    /// prefix is what precedes `<prefix>` in the manifest's key (a posix backup directory, or
+    /// the root of an S3 bucket whose prefixes are `volume_<id>/<time>/az_<az>_backup_<id>`).
     fn object_key(&self, o: &CinderObject) -> String {
-        match self.dir() {
-            "" => o.name.clone(),
-            dir => format!("{dir}/{}", o.name),
-        }
+        let stem = self.key.strip_suffix(METADATA_SUFFIX).unwrap_or(&self.key);
+        let prefix = o.name.rsplit_once('-').map_or(o.name.as_str(), |(p, _)| p);
+        let root = match stem.strip_suffix(prefix) {
+            Some(root) if root.is_empty() || root.ends_with('/') => root,
+            // Not named after the manifest: beside it.
+            _ => stem.rfind('/').map_or("", |i| &stem[..=i]),
+        };
+        format!("{root}{}", o.name)
     }
 }
 

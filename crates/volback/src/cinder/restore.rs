@@ -1,4 +1,4 @@
-//! A Cinder backup restored into a new file: every object the [plan](super::plan) needs read
+//! A Cinder backup restored into a new file: every object the plan (`cinder/plan.rs`) needs read
 //! once, many at a time, and its pieces written at their offsets; zeros left as holes.
 
 use std::collections::BTreeMap;
