@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::store::ObjectStore;
 
-use super::object::read_object;
+use super::object::read_object_into;
 use super::plan::Plan;
 use super::{find_chain, volume_size};
 
@@ -31,21 +31,149 @@ pub struct CinderRestoreReport {
     pub elapsed_s: f64,
 }
 
-/// Writes `data` (volume bytes from `offset`) at its offset, skipping zero blocks.
+/// Writes `data` (volume bytes from `offset`) at its offset, skipping zero blocks: runs of
+/// non-zero 4 KiB blocks are written with one call each, zero blocks stay holes.
 fn write_nonzero(target: &File, path: &Path, offset: u64, data: &[u8]) -> Result<u64> {
-    const BLOCK: usize = 64 << 10;
+    const BLOCK: usize = 4 << 10;
+    static ZEROS: [u8; BLOCK] = [0; BLOCK];
     let mut written = 0u64;
-    for (i, block) in data.chunks(BLOCK).enumerate() {
-        if block.iter().all(|&b| b == 0) {
-            continue;
-        }
-        let at = offset + (i * BLOCK) as u64;
+    let mut run: Option<usize> = None;
+    let mut flush = |from: usize, to: usize| -> Result<()> {
         target
-            .write_all_at(block, at)
+            .write_all_at(&data[from..to], offset + from as u64)
             .map_err(|e| Error::io("write restore target", path, e))?;
-        written += block.len() as u64;
+        written += (to - from) as u64;
+        Ok(())
+    };
+    for (i, block) in data.chunks(BLOCK).enumerate() {
+        // A slice comparison is a vectorised memcmp; a byte-wise `all` is not.
+        let zero = block == &ZEROS[..block.len()];
+        match (zero, run) {
+            (false, None) => run = Some(i * BLOCK),
+            (true, Some(from)) => {
+                flush(from, i * BLOCK)?;
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(from) = run {
+        flush(from, data.len())?;
     }
     Ok(written)
+}
+
+/// Starts writing back `[offset, offset + len)` of `file` without waiting: the final fsync
+/// then finds little left, instead of the whole volume (1.5 s of a 5.5 s restore of the
+/// benchmark's image without it).
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range on a valid descriptor; no memory is passed. Failure (not
+    // supported here) only means the final fsync does all the work.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+/// An object (chain link, object index) and the volume ranges `[start, end)` it supplies.
+type ObjectWork = ((usize, usize), Vec<(u64, u64)>);
+
+/// Decompressed bytes a restore holds at once (beyond one object larger than this).
+pub const MEMORY_BUDGET: u64 = 512 << 20;
+/// Buffers larger than this are freed after use rather than kept for the next object.
+const POOLED_MAX: u64 = 256 << 20;
+
+/// Bytes of objects in memory, bounded by [`MEMORY_BUDGET`]; one object is always let in.
+#[derive(Default)]
+struct Budget {
+    used: std::sync::Mutex<u64>,
+    freed: std::sync::Condvar,
+}
+
+impl Budget {
+    fn acquire(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used > 0 && used.saturating_add(n) > MEMORY_BUDGET {
+            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used = used.saturating_add(n);
+    }
+
+    fn release(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(n);
+        self.freed.notify_all();
+    }
+}
+
+/// The objects of `work` (each with the volume ranges it supplies) read, decompressed and
+/// checked on rayon's threads, and written by one writer thread: a writer held up by the
+/// device (dirty-page throttling) does not stop the decompression, which goes on into the
+/// next buffers. At most four objects are in memory (two being read, one queued, one being
+/// written), and no more than [`MEMORY_BUDGET`] of them unless one object alone is larger
+/// (Cinder's posix driver writes objects of up to 1.86 GiB; those are restored one at a
+/// time). Buffers are reused. Returns the bytes written.
+fn read_and_write(
+    store: &dyn ObjectStore,
+    links: &[&super::CinderBackup],
+    work: &[ObjectWork],
+    file: &File,
+    target: &Path,
+) -> Result<u64> {
+    let pool = std::sync::Mutex::new(Vec::<Vec<u8>>::new());
+    let budget = Budget::default();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(1);
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| -> Result<u64> {
+            let mut n = 0;
+            for (i, data) in rx {
+                let ((link, object), ranges) = &work[i];
+                let o = &links[*link].manifest.objects[*object];
+                for &(s, e) in ranges {
+                    // Inside the object: the plan cut the ranges from it.
+                    let part = &data[(s - o.offset) as usize..(e - o.offset) as usize];
+                    n += write_nonzero(file, target, s, part)?;
+                    start_writeback(file, s, e - s);
+                }
+                budget.release(o.length);
+                if data.capacity() as u64 <= POOLED_MAX {
+                    pool.lock().unwrap_or_else(|p| p.into_inner()).push(data);
+                }
+            }
+            Ok(n)
+        });
+        let read =
+            work.par_iter()
+                .enumerate()
+                .try_for_each_with(tx, |tx, (i, ((link, object), _))| {
+                    let b = links[*link];
+                    let o = &b.manifest.objects[*object];
+                    budget.acquire(o.length);
+                    let mut data = pool
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .pop()
+                        .unwrap_or_default();
+                    if let Err(e) = read_object_into(store, b, o, &mut data) {
+                        budget.release(o.length);
+                        return Err(e);
+                    }
+                    // The writer has stopped (it failed): its error is the cause.
+                    tx.send((i, data))
+                        .map_err(|_| Error::Cancelled { what: "restore" })
+                });
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("the restore's writer panicked".into())));
+        match (read, written) {
+            (Ok(()), written) => written,
+            (Err(Error::Cancelled { .. }), Err(e)) => Err(e),
+            (Err(e), _) => Err(e),
+        }
+    })
 }
 
 /// Restores Cinder backup `backup_id`, found under `prefix` of `store`, into a new file
@@ -82,21 +210,7 @@ pub fn restore_cinder_backup(
                 .push((p.start, p.end));
         }
         let work: Vec<_> = by_object.into_iter().collect();
-        let written: Vec<u64> = work
-            .par_iter()
-            .map(|((link, object), ranges)| {
-                let b = links[*link];
-                let o = &b.manifest.objects[*object];
-                let data = read_object(store, b, o)?;
-                let mut n = 0;
-                for &(s, e) in ranges {
-                    // Inside the object: the plan cut the ranges from it.
-                    let part = &data[(s - o.offset) as usize..(e - o.offset) as usize];
-                    n += write_nonzero(&file, target, s, part)?;
-                }
-                Ok(n)
-            })
-            .collect::<Result<_>>()?;
+        let written = read_and_write(store, &links, &work, &file, target)?;
         file.sync_all()
             .map_err(|e| Error::io("flush restore target", target, e))?;
         Ok(CinderRestoreReport {
@@ -105,7 +219,7 @@ pub fn restore_cinder_backup(
             size,
             objects_read: work.len() as u64,
             objects_skipped: plan.objects_skipped,
-            bytes_written: written.iter().sum(),
+            bytes_written: written,
             elapsed_s: started.elapsed().as_secs_f64(),
         })
     })();
