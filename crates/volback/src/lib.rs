@@ -193,7 +193,11 @@
 //! copy/                         backups into a second container: a restore streamed into a
 //!                               backup of the destination; mod: run_copy
 //! cinder/                       backups Cinder's chunked drivers wrote: metadata (their
-//!                               manifest); mod: list, chain, restore newest layer first
+//!                               manifest), plan (which object supplies each byte, newest
+//!                               layer first), object (read, inflate, MD5 check), restore
+//!                               (into a new file), stream (front to back), adopt (into
+//!                               volback backups with the same ids + backup-import
+//!                               records); mod: list, chain
 //! verify.rs                     what verify checks without restoring
 //! usage.rs                      what each backup alone holds (list --exclusive)
 //! driver.rs                     the Cinder verbs over all of the above; start here as a caller
