@@ -997,3 +997,101 @@ fn copy_between_containers_with_their_own_keys() {
     ]));
     assert!(err.contains("--all"), "{err}");
 }
+
+#[test]
+fn cinder_backups_listed_restored_and_adopted_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("backup_posix_path");
+    let volumes = volback_testkit::cinder_layout::write_chain(&root);
+    let src = root.to_str().unwrap();
+    let listed = json_of(&ok(volback(&["cinder", "list", "--source", src, "--json"])));
+    let ids: Vec<_> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backup_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["aaaa1111", "bbbb2222", "cccc3333"]);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["size"] == 8 << 20)
+    );
+    let target = dir.path().join("r.img");
+    let t = target.to_str().unwrap();
+    let r = json_of(&ok(volback(&[
+        "cinder",
+        "restore",
+        "--source",
+        src,
+        "--backup-id",
+        "cccc3333",
+        "--target",
+        t,
+        "--json",
+    ])));
+    assert_eq!(r["chain"].as_array().unwrap().len(), 3);
+    assert_eq!(std::fs::read(&target).unwrap(), volumes[2]);
+    // Restoring onto an existing file is refused: never overwritten.
+    let err = fails(volback(&[
+        "cinder",
+        "restore",
+        "--source",
+        src,
+        "--backup-id",
+        "cccc3333",
+        "--target",
+        t,
+    ]));
+    assert!(err.contains("exists"), "{err}");
+
+    let container = dir.path().join("volback");
+    let c = container.to_str().unwrap();
+    let records = dir.path().join("records.json");
+    let adopt = [
+        "cinder",
+        "adopt",
+        "--source",
+        src,
+        "--container",
+        c,
+        "--all",
+        "--records",
+        records.to_str().unwrap(),
+        "--json",
+    ];
+    let r = json_of(&ok(volback(&adopt)));
+    assert_eq!(r["adopted"].as_array().unwrap().len(), 3);
+    let recs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&records).unwrap()).unwrap();
+    assert_eq!(recs[2]["backup_id"], "cccc3333");
+    assert_eq!(
+        recs[2]["backup_service"],
+        "volback.cinder.VolbackBackupDriver"
+    );
+    let again = json_of(&ok(volback(&adopt)));
+    assert_eq!(again["bytes_written"], 0);
+    let out = dir.path().join("adopted.img");
+    ok(volback(&[
+        "restore",
+        "--container",
+        c,
+        "--backup-id",
+        "bbbb2222",
+        "--target",
+        out.to_str().unwrap(),
+    ]));
+    assert_eq!(std::fs::read(&out).unwrap(), volumes[1]);
+    // Nothing selected is an error, not a silent no-op.
+    let err = fails(volback(&[
+        "cinder",
+        "adopt",
+        "--source",
+        src,
+        "--container",
+        c,
+    ]));
+    assert!(err.contains("--all"), "{err}");
+}

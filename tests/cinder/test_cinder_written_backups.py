@@ -115,6 +115,7 @@ class CinderWrittenBackups(base.ManagerHarness):  # type: ignore[misc]
             for i, (b, want) in enumerate(zip(backups, states)):
                 row = found[b.id]
                 self.assertEqual(vol_id, row["volume_id"])
+                self.assertEqual(len(want), row["size"])
                 self.assertEqual(backups[i - 1].id if i else None, row["parent_id"])
                 target = os.path.join(self.tmp, f"{b.id}.img")
                 report = src.restore(b.id, target)

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::container::NativeContainer;
 use crate::errors::to_py;
 use volback::cinder::{
-    AdoptOptions, adopt_cinder_backups, list_cinder_backups, open_source, restore_cinder_backup,
+    AdoptOptions, adopt_cinder_backups, describe_cinder_backups, open_source, restore_cinder_backup,
 };
 use volback::store::ObjectStore;
 use volback::store::s3::S3Options;
@@ -58,22 +58,12 @@ impl NativeCinderSource {
     /// manifests).
     fn list(&self, py: Python<'_>) -> PyResult<String> {
         let found = py
-            .detach(|| list_cinder_backups(self.store.as_ref(), ""))
+            .detach(|| describe_cinder_backups(self.store.as_ref(), ""))
             .map_err(to_py)?;
         let rows: Vec<_> = found
             .into_iter()
             .map(|b| match b {
-                Ok(b) => json!({
-                    "backup_id": b.manifest.backup_id,
-                    "volume_id": b.manifest.volume_id,
-                    "parent_id": b.manifest.parent_id,
-                    "created_at": b.manifest.created_at,
-                    "name": b.manifest.name,
-                    "description": b.manifest.description,
-                    "objects": b.manifest.objects.len(),
-                    "data_end": b.manifest.data_end(),
-                    "manifest": b.key,
-                }),
+                Ok(b) => json!(b),
                 Err(e) => json!({"error": e.kind(), "message": e.to_string()}),
             })
             .collect();

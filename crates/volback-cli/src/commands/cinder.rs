@@ -4,39 +4,32 @@
 use super::*;
 use crate::args::{CinderAction, CinderArgs};
 use volback::cinder::{
-    AdoptOptions, adopt_cinder_backups, list_cinder_backups, open_source, restore_cinder_backup,
+    AdoptOptions, adopt_cinder_backups, describe_cinder_backups, open_source, restore_cinder_backup,
 };
 
 pub fn run(args: CinderArgs, access: &Access) -> Result<Outcome> {
     match args.action {
         CinderAction::List { source, json } => {
             let store = open_source(&source, &access.s3)?;
-            let mut rows = Vec::new();
-            for b in list_cinder_backups(store.as_ref(), "")? {
-                rows.push(match b {
-                    Ok(b) => json!({
-                        "backup_id": b.manifest.backup_id,
-                        "volume_id": b.manifest.volume_id,
-                        "parent_id": b.manifest.parent_id,
-                        "created_at": b.manifest.created_at,
-                        "objects": b.manifest.objects.len(),
-                        "data_end": b.manifest.data_end(),
-                        "manifest": b.key,
-                    }),
+            let rows: Vec<_> = describe_cinder_backups(store.as_ref(), "")?
+                .into_iter()
+                .map(|b| match b {
+                    Ok(b) => json!(b),
                     Err(e) => json!({"error": e.kind(), "message": e.to_string()}),
-                });
-            }
+                })
+                .collect();
             if json {
                 print_json(&rows)?;
             } else {
                 for r in &rows {
                     match r.get("backup_id") {
                         Some(id) => out!(
-                            "{}  volume {}  parent {}  {}  {} objects",
+                            "{}  volume {}  parent {}  {}  {} bytes  {} objects",
                             id.as_str().unwrap_or(""),
                             r["volume_id"].as_str().unwrap_or(""),
                             r["parent_id"].as_str().unwrap_or("-"),
                             r["created_at"].as_str().unwrap_or(""),
+                            r["size"],
                             r["objects"]
                         )?,
                         None => out!("unreadable: {}", r["message"].as_str().unwrap_or(""))?,

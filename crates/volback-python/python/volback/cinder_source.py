@@ -33,8 +33,9 @@ class CinderSource:
         )
 
     def backups(self) -> list[dict[str, Any]]:
-        """The backups found (``backup_id``, ``volume_id``, ``parent_id``, ``created_at``,
-        ``objects``, ``manifest``…); an unreadable manifest appears as ``{"error", "message"}``."""
+        """The backups found, oldest first (``backup_id``, ``volume_id``, ``parent_id``,
+        ``created_at``, ``name``, ``description``, ``size`` in bytes, ``objects``, ``manifest``);
+        an unreadable manifest appears as ``{"error", "message"}``."""
         return list(json.loads(_call(self._native.list)))
 
     def restore(self, backup_id: str, target: str | os.PathLike[str]) -> dict[str, Any]:

@@ -242,7 +242,7 @@ fn adopt_one(
     let started = Instant::now();
     let m = &b.manifest;
     let links = find_chain(backups, &m.backup_id)?;
-    let size = volume_size(source, &links)?;
+    let size = volume_size(&links);
     if dst.backup_id_taken(&m.backup_id)? {
         let (have, _) = dst.read_manifest(&m.backup_id)?;
         if (&have.volume_id, have.size) != (&m.volume_id, size) {

@@ -1,5 +1,5 @@
-//! Cinder's chunked-driver backup manifest (`<prefix>_metadata`, version "1.0.0") and hash list
-//! (`<prefix>_sha256file`), as Cinder's posix, S3, Swift and GCS drivers write them.
+//! Cinder's chunked-driver backup manifest (`<prefix>_metadata`, version "1.0.0"), as Cinder's
+//! posix, S3, Swift and GCS drivers write it.
 //!
 //! `objects` is an ordered list of single-key objects, each naming a data object (in the same
 //! directory or key prefix as the manifest) with its absolute volume `offset`, its
@@ -183,21 +183,6 @@ impl CinderManifest {
     }
 }
 
-/// The volume size a `_sha256file` implies: one hash per `chunk_size` block of the whole
-/// volume (Cinder volumes are whole GiB, so the last block is full).
-pub fn volume_size_from_sha256file(key: &str, bytes: &[u8]) -> Result<u64> {
-    #[derive(Deserialize)]
-    struct Sha {
-        chunk_size: u64,
-        sha256s: Vec<serde_json::Value>,
-    }
-    let s: Sha = serde_json::from_slice(bytes)
-        .map_err(|e| Error::corrupt(key, 0, format!("not a Cinder sha256 file: {e}")))?;
-    (s.sha256s.len() as u64)
-        .checked_mul(s.chunk_size)
-        .ok_or_else(|| Error::corrupt(key, 0, "block count x block size overflows"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,10 +213,5 @@ mod tests {
             let err = CinderManifest::decode("k", bad.as_bytes()).unwrap_err();
             assert_eq!(err.kind(), kind, "{from} -> {to}: {err}");
         }
-        assert_eq!(
-            volume_size_from_sha256file("s", br#"{"chunk_size": 32768, "sha256s": ["a", "b"]}"#)
-                .unwrap(),
-            65536
-        );
     }
 }

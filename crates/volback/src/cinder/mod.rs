@@ -2,7 +2,7 @@
 //! directly: listed, and restored without Cinder.
 //!
 //! A Cinder backup is a `<prefix>_metadata` manifest ([`metadata`]) naming data objects beside
-//! it, each compressed on its own, plus `<prefix>_sha256file`. An incremental names its parent
+//! it, each compressed on its own (and `<prefix>_sha256file`, not needed here). An incremental names its parent
 //! by id and stores only the blocks that changed, so a restore needs the whole chain. Cinder
 //! replays it oldest first, reading every layer in full and trusting every byte. Here the
 //! chain is applied **newest first**: each byte of the volume is written once, from the newest
@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::store::ObjectStore;
-use metadata::{CinderManifest, CinderObject, volume_size_from_sha256file};
+use metadata::{CinderManifest, CinderObject};
 
 pub use adopt::{AdoptOptions, AdoptReport, adopt_cinder_backups};
 pub use restore::{CinderRestoreReport, restore_cinder_backup};
@@ -49,7 +49,6 @@ pub fn open_source(
 
 /// Suffix of a Cinder backup manifest's key.
 pub const METADATA_SUFFIX: &str = "_metadata";
-const SHA256_SUFFIX: &str = "_sha256file";
 
 /// A Cinder backup found in a store.
 #[derive(Debug, Clone)]
@@ -100,6 +99,64 @@ pub fn list_cinder_backups(
         .collect())
 }
 
+/// What `cinder list` shows of a backup.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CinderListing {
+    pub backup_id: String,
+    pub volume_id: String,
+    pub parent_id: Option<String>,
+    pub created_at: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// Volume bytes (None if the chain is broken: a parent is missing or unreadable).
+    pub size: Option<u64>,
+    /// Data objects of this backup (an incremental's changed blocks only).
+    pub objects: usize,
+    /// The manifest's key.
+    pub manifest: String,
+}
+
+/// Every Cinder backup under `prefix` of `store`, described (an error in place of each
+/// unreadable manifest), oldest first.
+pub fn describe_cinder_backups(
+    store: &dyn ObjectStore,
+    prefix: &str,
+) -> Result<Vec<Result<CinderListing>>> {
+    let found = list_cinder_backups(store, prefix)?;
+    let readable: Vec<CinderBackup> = found
+        .iter()
+        .filter_map(|b| b.as_ref().ok())
+        .cloned()
+        .collect();
+    let mut out: Vec<Result<CinderListing>> = found
+        .into_iter()
+        .map(|b| {
+            let b = b?;
+            let m = &b.manifest;
+            Ok(CinderListing {
+                size: find_chain(&readable, &m.backup_id)
+                    .ok()
+                    .map(|l| volume_size(&l)),
+                backup_id: m.backup_id.clone(),
+                volume_id: m.volume_id.clone(),
+                parent_id: m.parent_id.clone(),
+                created_at: m.created_at.clone(),
+                name: m.name.clone(),
+                description: m.description.clone(),
+                objects: m.objects.len(),
+                manifest: b.key,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| match (a, b) {
+        (Ok(a), Ok(b)) => a.created_at.cmp(&b.created_at),
+        (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+        (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+        (Err(_), Err(_)) => std::cmp::Ordering::Equal,
+    });
+    Ok(out)
+}
+
 /// The chain that restores `backup_id`, oldest first, from `backups`.
 pub fn find_chain<'a>(
     backups: &'a [CinderBackup],
@@ -132,20 +189,15 @@ pub(crate) fn readable_backups(store: &dyn ObjectStore, prefix: &str) -> Result<
         .collect())
 }
 
-/// The volume size of the backup `links` ends with: from its `_sha256file` (one hash per block
-/// of the whole volume), else the end of the furthest object of the chain.
-pub(crate) fn volume_size(store: &dyn ObjectStore, links: &[&CinderBackup]) -> Result<u64> {
-    let Some(newest) = links.last() else {
-        return Ok(0);
-    };
-    let sha_key = newest.key.trim_end_matches(METADATA_SUFFIX).to_string() + SHA256_SUFFIX;
-    match store.get(&sha_key) {
-        Ok(bytes) => volume_size_from_sha256file(&sha_key, &bytes),
-        Err(Error::MissingObject { .. }) => Ok(links
-            .iter()
-            .map(|b| b.manifest.data_end())
-            .max()
-            .unwrap_or(0)),
-        Err(e) => Err(e),
-    }
+/// The volume size of the backup `links` ends with: the end of the chain's furthest object.
+/// A full backup stores every block of the volume (zeros included) and Cinder refuses an
+/// incremental of a volume whose size changed, so the full's objects reach the volume's end.
+/// (`_sha256file` would tell too, but it holds a hash per 32 KiB: 2 GB of JSON for a 1 TiB
+/// volume.)
+pub fn volume_size(links: &[&CinderBackup]) -> u64 {
+    links
+        .iter()
+        .map(|b| b.manifest.data_end())
+        .max()
+        .unwrap_or(0)
 }

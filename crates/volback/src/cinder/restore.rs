@@ -187,7 +187,7 @@ pub fn restore_cinder_backup(
     let started = std::time::Instant::now();
     let backups = super::readable_backups(store, prefix)?;
     let links = find_chain(&backups, backup_id)?;
-    let size = volume_size(store, &links)?;
+    let size = volume_size(&links);
     let plan = Plan::new(&links, size)?;
     let file = File::options()
         .write(true)
