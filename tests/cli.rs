@@ -1095,3 +1095,57 @@ fn cinder_backups_listed_restored_and_adopted_from_the_command_line() {
     ]));
     assert!(err.contains("--all"), "{err}");
 }
+
+#[test]
+fn cat_writes_any_range_of_a_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("vol.img");
+    make_image(&img, 6 << 20, 11);
+    let whole = std::fs::read(&img).unwrap();
+    let c = dir.path().join("c");
+    let c = c.to_str().unwrap();
+    ok(volback(&[
+        "backup",
+        "--container",
+        c,
+        "--volume",
+        img.to_str().unwrap(),
+        "--backup-id",
+        "b1",
+    ]));
+    for (offset, length) in [
+        (0u64, Some(512u64)),
+        (1_000_001, Some(2_000_000)),
+        (5 << 20, None),
+    ] {
+        let mut args = vec![
+            "cat".to_string(),
+            "--container".into(),
+            c.into(),
+            "--backup-id".into(),
+            "b1".into(),
+            "--offset".into(),
+            offset.to_string(),
+        ];
+        if let Some(l) = length {
+            args.extend(["--length".into(), l.to_string()]);
+        }
+        let out = ok(volback(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
+        let end = length.map_or(whole.len(), |l| (offset + l) as usize);
+        assert!(out.stdout == whole[offset as usize..end], "{offset}");
+    }
+    let err = fails(volback(&[
+        "cat",
+        "--container",
+        c,
+        "--backup-id",
+        "b1",
+        "--offset",
+        "6291455",
+        "--length",
+        "2",
+    ]));
+    assert!(err.contains("past the end"), "{err}");
+}

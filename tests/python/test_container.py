@@ -402,3 +402,15 @@ def test_an_encrypted_container_round_trips_and_manages_its_keys(tmp_path: Path,
     volback.Container(str(tmp_path / "plain"), create=True)
     with pytest.raises(volback.EncryptionKeyError):
         volback.Container(str(tmp_path / "plain"), key=b"x")
+
+
+def test_partial_reads_return_exactly_the_range(tmp_path: Path, image: Path) -> None:
+    c = volback.Container(str(tmp_path / "c"), create=True)
+    c.backup(str(image), backup_id="b1", volume_id="v")
+    whole = image.read_bytes()
+    for offset, length in ((0, 512), (12345, 1_000_000), (len(whole) - 7, 7), (5, 0)):
+        assert c.read("b1", offset, length) == whole[offset : offset + length]
+    with pytest.raises(volback.ConfigError):
+        c.read("b1", len(whole) - 1, 2)
+    with pytest.raises(volback.BackupNotFound):
+        c.read("nope", 0, 1)

@@ -70,6 +70,8 @@ pub enum Cmd {
     Delete(DeleteArgs),
     /// Print a self-describing record of a backup on stdout.
     Export(ExportArgs),
+    /// Write part of a backup's volume to stdout (every chunk read is verified).
+    Cat(CatArgs),
     /// Validate an exported record against a container ('-' reads stdin).
     Import(ImportArgs),
     /// List the backups in a container.
@@ -107,6 +109,7 @@ impl Cmd {
             Cmd::Restore(_) => "restore",
             Cmd::Delete(_) => "delete",
             Cmd::Export(_) => "export",
+            Cmd::Cat(_) => "cat",
             Cmd::Import(_) => "import",
             Cmd::List(_) => "list",
             Cmd::RebuildIndex(_) => "rebuild-index",
@@ -229,6 +232,21 @@ pub struct ExportArgs {
     pub container: String,
     #[arg(long)]
     pub backup_id: String,
+}
+
+/// Arguments of `volback cat`.
+#[derive(clap::Args)]
+pub struct CatArgs {
+    #[arg(long)]
+    pub container: String,
+    #[arg(long)]
+    pub backup_id: String,
+    /// First byte of the volume to write.
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
+    /// Bytes to write (default: to the volume's end).
+    #[arg(long)]
+    pub length: Option<u64>,
 }
 
 /// Arguments of `volback import`.

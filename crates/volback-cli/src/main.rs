@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         Cmd::Prune(a) => a.json,
         Cmd::Verify(a) => a.json,
         Cmd::Key(a) => a.action.target().json,
-        Cmd::Export(_) | Cmd::Check(_) => false,
+        Cmd::Export(_) | Cmd::Cat(_) | Cmd::Check(_) => false,
     };
     let key = match cli.key.as_deref().map(volback::crypto::KeySource::parse) {
         None => None,

@@ -325,6 +325,22 @@ impl NativeContainer {
         json(&items)
     }
 
+    /// `length` bytes of a backup's volume from `offset` (every chunk verified).
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        backup_id: String,
+        offset: u64,
+        length: u64,
+    ) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let mut out = Vec::new();
+        py.detach(|| {
+            volback::restore::read_range(&self.container, &backup_id, offset, length, &mut out)
+        })
+        .map_err(to_py)?;
+        Ok(pyo3::types::PyBytes::new(py, &out))
+    }
+
     /// The self-describing record of a backup (text another host imports).
     fn export_record(&self, py: Python<'_>, backup_id: String) -> PyResult<String> {
         let driver = Driver::with_container(self.container.clone());

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde_json::json;
 
 mod backup;
+mod cat;
 mod check;
 mod cinder;
 mod copy;
@@ -118,6 +119,7 @@ pub fn run(cmd: Cmd, access: &Access) -> Result<Outcome> {
         Cmd::Restore(a) => restore::run(a, access),
         Cmd::Delete(a) => delete::run(a, access),
         Cmd::Export(a) => export::run(a, access),
+        Cmd::Cat(a) => cat::run(a, access),
         Cmd::Import(a) => import::run(a, access),
         Cmd::List(a) => list::run(a, access),
         Cmd::RebuildIndex(a) => rebuild_index::run(a, access),

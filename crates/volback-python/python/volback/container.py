@@ -291,6 +291,13 @@ class Container:
         """Every backup's manifest, oldest first; an unreadable one is ``{"error", "message"}``."""
         return list(json.loads(_call(self._native.list)))
 
+    def read(self, backup_id: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of the backup's volume from ``offset``, for file-level recovery (a
+        partition table, a superblock, one file's blocks): only the chunks the range overlaps
+        are read, each checked against its BLAKE3. A range past the volume's end raises
+        :class:`volback.ConfigError`."""
+        return bytes(_call(self._native.read, backup_id, offset, length))
+
     def export_record(self, backup_id: str) -> str:
         """The backup's self-describing record (JSON text, no credentials)."""
         return str(_call(self._native.export_record, backup_id))

@@ -35,6 +35,7 @@
 mod check;
 pub mod locations;
 mod output;
+pub mod range;
 mod stream;
 mod stripe;
 mod target;
@@ -42,6 +43,7 @@ mod window;
 mod writer;
 
 pub use check::check_complete;
+pub use range::{RangeReport, read_range};
 pub use stream::{StreamSink, WriteSink};
 
 use std::path::Path;
