@@ -414,3 +414,17 @@ def test_partial_reads_return_exactly_the_range(tmp_path: Path, image: Path) -> 
         c.read("b1", len(whole) - 1, 2)
     with pytest.raises(volback.BackupNotFound):
         c.read("nope", 0, 1)
+
+
+def test_differential_restore_rewrites_only_what_differs(tmp_path: Path, image: Path) -> None:
+    c = volback.Container(str(tmp_path / "c"), create=True)
+    c.backup(str(image), backup_id="b1", volume_id="v")
+    target = tmp_path / "target.img"
+    shutil.copy(image, target)
+    with open(target, "r+b") as f:
+        f.seek(4096 * 10)
+        f.write(pseudo_random(4096, 3))
+    r = c.restore_differential("b1", target)
+    assert target.read_bytes() == image.read_bytes()
+    assert 0 < r["bytes_written"] <= 8192
+    assert r["chunks_rewritten"] == 1

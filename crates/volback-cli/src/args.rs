@@ -197,6 +197,11 @@ pub struct RestoreArgs {
     /// Overwrite an existing target (zero extents are written as zeros).
     #[arg(long)]
     pub existing: bool,
+    /// With --existing: read the target first and rewrite only the chunks and zero ranges
+    /// that differ from the backup, then check the result (for a volume the backup came
+    /// from, damaged or changed a little).
+    #[arg(long, requires = "existing")]
+    pub differential: bool,
     /// Write the volume metadata stored with the backup to this file.
     #[arg(long)]
     pub metadata_out: Option<PathBuf>,

@@ -325,6 +325,26 @@ impl NativeContainer {
         json(&items)
     }
 
+    /// Brings the existing volume at `target` (a path) back to the backup, rewriting only
+    /// what differs, then checks it; JSON report.
+    fn restore_differential(
+        &self,
+        py: Python<'_>,
+        backup_id: String,
+        target: String,
+    ) -> PyResult<String> {
+        let r = py
+            .detach(|| {
+                volback::restore::run_restore_differential(
+                    &self.container,
+                    &backup_id,
+                    Path::new(&target),
+                )
+            })
+            .map_err(to_py)?;
+        json(&r)
+    }
+
     /// `length` bytes of a backup's volume from `offset` (every chunk verified).
     fn read<'py>(
         &self,

@@ -188,7 +188,8 @@
 //! restore/                      locations (chunk locations table), check, window, stripe,
 //!                               writer, output: target (a file or device) or stream (a
 //!                               sink written front to back); range (part of a volume:
-//!                               `volback cat`); mod: run_restore
+//!                               `volback cat`), differential (onto an existing volume,
+//!                               rewriting only what differs); mod: run_restore
 //! gc/                           packs, mark, condemn, repack, sweep, merge: the protocol's steps
 //! prune/                        policy (retention rules, restic's semantics); mod: run_prune
 //! copy/                         backups into a second container: a restore streamed into a

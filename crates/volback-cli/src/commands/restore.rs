@@ -10,12 +10,32 @@ pub fn run(args: RestoreArgs, access: &Access) -> Result<Outcome> {
         backup_id,
         target,
         existing,
+        differential,
         metadata_out,
         no_sync,
         buffered,
         json,
     } = args;
     let c = access.open(&container, false, None)?;
+    if differential {
+        let r = volback::restore::run_restore_differential(&c, &backup_id, &target)?;
+        if json {
+            print_json(&r)?;
+        } else {
+            out!(
+                "restored backup {} onto {} differentially: {} chunks rewritten ({} bytes), {} \
+                 bytes zeroed, {} bytes compared, in {:.2}s",
+                r.backup_id,
+                target.display(),
+                r.chunks_rewritten,
+                r.bytes_written,
+                r.bytes_zeroed,
+                r.bytes_compared,
+                r.elapsed_s
+            )?;
+        }
+        return Ok(Outcome::Done);
+    }
     let opts = RestoreOptions {
         sync: !no_sync,
         direct_io: !buffered,

@@ -291,6 +291,14 @@ class Container:
         """Every backup's manifest, oldest first; an unreadable one is ``{"error", "message"}``."""
         return list(json.loads(_call(self._native.list)))
 
+    def restore_differential(self, backup_id: str, target: str | os.PathLike[str]) -> dict[str, Any]:
+        """Brings the existing volume at ``target`` (a regular file or a block device) back to
+        the backup by rewriting only what differs: the target is read and hashed along the
+        backup's extents, only chunks that differ are fetched, only their 4 KiB blocks that
+        differ are written, then the target is checked again. Returns the report
+        (``chunks_rewritten``, ``bytes_written``, ``bytes_zeroed``, ``bytes_compared``)."""
+        return dict(json.loads(_call(self._native.restore_differential, backup_id, os.fspath(target))))
+
     def read(self, backup_id: str, offset: int, length: int) -> bytes:
         """``length`` bytes of the backup's volume from ``offset``, for file-level recovery (a
         partition table, a superblock, one file's blocks): only the chunks the range overlaps

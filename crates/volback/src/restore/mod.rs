@@ -33,6 +33,7 @@
 //! filled in ([`run_restore_to_stream`]).
 
 mod check;
+pub mod differential;
 pub mod locations;
 mod output;
 pub mod range;
@@ -43,6 +44,7 @@ mod window;
 mod writer;
 
 pub use check::check_complete;
+pub use differential::{DifferentialReport, run_restore_differential};
 pub use range::{RangeReport, read_range};
 pub use stream::{StreamSink, WriteSink};
 
