@@ -7,16 +7,16 @@
 //! zero extent is checked for zeros. Only the chunks whose ids differ are fetched from the
 //! container (ranged reads, each chunk checked against its id as any restore checks it), and
 //! of each only the 4 KiB blocks that differ are written; zero extents that are not zero are zeroed (a punched hole on a file,
-//! `BLKZEROOUT` on a block device, written zeros where neither works). After a flush to stable
-//! storage the target is read and compared once more: a restore reports success only for a
-//! target that now holds the backup.
+//! `BLKZEROOUT` on a block device, written zeros where neither works). The ranges rewritten in
+//! a group are then flushed to stable storage, dropped from the page cache and read back from
+//! the device: a restore reports success only for a target that now holds the backup.
 //!
 //! Before anything is written the whole backup is checked to be restorable (every chunk
 //! indexed) and a block device to be large enough. A regular file target ends at the volume's
 //! size, as any restore onto an existing file does.
 //!
-//! Cost: the target is read twice and hashed (BLAKE3 on every core), and the container is read
-//! only for the chunks that differ; a target that differs by 1 % is restored by writing about
+//! Cost: the target is read once and hashed (BLAKE3 on every core), what was rewritten is read
+//! back once, and the container is read only for the chunks that differ; a target that differs by 1 % is restored by writing about
 //! 1 % of the volume.
 
 use std::collections::HashMap;
@@ -47,8 +47,11 @@ pub const GROUP_BYTES: u64 = 32 << 20;
 pub struct DifferentialReport {
     pub backup_id: String,
     pub size: u64,
-    /// Target bytes read and compared (twice: before and after writing).
+    /// Target bytes read and compared with the backup.
     pub bytes_compared: u64,
+    /// Bytes rewritten and then read back from the device (flushed and dropped from the page
+    /// cache first) and checked.
+    pub bytes_checked: u64,
     /// Chunks whose bytes on the target differed from the backup's (each fetched from the
     /// container), and the bytes written for them: only their 4 KiB blocks that differed.
     pub chunks_rewritten: u64,
@@ -110,40 +113,35 @@ pub fn run_restore_differential(
         path: target,
         is_block,
     };
+    t.advise(0, 0, libc::POSIX_FADV_SEQUENTIAL);
     let mut report = DifferentialReport {
         backup_id: backup_id.into(),
         size: manifest.size,
         ..Default::default()
     };
-    // Pass 1: compare and repair.
     t.walk(&manifest, |group, start, data| {
         report.bytes_compared += data.len() as u64;
-        let (written, zeroed, chunks) = t.repair(group, start, data)?;
-        report.bytes_written += written;
-        report.bytes_zeroed += zeroed;
-        report.chunks_rewritten += chunks;
+        let r = t.repair(group, start, data)?;
+        report.bytes_written += r.written;
+        report.bytes_zeroed += r.zeroed;
+        report.chunks_rewritten += r.chunks;
+        report.bytes_checked += r.checked;
         Ok(())
     })?;
     file.sync_all()
         .map_err(|e| Error::io("sync restore target", target, e))?;
-    // Pass 2: the target must now hold the backup.
-    t.walk(&manifest, |group, start, data| {
-        report.bytes_compared += data.len() as u64;
-        if let Some(at) = t.differences(group, start, data).first().map(|d| d.at) {
-            return Err(Error::io(
-                "check restore target",
-                target,
-                std::io::Error::other(format!(
-                    "still differs from backup {backup_id} at volume offset {at} after being \
-                     rewritten"
-                )),
-            ));
-        }
-        Ok(())
-    })?;
     report.requests = container.store().requests().since(&requests_before);
     report.elapsed_s = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// What repairing one group did.
+#[derive(Default)]
+struct Repaired {
+    written: u64,
+    zeroed: u64,
+    chunks: u64,
+    checked: u64,
 }
 
 /// One extent of a group whose bytes on the target differ from the backup's.
@@ -178,9 +176,17 @@ impl Differ<'_> {
             };
             let end = group.last().map_or(start, |(at, e)| at + e.len());
             buf.resize((end - start) as usize, 0);
-            self.file
-                .read_exact_at(buf, start)
+            // Several reads in flight: a device serves a queue faster than one read at a time
+            // (1.0 GB/s with one, against 1.4 GB/s with a queue, on this machine's disk).
+            const PIECE: usize = 4 << 20;
+            buf.par_chunks_mut(PIECE)
+                .enumerate()
+                .try_for_each(|(i, piece)| {
+                    self.file.read_exact_at(piece, start + (i * PIECE) as u64)
+                })
                 .map_err(|e| Error::io("read restore target", self.path, e))?;
+            // The kernel reads the next group while this one is hashed.
+            self.advise(end, GROUP_BYTES, libc::POSIX_FADV_WILLNEED);
             f(group, start, buf)?;
             group.clear();
             Ok(())
@@ -196,6 +202,14 @@ impl Differ<'_> {
             Ok(())
         })?;
         run(&mut group, &mut buf)
+    }
+
+    /// Passes `advice` for `len` bytes at `offset` of the target to the kernel (best effort).
+    fn advise(&self, offset: u64, len: u64, advice: libc::c_int) {
+        if let (Ok(o), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) {
+            // SAFETY: posix_fadvise on a valid descriptor; no memory is passed.
+            unsafe { libc::posix_fadvise(self.file.as_raw_fd(), o, l, advice) };
+        }
     }
 
     /// The extents of `group` whose bytes in `data` (the target from `start`) differ.
@@ -214,10 +228,13 @@ impl Differ<'_> {
             .collect()
     }
 
-    /// Rewrites what differs in `group`; returns (bytes written, bytes zeroed, chunks).
-    fn repair(&self, group: &[(u64, Extent)], start: u64, data: &[u8]) -> Result<(u64, u64, u64)> {
+    /// Rewrites what differs in `group` (the target's bytes from `start` are `data`), then
+    /// reads it back from the device and checks it.
+    fn repair(&self, group: &[(u64, Extent)], start: u64, data: &[u8]) -> Result<Repaired> {
         let diffs = self.differences(group, start, data);
         let mut zeroed = 0;
+        // (volume offset, expected bytes: None for zeros, length)
+        let mut rewritten: Vec<(u64, Option<Bytes>, usize)> = Vec::new();
         let mut at_of: HashMap<Hash, u64> = HashMap::new();
         for d in &diffs {
             match d.extent {
@@ -227,6 +244,7 @@ impl Differ<'_> {
                     for (from, to) in nonzero_blocks(&data[s..s + len as usize]) {
                         self.zero(d.at + from as u64, (to - from) as u64)?;
                         zeroed += (to - from) as u64;
+                        rewritten.push((d.at + from as u64, None, to - from));
                     }
                 }
                 Extent::Data { id, .. } => {
@@ -235,7 +253,12 @@ impl Differ<'_> {
             }
         }
         if at_of.is_empty() {
-            return Ok((0, zeroed, 0));
+            let checked = self.check_rewritten(&rewritten)?;
+            return Ok(Repaired {
+                zeroed,
+                checked,
+                ..Default::default()
+            });
         }
         let wanted: Vec<Hash> = at_of.keys().copied().collect();
         let ranges = plan_ranges(self.index, &wanted, MAX_RANGE_RAW, |id| {
@@ -282,11 +305,59 @@ impl Differ<'_> {
                         .write_all_at(&chunk[from..to], d.at + from as u64)
                         .map_err(|e| Error::io("write restore target", self.path, e))?;
                     written += (to - from) as u64;
+                    rewritten.push((d.at + from as u64, Some(chunk.slice(from..to)), to - from));
                 }
                 count += 1;
             }
         }
-        Ok((written, zeroed, count))
+        let checked = self.check_rewritten(&rewritten)?;
+        Ok(Repaired {
+            written,
+            zeroed,
+            chunks: count,
+            checked,
+        })
+    }
+
+    /// Flushes the ranges just rewritten, drops them from the page cache and reads them back
+    /// from the device: each must hold what was written. Returns the bytes checked.
+    fn check_rewritten(&self, rewritten: &[(u64, Option<Bytes>, usize)]) -> Result<u64> {
+        if rewritten.is_empty() {
+            return Ok(0);
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("sync restore target", self.path, e))?;
+        // Many reads in flight (on the container's I/O pool, whose threads are meant to wait):
+        // the ranges are scattered, and a device serves a queue of small reads far faster
+        // than one at a time.
+        self.container.on_io_pool(|| {
+            rewritten.par_iter().try_for_each(|(at, want, len)| {
+                // Failure only means the range is read back from the cache.
+                self.advise(*at, *len as u64, libc::POSIX_FADV_DONTNEED);
+                let mut buf = vec![0u8; *len];
+                self.file
+                    .read_exact_at(&mut buf, *at)
+                    .map_err(|e| Error::io("read restore target", self.path, e))?;
+                let same = match want {
+                    Some(w) => buf[..] == w[..],
+                    None => is_zero(&buf),
+                };
+                if same {
+                    return Ok(());
+                }
+                Err(Error::io(
+                    "check restore target",
+                    self.path,
+                    std::io::Error::other(format!(
+                        "{len} bytes at volume offset {at} read back differently than they \
+                         were written"
+                    )),
+                ))
+            })
+        })?;
+        let checked = rewritten.iter().map(|(_, _, len)| *len as u64).sum();
+        Ok(checked)
     }
 
     /// Makes `len` bytes at `offset` read as zeros: `BLKZEROOUT` on a block device, a punched
