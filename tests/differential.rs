@@ -38,7 +38,7 @@ fn heal(c: &Container, root: &std::path::Path) {
 
     // Identical: read and compared, nothing written.
     std::fs::copy(&img, &target).unwrap();
-    let r = run_restore_differential(c, "b1", &target).unwrap();
+    let r = run_restore_differential(c, "b1", &target, None, None).unwrap();
     assert_eq!(
         (r.bytes_written, r.bytes_zeroed, r.chunks_rewritten),
         (0, 0, 0)
@@ -50,7 +50,7 @@ fn heal(c: &Container, root: &std::path::Path) {
     let blocks = size / 100 / 4096;
     scattered_writes(&target, blocks, 77);
     write_at(&target, 2 * MIB + 8192, 20_000, 78);
-    let r = run_restore_differential(c, "b1", &target).unwrap();
+    let r = run_restore_differential(c, "b1", &target, None, None).unwrap();
     assert_same(&img, &target);
     assert!(
         r.bytes_written + r.bytes_zeroed <= size / 50,
@@ -68,15 +68,27 @@ fn heal(c: &Container, root: &std::path::Path) {
         .open(&target)
         .unwrap();
     f.set_len(size - 3 * MIB - 123).unwrap();
-    run_restore_differential(c, "b1", &target).unwrap();
+    run_restore_differential(c, "b1", &target, None, None).unwrap();
     assert_same(&img, &target);
     f.set_len(size + 5 * MIB).unwrap();
     write_at(&target, size + MIB, 4096, 79);
-    let r = run_restore_differential(c, "b1", &target).unwrap();
+    let r = run_restore_differential(c, "b1", &target, None, None).unwrap();
     assert_same(&img, &target);
     assert_eq!(r.bytes_written + r.bytes_zeroed, 0, "{r:?}");
 
+    // Cancelled before the first group: nothing compared or written.
+    write_at(&target, 0, 4096, 80);
+    let stop = std::sync::atomic::AtomicBool::new(true);
+    let err = run_restore_differential(c, "b1", &target, None, Some(&stop)).unwrap_err();
+    assert_eq!(err.kind(), "cancelled", "{err}");
+    // Progress ends at the volume's size.
+    let last = std::sync::atomic::AtomicU64::new(0);
+    let p = |n: u64| last.store(n, std::sync::atomic::Ordering::Relaxed);
+    run_restore_differential(c, "b1", &target, Some(&p), None).unwrap();
+    assert_eq!(last.into_inner(), size);
+    assert_same(&img, &target);
+
     // A missing target is an error, not a new file.
-    let err = run_restore_differential(c, "b1", &root.join("nope.img")).unwrap_err();
+    let err = run_restore_differential(c, "b1", &root.join("nope.img"), None, None).unwrap_err();
     assert_eq!(err.kind(), "io", "{err}");
 }

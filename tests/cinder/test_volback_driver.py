@@ -453,6 +453,37 @@ class VolbackDriverUnderTheManager(ManagerHarness):
         self.assertGreater(len(during), elapsed / 0.01 / 4, (len(during), elapsed))
         self.assertLess(max(gaps, default=0), 0.5, "the heartbeat stalled")
 
+    def test_restoring_onto_the_source_volume_rewrites_only_what_differs(self, *mocks: Any) -> None:
+        vol_id = self._create_volume_db_entry(size=1)
+        data = image_bytes(31, 8)
+        backup = self._backup(vol_id, data)
+        damaged = bytearray(data)
+        damaged[MIB : MIB + 4096] = pseudo_random(4096, 1)
+        with open(self.device, "wb") as w:
+            w.write(bytes(damaged))
+        reports: list[dict[str, Any]] = []
+        real = volback.Container.restore_differential
+
+        def spy(c: volback.Container, *a: Any, **kw: Any) -> dict[str, Any]:
+            reports.append(real(c, *a, **kw))
+            return reports[-1]
+
+        backup.status = fields.BackupStatus.RESTORING
+        backup.save()
+        driver = volback.cinder.VolbackBackupDriver(self.ctxt)
+        with mock.patch.object(volback.Container, "restore_differential", spy):
+            with open(self.device, "r+b") as rw:
+                driver.restore(backup, vol_id, rw, False)
+            with open(self.device, "rb") as r:
+                self.assertTrue(r.read() == data)
+            self.assertEqual(1, len(reports))
+            self.assertEqual(4096, reports[0]["bytes_written"])
+            # Onto a new volume, or another volume: a plain restore.
+            other = self._create_volume_db_entry(size=1)
+            with open(self.device, "r+b") as rw:
+                driver.restore(backup, other, rw, False)
+            self.assertEqual(1, len(reports))
+
     def test_volume_metadata_goes_to_the_destination_volume(self, *mocks: Any) -> None:
         src = self._create_volume_db_entry(size=1)
         dst = self._create_volume_db_entry(size=1, status="available")

@@ -327,22 +327,38 @@ impl NativeContainer {
 
     /// Brings the existing volume at `target` (a path) back to the backup, rewriting only
     /// what differs, then checks it; JSON report.
+    #[pyo3(signature = (backup_id, target, *, progress = None, cancel = None))]
     fn restore_differential(
         &self,
         py: Python<'_>,
         backup_id: String,
         target: String,
+        progress: Option<Py<PyAny>>,
+        cancel: Option<PyRef<'_, CancelToken>>,
     ) -> PyResult<String> {
-        let r = py
-            .detach(|| {
-                volback::restore::run_restore_differential(
-                    &self.container,
-                    &backup_id,
-                    Path::new(&target),
-                )
-            })
+        let (manifest, _) = py
+            .detach(|| self.container.read_manifest(&backup_id))
             .map_err(to_py)?;
-        json(&r)
+        let reporter = Reporter::new(progress, manifest.size, cancel.as_deref());
+        let report = |done: u64| reporter.report(done);
+        let res = py.detach(|| {
+            volback::restore::run_restore_differential(
+                &self.container,
+                &backup_id,
+                Path::new(&target),
+                Some(&report),
+                Some(&reporter.cancel),
+            )
+        });
+        match res {
+            Ok(r) => {
+                let mut v =
+                    serde_json::to_value(&r).map_err(|e| errors::config(format!("report: {e}")))?;
+                v["volume_metadata"] = manifest.volume_metadata.clone().unwrap_or_default();
+                json(&v)
+            }
+            Err(e) => Err(reporter.take_raised().unwrap_or_else(|| to_py(e))),
+        }
     }
 
     /// `length` bytes of a backup's volume from `offset` (every chunk verified).

@@ -18,7 +18,7 @@ pub fn run(args: RestoreArgs, access: &Access) -> Result<Outcome> {
     } = args;
     let c = access.open(&container, false, None)?;
     if differential {
-        let r = volback::restore::run_restore_differential(&c, &backup_id, &target)?;
+        let r = volback::restore::run_restore_differential(&c, &backup_id, &target, None, None)?;
         if json {
             print_json(&r)?;
         } else {

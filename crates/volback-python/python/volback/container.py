@@ -291,13 +291,37 @@ class Container:
         """Every backup's manifest, oldest first; an unreadable one is ``{"error", "message"}``."""
         return list(json.loads(_call(self._native.list)))
 
-    def restore_differential(self, backup_id: str, target: str | os.PathLike[str]) -> dict[str, Any]:
+    def restore_differential(
+        self,
+        backup_id: str,
+        target: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: _volback.CancelToken | None = None,
+        events: EventCallback | None = None,
+    ) -> dict[str, Any]:
         """Brings the existing volume at ``target`` (a regular file or a block device) back to
         the backup by rewriting only what differs: the target is read and hashed along the
         backup's extents, only chunks that differ are fetched, only their 4 KiB blocks that
-        differ are written, then the target is checked again. Returns the report
-        (``chunks_rewritten``, ``bytes_written``, ``bytes_zeroed``, ``bytes_compared``)."""
-        return dict(json.loads(_call(self._native.restore_differential, backup_id, os.fspath(target))))
+        differ are written, and those are flushed and read back from the device. Returns the
+        report (``chunks_rewritten``, ``bytes_written``, ``bytes_zeroed``, ``bytes_compared``,
+        ``bytes_checked``)."""
+        return run_job(
+            "restore",
+            events,
+            progress,
+            lambda p: dict(
+                json.loads(
+                    _call(
+                        self._native.restore_differential,
+                        backup_id,
+                        os.fspath(target),
+                        progress=p,
+                        cancel=cancel,
+                    )
+                )
+            ),
+        )
 
     def read(self, backup_id: str, offset: int, length: int) -> bytes:
         """``length`` bytes of the backup's volume from ``offset``, for file-level recovery (a

@@ -63,11 +63,16 @@ pub struct DifferentialReport {
 }
 
 /// Brings the existing volume `target` (a regular file or a block device) back to backup
-/// `backup_id`, writing only what differs, then checks it.
+/// `backup_id`, writing only what differs, then checks it. `progress` is told the volume bytes
+/// compared so far; `cancel`, checked before each group, stops the restore with
+/// [`Error::Cancelled`] (the target is then partly repaired: every range rewritten so far
+/// holds the backup's bytes).
 pub fn run_restore_differential(
     container: &Container,
     backup_id: &str,
     target: &Path,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<DifferentialReport> {
     let started = Instant::now();
     let requests_before = container.store().requests();
@@ -120,12 +125,18 @@ pub fn run_restore_differential(
         ..Default::default()
     };
     t.walk(&manifest, |group, start, data| {
+        if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Err(Error::Cancelled { what: "restore" });
+        }
         report.bytes_compared += data.len() as u64;
         let r = t.repair(group, start, data)?;
         report.bytes_written += r.written;
         report.bytes_zeroed += r.zeroed;
         report.chunks_rewritten += r.chunks;
         report.bytes_checked += r.checked;
+        if let Some(p) = progress {
+            p(report.bytes_compared);
+        }
         Ok(())
     })?;
     file.sync_all()
@@ -241,7 +252,7 @@ impl Differ<'_> {
                 Extent::Zero { len } => {
                     // Only the 4 KiB blocks that are not zero.
                     let s = (d.at - start) as usize;
-                    for (from, to) in nonzero_blocks(&data[s..s + len as usize]) {
+                    for (from, to) in nonzero_blocks(d.at, &data[s..s + len as usize]) {
                         self.zero(d.at + from as u64, (to - from) as u64)?;
                         zeroed += (to - from) as u64;
                         rewritten.push((d.at + from as u64, None, to - from));
@@ -300,7 +311,7 @@ impl Differ<'_> {
                 // block costs one block of writes, not the chunk.
                 let s = (d.at - start) as usize;
                 let have = &data[s..s + len as usize];
-                for (from, to) in differing_blocks(have, chunk) {
+                for (from, to) in differing_blocks(d.at, have, chunk) {
                     self.file
                         .write_all_at(&chunk[from..to], d.at + from as u64)
                         .map_err(|e| Error::io("write restore target", self.path, e))?;
@@ -365,11 +376,7 @@ impl Differ<'_> {
     fn zero(&self, offset: u64, len: u64) -> Result<()> {
         let fd = self.file.as_raw_fd();
         let done = if self.is_block {
-            /// `_IO(0x12, 127)`: zero a byte range of a block device (the device may unmap it).
-            const BLKZEROOUT: libc::c_ulong = 0x127f;
-            let range: [u64; 2] = [offset, len];
-            // SAFETY: BLKZEROOUT reads two u64 (start, length) from a live array.
-            unsafe { libc::ioctl(fd, BLKZEROOUT, range.as_ptr()) == 0 }
+            super::target::blk_zero_out(self.file, offset, len)
         } else {
             match (libc::off_t::try_from(offset), libc::off_t::try_from(len)) {
                 // SAFETY: fallocate on a valid descriptor; no memory is passed.
@@ -400,35 +407,44 @@ impl Differ<'_> {
     }
 }
 
-/// Granularity of the writes: blocks of this size that differ are rewritten whole.
+/// Granularity of the writes: the volume's blocks of this size (at multiples of it) that
+/// differ are rewritten whole.
 const BLOCK: usize = 4096;
 
-/// Runs `[from, to)` of blocks where `have` and `want` (equal lengths) differ.
-fn differing_blocks(have: &[u8], want: &[u8]) -> Vec<(usize, usize)> {
-    runs(
-        have.chunks(BLOCK)
-            .zip(want.chunks(BLOCK))
-            .map(|(h, w)| (h != w, w.len())),
-    )
+/// The blocks of `len` bytes at volume offset `base`, as `(from, to)` relative to `base`: cut
+/// at the volume's 4 KiB boundaries, so a rewritten block is a device block.
+fn blocks(base: u64, len: usize) -> impl Iterator<Item = (usize, usize)> {
+    let first = (BLOCK - (base % BLOCK as u64) as usize).min(len);
+    std::iter::once((0, first))
+        .chain(
+            (first..len)
+                .step_by(BLOCK)
+                .map(move |f| (f, (f + BLOCK).min(len))),
+        )
+        .filter(|(f, t)| f < t)
 }
 
-/// Runs `[from, to)` of blocks of `have` that are not all zeros.
-fn nonzero_blocks(have: &[u8]) -> Vec<(usize, usize)> {
-    runs(have.chunks(BLOCK).map(|h| (!is_zero(h), h.len())))
+/// Runs `[from, to)` (relative to `base`, the volume offset of both) of blocks where `have`
+/// and `want` (equal lengths) differ.
+fn differing_blocks(base: u64, have: &[u8], want: &[u8]) -> Vec<(usize, usize)> {
+    runs(blocks(base, want.len()).map(|(f, t)| (have[f..t] != want[f..t], f, t)))
 }
 
-/// Merges consecutive blocks flagged `true` (each `(flag, length)`) into byte runs.
-fn runs(blocks: impl Iterator<Item = (bool, usize)>) -> Vec<(usize, usize)> {
+/// Runs `[from, to)` (relative to `base`) of blocks of `have` that are not all zeros.
+fn nonzero_blocks(base: u64, have: &[u8]) -> Vec<(usize, usize)> {
+    runs(blocks(base, have.len()).map(|(f, t)| (!is_zero(&have[f..t]), f, t)))
+}
+
+/// Merges consecutive blocks flagged `true` (each `(flag, from, to)`) into byte runs.
+fn runs(blocks: impl Iterator<Item = (bool, usize, usize)>) -> Vec<(usize, usize)> {
     let mut out: Vec<(usize, usize)> = Vec::new();
-    let mut at = 0;
-    for (flag, len) in blocks {
+    for (flag, from, to) in blocks {
         if flag {
             match out.last_mut() {
-                Some(last) if last.1 == at => last.1 = at + len,
-                _ => out.push((at, at + len)),
+                Some(last) if last.1 == from => last.1 = to,
+                _ => out.push((from, to)),
             }
         }
-        at += len;
     }
     out
 }
@@ -458,16 +474,31 @@ mod tests {
         have[3 * BLOCK] = 0; // block 3
         have[5 * BLOCK + 99] = 0; // the short last block
         assert_eq!(
-            differing_blocks(&have, &want),
+            differing_blocks(0, &have, &want),
             vec![
                 (0, 2 * BLOCK),
                 (3 * BLOCK, 4 * BLOCK),
                 (5 * BLOCK, 5 * BLOCK + 100)
             ]
         );
+        // At volume offset 100: blocks are cut at the volume's 4 KiB boundaries.
+        assert_eq!(
+            differing_blocks(100, &have, &want),
+            vec![
+                (0, 2 * BLOCK - 100),
+                (3 * BLOCK - 100, 4 * BLOCK - 100),
+                (5 * BLOCK - 100, 5 * BLOCK + 100)
+            ]
+        );
         let mut zeros = vec![0u8; 3 * BLOCK];
-        assert!(nonzero_blocks(&zeros).is_empty());
+        assert!(nonzero_blocks(0, &zeros).is_empty());
         zeros[2 * BLOCK + 5] = 9;
-        assert_eq!(nonzero_blocks(&zeros), vec![(2 * BLOCK, 3 * BLOCK)]);
+        assert_eq!(nonzero_blocks(0, &zeros), vec![(2 * BLOCK, 3 * BLOCK)]);
+        assert_eq!(
+            nonzero_blocks(5, &zeros),
+            vec![(2 * BLOCK - 5, 3 * BLOCK - 5)]
+        );
+        assert_eq!(blocks(4095, 2).collect::<Vec<_>>(), vec![(0, 1), (1, 2)]);
+        assert_eq!(blocks(0, 0).count(), 0);
     }
 }

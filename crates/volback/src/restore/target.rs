@@ -190,9 +190,13 @@ impl Target {
         }
     }
 
-    /// Makes `len` bytes at `offset` read as zeros: a punched hole on a file, written zeros on
-    /// a device (or where punching is unsupported).
+    /// Makes `len` bytes at `offset` read as zeros: a punched hole on a file, `BLKZEROOUT` on
+    /// a block device (which may unmap the range instead of writing it), written zeros where
+    /// neither is supported.
     pub(super) fn zero(&self, offset: u64, len: u64) -> Result<()> {
+        if !self.is_file && blk_zero_out(&self.file, offset, len) {
+            return Ok(());
+        }
         if self.is_file {
             // SAFETY: fallocate on a valid descriptor; no memory is passed.
             let r = unsafe {
@@ -246,4 +250,14 @@ impl Target {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// `BLKZEROOUT` on `len` bytes at `offset` of a block device; false where it is not supported
+/// (the caller then writes zeros).
+pub(super) fn blk_zero_out(device: &File, offset: u64, len: u64) -> bool {
+    /// `_IO(0x12, 127)`: zero a byte range of a block device.
+    const BLKZEROOUT: libc::c_ulong = 0x127f;
+    let range: [u64; 2] = [offset, len];
+    // SAFETY: BLKZEROOUT reads two u64 (start, length) from a live array.
+    unsafe { libc::ioctl(device.as_raw_fd(), BLKZEROOUT, range.as_ptr()) == 0 }
 }
