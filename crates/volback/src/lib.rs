@@ -152,6 +152,8 @@
 //! | verify ∥ anything | yes | read-only, under a lease |
 //! | prune ∥ anything | yes | prune is delete + gc: each backup it removes is a delete, then one collection |
 //! | copy ∥ anything | yes | a copy is a restore of the source (under its lease) streamed into a backup of the destination (under its own): each side is as safe as those are |
+//! | `cat`, differential restore ∥ anything | yes | a restore's reads, under a restore's lease: `cat` fetches only the chunks its range needs; a differential restore reads the target and fetches only the chunks that differ |
+//! | `cinder adopt` ∥ anything | yes | each adopted backup is a backup (create-only, committed last, under its lease), then a restore to a hash; an adoption that fails deletes what it committed |
 //! | backup ∥ gc, Object Lock | yes | as above; retention only adds refusals: a pack whose delete the server refuses stays, out of the index, and a later collection condemns it again |
 //! | delete ∥ anything, Object Lock | yes | a retained backup's delete is refused before it writes a tombstone; an expired one is deleted as above |
 //!
