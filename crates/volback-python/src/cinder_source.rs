@@ -7,23 +7,18 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use serde_json::json;
 
-use crate::container::NativeContainer;
+use crate::container::{NativeContainer, json, s3_options};
 use crate::errors::to_py;
 use volback::cinder::{
     AdoptOptions, adopt_cinder_backups, describe_cinder_backups, open_source, restore_cinder_backup,
 };
 use volback::store::ObjectStore;
-use volback::store::s3::S3Options;
 
 /// Cinder's backups at a URL: Cinder's `backup_posix_path` (or a directory under it), or
 /// `s3://bucket/prefix`.
 #[pyclass(module = "volback._volback", frozen)]
 pub struct NativeCinderSource {
     store: Arc<dyn ObjectStore>,
-}
-
-fn json_text(v: &impl serde::Serialize) -> PyResult<String> {
-    serde_json::to_string(v).map_err(|e| crate::errors::config(format!("report: {e}")))
 }
 
 #[pymethods]
@@ -41,14 +36,13 @@ impl NativeCinderSource {
         s3_secret_access_key: Option<String>,
         s3_session_token: Option<String>,
     ) -> PyResult<Self> {
-        let s3 = S3Options {
-            endpoint: s3_endpoint,
-            region: s3_region,
-            access_key_id: s3_access_key_id,
-            secret_access_key: s3_secret_access_key,
-            session_token: s3_session_token,
-            ..Default::default()
-        };
+        let s3 = s3_options(
+            s3_endpoint,
+            s3_region,
+            s3_access_key_id,
+            s3_secret_access_key,
+            s3_session_token,
+        );
         Ok(NativeCinderSource {
             store: open_source(&url, &s3).map_err(to_py)?,
         })
@@ -67,7 +61,7 @@ impl NativeCinderSource {
                 Err(e) => json!({"error": e.kind(), "message": e.to_string()}),
             })
             .collect();
-        json_text(&rows)
+        json(&rows)
     }
 
     /// Restores a backup (its whole chain) into a new file; JSON report.
@@ -77,7 +71,7 @@ impl NativeCinderSource {
                 restore_cinder_backup(self.store.as_ref(), "", &backup_id, Path::new(&target))
             })
             .map_err(to_py)?;
-        json_text(&r)
+        json(&r)
     }
 
     /// Adopts backups into `dst` (those named, of `volume_id`, or all); JSON report.
@@ -99,6 +93,6 @@ impl NativeCinderSource {
         let r = py
             .detach(|| adopt_cinder_backups(self.store.as_ref(), "", dst.container(), &opts))
             .map_err(to_py)?;
-        json_text(&r)
+        json(&r)
     }
 }

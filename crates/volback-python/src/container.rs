@@ -45,7 +45,25 @@ fn key_source(key: &Bound<'_, PyAny>) -> PyResult<KeySource> {
     }
 }
 
-fn json(v: &impl serde::Serialize) -> PyResult<String> {
+/// S3 settings given from Python (what is `None` comes from the AWS environment and files).
+pub(crate) fn s3_options(
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    session_token: Option<String>,
+) -> S3Options {
+    S3Options {
+        endpoint,
+        region,
+        access_key_id,
+        secret_access_key,
+        session_token,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn json(v: &impl serde::Serialize) -> PyResult<String> {
     serde_json::to_string(v).map_err(|e| errors::config(format!("report: {e}")))
 }
 
@@ -107,13 +125,14 @@ impl NativeContainer {
             });
         }
         let s3 = S3Options {
-            endpoint: s3_endpoint,
-            region: s3_region,
-            access_key_id: s3_access_key_id,
-            secret_access_key: s3_secret_access_key,
-            session_token: s3_session_token,
             concurrency: s3_concurrency,
-            ..Default::default()
+            ..s3_options(
+                s3_endpoint,
+                s3_region,
+                s3_access_key_id,
+                s3_secret_access_key,
+                s3_session_token,
+            )
         };
         let container = py
             .detach(|| Container::open_keyed(&url, create, Some(init), &s3, key.as_ref()))
