@@ -72,6 +72,9 @@ pub enum Cmd {
     Export(ExportArgs),
     /// Write part of a backup's volume to stdout (every chunk read is verified).
     Cat(CatArgs),
+    /// Serve a backup as a read-only block device over NBD (instant recovery): QEMU's tools
+    /// and VMs read it while chunks are fetched on demand. Runs until SIGINT or SIGTERM.
+    Serve(ServeArgs),
     /// Validate an exported record against a container ('-' reads stdin).
     Import(ImportArgs),
     /// List the backups in a container.
@@ -110,6 +113,7 @@ impl Cmd {
             Cmd::Delete(_) => "delete",
             Cmd::Export(_) => "export",
             Cmd::Cat(_) => "cat",
+            Cmd::Serve(_) => "serve",
             Cmd::Import(_) => "import",
             Cmd::List(_) => "list",
             Cmd::RebuildIndex(_) => "rebuild-index",
@@ -237,6 +241,31 @@ pub struct ExportArgs {
     pub container: String,
     #[arg(long)]
     pub backup_id: String,
+}
+
+/// Arguments of `volback serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[arg(long)]
+    pub container: String,
+    #[arg(long)]
+    pub backup_id: String,
+    /// Unix socket to listen on (default: $TMPDIR/volback-<backup id>.sock).
+    #[arg(long, conflicts_with = "tcp")]
+    pub socket: Option<PathBuf>,
+    /// Listen on TCP instead, e.g. 127.0.0.1:10809 (port 0: any free port). NBD has no
+    /// authentication here: bind to an address only trusted clients reach.
+    #[arg(long)]
+    pub tcp: Option<std::net::SocketAddr>,
+    /// Chunk cache, MiB.
+    #[arg(long, default_value_t = 256)]
+    pub cache_mib: u64,
+    /// Read-ahead for sequential readers, MiB (at most a quarter of the cache; 0: none).
+    #[arg(long, default_value_t = 32)]
+    pub read_ahead_mib: u64,
+    /// Print the ready line (and the counters on exit) as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `volback cat`.

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         Cmd::Prune(a) => a.json,
         Cmd::Verify(a) => a.json,
         Cmd::Key(a) => a.action.target().json,
+        Cmd::Serve(a) => a.json,
         Cmd::Export(_) | Cmd::Cat(_) | Cmd::Check(_) => false,
     };
     let key = match cli.key.as_deref().map(volback::crypto::KeySource::parse) {

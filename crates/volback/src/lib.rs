@@ -261,6 +261,7 @@ pub mod ids;
 pub mod index;
 pub mod prune;
 pub mod restore;
+pub mod serve;
 pub mod store;
 pub mod usage;
 pub mod verify;

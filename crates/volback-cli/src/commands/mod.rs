@@ -20,6 +20,7 @@ mod list;
 mod prune;
 mod rebuild_index;
 mod restore;
+mod serve;
 mod undelete;
 mod verify;
 
@@ -120,6 +121,7 @@ pub fn run(cmd: Cmd, access: &Access) -> Result<Outcome> {
         Cmd::Delete(a) => delete::run(a, access),
         Cmd::Export(a) => export::run(a, access),
         Cmd::Cat(a) => cat::run(a, access),
+        Cmd::Serve(a) => serve::run(a, access),
         Cmd::Import(a) => import::run(a, access),
         Cmd::List(a) => list::run(a, access),
         Cmd::RebuildIndex(a) => rebuild_index::run(a, access),

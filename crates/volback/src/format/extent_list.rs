@@ -155,6 +155,21 @@ impl ExtentListReader {
         Self::default()
     }
 
+    /// Where the reader stands between two pieces: the bytes of an unfinished record it carries
+    /// (at most one record, 42 bytes) and their stream offset. A reader [`resume`]d from it
+    /// decodes the following pieces exactly as this one would, so a random-access reader can
+    /// start at any extent-list chunk without the chunks before it.
+    ///
+    /// [`resume`]: ExtentListReader::resume
+    pub fn position(&self) -> (Vec<u8>, u64) {
+        (self.carry.clone(), self.pos)
+    }
+
+    /// A reader at a [`position`](ExtentListReader::position) taken earlier.
+    pub fn resume(carry: Vec<u8>, pos: u64) -> Self {
+        ExtentListReader { carry, pos }
+    }
+
     /// Decodes every complete record in `data` (after any bytes carried from before). `key`
     /// names the manifest for errors.
     pub fn push(&mut self, key: &str, data: &[u8], out: &mut Vec<Extent>) -> Result<()> {
