@@ -23,6 +23,14 @@ if ! command -v radosgw >/dev/null 2>&1 || ! command -v uuidgen >/dev/null 2>&1;
   $sudo apt-get install -y -qq --no-install-recommends \
     ceph-mon ceph-osd radosgw ceph-common uuid-runtime curl >/dev/null
 fi
+# QEMU's tools (Debian's qemu-utils): tests/nbd.rs reads backups served over NBD with qemu-img
+# and qemu-io, the reference NBD client.
+if ! command -v qemu-img >/dev/null 2>&1 || ! command -v qemu-io >/dev/null 2>&1; then
+  echo "== installing qemu-utils (NBD client tests) from Debian"
+  sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
+fi
 cargo test --locked "$@"
 
 # The Python package: built with maturin into a venv, then its tests (pytest), then the Cinder

@@ -160,3 +160,17 @@ pub fn backup_file(
         .unwrap_or_else(|e| panic!("backup {id}: {e}"))
         .2
 }
+
+/// Every file under `dir`, at any depth (a container's objects, say).
+pub fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

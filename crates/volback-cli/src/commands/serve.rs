@@ -46,12 +46,12 @@ pub fn run(args: ServeArgs, access: &Access) -> Result<Outcome> {
         print_json(&stats)?;
     } else {
         out!(
-            "stopped: {} reads, {} bytes, {} chunks fetched, {} cache hits, {} failed reads",
+            "stopped: {} reads, {} bytes, {} chunks fetched, {} cache hits, {} failed requests",
             stats.reads,
             stats.bytes_read,
             stats.chunks_fetched,
             stats.cache_hits,
-            stats.read_errors
+            stats.failed
         )?;
     }
     Ok(Outcome::Done)

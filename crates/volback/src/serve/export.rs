@@ -31,8 +31,8 @@ pub struct ExportStats {
     /// Chunks fetched from the container (each verified), and chunks served from the cache.
     pub chunks_fetched: u64,
     pub cache_hits: u64,
-    /// Reads that failed (a damaged or missing chunk): each logged with the object.
-    pub read_errors: u64,
+    /// Requests that failed (a damaged or missing chunk): each logged with the object.
+    pub failed: u64,
     /// Bytes the cache holds now.
     pub cache_bytes: u64,
 }
@@ -43,7 +43,7 @@ struct Counters {
     bytes_read: AtomicU64,
     chunks_fetched: AtomicU64,
     cache_hits: AtomicU64,
-    read_errors: AtomicU64,
+    failed: AtomicU64,
 }
 
 /// A backup served as a volume.
@@ -161,7 +161,7 @@ impl Export {
             bytes_read: c.bytes_read.load(Ordering::Relaxed),
             chunks_fetched: c.chunks_fetched.load(Ordering::Relaxed),
             cache_hits: c.cache_hits.load(Ordering::Relaxed),
-            read_errors: c.read_errors.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
             cache_bytes: self.cache.bytes(),
         }
     }
@@ -184,18 +184,21 @@ impl Export {
     pub fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
         let result = self.read_inner(offset, len);
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
-        match &result {
-            Ok(_) => {
-                self.counters
-                    .bytes_read
-                    .fetch_add(u64::from(len), Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(backup = %self.backup_id, offset, len, error = %e, "read failed");
-            }
+        if result.is_ok() {
+            self.counters
+                .bytes_read
+                .fetch_add(u64::from(len), Ordering::Relaxed);
         }
-        result
+        self.count_failure("read", offset, u64::from(len), result)
+    }
+
+    /// Counts and logs a failed request (with the object its error names).
+    fn count_failure<T>(&self, what: &str, offset: u64, len: u64, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(backup = %self.backup_id, offset, len, error = %e, "{what} failed");
+        }
+        r
     }
 
     fn read_inner(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
@@ -242,6 +245,11 @@ impl Export {
     /// Which parts of `[offset, offset + len)` are zero extents and which hold data, in order,
     /// neighbours of one kind merged, clipped to the range.
     pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Status>> {
+        let r = self.block_status_inner(offset, len);
+        self.count_failure("block status", offset, len, r)
+    }
+
+    fn block_status_inner(&self, offset: u64, len: u64) -> Result<Vec<Status>> {
         let end = self.end_of(offset, len)?;
         let mut out: Vec<Status> = Vec::new();
         for (at, e) in self.map.extents(offset, end, &*self.fetch)? {
