@@ -146,7 +146,7 @@ fn qemu_reads_the_backup_byte_for_byte_and_skips_its_zeros(e: &Env) {
     // ranges are checked against the export directly below).
     let r = pseudo_random(16 * 12, 5);
     for i in 0..12 {
-        let a = u64::from_le_bytes(r[i * 16..i * 16 + 8].try_into().unwrap()) % size & !511;
+        let a = (u64::from_le_bytes(r[i * 16..i * 16 + 8].try_into().unwrap()) % size) & !511;
         let l =
             512 * (1 + u64::from_le_bytes(r[i * 16 + 8..i * 16 + 16].try_into().unwrap()) % 6000);
         let a = a.min(size - l);
