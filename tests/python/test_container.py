@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -414,6 +415,37 @@ def test_partial_reads_return_exactly_the_range(tmp_path: Path, image: Path) -> 
         c.read("b1", len(whole) - 1, 2)
     with pytest.raises(volback.BackupNotFound):
         c.read("nope", 0, 1)
+
+
+def test_a_backup_served_over_nbd_reads_back_through_qemu(tmp_path: Path, image: Path) -> None:
+    c = volback.Container(str(tmp_path / "c"), create=True)
+    c.backup(str(image), backup_id="b1", volume_id="v")
+    sock = tmp_path / "b1.sock"
+    with c.serve_nbd("b1", socket=sock, cache_mib=16) as server:
+        assert server.uri == f"nbd+unix:///?socket={sock}"
+        assert server.size == image.stat().st_size
+        out = tmp_path / "copy.img"
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", server.uri, str(out)], check=True)
+        assert out.read_bytes() == image.read_bytes()
+        stats = server.stats()
+        assert stats["reads"] > 0 and stats["failed"] == 0
+    # Stopped: the socket is gone and nothing answers.
+    assert not sock.exists()
+    assert (
+        subprocess.run(["qemu-img", "info", f"nbd+unix:///?socket={sock}"], capture_output=True).returncode
+        != 0
+    )
+    # TCP on a free port.
+    with c.serve_nbd("b1", tcp="127.0.0.1:0") as server:
+        assert server.uri.startswith("nbd://127.0.0.1:")
+        info = subprocess.run(
+            ["qemu-img", "info", "--output=json", server.uri], check=True, capture_output=True, text=True
+        )
+        assert json.loads(info.stdout)["virtual-size"] == image.stat().st_size
+    with pytest.raises(volback.BackupNotFound):
+        c.serve_nbd("nope", socket=tmp_path / "x.sock")
+    with pytest.raises(volback.ConfigError):
+        c.serve_nbd("b1", socket=tmp_path / "y.sock", tcp="127.0.0.1:0")
 
 
 def test_differential_restore_rewrites_only_what_differs(tmp_path: Path, image: Path) -> None:

@@ -396,6 +396,35 @@ impl NativeContainer {
         Ok(pyo3::types::PyBytes::new(py, &out))
     }
 
+    /// Serves a backup over NBD (a Unix socket by default, or TCP) on a background thread.
+    #[pyo3(signature = (backup_id, *, socket=None, tcp=None, cache_mib=256, read_ahead_mib=32))]
+    fn serve_nbd(
+        &self,
+        py: Python<'_>,
+        backup_id: String,
+        socket: Option<String>,
+        tcp: Option<String>,
+        cache_mib: u64,
+        read_ahead_mib: u64,
+    ) -> PyResult<crate::nbd_server::NativeNbdServer> {
+        let mib = |n: u64| {
+            n.checked_mul(1 << 20)
+                .ok_or_else(|| to_py(volback::Error::Config(format!("{n} MiB is too large"))))
+        };
+        let options = volback::serve::ServeOptions {
+            cache_bytes: mib(cache_mib)?,
+            read_ahead: mib(read_ahead_mib)?,
+        };
+        crate::nbd_server::NativeNbdServer::start(
+            py,
+            &self.container,
+            &backup_id,
+            socket,
+            tcp,
+            options,
+        )
+    }
+
     /// The self-describing record of a backup (text another host imports).
     fn export_record(&self, py: Python<'_>, backup_id: String) -> PyResult<String> {
         let driver = Driver::with_container(self.container.clone());

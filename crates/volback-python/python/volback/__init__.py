@@ -28,6 +28,7 @@ from volback.errors import (
     error_class,
 )
 from volback.events import EventCallback
+from volback.nbd import NbdServer
 
 __all__ = [
     "KINDS",
@@ -36,6 +37,7 @@ __all__ = [
     "CinderSource",
     "Container",
     "EventCallback",
+    "NbdServer",
     "ProgressCallback",
     "S3Settings",
     "Volume",

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Union
 from volback import _volback
 from volback.errors import from_native
 from volback.events import EventCallback, run_job
+from volback.nbd import NbdServer
 
 #: ``progress(done_bytes, total_bytes)``; return ``False`` to stop the operation.
 ProgressCallback = Callable[[int, int], Optional[bool]]
@@ -329,6 +330,29 @@ class Container:
         are read, each checked against its BLAKE3. A range past the volume's end raises
         :class:`volback.ConfigError`."""
         return bytes(_call(self._native.read, backup_id, offset, length))
+
+    def serve_nbd(
+        self,
+        backup_id: str,
+        *,
+        socket: str | os.PathLike[str] | None = None,
+        tcp: str | None = None,
+        cache_mib: int = 256,
+        read_ahead_mib: int = 32,
+    ) -> NbdServer:
+        """Serves the backup as a read-only block device over NBD (instant recovery) until the
+        returned server is stopped: on the Unix socket ``socket`` (default
+        ``$TMPDIR/volback-<backup id>.sock``) or on TCP at ``tcp`` (``"127.0.0.1:10809"``; port
+        0 picks a free one). Memory stays within ``cache_mib`` plus a small constant."""
+        native = _call(
+            self._native.serve_nbd,
+            backup_id,
+            socket=None if socket is None else os.fspath(socket),
+            tcp=tcp,
+            cache_mib=cache_mib,
+            read_ahead_mib=read_ahead_mib,
+        )
+        return NbdServer(native)
 
     def export_record(self, backup_id: str) -> str:
         """The backup's self-describing record (JSON text, no credentials)."""

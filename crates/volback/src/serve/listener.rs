@@ -87,13 +87,18 @@ impl Listener {
             Listener::Tcp(_, addr) => format!("nbd://{addr}/{name}"),
         }
     }
+
+    /// Removes a Unix socket's file (a stopped server leaves nothing behind to connect to).
+    pub(crate) fn remove_socket(&self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
-            let _ = std::fs::remove_file(path);
-        }
+        self.remove_socket();
     }
 }
 

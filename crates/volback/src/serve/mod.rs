@@ -116,6 +116,7 @@ impl Stopper {
             return;
         }
         self.listener.poke();
+        self.listener.remove_socket();
         for c in self.state.clients().drain().map(|(_, c)| c) {
             c.shutdown();
         }
