@@ -1149,3 +1149,71 @@ fn cat_writes_any_range_of_a_backup() {
     ]));
     assert!(err.contains("past the end"), "{err}");
 }
+
+#[test]
+fn serve_exports_a_backup_until_sigterm() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("vol.img");
+    make_image(&img, 6 << 20, 12);
+    let c = dir.path().join("c");
+    let c = c.to_str().unwrap();
+    ok(volback(&[
+        "backup",
+        "--container",
+        c,
+        "--volume",
+        img.to_str().unwrap(),
+        "--backup-id",
+        "b1",
+    ]));
+    let sock = dir.path().join("b1.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volback"))
+        .args(["serve", "--container", c, "--backup-id", "b1", "--json"])
+        .args(["--socket", sock.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // The ready line comes once the server listens.
+    let ready: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let uri = ready["uri"].as_str().unwrap().to_string();
+    assert_eq!(uri, format!("nbd+unix:///?socket={}", sock.display()));
+    assert_eq!(ready["size"], 6 << 20);
+    let out = dir.path().join("copy.img");
+    let convert = Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &uri,
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .expect("qemu-img (Debian's qemu-utils)");
+    assert!(convert.status.success(), "{convert:?}");
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&img).unwrap());
+    // A second server on the same socket is refused while the first runs.
+    let err = fails(volback(&[
+        "serve",
+        "--container",
+        c,
+        "--backup-id",
+        "b1",
+        "--socket",
+        sock.to_str().unwrap(),
+    ]));
+    assert!(err.contains("already listening"), "{err}");
+    // SIGTERM: a clean stop with the counters, and the socket removed.
+    // SAFETY: kill only sends a signal to the child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let stats: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(stats["reads"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats["failed"], 0);
+    assert!(child.wait().unwrap().success());
+    assert!(!sock.exists());
+}
