@@ -153,6 +153,7 @@
 //! | prune ∥ anything | yes | prune is delete + gc: each backup it removes is a delete, then one collection |
 //! | copy ∥ anything | yes | a copy is a restore of the source (under its lease) streamed into a backup of the destination (under its own): each side is as safe as those are |
 //! | `cat`, differential restore ∥ anything | yes | a restore's reads, under a restore's lease: `cat` fetches only the chunks its range needs; a differential restore reads the target and fetches only the chunks that differ |
+//! | `serve` (NBD) ∥ anything | yes | a restore's reads for as long as it runs, under a restore's lease: a sweep of packs condemned meanwhile waits until it stops, so a delete of the served backup frees its space only after that |
 //! | `cinder adopt` ∥ anything | yes | each adopted backup is a backup (create-only, committed last, under its lease), then a restore to a hash; an adoption that fails deletes what it committed |
 //! | backup ∥ gc, Object Lock | yes | as above; retention only adds refusals: a pack whose delete the server refuses stays, out of the index, and a later collection condemns it again |
 //! | delete ∥ anything, Object Lock | yes | a retained backup's delete is refused before it writes a tombstone; an expired one is deleted as above |
@@ -202,6 +203,10 @@
 //!                               (into a new file), stream (front to back), adopt (into
 //!                               volback backups with the same ids + backup-import
 //!                               records); mod: list, chain
+//! serve/                        a backup as an NBD block device: listener (Unix socket or
+//!                               TCP), nbd (the protocol), export (reads, block status,
+//!                               read-ahead), extent_map (offset → extents from per-chunk
+//!                               checkpoints), cache (verified chunks, LRU); mod: NbdServer
 //! verify.rs                     what verify checks without restoring
 //! usage.rs                      what each backup alone holds (list --exclusive)
 //! driver.rs                     the Cinder verbs over all of the above; start here as a caller
