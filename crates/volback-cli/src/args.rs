@@ -250,7 +250,7 @@ pub struct ServeArgs {
     pub container: String,
     #[arg(long)]
     pub backup_id: String,
-    /// Unix socket to listen on (default: $TMPDIR/volback-<backup id>.sock).
+    /// Unix socket to listen on (default: `$TMPDIR/volback-<backup id>.sock`).
     #[arg(long, conflicts_with = "tcp")]
     pub socket: Option<PathBuf>,
     /// Listen on TCP instead, e.g. 127.0.0.1:10809 (port 0: any free port). NBD has no

@@ -4,7 +4,7 @@
 //! The extent list is a stream of records cut into chunks by content (see
 //! [`format::extent_list`](crate::format::extent_list)); records carry lengths, not offsets,
 //! so the volume offset of an extent is only known by summing every extent before it. A
-//! background walk reads the list once, front to back, and keeps one [`Checkpoint`] per
+//! background walk reads the list once, front to back, and keeps one checkpoint per
 //! extent-list chunk: the volume offset of the first extent that chunk completes and the bytes
 //! of the unfinished record carried into it. Any chunk can then be decoded alone. A lookup
 //! finds the checkpoint at or before its offset, decodes that chunk (and the next ones, as far
