@@ -72,6 +72,27 @@ fn ok(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `qemu-img convert` of a whole image (`format`: raw or qcow2) to a raw file.
+fn convert(format: &str, from: &str, out: &Path) -> Output {
+    let _ = std::fs::remove_file(out);
+    let out = out.display().to_string();
+    run(
+        "qemu-img",
+        &["convert", "-f", format, "-O", "raw", from, &out],
+    )
+}
+
+/// [`convert`], which must succeed; the copy's bytes.
+fn copy_of(format: &str, from: &str, out: &Path) -> Vec<u8> {
+    let r = convert(format, from, out);
+    assert!(
+        r.status.success(),
+        "{from}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    std::fs::read(out).unwrap()
+}
+
 /// `qemu-img convert` of `[offset, offset + len)` of the export (the raw driver's offset and
 /// size options over the NBD protocol driver) into a file.
 fn convert_range(uri: &str, offset: u64, len: u64, out: &Path) -> Vec<u8> {
@@ -114,20 +135,8 @@ fn qemu_reads_the_backup_byte_for_byte_and_skips_its_zeros(e: &Env) {
 
     // The whole export, as an operator copies it to a new volume.
     let out = e.root.join("copy.img");
-    ok(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &s.uri,
-            &out.display().to_string(),
-        ],
-    );
     assert!(
-        std::fs::read(&out).unwrap() == whole,
+        copy_of("raw", &s.uri, &out) == whole,
         "whole export differs"
     );
     // Zero extents were reported by block status and skipped, not read: the copy read at most
@@ -197,19 +206,7 @@ fn qemu_reads_the_backup_byte_for_byte_and_skips_its_zeros(e: &Env) {
     );
     let named = format!("{}b1", t.uri);
     let copy = e.root.join("named.img");
-    ok(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &named,
-            &copy.display().to_string(),
-        ],
-    );
-    assert!(std::fs::read(&copy).unwrap() == whole);
+    assert!(copy_of("raw", &named, &copy) == whole);
     let wrong = format!("{}other", t.uri);
     assert!(!run("qemu-img", &["info", &wrong]).status.success());
 }
@@ -253,21 +250,10 @@ fn a_qcow2_overlay_takes_writes_and_leaves_the_backup_untouched(e: &Env) {
         ],
     );
     let flat = e.root.join("flat.img");
-    ok(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            "raw",
-            &overlay_s,
-            &flat.display().to_string(),
-        ],
-    );
+    let flat = copy_of("qcow2", &overlay_s, &flat);
     let mut expect = whole.clone();
     expect[1 << 20..(1 << 20) + 65536].fill(0xab);
-    assert!(std::fs::read(&flat).unwrap() == expect);
+    assert!(flat == expect);
     // A write straight to the export is refused; the backup is unchanged.
     assert!(
         !run("qemu-io", &["-f", "raw", "-c", "write 0 4096", &s.uri])
@@ -275,19 +261,7 @@ fn a_qcow2_overlay_takes_writes_and_leaves_the_backup_untouched(e: &Env) {
             .success()
     );
     let copy = e.root.join("copy.img");
-    ok(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &s.uri,
-            &copy.display().to_string(),
-        ],
-    );
-    assert!(std::fs::read(&copy).unwrap() == whole);
+    assert!(copy_of("raw", &s.uri, &copy) == whole);
 }
 
 fn a_damaged_chunk_is_an_io_error_not_wrong_bytes(e: &Env) {
@@ -307,18 +281,7 @@ fn a_damaged_chunk_is_an_io_error_not_wrong_bytes(e: &Env) {
     std::fs::write(&victim, &bytes).unwrap();
     let s = serve(e, "b1", socket(e), &ServeOptions::default());
     let out = e.root.join("copy.img");
-    let r = run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &s.uri,
-            &out.display().to_string(),
-        ],
-    );
+    let r = convert("raw", &s.uri, &out);
     assert!(!r.status.success(), "a damaged backup copied without error");
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(stderr.contains("Input/output error"), "{stderr}");

@@ -127,6 +127,39 @@ impl Container {
     }
 }
 
+impl Container {
+    /// Fetches the chunks `wants` (each with its volume offset, for errors) of backup
+    /// `backup_id`: ranged reads planned per pack, run in parallel on the container's I/O
+    /// threads, every chunk decompressed and checked against its id. A chunk no index entry
+    /// locates is [`Error::ChunkNotIndexed`].
+    pub fn fetch_chunks(
+        &self,
+        index: &(impl Locate + ?Sized),
+        backup_id: &str,
+        wants: &[(Hash, u64)],
+    ) -> Result<Vec<(Hash, Bytes)>> {
+        use rayon::prelude::*;
+        // A chunk used twice is fetched once; errors name its first place.
+        let mut at_of: HashMap<Hash, u64> = HashMap::with_capacity(wants.len());
+        for (id, at) in wants {
+            at_of.entry(*id).or_insert(*at);
+        }
+        let ids: Vec<Hash> = at_of.keys().copied().collect();
+        let ranges = plan_ranges(index, &ids, MAX_RANGE_RAW, |id| Error::ChunkNotIndexed {
+            backup_id: backup_id.into(),
+            chunk: id.to_hex(),
+            volume_offset: at_of.get(id).copied().unwrap_or(0),
+        })?;
+        let fetched: Vec<Vec<(Hash, Bytes)>> = self.on_io_pool(|| {
+            ranges
+                .par_iter()
+                .map(|r| self.fetch_range(r, |id| at_of.get(id).copied().unwrap_or(0)))
+                .collect::<Result<_>>()
+        })?;
+        Ok(fetched.into_iter().flatten().collect())
+    }
+}
+
 /// Fills in the volume offset of a chunk verification error.
 pub(crate) fn with_volume_offset(e: Error, at: u64) -> Error {
     match e {

@@ -11,11 +11,9 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use bytes::Bytes;
-use rayon::prelude::*;
 use serde::Serialize;
 
 use super::locations::{DEFAULT_MEM_ENTRIES, LocationTable};
-use crate::container::fetch::{MAX_RANGE_RAW, plan_ranges};
 use crate::container::{Container, LEASE_TTL, LeaseGuard};
 use crate::error::{Error, Result};
 use crate::format::extent_list::Extent;
@@ -103,25 +101,15 @@ fn write_group(
     end: u64,
     out: &mut dyn Write,
 ) -> Result<u64> {
-    let mut at_of: HashMap<Hash, u64> = HashMap::new();
-    for (at, e) in group {
-        if let Extent::Data { id, .. } = e {
-            at_of.entry(*id).or_insert(*at);
-        }
-    }
-    let ids: Vec<Hash> = at_of.keys().copied().collect();
-    let ranges = plan_ranges(index, &ids, MAX_RANGE_RAW, |id| Error::ChunkNotIndexed {
-        backup_id: backup_id.into(),
-        chunk: id.to_hex(),
-        volume_offset: at_of.get(id).copied().unwrap_or(0),
-    })?;
-    let fetched: Vec<Vec<(Hash, Bytes)>> = container.on_io_pool(|| {
-        ranges
-            .par_iter()
-            .map(|r| container.fetch_range(r, |id| at_of.get(id).copied().unwrap_or(0)))
-            .collect::<Result<_>>()
-    })?;
-    let chunks: HashMap<Hash, Bytes> = fetched.into_iter().flatten().collect();
+    let wants: Vec<(Hash, u64)> = group
+        .iter()
+        .filter_map(|(at, e)| match e {
+            Extent::Data { id, .. } => Some((*id, *at)),
+            Extent::Zero { .. } => None,
+        })
+        .collect();
+    let fetched = container.fetch_chunks(index, backup_id, &wants)?;
+    let chunks: HashMap<Hash, Bytes> = fetched.into_iter().collect();
     let io = |e| Error::io("write range", "<output>", e);
     for (at, e) in group {
         // The part of this extent inside the range, relative to the extent.
@@ -157,5 +145,5 @@ fn write_group(
             }
         }
     }
-    Ok(ids.len() as u64)
+    Ok(chunks.len() as u64)
 }

@@ -1,23 +1,18 @@
 //! One backup as a read-only volume: any range read on demand from the container, every chunk
 //! verified, zero extents known without reading anything.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use rayon::prelude::*;
 use serde::Serialize;
 
 use super::cache::{ChunkCache, Want};
 use super::extent_map::{ExtentMap, FetchFn};
-use crate::container::fetch::{MAX_RANGE_RAW, plan_ranges};
 use crate::container::{Container, LEASE_TTL, LeaseGuard};
 use crate::error::{Error, Result};
 use crate::format::extent_list::Extent;
 use crate::format::keys::manifest_key;
-use crate::ids::Hash;
 use crate::restore::locations::{DEFAULT_MEM_ENTRIES, LocationTable};
 
 /// Largest read one request may ask for (NBD's customary maximum; advertised to clients).
@@ -89,7 +84,7 @@ impl Export {
             let backup_id = backup_id.to_string();
             Arc::new(move |wants: &[Want]| {
                 let (chunks, stats) = cache.get(wants, |miss| {
-                    fetch_verified(&container, &index, &backup_id, miss)
+                    container.fetch_chunks(&*index, &backup_id, miss)
                 })?;
                 counters.cache_hits.fetch_add(stats.hits, Ordering::Relaxed);
                 counters
@@ -292,30 +287,6 @@ fn fetch_range(map: &ExtentMap, fetch: &FetchFn, from: u64, to: u64) -> Result<(
         })
         .collect();
     fetch(&wants).map(drop)
-}
-
-/// Fetches chunks from the container: ranged reads planned per pack, run in parallel on the
-/// container's I/O threads, every chunk decompressed and checked against its id.
-fn fetch_verified(
-    container: &Container,
-    index: &LocationTable,
-    backup_id: &str,
-    wants: &[Want],
-) -> Result<Vec<(Hash, Bytes)>> {
-    let at_of: HashMap<Hash, u64> = wants.iter().copied().collect();
-    let ids: Vec<Hash> = at_of.keys().copied().collect();
-    let ranges = plan_ranges(index, &ids, MAX_RANGE_RAW, |id| Error::ChunkNotIndexed {
-        backup_id: backup_id.into(),
-        chunk: id.to_hex(),
-        volume_offset: at_of.get(id).copied().unwrap_or(0),
-    })?;
-    let fetched: Vec<Vec<(Hash, Bytes)>> = container.on_io_pool(|| {
-        ranges
-            .par_iter()
-            .map(|r| container.fetch_range(r, |id| at_of.get(id).copied().unwrap_or(0)))
-            .collect::<Result<_>>()
-    })?;
-    Ok(fetched.into_iter().flatten().collect())
 }
 
 /// Follows one client's reads and says when to read ahead: a read that starts near where the
