@@ -9,7 +9,9 @@ full-size extent list), backed up into a filesystem container and into an S3 con
 - time to first byte: from starting `volback serve` to `qemu-io` having read the volume's
   first 4 KiB (process start, container open, handshake and read included);
 - on day 1, alternating rounds: `qemu-img convert` of the whole export to a new file against
-  `volback restore` of the same backup to a new file, and the server's peak RSS.
+  `volback restore` of the same backup to a new file, and the server's peak RSS;
+- the server's peak RSS while each volume is copied whole, with the default cache and with a
+  quarter of it.
 
 Every copy is compared with the image. Usage:
   python3 benches/nbd.py [--images DIR] [--rounds N] [--cache-mib N]
@@ -135,6 +137,20 @@ def main() -> None:
                 restore.append(time.monotonic() - t)
                 assert filecmp.cmp(day1, out, shallow=False), "restore differs"
                 os.unlink(out)
+            # Memory against the cache and the volume: one copy of each volume with the default
+            # cache and with a quarter of it.
+            for cache in (a.cache_mib, a.cache_mib // 4):
+                for backup in ("day1", "big"):
+                    out = os.path.join(work, "copy.img")
+                    s = Server(env, c, backup, sock, cache)
+                    t = time.monotonic()
+                    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", s.uri, out], check=True)
+                    took = time.monotonic() - t
+                    rss_mib = s.peak_rss_mib()
+                    s.stop()
+                    os.unlink(out)
+                    print(f"{name}: {backup} copied in {took:.1f} s; server peak RSS {rss_mib:.0f} MiB "
+                          f"with a {cache} MiB cache")
             mc, mr = statistics.median(convert), statistics.median(restore)
             print(f"{name}: day1 ({os.path.getsize(day1) / 2**30:.2f} GiB), median of {a.rounds}: "
                   f"qemu-img convert over NBD {mc:.2f} s, volback restore {mr:.2f} s "
