@@ -81,6 +81,15 @@ pub fn default_socket(backup_id: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("volback-{backup_id}.sock"))
 }
 
+/// Serves one client already connected on `stream` (a socket a supervisor accepted, or one
+/// end of a socket pair) until it disconnects; no listener is involved.
+pub fn serve_stream(
+    export: &Arc<Export>,
+    stream: std::os::unix::net::UnixStream,
+) -> std::io::Result<()> {
+    nbd::serve_connection(export, Stream::Unix(stream))
+}
+
 /// A backup served over NBD.
 pub struct NbdServer {
     export: Arc<Export>,
