@@ -184,3 +184,81 @@ fn a_cinder_chain_is_adopted_with_its_ids_deduplicated_verified_and_resumable() 
     assert_eq!(r.adopted[0].parent_id.as_deref(), Some("cccc3333"));
     assert!(r.bytes_written < 2 * MIB as u64, "{}", r.bytes_written);
 }
+
+/// One backup of one object of `data`, compressed with `kind` (stored as `stored` if given,
+/// recorded with length `length`), in the posix layout; returns the store's root.
+fn one_object_backup(root: &Path, kind: &str, data: &[u8], stored: Option<Vec<u8>>, length: usize) {
+    use md5::Digest as _;
+    let id = "dddd4444";
+    let dir = root.join("dd/dd").join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = format!("volume_vol1_20261205100000_backup_{id}");
+    let name = format!("{prefix}-00001");
+    std::fs::write(
+        dir.join(&name),
+        stored.unwrap_or_else(|| compress(kind, data)),
+    )
+    .unwrap();
+    let md5: String = md5::Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let meta = serde_json::json!({"version": "1.0.0", "backup_id": id, "volume_id": "vol1",
+        "backup_name": null, "backup_description": null, "created_at": "2026-12-05 10:00:00",
+        "parent_id": null, "volume_meta": null, "objects": [{ name: {
+            "offset": 0, "length": length, "compression": kind, "md5": md5 }}]});
+    std::fs::write(dir.join(format!("{prefix}_metadata")), meta.to_string()).unwrap();
+}
+
+#[test]
+fn objects_of_any_length_restore_and_bad_streams_are_refused() {
+    // Objects read a piece (1 MiB) at a time: lengths across piece and MD5-block boundaries,
+    // in every compression.
+    for kind in ["none", "zlib", "bz2", "zstd"] {
+        for len in [1usize, 4095, MIB - 1, MIB + 64, 2 * MIB + 37] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("posix");
+            let data = pseudo_random(len, len as u64);
+            one_object_backup(&root, kind, &data, None, len);
+            let store = FsStore::open(&root, false).unwrap();
+            let out = dir.path().join("out.img");
+            restore_cinder_backup(&store, "", "dddd4444", &out)
+                .unwrap_or_else(|e| panic!("{kind} {len}: {e}"));
+            assert!(std::fs::read(&out).unwrap() == data, "{kind} {len}");
+        }
+    }
+    let data = pseudo_random(2 * MIB + 37, 5);
+    for (kind, stored, length, what) in [
+        // A stream cut short.
+        (
+            "zlib",
+            Some(compress("zlib", &data)[..1000].to_vec()),
+            data.len(),
+            "truncated",
+        ),
+        (
+            "zstd",
+            Some(compress("zstd", &data)[..1000].to_vec()),
+            data.len(),
+            "truncated",
+        ),
+        // More bytes than the manifest says.
+        ("zlib", None, data.len() - 1, "more than"),
+        ("none", None, data.len() - 64, "more than"),
+        // Fewer.
+        ("bz2", None, data.len() + 1, "holds"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("posix");
+        one_object_backup(&root, kind, &data, stored, length);
+        let store = FsStore::open(&root, false).unwrap();
+        let out = dir.path().join("out.img");
+        let err = restore_cinder_backup(&store, "", "dddd4444", &out).unwrap_err();
+        assert_eq!(err.kind(), "corrupt", "{kind} {what}: {err}");
+        assert!(
+            err.to_string().contains(what) && err.to_string().contains("00001"),
+            "{kind} {what}: {err}"
+        );
+        assert!(!out.exists());
+    }
+}

@@ -13,6 +13,7 @@
 //! restore that fails removes the target it created.
 
 pub mod adopt;
+mod lanes;
 mod md5;
 pub mod metadata;
 mod object;

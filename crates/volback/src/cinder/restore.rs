@@ -6,14 +6,13 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::store::ObjectStore;
 use crate::store::direct::{self, Aligned};
 
-use super::object::read_object_into;
+use super::lanes::{LANES, PIECE, read_in_lanes};
 use super::plan::Plan;
 use super::{find_chain, volume_size};
 
@@ -112,46 +111,20 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// Each writer's aligned buffer for direct I/O.
+const DIRECT_BUFFER: usize = 4 << 20;
+/// Writer threads: direct writes wait for the device, so several keep several in flight.
+const WRITERS: usize = 3;
+
 /// An object (chain link, object index) and the volume ranges `[start, end)` it supplies.
 type ObjectWork = ((usize, usize), Vec<(u64, u64)>);
 
-/// The writer's aligned buffer for direct I/O.
-const DIRECT_BUFFER: usize = 4 << 20;
-/// Decompressed bytes a restore holds at once (beyond one object larger than this).
-pub const MEMORY_BUDGET: u64 = 512 << 20;
-/// Buffers larger than this are freed after use rather than kept for the next object.
-const POOLED_MAX: u64 = 256 << 20;
-
-/// Bytes of objects in memory, bounded by [`MEMORY_BUDGET`]; one object is always let in.
-#[derive(Default)]
-struct Budget {
-    used: std::sync::Mutex<u64>,
-    freed: std::sync::Condvar,
-}
-
-impl Budget {
-    fn acquire(&self, n: u64) {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        while *used > 0 && used.saturating_add(n) > MEMORY_BUDGET {
-            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
-        }
-        *used = used.saturating_add(n);
-    }
-
-    fn release(&self, n: u64) {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        *used = used.saturating_sub(n);
-        self.freed.notify_all();
-    }
-}
-
-/// The objects of `work` (each with the volume ranges it supplies) read, decompressed and
-/// checked on rayon's threads, and written by one writer thread: a writer held up by the
-/// device (dirty-page throttling) does not stop the decompression, which goes on into the
-/// next buffers. At most four objects are in memory (two being read, one queued, one being
-/// written), and no more than [`MEMORY_BUDGET`] of them unless one object alone is larger
-/// (Cinder's posix driver writes objects of up to 1.86 GiB; those are restored one at a
-/// time). Buffers are reused. Returns the bytes written.
+/// The objects of `work` (each with the volume ranges it supplies) read and checked in lanes
+/// (`cinder/lanes.rs`: several objects per thread, their MD5s computed together, in bounded
+/// memory whatever the objects' sizes), and written by one writer thread: a writer held up by
+/// the device does not stop the decompression, which goes on into the next pieces. Pieces
+/// are written before their object's MD5 is checked; a failed check fails the restore, which
+/// then removes its target. Returns the bytes written.
 fn read_and_write(
     store: &dyn ObjectStore,
     links: &[&super::CinderBackup],
@@ -160,57 +133,80 @@ fn read_and_write(
     target: &Path,
 ) -> Result<u64> {
     let pool = std::sync::Mutex::new(Vec::<Vec<u8>>::new());
-    let budget = Budget::default();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, u64, Vec<u8>)>(2 * LANES);
+    let objects: Vec<_> = work
+        .iter()
+        .enumerate()
+        .map(|(i, ((link, object), _))| (i, links[*link], &links[*link].manifest.objects[*object]))
+        .collect();
+    let rx = std::sync::Mutex::new(rx);
     std::thread::scope(|s| {
-        let writer = s.spawn(|| -> Result<u64> {
-            let direct = direct::open(target)
-                .map_err(|e| Error::io("open restore target", target, e))?
-                .zip(Aligned::new(DIRECT_BUFFER));
-            let mut out = Output {
-                file,
-                path: target,
-                direct,
-            };
-            let mut n = 0;
-            for (i, data) in rx {
-                let ((link, object), ranges) = &work[i];
-                let o = &links[*link].manifest.objects[*object];
-                for &(s, e) in ranges {
-                    // Inside the object: the plan cut the ranges from it.
-                    let part = &data[(s - o.offset) as usize..(e - o.offset) as usize];
-                    n += write_nonzero(&mut out, s, part)?;
-                }
-                budget.release(o.length);
-                if data.capacity() as u64 <= POOLED_MAX {
-                    pool.lock().unwrap_or_else(|p| p.into_inner()).push(data);
-                }
-            }
-            Ok(n)
-        });
-        let read =
-            work.par_iter()
-                .enumerate()
-                .try_for_each_with(tx, |tx, (i, ((link, object), _))| {
-                    let b = links[*link];
-                    let o = &b.manifest.objects[*object];
-                    budget.acquire(o.length);
-                    let mut data = pool
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .pop()
-                        .unwrap_or_default();
-                    if let Err(e) = read_object_into(store, b, o, &mut data) {
-                        budget.release(o.length);
-                        return Err(e);
+        // Direct writes wait for the device: several writers keep several in flight.
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                s.spawn(|| -> Result<u64> {
+                    let direct = direct::open(target)
+                        .map_err(|e| Error::io("open restore target", target, e))?
+                        .zip(Aligned::new(DIRECT_BUFFER));
+                    let mut out = Output {
+                        file,
+                        path: target,
+                        direct,
+                    };
+                    let mut n = 0;
+                    loop {
+                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((i, at, piece)) = next else {
+                            return Ok(n);
+                        };
+                        let ((link, object), ranges) = &work[i];
+                        let o = &links[*link].manifest.objects[*object];
+                        // The piece's volume range; what of it the plan takes from this object.
+                        let start = o.offset + at;
+                        let end = start + piece.len() as u64;
+                        for &(s, e) in ranges {
+                            let (s, e) = (s.max(start), e.min(end));
+                            if s < e {
+                                let part = &piece[(s - start) as usize..(e - start) as usize];
+                                n += write_nonzero(&mut out, s, part)?;
+                            }
+                        }
+                        pool.lock().unwrap_or_else(|p| p.into_inner()).push(piece);
                     }
-                    // The writer has stopped (it failed): its error is the cause.
-                    tx.send((i, data))
-                        .map_err(|_| Error::Cancelled { what: "restore" })
-                });
-        let written = writer
-            .join()
-            .unwrap_or_else(|_| Err(Error::Internal("the restore's writer panicked".into())));
+                })
+            })
+            .collect();
+        let buffers = || {
+            pool.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(PIECE))
+        };
+        let tx = std::sync::Mutex::new(tx);
+        let emit = |i: usize, at: u64, piece: Vec<u8>| -> Result<()> {
+            let tx = tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            // The writer has stopped (it failed): its error is the cause.
+            tx.send((i, at, piece))
+                .map_err(|_| Error::Cancelled { what: "restore" })
+        };
+        let read = read_in_lanes(
+            store,
+            &objects,
+            rayon::current_num_threads(),
+            &buffers,
+            &emit,
+        );
+        drop(tx);
+        let mut written = Ok(0u64);
+        for w in writers {
+            let r = w
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal("the restore's writer panicked".into())));
+            written = match (written, r) {
+                (Ok(a), Ok(b)) => Ok(a + b),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+        }
         match (read, written) {
             (Ok(()), written) => written,
             (Err(Error::Cancelled { .. }), Err(e)) => Err(e),
