@@ -16,7 +16,10 @@ bytes are printed side by side.
 Objects are ``--object-mib`` MiB (default 50: the S3 and Swift drivers' default object size;
 the posix driver's default is 1907 MiB).
 
-Usage: python3 benches/cinder_restore.py [--images DIR] [--rounds N] [--object-mib N]
+Both restores write into the work directory, or into ``--target-dir`` (``/dev/shm`` takes the
+disk out of the comparison: what is left is each restore's own work).
+
+Usage: python3 benches/cinder_restore.py [--images DIR] [--rounds N] [--object-mib N] [--target-dir DIR]
 Needs the test venv (bash scripts/python-env.sh) and a release build of the CLI.
 """
 
@@ -122,6 +125,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--object-mib", type=int, default=50)
     ap.add_argument("--work", default=None)
+    ap.add_argument("--target-dir", default=None, help="restore here (e.g. /dev/shm: no disk in the way)")
     ap.add_argument("--volback", default=os.path.join(ROOT, "target", "release", "volback"))
     a = ap.parse_args()
     images = [os.path.join(a.images, n) for n in ("day1.img", "day2.img")]
@@ -133,7 +137,7 @@ def main() -> None:
     work = a.work or tempfile.mkdtemp(prefix="volback-cinder-bench-")
     posix_root = os.path.join(work, "backup_posix_path")
     os.makedirs(posix_root, exist_ok=True)
-    target = os.path.join(work, "restored.img")
+    target = os.path.join(a.target_dir or work, "restored.img")
     args = {
         "posix": posix_root,
         "object_bytes": a.object_mib << 20,
