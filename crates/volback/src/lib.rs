@@ -199,7 +199,9 @@
 //!                               backup of the destination; mod: run_copy
 //! cinder/                       backups Cinder's chunked drivers wrote: metadata (their
 //!                               manifest), plan (which object supplies each byte, newest
-//!                               layer first), object (read, inflate, MD5 check), restore
+//!                               layer first), object (read, inflate, MD5 check), md5
+//!                               (AWS-LC, and eight messages in AVX2 lanes), lanes (many
+//!                               objects read a piece at a time, MD5s together), restore
 //!                               (into a new file), stream (front to back), adopt (into
 //!                               volback backups with the same ids + backup-import
 //!                               records); mod: list, chain
