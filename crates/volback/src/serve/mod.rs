@@ -125,7 +125,6 @@ impl Stopper {
             return;
         }
         self.listener.poke();
-        self.listener.remove_socket();
         for c in self.state.clients().drain().map(|(_, c)| c) {
             c.shutdown();
         }
@@ -181,6 +180,7 @@ impl NbdServer {
                 Ok(s) => s,
                 Err(e) => {
                     if self.state.stopped.load(Ordering::SeqCst) {
+                        self.listener.remove_socket();
                         return Ok(());
                     }
                     tracing::warn!(error = %e, "accept failed");
@@ -189,6 +189,9 @@ impl NbdServer {
                 }
             };
             if self.state.stopped.load(Ordering::SeqCst) {
+                // Removed here, before `run` returns: a process that exits right after must
+                // not leave its socket behind (the stopper's thread may never run again).
+                self.listener.remove_socket();
                 return Ok(());
             }
             let n = self.state.next_client.fetch_add(1, Ordering::Relaxed);
