@@ -20,18 +20,7 @@ fn backup(c: &Container, vol: &Path, id: &str, parent: Option<&str>) {
 }
 
 fn files_under(dir: &Path) -> BTreeSet<PathBuf> {
-    let mut out = BTreeSet::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.insert(p);
-            }
-        }
-    }
-    out
+    walk(dir).into_iter().collect()
 }
 
 fn verify(c: &Container, read_data: bool) -> VerifyReport {

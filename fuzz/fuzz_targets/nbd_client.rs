@@ -1,5 +1,5 @@
 #![no_main]
-//! An NBD client's bytes come from the network: any bytes, in the handshake or in the requests
+//! What an NBD client sends comes from the network: any bytes, in the handshake or in the requests
 //! after it, must give replies or a closed connection; never a panic, a hang or a read past
 //! the export. Half the inputs are raw handshakes; the other half are turned into well-formed
 //! request headers after a valid handshake, so the fuzzer reaches every command with any
@@ -61,7 +61,7 @@ fn option(out: &mut Vec<u8>, opt: u32, data: &[u8]) {
 
 /// A valid handshake (structured replies, base:allocation, GO), then one request per 16
 /// bytes of `data`.
-fn session(data: &[u8]) -> Vec<u8> {
+fn requests_after_handshake(data: &[u8]) -> Vec<u8> {
     let mut out = 3u32.to_be_bytes().to_vec();
     option(&mut out, 8, &[]);
     let q = b"base:allocation";
@@ -109,7 +109,7 @@ fuzz_target!(|data: &[u8]| {
     let input = if mode & 1 == 0 {
         rest.to_vec()
     } else {
-        session(rest)
+        requests_after_handshake(rest)
     };
     let export = export();
     let (mut client, server) = UnixStream::pair().unwrap();
