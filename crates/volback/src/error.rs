@@ -44,6 +44,8 @@ pub const KINDS: &[&str] = &[
     "wrong_key",
     "key",
     "cancelled",
+    "change_map",
+    "change_map_missed",
     "internal",
 ];
 
@@ -194,6 +196,28 @@ pub enum Error {
         expected: u64,
         actual: u64,
     },
+    /// A change map that cannot be used: unreadable, malformed, unsorted, overlapping, past the
+    /// end of the volume, or with a block size its format does not allow. Raised before the
+    /// backup writes anything.
+    #[error("change map '{map}' {at}: {reason}")]
+    ChangeMap {
+        map: String,
+        /// Where in the map: "line 12", "entry 3", "byte 4096".
+        at: String,
+        reason: String,
+    },
+    /// The sampled check read volume bytes the change map called unchanged and found them
+    /// changed: the map missed a change. Nothing is committed.
+    #[error(
+        "change map missed a change: volume '{volume}' bytes {offset}..{} no longer hash to the parent's chunk {chunk}",
+        offset + u64::from(*len)
+    )]
+    ChangeMapMissed {
+        volume: String,
+        offset: u64,
+        len: u32,
+        chunk: String,
+    },
     /// The restore target cannot hold the volume.
     #[error("restore target '{}' holds {actual} bytes, the backup needs {needed}", path.display())]
     TargetTooSmall {
@@ -312,6 +336,8 @@ impl Error {
             Error::WrongKey { .. } => "wrong_key",
             Error::Key(_) => "key",
             Error::Cancelled { .. } => "cancelled",
+            Error::ChangeMap { .. } => "change_map",
+            Error::ChangeMapMissed { .. } => "change_map_missed",
             Error::Internal(_) => "internal",
         }
     }

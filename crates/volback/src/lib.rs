@@ -253,6 +253,7 @@
 //! ```
 
 pub mod backup;
+pub mod change_map;
 pub mod chunker;
 pub mod cinder;
 pub mod clock;
@@ -266,6 +267,7 @@ pub mod format;
 pub mod gc;
 pub mod ids;
 pub mod index;
+mod nbd_protocol;
 pub mod prune;
 pub mod restore;
 pub mod serve;

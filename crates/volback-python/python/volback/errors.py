@@ -76,6 +76,11 @@ class Cancelled(VolbackError):
     """The caller stopped the operation (``cancelled``)."""
 
 
+class ChangeMapError(VolbackError):
+    """A change map was refused before anything was written (``change_map``), or the sampled
+    check found a change the map missed (``change_map_missed``)."""
+
+
 class LeaseExpired(VolbackError):
     """A backup could not renew its lease and did not commit (``lease_expired``)."""
 
@@ -111,6 +116,8 @@ _BY_KIND: dict[str, type[VolbackError]] = {
     "key": EncryptionKeyError,
     "cancelled": Cancelled,
     "lease_expired": LeaseExpired,
+    "change_map": ChangeMapError,
+    "change_map_missed": ChangeMapError,
     "retained": RetainedError,
     "internal": VolbackError,
 }

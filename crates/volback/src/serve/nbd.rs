@@ -20,68 +20,7 @@ use super::export::{Export, MAX_REQUEST, ReadAhead};
 use super::listener::Stream;
 use crate::error::Error;
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
-
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 1 << 1;
-const CLIENT_NO_ZEROES: u32 = 1 << 1;
-
-const OPT_EXPORT_NAME: u32 = 1;
-const OPT_ABORT: u32 = 2;
-const OPT_LIST: u32 = 3;
-const OPT_INFO: u32 = 6;
-const OPT_GO: u32 = 7;
-const OPT_STRUCTURED_REPLY: u32 = 8;
-const OPT_LIST_META_CONTEXT: u32 = 9;
-const OPT_SET_META_CONTEXT: u32 = 10;
-
-const REP_ACK: u32 = 1;
-const REP_SERVER: u32 = 2;
-const REP_INFO: u32 = 3;
-const REP_META_CONTEXT: u32 = 4;
-const REP_ERR_UNSUP: u32 = (1 << 31) | 1;
-const REP_ERR_INVALID: u32 = (1 << 31) | 3;
-const REP_ERR_UNKNOWN: u32 = (1 << 31) | 6;
-
-const INFO_EXPORT: u16 = 0;
-const INFO_BLOCK_SIZE: u16 = 3;
-
-const TFLAG_HAS_FLAGS: u16 = 1;
-const TFLAG_READ_ONLY: u16 = 1 << 1;
-const TFLAG_SEND_FLUSH: u16 = 1 << 2;
-/// Read-only, so every connection sees the same bytes: clients may open several.
-const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
-const TFLAG_SEND_CACHE: u16 = 1 << 10;
-const TRANSMISSION_FLAGS: u16 =
-    TFLAG_HAS_FLAGS | TFLAG_READ_ONLY | TFLAG_SEND_FLUSH | TFLAG_CAN_MULTI_CONN | TFLAG_SEND_CACHE;
-
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-const CMD_TRIM: u16 = 4;
-const CMD_CACHE: u16 = 5;
-const CMD_WRITE_ZEROES: u16 = 6;
-const CMD_BLOCK_STATUS: u16 = 7;
-const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
-
-const REPLY_FLAG_DONE: u16 = 1;
-const REPLY_TYPE_NONE: u16 = 0;
-const REPLY_TYPE_OFFSET_DATA: u16 = 1;
-const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
-const REPLY_TYPE_ERROR: u16 = (1 << 15) | 1;
-
-const STATE_HOLE: u32 = 1;
-const STATE_ZERO: u32 = 1 << 1;
-
-const EPERM: u32 = 1;
-const EIO: u32 = 5;
-const EINVAL: u32 = 22;
+use crate::nbd_protocol::*;
 
 /// The one metadata context served, and the id it gets.
 const BASE_ALLOCATION: &str = "base:allocation";
