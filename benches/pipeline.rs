@@ -53,7 +53,7 @@ fn guide_entries(data: &Bytes) -> Vec<GuideEntry> {
     for p in split(data) {
         let chunk = match &p {
             Piece::Data(b) | Piece::Hashed(b, _) => Some((b.len() as u32, Hash::of(b))),
-            Piece::Zero(_) => None,
+            Piece::Zero(_) | Piece::Reused(..) => None,
         };
         entries.extend(filter.next(offset, chunk));
         offset += p.len();
@@ -77,7 +77,7 @@ fn chunks_of(data: &Bytes) -> Vec<Bytes> {
         .into_iter()
         .filter_map(|p| match p {
             Piece::Data(b) | Piece::Hashed(b, _) => Some(b),
-            Piece::Zero(_) => None,
+            Piece::Zero(_) | Piece::Reused(..) => None,
         })
         .collect()
 }

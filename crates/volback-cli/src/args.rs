@@ -181,6 +181,36 @@ pub struct BackupArgs {
     /// parent's extents are reused, as restic skips an unchanged file).
     #[arg(long)]
     pub full_read: bool,
+    /// A change map: what changed since the parent's snapshot (a list of extents as JSON or
+    /// CSV, `rbd diff --format json` output, or `thin_delta` XML). Only those ranges, and a
+    /// few chunks around each, are read; the rest reuses the parent's chunks.
+    #[arg(long, value_name = "FILE", requires = "parent", conflicts_with = "changes_nbd")]
+    pub changes: Option<PathBuf>,
+    /// The change map's format: auto, extents, rbd-diff or thin-delta.
+    #[arg(long, default_value = "auto", value_name = "FORMAT")]
+    pub changes_format: String,
+    /// A change map read as a QEMU dirty bitmap over NBD (nbd+unix:///EXPORT?socket=PATH or
+    /// nbd://HOST:PORT/EXPORT), with --dirty-bitmap.
+    #[arg(long, value_name = "URI", requires_all = ["parent", "dirty_bitmap"])]
+    pub changes_nbd: Option<String>,
+    /// The dirty bitmap's name (qemu-nbd -B NAME).
+    #[arg(long, value_name = "NAME", requires = "changes_nbd")]
+    pub dirty_bitmap: Option<String>,
+    /// Fraction (0 to 1) of the chunks a change map leaves unread that are read back and
+    /// checked against the parent's: a map that missed a change fails the backup.
+    #[arg(long, value_name = "FRACTION")]
+    pub map_sample: Option<f64>,
+    /// When the sampled check finds a change the map missed, read the whole volume instead of
+    /// failing.
+    #[arg(long)]
+    pub map_fallback: bool,
+    /// Read the whole volume when this many backups in a row did not (by a change map or an
+    /// unchanged file).
+    #[arg(long, value_name = "N")]
+    pub full_read_every: Option<u32>,
+    /// Read the whole volume when the last backup that did is this many days old.
+    #[arg(long, value_name = "DAYS")]
+    pub full_read_after_days: Option<u32>,
     /// Print one JSON object and nothing else.
     #[arg(long)]
     pub json: bool,

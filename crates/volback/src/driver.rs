@@ -189,6 +189,7 @@ impl Driver {
             labels: Default::default(),
             full_read: false,
             created: None,
+            ..Default::default()
         };
         self.backup_with(&container, volume, &opts, progress)
     }

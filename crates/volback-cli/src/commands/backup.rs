@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::args::BackupArgs;
+use volback::change_map::{MapKind, MapSource};
 use volback::chunker::ChunkerParams;
 use volback::format::config::ObjectLock;
 use volback::store::s3_lock::LockMode;
@@ -22,8 +23,24 @@ pub fn run(args: BackupArgs, access: &Access) -> Result<Outcome> {
         lease_ttl,
         label,
         full_read,
+        changes,
+        changes_format,
+        changes_nbd,
+        dirty_bitmap,
+        map_sample,
+        map_fallback,
+        full_read_every,
+        full_read_after_days,
         json,
     } = args;
+    let changes = match (changes, changes_nbd, dirty_bitmap) {
+        (Some(path), _, _) => Some(MapSource::File {
+            path,
+            kind: MapKind::of_file_format(&changes_format)?,
+        }),
+        (None, Some(uri), Some(bitmap)) => Some(MapSource::Nbd { uri, bitmap }),
+        _ => None,
+    };
     let mut init = ContainerConfig::default();
     if let Some(avg) = chunk_avg {
         init.chunker =
@@ -73,6 +90,12 @@ pub fn run(args: BackupArgs, access: &Access) -> Result<Outcome> {
         labels: labels_of(&label)?,
         full_read,
         created: None,
+        changes,
+        map_sample,
+        map_fallback,
+        full_read_every,
+        full_read_after: full_read_after_days
+            .map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400)),
     };
     let pb = progress_bar(json, size_hint);
     let cb = |n: u64| {

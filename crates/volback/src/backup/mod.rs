@@ -21,9 +21,11 @@
 
 pub mod buffers;
 pub mod dedup;
+mod mapped;
 mod packer;
 mod parent_guide;
 mod pipeline;
+mod read_mode;
 pub mod retain;
 pub mod source;
 mod unchanged;
@@ -37,14 +39,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::change_map::MapSource;
 use crate::clock::{now_rfc3339, now_unix};
 use crate::container::{Container, LEASE_TTL, LeaseGuard, manifest_key};
 use crate::error::{Error, Result};
-use crate::format::manifest::{MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestStats};
+use crate::format::manifest::{
+    ChangeMapUse, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestStats, READ_CHANGE_MAP,
+};
 use crate::ids::{Hash, new_backup_id, validate_id};
 use crate::store::RequestCounts;
 use dedup::DEFAULT_MEM_KEYS;
-use pipeline::{Inputs, Pipelined};
+use dedup::DedupSet;
+use pipeline::{Inputs, MapInput, Pipelined};
 use source::{OpenVolume, VolumeSource};
 
 /// What the caller asks of a backup.
@@ -81,6 +87,20 @@ pub struct BackupOptions {
     /// The backup's creation time (Unix seconds, RFC 3339) instead of now: a copy keeps its
     /// source's, so that retention rules see the same history in both containers.
     pub created: Option<(u64, String)>,
+    /// What changed since the parent's snapshot, as the storage knows it: only those ranges
+    /// (and a few chunks around each) are read (`change_map`, `backup/mapped.rs`).
+    pub changes: Option<MapSource>,
+    /// Fraction of the chunks a change map leaves unread that are read back and checked
+    /// against the parent's ids (0 to 1; default 0). A mismatch fails the backup with
+    /// [`Error::ChangeMapMissed`], or falls back to a full read with `map_fallback`.
+    pub map_sample: Option<f64>,
+    /// On a sampled mismatch, read the whole volume instead of failing.
+    pub map_fallback: bool,
+    /// Read the whole volume when this many backups in a row were made without doing so
+    /// (by a change map or an unchanged source).
+    pub full_read_every: Option<u32>,
+    /// Read the whole volume when the last backup that did is this old.
+    pub full_read_after: Option<Duration>,
 }
 
 impl BackupOptions {
@@ -158,6 +178,11 @@ pub fn run_backup(
     } = check_request(container, opts)?;
     let volume = OpenVolume::open(source)?;
     let volume_name = volume.name().to_string();
+    let full_read = opts.full_read
+        || parent
+            .as_ref()
+            .is_some_and(|p| read_mode::full_read_due(p, opts, opts.created_unix()));
+    let mapped = read_mode::load_map(opts, &backup_id, parent.as_ref(), &volume, full_read)?;
 
     // The lease comes before the index is read (collection protocol): a collector that
     // condemns packs after this point sees the lease and waits for this backup to end; one that
@@ -170,7 +195,11 @@ pub fn run_backup(
         started,
         requests_before,
     };
-    if let Some(from) = unchanged::reusable_parent(container, parent.as_ref(), &volume, opts)? {
+    let shortcut = mapped
+        .as_ref()
+        .is_none_or(|m| m.map.is_empty() && m.sample_rate == 0.0);
+    let from = unchanged::reusable_parent(container, parent.as_ref(), &volume, full_read)?;
+    if let Some(from) = from.filter(|_| shortcut) {
         let manifest = unchanged::manifest_from_parent(backup_id, opts, from);
         if let Some(p) = progress {
             p(manifest.size);
@@ -182,6 +211,11 @@ pub fn run_backup(
     // An incremental is cut guided by its parent's chunks ([`crate::chunker::Guide`]); their
     // extent list is located in the same pass over the index.
     let parent_metas = parent_extent_list(&mut parent);
+    if mapped.is_some() && parent.is_none() {
+        return Err(Error::Config(
+            "change map: the parent's extent list cannot be read".into(),
+        ));
+    }
     let (known, condemned, parent_index) = dedup::load(
         container,
         &parent_metas,
@@ -189,21 +223,79 @@ pub fn run_backup(
     )?;
 
     let bytes_read = AtomicU64::new(0);
-    let mut stored = pipeline::run(
-        volume,
-        Inputs {
-            container,
-            parent: parent.as_ref().map(|m| (m, &parent_index)),
-            known,
-            condemned: &condemned,
-            level,
-            progress,
-            cancel: opts.cancel.as_deref(),
-            bytes_read: &bytes_read,
-        },
-    )?;
+    let run = |volume: OpenVolume, known: DedupSet, map: Option<MapInput<'_>>| {
+        pipeline::run(
+            volume,
+            Inputs {
+                container,
+                parent: parent.as_ref().map(|m| (m, &parent_index)),
+                known,
+                condemned: &condemned,
+                level,
+                progress,
+                cancel: opts.cancel.as_deref(),
+                bytes_read: &bytes_read,
+                mapped: map,
+            },
+        )
+    };
+    let mut map_used = None;
+    let mut stored = match &mapped {
+        None => run(volume, known, None)?,
+        Some(m) => {
+            let first = {
+                let file = volume
+                    .seekable()
+                    .ok_or_else(|| Error::Internal("change map on a stream".into()))?;
+                let input = MapInput {
+                    plan: &m.plan,
+                    file,
+                    name: volume.name(),
+                    size: volume.size.unwrap_or(0),
+                };
+                run(volume.reopen()?, known, Some(input))
+            };
+            match first {
+                Err(Error::ChangeMapMissed {
+                    offset, len, chunk, ..
+                }) if opts.map_fallback => {
+                    tracing::warn!(
+                        offset,
+                        len,
+                        chunk,
+                        "the change map missed a change: reading the whole volume"
+                    );
+                    let (known, _, _) = dedup::load(
+                        container,
+                        &HashSet::new(),
+                        opts.dedup_mem_keys.unwrap_or(DEFAULT_MEM_KEYS),
+                    )?;
+                    bytes_read.store(0, Ordering::Relaxed);
+                    run(volume, known, None)?
+                }
+                other => {
+                    let stored = other?;
+                    map_used = Some(m);
+                    stored
+                }
+            }
+        }
+    };
     let mut manifest = new_manifest(backup_id, opts, container.config().chunker, &mut stored);
     manifest.source = stamp;
+    if let (Some(m), Some(stats), Some(parent)) = (map_used, stored.mapped, parent.as_ref()) {
+        manifest.read = Some(READ_CHANGE_MAP.into());
+        manifest.change_map = Some(ChangeMapUse {
+            kind: m.map.kind.name().into(),
+            ranges: m.map.changes.len() as u64,
+            changed_bytes: m.map.changed_bytes(),
+            bytes_read: bytes_read.load(Ordering::Relaxed),
+            reused_chunks: stats.reused,
+            sample_rate: m.sample_rate,
+            sampled_chunks: stats.sampled,
+        });
+        manifest.since_full_read = Some(read_mode::one_more_without_full_read(parent));
+    }
     done.commit(
         manifest,
         lease,
@@ -386,5 +478,7 @@ fn new_manifest(
         labels: opts.labels.clone(),
         source: None,
         read: None,
+        change_map: None,
+        since_full_read: None,
     }
 }

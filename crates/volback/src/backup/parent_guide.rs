@@ -4,7 +4,7 @@ use std::sync::mpsc::SyncSender;
 
 use crate::chunker::{GuideEntry, GuideFilter};
 use crate::container::Container;
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::format::extent_list::Extent;
 use crate::format::manifest::Manifest;
 use crate::index::Index;
@@ -53,4 +53,33 @@ pub(super) fn feed_guide(
             "parent extent list unreadable: the rest of the volume is cut unguided"
         ),
     }
+}
+
+/// Walks the parent's extent list and sends every extent with its offset, in batches, to an
+/// incremental given a change map (`backup/mapped.rs`), which cannot do without them: a
+/// failure is sent on as the last batch.
+pub(super) fn feed_extents(
+    container: &Container,
+    index: &Index,
+    parent: &Manifest,
+    tx: SyncSender<Result<Vec<(u64, Extent)>>>,
+) {
+    let mut batch = Vec::with_capacity(GUIDE_BATCH);
+    let mut gone = false;
+    let res = container.walk_extents(index, parent, |offset, e| {
+        batch.push((offset, *e));
+        if batch.len() == GUIDE_BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(GUIDE_BATCH));
+            if tx.send(Ok(full)).is_err() {
+                gone = true;
+                return Err(Error::Internal("mapped reader gone".into()));
+            }
+        }
+        Ok(())
+    });
+    let _ = match res {
+        Ok(()) => tx.send(Ok(batch)),
+        Err(_) if gone => Ok(()),
+        Err(e) => tx.send(Err(e)),
+    };
 }

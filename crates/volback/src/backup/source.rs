@@ -79,6 +79,9 @@ pub struct OpenVolume {
     pub size: Option<u64>,
     /// A regular file's stamp as it was opened (before any byte is read).
     pub stamp: Option<SourceStamp>,
+    /// The file or block device, for reads at offsets (an incremental with a change map);
+    /// None for a stream.
+    seekable: Option<File>,
 }
 
 enum Kind {
@@ -94,6 +97,7 @@ impl OpenVolume {
                 let f = File::open(&p).map_err(|e| Error::io("open volume", &p, e))?;
                 let meta = f.metadata().map_err(|e| Error::io("stat volume", &p, e))?;
                 let name = p.display().to_string();
+                let seekable = f.try_clone().ok();
                 if meta.is_file() {
                     let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
                     Ok(OpenVolume {
@@ -107,6 +111,7 @@ impl OpenVolume {
                             ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
                         }),
                         kind: Kind::File(f),
+                        seekable,
                     })
                 } else if meta.file_type().is_block_device() {
                     let size =
@@ -116,6 +121,7 @@ impl OpenVolume {
                         size: Some(size),
                         stamp: None,
                         kind: Kind::Stream(Box::new(f)),
+                        seekable,
                     })
                 } else if meta.is_dir() {
                     Err(Error::io(
@@ -129,6 +135,7 @@ impl OpenVolume {
                         size: None,
                         stamp: None,
                         kind: Kind::Stream(Box::new(f)),
+                        seekable: None,
                     })
                 }
             }
@@ -137,6 +144,7 @@ impl OpenVolume {
                 size: None,
                 stamp: None,
                 kind: Kind::Stream(reader),
+                seekable: None,
             }),
         }
     }
@@ -144,6 +152,41 @@ impl OpenVolume {
     /// Name for messages.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The file or block device, if the volume is one (not a stream).
+    pub fn seekable(&self) -> Option<&File> {
+        self.seekable.as_ref()
+    }
+
+    /// The same volume opened again from its start, for a second pass (a file or block device
+    /// only).
+    pub fn reopen(&self) -> Result<OpenVolume> {
+        let f = self.seekable.as_ref().ok_or_else(|| {
+            Error::Internal(format!(
+                "volume '{}' is a stream: it cannot be read twice",
+                self.name
+            ))
+        })?;
+        let again = |f: &File| {
+            f.try_clone()
+                .map_err(|e| Error::io("open volume", &self.name, e))
+        };
+        let kind = if self.stamp.is_some() {
+            Kind::File(again(f)?)
+        } else {
+            let mut dev = again(f)?;
+            std::io::Seek::seek(&mut dev, std::io::SeekFrom::Start(0))
+                .map_err(|e| Error::io("seek volume", &self.name, e))?;
+            Kind::Stream(Box::new(dev))
+        };
+        Ok(OpenVolume {
+            name: self.name.clone(),
+            kind,
+            size: self.size,
+            stamp: self.stamp,
+            seekable: Some(again(f)?),
+        })
     }
 
     /// Reads the whole volume in order, handing each step to `sink`; counts bytes actually read

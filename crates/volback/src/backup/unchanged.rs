@@ -2,7 +2,8 @@
 //! size, modification and change times) is the one its parent recorded is not read at all.
 //! Its manifest reuses the parent's extent list: the same chunks, which the parent's backup
 //! stored, so nothing is uploaded but the manifest. restic and rustic skip an unchanged image
-//! file the same way; `BackupOptions::full_read` (`--full-read`) reads it regardless.
+//! file the same way; `BackupOptions::full_read` (`--full-read`) reads it regardless, and so
+//! does a backup the full-read policy asks to (`backup/read_mode.rs`).
 //!
 //! Collection safety is the normal path's: the check runs after the backup's lease is taken,
 //! so a condemnation written later is held back until the manifest is committed, and its
@@ -12,6 +13,7 @@
 //! around condemned packs.
 
 use super::BackupOptions;
+use super::read_mode::one_more_without_full_read;
 use super::source::OpenVolume;
 use crate::container::Container;
 use crate::error::Result;
@@ -23,12 +25,12 @@ pub(super) fn reusable_parent<'a>(
     container: &Container,
     parent: Option<&'a Manifest>,
     volume: &OpenVolume,
-    opts: &BackupOptions,
+    full_read: bool,
 ) -> Result<Option<&'a Manifest>> {
     let (Some(parent), Some(stamp)) = (parent, volume.stamp) else {
         return Ok(None);
     };
-    if opts.full_read || parent.source != Some(stamp) {
+    if full_read || parent.source != Some(stamp) {
         return Ok(None);
     }
     if !container.store().list(CONDEMNED_PREFIX)?.is_empty() {
@@ -60,6 +62,8 @@ pub(super) fn manifest_from_parent(
         volume_metadata: opts.volume_metadata.clone(),
         labels: opts.labels.clone(),
         read: Some(READ_SOURCE_UNCHANGED.into()),
+        change_map: None,
+        since_full_read: Some(one_more_without_full_read(parent)),
         ..parent.clone()
     }
 }

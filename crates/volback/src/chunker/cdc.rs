@@ -73,6 +73,9 @@ pub(crate) struct Cdc {
     /// Volume offset of the next chunk's start (where `pending` starts).
     pub(super) pos: u64,
     pub(super) guide: Option<Guide>,
+    /// Bytes still to drop from the front of what is fed: the head of the first block of a
+    /// splitter resumed mid-block (`Splitter::resume_at`).
+    pub(super) discard: usize,
 }
 
 impl Cdc {
@@ -89,6 +92,7 @@ impl Cdc {
             par_segment: PAR_SEGMENT,
             pos: 0,
             guide: None,
+            discard: 0,
         }
     }
 
@@ -153,6 +157,10 @@ impl Cdc {
     /// Like [`Self::feed`]; `sink` also gets the id of a chunk the guide recognised.
     pub(super) fn feed_guided(&mut self, data: Bytes, mut sink: impl FnMut(Bytes, Option<Hash>)) {
         let mut pos = 0;
+        if self.discard > 0 {
+            pos = self.discard.min(data.len());
+            self.discard -= pos;
+        }
         // While a chunk is in progress in `pending`, top it up from `data` and cut it there. (A
         // cut may fall inside the old pending bytes: FastCDC never tests the last byte of an
         // odd-length input, which more data makes testable.)

@@ -58,6 +58,9 @@ pub enum Piece {
     /// A chunk the chunker has already hashed, to this id: an incremental's [`Guide`] needs the
     /// ids of the chunks it cuts.
     Hashed(Bytes, Hash),
+    /// A chunk of the parent backup reused in place without being read (an incremental given
+    /// a change map, `backup/mapped.rs`): its length and id.
+    Reused(u32, Hash),
 }
 
 impl Piece {
@@ -66,6 +69,7 @@ impl Piece {
         match self {
             Piece::Zero(n) => *n,
             Piece::Data(b) | Piece::Hashed(b, _) => b.len() as u64,
+            Piece::Reused(n, _) => u64::from(*n),
         }
     }
 

@@ -41,6 +41,23 @@ impl Splitter {
         s
     }
 
+    /// A splitter that takes over at volume offset `at` from a splitter over the whole volume,
+    /// producing the same pieces from there on. `at` must be a *fresh point* of the volume: a
+    /// piece boundary whose 4 KiB block (the one holding byte `at`) is not all zeros. Then no
+    /// zero run crosses that block and no chunk crosses `at`, so nothing before the block
+    /// matters (`backup/mapped.rs` relies on it; `docs/change-maps.md` has the argument).
+    ///
+    /// Push the volume from `at` rounded down to its block: the bytes before `at` take part in
+    /// that block's zero test only, and are not chunked.
+    pub fn resume_at(params: ChunkerParams, at: u64) -> Self {
+        let block = at - at % ZERO_BLOCK;
+        let mut s = Splitter::new(params);
+        s.offset = block;
+        s.cdc.pos = at;
+        s.cdc.discard = (at - block) as usize;
+        s
+    }
+
     /// Chunks the guide gave (taken without scanning for their cut).
     pub fn followed(&self) -> u64 {
         self.cdc.guide.as_ref().map_or(0, |g| g.followed)

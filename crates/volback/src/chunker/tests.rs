@@ -50,6 +50,7 @@ fn concat(pieces: &[Piece]) -> Vec<u8> {
         match p {
             Piece::Zero(n) => v.resize(v.len() + *n as usize, 0),
             Piece::Data(b) | Piece::Hashed(b, _) => v.extend_from_slice(b),
+            Piece::Reused(..) => unreachable!("the splitter reads everything"),
         }
     }
     v
@@ -274,7 +275,7 @@ fn guided_matches_unguided(
         let data = match &p {
             Piece::Data(b) => Some((b.len() as u32, Hash::of(b))),
             Piece::Zero(_) => None,
-            Piece::Hashed(..) => unreachable!("unguided"),
+            Piece::Hashed(..) | Piece::Reused(..) => unreachable!("unguided"),
         };
         entries.extend(filter.next(offset, data));
         offset += p.len();

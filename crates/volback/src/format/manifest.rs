@@ -42,6 +42,33 @@ pub struct SourceStamp {
 
 /// How a backup whose volume was not read came to be: its source's stamp matched its parent's.
 pub const READ_SOURCE_UNCHANGED: &str = "source-unchanged";
+/// How a backup that read only what a change map called changed came to be.
+pub const READ_CHANGE_MAP: &str = "change-map";
+
+/// How a change map made a backup: what it said, what was read, what was checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeMapUse {
+    /// `extents`, `rbd-diff`, `thin-delta` or `nbd-dirty-bitmap`.
+    pub kind: String,
+    /// Ranges and bytes the map called changed.
+    pub ranges: u64,
+    pub changed_bytes: u64,
+    /// Volume bytes read (the changed ranges, the chunks around them, the sample).
+    pub bytes_read: u64,
+    /// Chunks reused from the parent without being read.
+    pub reused_chunks: u64,
+    /// Fraction of those read back and checked, and how many that was.
+    pub sample_rate: f64,
+    pub sampled_chunks: u64,
+}
+
+/// Backups in a row made without reading the whole volume (a change map, an unchanged
+/// source), this one included, and when the last backup that read it all was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinceFullRead {
+    pub backups: u32,
+    pub full_read_unix: u64,
+}
 
 /// Counts recorded with each backup.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,9 +120,17 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceStamp>,
     /// How the volume was read: absent when every byte was read (or its holes skipped);
-    /// [`READ_SOURCE_UNCHANGED`] when it was not read at all, its stamp matching the parent's.
+    /// [`READ_SOURCE_UNCHANGED`] when it was not read at all, its stamp matching the parent's;
+    /// [`READ_CHANGE_MAP`] when only what a change map called changed was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read: Option<String>,
+    /// With `read` = [`READ_CHANGE_MAP`]: the map and what was read and checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_map: Option<ChangeMapUse>,
+    /// On a backup that did not read the whole volume: how many in a row did not, and when
+    /// the last full read was (the full-read policy counts from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_full_read: Option<SinceFullRead>,
 }
 
 /// Most labels a backup carries.
@@ -200,6 +235,8 @@ mod tests {
             labels: BTreeMap::new(),
             source: None,
             read: None,
+            change_map: None,
+            since_full_read: None,
         };
         let enc = m.encode().unwrap();
         assert_eq!(Manifest::decode("k", &enc).unwrap(), m);
