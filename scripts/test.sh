@@ -31,6 +31,15 @@ if ! command -v qemu-img >/dev/null 2>&1 || ! command -v qemu-io >/dev/null 2>&1
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
 fi
+# dm-thin's tools (Debian's thin-provisioning-tools): tests/change_maps.rs builds thin-pool
+# metadata with thin_restore and reads the change map thin_delta prints for it.
+if ! command -v thin_delta >/dev/null 2>&1 && ! [ -x /usr/sbin/thin_delta ]; then
+  echo "== installing thin-provisioning-tools (change-map tests) from Debian"
+  sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends thin-provisioning-tools >/dev/null
+fi
+export PATH="$PATH:/usr/sbin"
 cargo test --locked "$@"
 
 # The Python package: built with maturin into a venv, then its tests (pytest), then the Cinder

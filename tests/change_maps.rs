@@ -393,3 +393,220 @@ fn only_the_changes_and_a_few_chunks_around_them_are_read() {
     backup(&c, &vol, &full).unwrap();
     assert!(extents(&c, "m") == extents(&c, "f"));
 }
+
+/// Runs a tool, panicking with its output if it fails.
+fn tool(cmd: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} is needed (scripts/test.sh installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Backs up `old` then `new` with `map` and by a full read; the two must agree, and the mapped
+/// one must have read less than the volume.
+fn check_map_source(dir: &Path, old: &Path, new: &Path, map: MapSource) -> Manifest {
+    let c = container();
+    let vol = dir.join("vol.img");
+    std::fs::copy(old, &vol).unwrap();
+    backup(&c, &vol, &opts("p", None)).unwrap();
+    std::fs::copy(new, &vol).unwrap();
+    let mut o = opts("m", Some("p"));
+    o.changes = Some(map);
+    let m = backup(&c, &vol, &o).unwrap();
+    let mut full = opts("f", Some("p"));
+    full.full_read = true;
+    backup(&c, &vol, &full).unwrap();
+    assert!(extents(&c, "m") == extents(&c, "f"), "extent lists differ");
+    let used = m.change_map.clone().unwrap();
+    assert!(used.bytes_read < m.size / 2, "{used:?}");
+    m
+}
+
+#[test]
+fn a_qemu_dirty_bitmap_read_over_nbd_is_a_change_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let disk = d.join("disk.qcow2");
+    let disk_s = disk.to_str().unwrap();
+    tool("qemu-img", &["create", "-q", "-f", "qcow2", disk_s, "8M"]);
+    let mut fill = vec![];
+    for k in 0..8 {
+        fill.push(format!("write -P {} {}M 1M", k + 1, k));
+    }
+    let mut args: Vec<&str> = fill.iter().flat_map(|c| ["-c", c.as_str()]).collect();
+    args.push(disk_s);
+    tool("qemu-io", &args);
+    let old = d.join("old.raw");
+    tool(
+        "qemu-img",
+        &["convert", "-O", "raw", disk_s, old.to_str().unwrap()],
+    );
+    // The bitmap records every write from now on: the VM's day.
+    tool("qemu-img", &["bitmap", "--add", disk_s, "day"]);
+    tool(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 77 1M 64k",
+            "-c",
+            "write -P 99 5000k 4k",
+            "-c",
+            "write -z 7M 128k",
+            disk_s,
+        ],
+    );
+    let new = d.join("new.raw");
+    tool(
+        "qemu-img",
+        &["convert", "-O", "raw", disk_s, new.to_str().unwrap()],
+    );
+    let sock = d.join("nbd.sock");
+    let mut server = std::process::Command::new("qemu-nbd")
+        .args([
+            "-r",
+            "-t",
+            "-B",
+            "day",
+            "-f",
+            "qcow2",
+            "-k",
+            sock.to_str().unwrap(),
+            disk_s,
+        ])
+        .spawn()
+        .expect("qemu-nbd (Debian's qemu-utils) is needed");
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let map = volback::change_map::ChangeMap::load(&MapSource::Nbd {
+        uri: uri.clone(),
+        bitmap: "day".into(),
+    });
+    // A bitmap the disk does not have is refused by name.
+    let missing = volback::change_map::ChangeMap::load(&MapSource::Nbd {
+        uri: uri.clone(),
+        bitmap: "nope".into(),
+    });
+    let m = check_map_source(
+        d,
+        &old,
+        &new,
+        MapSource::Nbd {
+            uri,
+            bitmap: "day".into(),
+        },
+    );
+    server.kill().unwrap();
+    let _ = server.wait();
+    let map = map.unwrap();
+    assert_eq!(map.volume_size, Some(8 << 20));
+    // The bitmap's 64 KiB granularity: three dirty stretches.
+    let ranges: Vec<(u64, u64)> = map.changes.iter().map(|c| (c.offset, c.len)).collect();
+    assert_eq!(
+        ranges,
+        vec![(1 << 20, 65536), (78 * 65536, 65536), (7 << 20, 131072)]
+    );
+    assert_eq!(m.change_map.unwrap().kind, "nbd-dirty-bitmap");
+    match missing {
+        Err(volback::Error::ChangeMap { reason, .. }) => {
+            assert!(reason.contains("nope"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn thin_delta_output_of_a_real_thin_pool_metadata_is_a_change_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Two thin devices sharing most of their 64 KiB blocks, as a snapshot and its origin a
+    // day later: block b of device 1 maps data block b; device 2 remaps some, drops some and
+    // maps some that device 1 did not have.
+    const BLOCKS: u64 = 64;
+    let dev1: Vec<Option<u64>> = (0..BLOCKS).map(|b| (b % 16 != 15).then_some(b)).collect();
+    let mut dev2 = dev1.clone();
+    for (b, to) in [
+        (3, Some(200)),
+        (4, Some(201)),
+        (20, None),
+        (31, Some(202)),
+        (40, Some(203)),
+    ] {
+        dev2[b] = to;
+    }
+    let mappings = |dev: &[Option<u64>]| -> String {
+        dev.iter()
+            .enumerate()
+            .filter_map(|(b, m)| {
+                m.map(|data| {
+                    format!(
+                        "<single_mapping origin_block=\"{b}\" data_block=\"{data}\" time=\"0\"/>\n"
+                    )
+                })
+            })
+            .collect()
+    };
+    let xml = format!(
+        "<superblock uuid=\"\" time=\"1\" transaction=\"1\" flags=\"0\" version=\"2\" data_block_size=\"128\" nr_data_blocks=\"1024\">\n\
+         <device dev_id=\"1\" mapped_blocks=\"{}\" transaction=\"0\" creation_time=\"0\" snap_time=\"0\">\n{}</device>\n\
+         <device dev_id=\"2\" mapped_blocks=\"{}\" transaction=\"0\" creation_time=\"0\" snap_time=\"1\">\n{}</device>\n\
+         </superblock>\n",
+        dev1.iter().flatten().count(),
+        mappings(&dev1),
+        dev2.iter().flatten().count(),
+        mappings(&dev2)
+    );
+    let xml_path = d.join("meta.xml");
+    std::fs::write(&xml_path, xml).unwrap();
+    let meta = d.join("meta.bin");
+    std::fs::write(&meta, vec![0u8; 8 << 20]).unwrap();
+    tool(
+        "thin_restore",
+        &[
+            "-i",
+            xml_path.to_str().unwrap(),
+            "-o",
+            meta.to_str().unwrap(),
+        ],
+    );
+    let delta = tool(
+        "thin_delta",
+        &["--snap1", "1", "--snap2", "2", meta.to_str().unwrap()],
+    );
+    // The devices' contents: a data block's bytes are its own; unmapped blocks read as zeros.
+    let image = |dev: &[Option<u64>]| -> Vec<u8> {
+        dev.iter()
+            .flat_map(|m| match m {
+                Some(data) => pseudo_random(65536, 1000 + data),
+                None => vec![0u8; 65536],
+            })
+            .collect()
+    };
+    let (old, new) = (d.join("old.img"), d.join("new.img"));
+    std::fs::write(&old, image(&dev1)).unwrap();
+    std::fs::write(&new, image(&dev2)).unwrap();
+    let delta_path = d.join("delta.xml");
+    std::fs::write(&delta_path, &delta).unwrap();
+    let m = check_map_source(
+        d,
+        &old,
+        &new,
+        MapSource::File {
+            path: delta_path,
+            kind: None,
+        },
+    );
+    let used = m.change_map.unwrap();
+    assert_eq!((used.kind.as_str(), used.ranges), ("thin-delta", 4));
+    assert_eq!(used.changed_bytes, 5 * 65536);
+}

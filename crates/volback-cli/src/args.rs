@@ -184,7 +184,12 @@ pub struct BackupArgs {
     /// A change map: what changed since the parent's snapshot (a list of extents as JSON or
     /// CSV, `rbd diff --format json` output, or `thin_delta` XML). Only those ranges, and a
     /// few chunks around each, are read; the rest reuses the parent's chunks.
-    #[arg(long, value_name = "FILE", requires = "parent", conflicts_with = "changes_nbd")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "parent",
+        conflicts_with = "changes_nbd"
+    )]
     pub changes: Option<PathBuf>,
     /// The change map's format: auto, extents, rbd-diff or thin-delta.
     #[arg(long, default_value = "auto", value_name = "FORMAT")]

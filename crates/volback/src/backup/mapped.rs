@@ -437,16 +437,19 @@ impl MappedReader<'_> {
                 return Ok(self.vol.size);
             }
             // Read (or hole) the next stretch.
+            // Inside a dirty range, to its end (at most a large step); past it, small steps.
             let k = dirty.partition_point(|d| d.1 <= read_pos);
-            let in_dirty = dirty.get(k).is_some_and(|d| d.0 <= read_pos);
-            let step = if in_dirty { STEP_DIRTY } else { STEP_CLEAN };
+            let limit = match dirty.get(k) {
+                Some(d) if d.0 <= read_pos => d.1.min(read_pos + STEP_DIRTY),
+                _ => read_pos + STEP_CLEAN,
+            };
             let mut new = Vec::new();
             if let Some((_, zend)) = self.zeroed_at(read_pos) {
                 let end = zend.min(self.vol.size);
                 sp.push_hole(end - read_pos, &mut new);
                 read_pos = end;
             } else {
-                let end = (read_pos + step).min(self.vol.size);
+                let end = limit.min(self.vol.size);
                 let end = self.next_zeroed(read_pos, end);
                 let b = self.vol.read(read_pos, end - read_pos)?;
                 recent.push(read_pos, b.clone());

@@ -235,6 +235,7 @@ pub fn read_dirty_bitmap(uri: &str, bitmap: &str) -> Result<ChangeMap> {
         }
     }
     let Some(context_id) = context_id else {
+        let _ = c.option(OPT_ABORT, &[]); // a polite goodbye; the error is the news
         return Err(c.fail(
             at,
             format!("export '{export}' has no dirty bitmap '{bitmap}' (qemu-nbd -B {bitmap})"),
