@@ -610,3 +610,67 @@ fn thin_delta_output_of_a_real_thin_pool_metadata_is_a_change_map() {
     assert_eq!((used.kind.as_str(), used.ranges), ("thin-delta", 4));
     assert_eq!(used.changed_bytes, 5 * 65536);
 }
+
+#[test]
+fn rbd_diff_between_two_snapshots_of_a_real_ceph_image_is_a_change_map() {
+    let rgw = volback_testkit::ceph::Rgw::shared();
+    let conf = rgw.conf();
+    let conf = conf.to_str().unwrap();
+    let rbd = |args: &[&str]| {
+        let mut all = vec!["-c", conf];
+        all.extend_from_slice(args);
+        tool("rbd", &all)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pool = "volback-maps";
+    let _ = std::process::Command::new("ceph")
+        .args(["-c", conf, "osd", "pool", "create", pool, "8"])
+        .output();
+    rbd(&["pool", "init", pool]);
+    let image = format!("{pool}/vol{}", std::process::id());
+    let first = d.join("first.raw");
+    std::fs::write(&first, volume(8 << 20, 31)).unwrap();
+    rbd(&["import", first.to_str().unwrap(), &image]);
+    rbd(&["snap", "create", &format!("{image}@monday")]);
+    // Scattered 4 KiB writes through librbd, then the next snapshot.
+    rbd(&[
+        "bench",
+        "--io-type",
+        "write",
+        "--io-size",
+        "4096",
+        "--io-total",
+        "131072",
+        "--io-pattern",
+        "rand",
+        &image,
+    ]);
+    rbd(&["snap", "create", &format!("{image}@tuesday")]);
+    let diff = rbd(&[
+        "diff",
+        "--from-snap",
+        "monday",
+        &format!("{image}@tuesday"),
+        "--format",
+        "json",
+    ]);
+    let (old, new) = (d.join("old.raw"), d.join("new.raw"));
+    rbd(&["export", &format!("{image}@monday"), old.to_str().unwrap()]);
+    rbd(&["export", &format!("{image}@tuesday"), new.to_str().unwrap()]);
+    let diff_path = d.join("diff.json");
+    std::fs::write(&diff_path, &diff).unwrap();
+    let m = check_map_source(
+        d,
+        &old,
+        &new,
+        MapSource::File {
+            path: diff_path,
+            kind: None,
+        },
+    );
+    let used = m.change_map.unwrap();
+    assert_eq!(used.kind, "rbd-diff");
+    assert!(used.ranges >= 1 && used.changed_bytes <= 131072, "{used:?}");
+    assert!(std::fs::read(&old).unwrap() != std::fs::read(&new).unwrap());
+}

@@ -45,6 +45,12 @@ impl Rgw {
         }
     }
 
+    /// The cluster's `ceph.conf`, for the `ceph` and `rbd` tools (the cluster has no
+    /// authentication).
+    pub fn conf(&self) -> PathBuf {
+        self._dir.join("ceph.conf")
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
