@@ -195,7 +195,7 @@ impl NativeContainer {
     #[pyo3(signature = (
         source, *, backup_id, volume_id, parent_id = None, metadata_json = None,
         data_timestamp = None, expected_size = None, zstd_level = None, size_hint = 0,
-        progress = None, cancel = None, labels = None,
+        progress = None, cancel = None, labels = None, read = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn backup(
@@ -213,7 +213,9 @@ impl NativeContainer {
         progress: Option<Py<PyAny>>,
         cancel: Option<PyRef<'_, CancelToken>>,
         labels: Option<BTreeMap<String, String>>,
+        read: Option<String>,
     ) -> PyResult<String> {
+        let read = read_options(read.as_deref())?;
         let volume = match locate(source)? {
             Located::Path(p) => VolumeSource::Path(p),
             Located::Stream(obj) => VolumeSource::Reader {
@@ -243,6 +245,14 @@ impl NativeContainer {
             zstd_level,
             labels: labels.unwrap_or_default(),
             cancel: Some(reporter.cancel.clone()),
+            full_read: read.full_read,
+            changes: read.changes,
+            map_sample: read.map_sample,
+            map_fallback: read.map_fallback,
+            full_read_every: read.full_read_every,
+            full_read_after: read
+                .full_read_after_days
+                .map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400)),
             ..Default::default()
         };
         let report = |done: u64| reporter.report(done);
@@ -591,4 +601,83 @@ fn target_mode(path: &Path, is_fd: bool, is_new: bool) -> TargetMode {
         _ if is_new => TargetMode::New,
         _ => TargetMode::Existing,
     }
+}
+
+/// How a backup reads its volume, as the Python side hands it over (JSON): `full_read`,
+/// a change map (`{"file": PATH, "format": F}`, `{"text": T, "name": N, "format": F}` or
+/// `{"nbd": URI, "bitmap": NAME}`), the sampled check and the full-read policy.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReadOptions {
+    #[serde(default)]
+    full_read: bool,
+    #[serde(default)]
+    changes: Option<MapSpec>,
+    #[serde(default)]
+    map_sample: Option<f64>,
+    #[serde(default)]
+    map_fallback: bool,
+    #[serde(default)]
+    full_read_every: Option<u32>,
+    #[serde(default)]
+    full_read_after_days: Option<u32>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum MapSpec {
+    File {
+        file: std::path::PathBuf,
+        format: String,
+    },
+    Text {
+        text: String,
+        name: String,
+        format: String,
+    },
+    Nbd {
+        nbd: String,
+        bitmap: String,
+    },
+}
+
+/// What [`ReadOptions`] says, with the change map's source built.
+struct Read {
+    full_read: bool,
+    changes: Option<volback::change_map::MapSource>,
+    map_sample: Option<f64>,
+    map_fallback: bool,
+    full_read_every: Option<u32>,
+    full_read_after_days: Option<u32>,
+}
+
+fn read_options(json: Option<&str>) -> PyResult<Read> {
+    use volback::change_map::{MapKind, MapSource};
+    let o: ReadOptions = match json {
+        Some(t) => serde_json::from_str(t)
+            .map_err(|e| errors::config(format!("read options are not valid: {e}")))?,
+        None => ReadOptions::default(),
+    };
+    let kind = |f: &str| MapKind::of_file_format(f).map_err(to_py);
+    let changes = match o.changes {
+        None => None,
+        Some(MapSpec::File { file, format }) => Some(MapSource::File {
+            path: file,
+            kind: kind(&format)?,
+        }),
+        Some(MapSpec::Text { text, name, format }) => Some(MapSource::Text {
+            name,
+            text,
+            kind: kind(&format)?,
+        }),
+        Some(MapSpec::Nbd { nbd, bitmap }) => Some(MapSource::Nbd { uri: nbd, bitmap }),
+    };
+    Ok(Read {
+        full_read: o.full_read,
+        changes,
+        map_sample: o.map_sample,
+        map_fallback: o.map_fallback,
+        full_read_every: o.full_read_every,
+        full_read_after_days: o.full_read_after_days,
+    })
 }

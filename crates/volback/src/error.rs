@@ -209,7 +209,7 @@ pub enum Error {
     /// The sampled check read volume bytes the change map called unchanged and found them
     /// changed: the map missed a change. Nothing is committed.
     #[error(
-        "change map missed a change: volume '{volume}' bytes {offset}..{} no longer hash to the parent's chunk {chunk}",
+        "change map missed a change: volume '{volume}' bytes {offset}..{} are no longer the parent's chunk {chunk}",
         offset + u64::from(*len)
     )]
     ChangeMapMissed {

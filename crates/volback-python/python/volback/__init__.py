@@ -8,6 +8,7 @@ OpenStack Cinder backup driver built on it.
 """
 
 from volback._volback import KINDS, CancelToken, __version__
+from volback.change_map import ChangeMap
 from volback.cinder_source import CinderSource
 from volback.container import Container, ProgressCallback, S3Settings, Volume
 from volback.errors import (
@@ -15,10 +16,10 @@ from volback.errors import (
     BackupExists,
     BackupNotFound,
     Cancelled,
+    ChangeMapError,
     ConfigError,
     DamageError,
     EncryptionKeyError,
-    ChangeMapError,
     LeaseExpired,
     RecordError,
     RetainedError,
@@ -35,6 +36,7 @@ __all__ = [
     "KINDS",
     "CancelToken",
     "__version__",
+    "ChangeMap",
     "CinderSource",
     "Container",
     "EventCallback",

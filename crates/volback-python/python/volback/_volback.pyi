@@ -56,6 +56,7 @@ class NativeContainer:
         progress: Callable[[int, int], bool | None] | None = ...,
         cancel: CancelToken | None = ...,
         labels: dict[str, str] | None = ...,
+        read: str | None = ...,
     ) -> str: ...
     def restore(
         self,

@@ -102,6 +102,40 @@ volback_opts = [
         help="Restoring onto the volume a backup came from (not a new volume): read the volume "
         "first and rewrite only what differs from the backup, then check it.",
     ),
+    cfg.StrOpt(
+        "backup_volback_change_map_dir",
+        help="A directory on the backup host where change maps are put for incrementals (a list "
+        "of extents, `rbd diff --format json` output or `thin_delta` XML): a backup whose metadata "
+        "says `volback:changes=<file name>` reads only what that map in this directory calls "
+        "changed. Unset: maps named by backups are refused (QEMU dirty bitmaps over NBD, "
+        "`volback:changes-nbd` and `volback:dirty-bitmap`, need no directory).",
+    ),
+    cfg.FloatOpt(
+        "backup_volback_change_map_sample",
+        default=0.001,
+        min=0.0,
+        max=1.0,
+        help="Fraction of the chunks a change map leaves unread that are read back and checked "
+        "against the parent's: a map that missed a change fails the backup (or, with "
+        "backup_volback_change_map_fallback, makes it read the whole volume).",
+    ),
+    cfg.BoolOpt(
+        "backup_volback_change_map_fallback",
+        default=True,
+        help="When the sampled check finds a change the map missed, read the whole volume "
+        "instead of failing the backup.",
+    ),
+    cfg.IntOpt(
+        "backup_volback_full_read_every",
+        min=1,
+        help="Read the whole volume when this many incrementals in a row did not (made with a "
+        "change map, or of an unchanged image file). Unset: no limit.",
+    ),
+    cfg.IntOpt(
+        "backup_volback_full_read_after_days",
+        min=1,
+        help="Read the whole volume when the last backup that did is this many days old.",
+    ),
     cfg.FloatOpt(
         "backup_volback_status_interval",
         default=1.0,
@@ -186,6 +220,42 @@ def _run_native(fn: Callable[[], T], poll: Callable[[], None], interval: float) 
     if error:
         raise error[0]
     return result[0]
+
+
+def _change_map_of(backup: Any) -> volback.ChangeMap | None:
+    """The change map an incremental's metadata names, if any: `volback:changes` (a file in
+    backup_volback_change_map_dir, with `volback:changes-format`) or `volback:changes-nbd` with
+    `volback:dirty-bitmap`. A full backup ignores them (there is no parent to apply them to)."""
+    try:
+        meta = dict(backup.metadata or {}) if backup.obj_attr_is_set("metadata") else {}
+    except Exception:  # noqa: BLE001 - an object without the field has no map
+        meta = {}
+    if not backup.parent_id:
+        return None
+    name = meta.get("volback:changes")
+    if name:
+        base = CONF.backup_volback_change_map_dir
+        if not base:
+            raise exception.BackupOperationError(
+                "backup names a change map, but backup_volback_change_map_dir is not set"
+            )
+        root = os.path.realpath(base)
+        path = os.path.realpath(os.path.join(root, name))
+        if os.path.dirname(path) != root:
+            raise exception.BackupOperationError(
+                f"change map {name!r} is not a file name in backup_volback_change_map_dir"
+            )
+        try:
+            return volback.ChangeMap.file(path, meta.get("volback:changes-format", "auto"))
+        except ValueError as e:
+            raise exception.BackupOperationError(str(e)) from None
+    uri = meta.get("volback:changes-nbd")
+    if uri:
+        bitmap = meta.get("volback:dirty-bitmap")
+        if not bitmap:
+            raise exception.BackupOperationError("volback:changes-nbd needs volback:dirty-bitmap")
+        return volback.ChangeMap.nbd_dirty_bitmap(uri, bitmap)
+    return None
 
 
 def _unwrap(volume_file: Any) -> Any:
@@ -330,6 +400,8 @@ class VolbackBackupDriver(driver.BackupDriver):  # type: ignore[misc]
                 tracker.stop()
             notify(tracker, False)
 
+        changes = _change_map_of(backup)
+
         def run() -> dict[str, Any]:
             return c.backup(
                 source,
@@ -342,6 +414,11 @@ class VolbackBackupDriver(driver.BackupDriver):  # type: ignore[misc]
                 size_hint=int(backup.size or 0) * _GIB,
                 progress=tracker.progress,
                 cancel=tracker.token,
+                changes=changes,
+                map_sample=CONF.backup_volback_change_map_sample,
+                map_fallback=CONF.backup_volback_change_map_fallback,
+                full_read_every=CONF.backup_volback_full_read_every,
+                full_read_after_days=CONF.backup_volback_full_read_after_days,
             )
 
         try:

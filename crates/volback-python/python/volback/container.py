@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 from volback import _volback
+from volback.change_map import ChangeMap
 from volback.errors import from_native
 from volback.events import EventCallback, run_job
 from volback.nbd import NbdServer
@@ -203,6 +204,12 @@ class Container:
         cancel: _volback.CancelToken | None = None,
         labels: dict[str, str] | None = None,
         events: EventCallback | None = None,
+        full_read: bool = False,
+        changes: ChangeMap | None = None,
+        map_sample: float | None = None,
+        map_fallback: bool = False,
+        full_read_every: int | None = None,
+        full_read_after_days: int | None = None,
     ) -> dict[str, Any]:
         """Backs up ``volume``; an incremental of ``parent_id`` if given (the volume may have
         grown or shrunk). ``metadata`` (JSON-serialisable) is stored with the backup. Returns
@@ -212,7 +219,23 @@ class Container:
         (a shorter read is an error). ``size_hint``: the total that ``progress`` is given when the
         volume's size cannot be told without reading it (a file object without a descriptor).
         ``labels``: ``key=value`` pairs stored with the backup (``{"policy": "daily"}``), listed
-        with it and the groups :meth:`prune` can apply rules to."""
+        with it and the groups :meth:`prune` can apply rules to.
+
+        How an incremental reads the volume: ``changes`` (a :class:`volback.ChangeMap`) says
+        what changed since the parent's snapshot, and only that is read; ``map_sample`` (0 to 1)
+        of the chunks it leaves unread are read back and checked, a mismatch failing the backup
+        with :class:`volback.ChangeMapError` (or, with ``map_fallback``, reading everything).
+        ``full_read`` reads the whole volume regardless (also a file whose size and times match
+        its parent's, which is otherwise not read); ``full_read_every`` / ``full_read_after_days``
+        read it all when that many backups in a row did not, or the last that did is that old."""
+        read = {
+            "full_read": full_read,
+            "changes": changes.spec if changes is not None else None,
+            "map_sample": map_sample,
+            "map_fallback": map_fallback,
+            "full_read_every": full_read_every,
+            "full_read_after_days": full_read_after_days,
+        }
         return run_job(
             "backup",
             events,
@@ -233,6 +256,7 @@ class Container:
                         progress=p,
                         cancel=cancel,
                         labels=labels,
+                        read=json.dumps(read),
                     )
                 )
             ),

@@ -21,11 +21,12 @@
 //!
 //! A volume whose size changed is dirty from the block holding the old end (the parent's last
 //! chunk ended there because the volume did, not at a cut). Ranges the map says now read as
-//! zeros are pushed as holes, not read.
+//! zeros, and unchanged ranges the parent holds as zero extents, are pushed as holes, not read.
 //!
 //! The sampled check reads a pseudo-random fraction of the chunks reused without reading and
-//! compares their hashes with the parent's: a map that missed a change is caught with that
-//! probability per missed chunk. Reused chunks the dedup set does not hold (their packs are
+//! compares their hashes with the parent's (and of the average-chunk-sized stretches of reused
+//! zero extents, which must still read as zeros): a map that missed a change is caught with
+//! that probability per missed chunk. Reused chunks the dedup set does not hold (their packs are
 //! condemned) are read by the main loop and stored again, checked the same way.
 
 use std::collections::VecDeque;
@@ -138,6 +139,28 @@ impl ParentExtents {
     fn next(&mut self) -> Result<Option<(u64, Extent)>> {
         self.peek()?;
         Ok(self.buf.pop_front())
+    }
+
+    /// The end of the parent's zero extent holding volume offset `pos`, if it is in one
+    /// (looking ahead without taking anything).
+    fn zero_end_at(&mut self, pos: u64) -> Result<Option<u64>> {
+        let mut i = 0;
+        loop {
+            while i >= self.buf.len() {
+                match self.rx.recv() {
+                    Ok(batch) => self.buf.extend(batch?),
+                    Err(_) => return Ok(None),
+                }
+            }
+            let (off, e) = self.buf[i];
+            if off > pos {
+                return Ok(None);
+            }
+            if off + e.len() > pos {
+                return Ok(matches!(e, Extent::Zero { .. }).then_some(off + e.len()));
+            }
+            i += 1;
+        }
     }
 
     /// Puts extents taken back in front, in order.
@@ -287,7 +310,7 @@ impl MappedReader<'_> {
     pub(super) fn run(mut self) -> Result<MappedStats> {
         let mut stats = MappedStats::default();
         let mut out: Vec<Piece> = Vec::with_capacity(BATCH);
-        let mut samples: Vec<(u64, u32, Hash)> = Vec::new();
+        let mut samples: Vec<(u64, u32, Option<Hash>)> = Vec::new();
         // Everything before `pos` has been sent; `pos` is a fresh point when `anchored`.
         let mut pos = 0u64;
         let mut anchored = true;
@@ -377,18 +400,33 @@ impl MappedReader<'_> {
         &self,
         (off, e): (u64, Extent),
         out: &mut Vec<Piece>,
-        samples: &mut Vec<(u64, u32, Hash)>,
+        samples: &mut Vec<(u64, u32, Option<Hash>)>,
         stats: &mut MappedStats,
     ) -> Result<()> {
         match e {
             Extent::Data { len, id } => {
                 stats.reused += 1;
                 if self.sampled(off) {
-                    samples.push((off, len, id));
+                    samples.push((off, len, Some(id)));
                 }
                 out.push(Piece::Reused(len, id));
             }
-            Extent::Zero { len } => out.push(Piece::Zero(len)),
+            Extent::Zero { len } => {
+                // A zero extent is sampled as the chunks it would be if it held data: each
+                // average-sized stretch of it, at the same rate, must still read as zeros.
+                if self.plan.sample_rate > 0.0 {
+                    let unit = u64::from(self.params.avg);
+                    let mut at = off;
+                    while at < off + len {
+                        let n = unit.min(off + len - at);
+                        if self.sampled(at) {
+                            samples.push((at, n as u32, None));
+                        }
+                        at += n;
+                    }
+                }
+                out.push(Piece::Zero(len));
+            }
         }
         self.flush(out, false)
     }
@@ -444,7 +482,19 @@ impl MappedReader<'_> {
                 _ => read_pos + STEP_CLEAN,
             };
             let mut new = Vec::new();
-            if let Some((_, zend)) = self.zeroed_at(read_pos) {
+            // Unchanged bytes the parent holds as zeros are zeros: not read.
+            let clean_zero = match dirty.get(k) {
+                Some(d) if d.0 <= read_pos => None,
+                next => self
+                    .parent
+                    .zero_end_at(read_pos)?
+                    .map(|z| next.map_or(z, |d| z.min(d.0))),
+            };
+            if let Some(end) = clean_zero {
+                let end = end.min(self.vol.size);
+                sp.push_hole(end - read_pos, &mut new);
+                read_pos = end;
+            } else if let Some((_, zend)) = self.zeroed_at(read_pos) {
                 let end = zend.min(self.vol.size);
                 sp.push_hole(end - read_pos, &mut new);
                 read_pos = end;
@@ -504,19 +554,23 @@ impl MappedReader<'_> {
     }
 
     /// Reads the sampled chunks (in parallel, after a readahead hint) and checks their hashes.
-    fn check_samples(&self, samples: &[(u64, u32, Hash)]) -> Result<()> {
+    fn check_samples(&self, samples: &[(u64, u32, Option<Hash>)]) -> Result<()> {
         for (off, len, _) in samples {
             self.vol.advise(*off, off + u64::from(*len));
         }
         let (vol, ids) = (&self.vol, self.ids);
         samples.par_iter().try_for_each(|&(off, len, id)| {
             let b = vol.read(off, u64::from(len))?;
-            if ids.of(&b) != id {
+            let same = match id {
+                Some(id) => ids.of(&b) == id,
+                None => is_zero(&b),
+            };
+            if !same {
                 return Err(Error::ChangeMapMissed {
                     volume: vol.name.into(),
                     offset: off,
                     len,
-                    chunk: id.to_hex(),
+                    chunk: id.map_or_else(|| "(zeros)".into(), |id| id.to_hex()),
                 });
             }
             Ok(())
