@@ -119,6 +119,11 @@ pub struct BackupVerdict {
     /// Number of problems found (only the first few are listed).
     pub problem_count: usize,
     pub problems: Vec<Problem>,
+    /// How the backup read its volume, when not in full: `source-unchanged`, or
+    /// `change-map (KIND)`: what verify proves of it is that it restores as recorded, not that
+    /// the map was right.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read: Option<String>,
 }
 
 /// What `verify` found.
@@ -285,20 +290,38 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
         }
     }
 
-    add_verdicts(&mut report, findings);
+    let read_by = manifests
+        .iter()
+        .filter_map(|m| read_mode(m).map(|r| (m.backup_id.clone(), r)))
+        .collect();
+    add_verdicts(&mut report, findings, &read_by);
     report.requests = c.store().requests().since(&before);
     report.elapsed_s = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
+/// How a backup read its volume, if not in full (the manifest's `read`, with the map's kind).
+fn read_mode(m: &Manifest) -> Option<String> {
+    let read = m.read.as_ref()?;
+    Some(match &m.change_map {
+        Some(cm) => format!("{read} ({})", cm.kind),
+        None => read.clone(),
+    })
+}
+
 /// One verdict per backup checked, damaged ones listed apart.
-fn add_verdicts(report: &mut VerifyReport, findings: BTreeMap<String, Findings>) {
+fn add_verdicts(
+    report: &mut VerifyReport,
+    findings: BTreeMap<String, Findings>,
+    read_by: &BTreeMap<String, String>,
+) {
     report.backups_checked = findings.len();
     for (id, f) in findings {
         if f.count > 0 {
             report.damaged_backups.push(id.clone());
         }
         report.backups.push(BackupVerdict {
+            read: read_by.get(&id).cloned(),
             backup_id: id,
             ok: f.count == 0,
             problem_count: f.count,
@@ -420,7 +443,8 @@ fn run_verify_without_key(c: &Container, opts: &VerifyOptions) -> Result<VerifyR
             }
         }
     }
-    add_verdicts(&mut report, findings);
+    // Without the key the manifests' contents are not read: how each was made is not known.
+    add_verdicts(&mut report, findings, &BTreeMap::new());
 
     let segments = c.store().list("index/")?;
     let damaged: Vec<Problem> = c.on_io_pool(|| {

@@ -38,7 +38,8 @@ pub fn run(args: ListArgs, access: &Access) -> Result<Outcome> {
                         "parent_id": m.parent_id, "size": m.size, "created_at": m.created_at,
                         "data_timestamp": m.data_timestamp, "created_unix": m.created_unix,
                         "bytes_new": m.stats.bytes_new, "object_count": m.stats.object_count,
-                        "labels": m.labels,
+                        "labels": m.labels, "read": m.read, "change_map": m.change_map,
+                        "since_full_read": m.since_full_read,
                     });
                     if alone.is_some() {
                         item["exclusive_bytes"] = json!(alone_of(&m.backup_id));

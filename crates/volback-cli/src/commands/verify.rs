@@ -23,8 +23,13 @@ pub fn run(args: VerifyArgs, access: &Access) -> Result<Outcome> {
         print_json(&r)?;
     } else {
         for b in &r.backups {
+            let read = b
+                .read
+                .as_ref()
+                .map(|r| format!(" (read: {r})"))
+                .unwrap_or_default();
             if b.ok {
-                out!("ok       {}", b.backup_id)?;
+                out!("ok       {}{read}", b.backup_id)?;
             } else {
                 out!("DAMAGED  {} ({} problems)", b.backup_id, b.problem_count)?;
                 for p in &b.problems {
