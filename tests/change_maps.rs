@@ -674,3 +674,64 @@ fn rbd_diff_between_two_snapshots_of_a_real_ceph_image_is_a_change_map() {
     assert!(used.ranges >= 1 && used.changed_bytes <= 131072, "{used:?}");
     assert!(std::fs::read(&old).unwrap() != std::fs::read(&new).unwrap());
 }
+
+#[test]
+fn a_change_inside_a_long_zero_run_reads_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = container();
+    let vol = dir.path().join("vol.img");
+    let mut old = pseudo_random(1 << 20, 41);
+    old.extend(vec![0u8; 8 << 20]);
+    old.extend(pseudo_random(1 << 20, 42));
+    std::fs::write(&vol, &old).unwrap();
+    backup(&c, &vol, &opts("p", None)).unwrap();
+    let mut new = old.clone();
+    new[4 << 20..(4 << 20) + 65536].copy_from_slice(&pseudo_random(65536, 43));
+    std::fs::write(&vol, &new).unwrap();
+    let mut o = opts("m", Some("p"));
+    o.changes = Some(MapSource::Text {
+        name: "map".into(),
+        text: format!("{},65536\n", 4 << 20),
+        kind: None,
+    });
+    let m = backup(&c, &vol, &o).unwrap();
+    let used = m.change_map.unwrap();
+    // The change, and the blocks around it: the zeros on either side are the parent's.
+    assert!(used.bytes_read < 256 << 10, "{used:?}");
+    let mut full = opts("f", Some("p"));
+    full.full_read = true;
+    backup(&c, &vol, &full).unwrap();
+    assert!(extents(&c, "m") == extents(&c, "f"));
+}
+
+#[test]
+fn changes_between_zero_runs_read_only_themselves() {
+    // Two changes inside one long zero run: after the first, the window's resynchronisation
+    // passes the parent's zero extent; the zeros after the second are still not read.
+    let dir = tempfile::tempdir().unwrap();
+    let c = container();
+    let vol = dir.path().join("vol.img");
+    let mut old = pseudo_random(1 << 20, 51);
+    old.extend(vec![0u8; 16 << 20]);
+    old.extend(pseudo_random(1 << 20, 52));
+    std::fs::write(&vol, &old).unwrap();
+    backup(&c, &vol, &opts("p", None)).unwrap();
+    let mut new = old.clone();
+    for (at, seed) in [(3 << 20, 53), (9 << 20, 54)] {
+        new[at..at + 65536].copy_from_slice(&pseudo_random(65536, seed));
+    }
+    std::fs::write(&vol, &new).unwrap();
+    let mut o = opts("m", Some("p"));
+    o.changes = Some(MapSource::Text {
+        name: "map".into(),
+        text: format!("{},65536\n{},65536\n", 3 << 20, 9 << 20),
+        kind: None,
+    });
+    let m = backup(&c, &vol, &o).unwrap();
+    let used = m.change_map.unwrap();
+    assert!(used.bytes_read < 512 << 10, "{used:?}");
+    let mut full = opts("f", Some("p"));
+    full.full_read = true;
+    backup(&c, &vol, &full).unwrap();
+    assert!(extents(&c, "m") == extents(&c, "f"));
+}

@@ -1217,3 +1217,65 @@ fn serve_exports_a_backup_until_sigterm() {
     assert!(child.wait().unwrap().success());
     assert!(!sock.exists());
 }
+
+#[test]
+fn backup_from_a_change_map_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("vol.img");
+    make_image(&img, 6 << 20, 12);
+    let c = dir.path().join("c");
+    let (c, vol) = (c.to_str().unwrap(), img.to_str().unwrap());
+    let backup = |extra: &[&str]| {
+        let mut args = vec!["backup", "--container", c, "--volume", vol, "--json"];
+        args.extend_from_slice(extra);
+        volback(&args)
+    };
+    ok(backup(&["--backup-id", "b1"]));
+    write_at(&img, 2 << 20, 10_000, 5);
+    let map = dir.path().join("changes.csv");
+    std::fs::write(&map, format!("offset,length\n{},10000\n", 2 << 20)).unwrap();
+    let m = map.to_str().unwrap();
+    let r = json_of(&ok(backup(&[
+        "--backup-id",
+        "b2",
+        "--parent",
+        "b1",
+        "--changes",
+        m,
+        "--map-sample",
+        "0.5",
+    ])));
+    assert!(r["bytes_read"].as_u64().unwrap() < 1 << 20, "{r}");
+    let listed = json_of(&ok(volback(&["list", "--container", c, "--json"])));
+    let b2 = &listed["backups"][1];
+    assert_eq!(b2["read"], "change-map", "{listed}");
+    assert_eq!(b2["change_map"]["changed_bytes"], 10_000);
+    assert_eq!(b2["since_full_read"]["backups"], 1);
+    let target = dir.path().join("out.img");
+    ok(volback(&[
+        "restore",
+        "--container",
+        c,
+        "--backup-id",
+        "b2",
+        "--target",
+        target.to_str().unwrap(),
+    ]));
+    assert_same(&img, &target);
+    // A map that names bytes past the end, a map without a parent, an unknown format.
+    std::fs::write(&map, format!("{},4096\n", 7 << 20)).unwrap();
+    let err = fails(backup(&["--backup-id", "b3", "--parent", "b1", "--changes", m]));
+    assert!(err.contains("past the end"), "{err}");
+    fails(backup(&["--backup-id", "b3", "--changes", m]));
+    let err = fails(backup(&[
+        "--backup-id",
+        "b3",
+        "--parent",
+        "b1",
+        "--changes",
+        m,
+        "--changes-format",
+        "qcow2",
+    ]));
+    assert!(err.contains("qcow2"), "{err}");
+}

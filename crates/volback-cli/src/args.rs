@@ -184,19 +184,14 @@ pub struct BackupArgs {
     /// A change map: what changed since the parent's snapshot (a list of extents as JSON or
     /// CSV, `rbd diff --format json` output, or `thin_delta` XML). Only those ranges, and a
     /// few chunks around each, are read; the rest reuses the parent's chunks.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "parent",
-        conflicts_with = "changes_nbd"
-    )]
+    #[arg(long, value_name = "FILE", conflicts_with = "changes_nbd")]
     pub changes: Option<PathBuf>,
     /// The change map's format: auto, extents, rbd-diff or thin-delta.
     #[arg(long, default_value = "auto", value_name = "FORMAT")]
     pub changes_format: String,
     /// A change map read as a QEMU dirty bitmap over NBD (nbd+unix:///EXPORT?socket=PATH or
     /// nbd://HOST:PORT/EXPORT), with --dirty-bitmap.
-    #[arg(long, value_name = "URI", requires_all = ["parent", "dirty_bitmap"])]
+    #[arg(long, value_name = "URI", requires = "dirty_bitmap")]
     pub changes_nbd: Option<String>,
     /// The dirty bitmap's name (qemu-nbd -B NAME).
     #[arg(long, value_name = "NAME", requires = "changes_nbd")]

@@ -38,6 +38,17 @@
 //! - the parent's chunk at the same offset (data that stayed in place);
 //! - the successor of the parent chunk the previous chunk matched (data that moved).
 //!
+//! An incremental given a **change map** ([`change_map`]: a list of changed extents, `rbd
+//! diff`, `thin_delta`, a QEMU dirty bitmap over NBD) reads only the changed ranges and a few
+//! chunks around each (`backup/mapped.rs`). Each changed range is re-chunked from the last
+//! parent boundary before it whose 4 KiB block is not all zeros (no chunk and no zero run
+//! crosses such a *fresh point*, so a chunker resumed there cuts as one that ran from the
+//! start), until its cuts meet the parent's at another fresh point; the rest reuses the
+//! parent's chunks unread. The extent list is the one a full read makes (the property test in
+//! `tests/change_maps.rs`). A sampled read-back of reused chunks and a full-read policy bound
+//! the damage of a wrong map; the manifest records how the backup was made
+//! (`docs/change-maps.md`).
+//!
 //! The chunks are the same as without the guide. An unchanged volume is hashed once and never
 //! scanned. The guide only saves work: ids are computed from the volume's bytes, and a parent
 //! that cannot be read leaves the volume unguided.
@@ -173,6 +184,11 @@
 //!                               secret comes from); mod: Keys, what reading and writing need
 //! chunker/                      params, zero (zero runs), cdc (FastCDC), parallel (cutting on
 //!                               several threads), guide (the parent's chunks), splitter
+//!                               (also resumed mid-volume at a fresh point)
+//! nbd_protocol.rs               the NBD protocol's numbers (serve/ and change_map/ speak it)
+//! change_map/                   what changed since the parent: extents (JSON/CSV), rbd (rbd
+//!                               diff), thin (thin_delta XML), nbd (a QEMU dirty bitmap read
+//!                               over NBD); mod: ChangeMap, checked before use
 //! format/                       one file per stored object: config, chunk, pack, index_segment,
 //!                               manifest, extent_list, record, lease, condemnation, tombstone,
 //!                               key_slot, sealed (an encrypted container's envelope);
@@ -186,8 +202,10 @@
 //!                               retention (Object Lock)
 //! backup/                       source (reading volumes), buffers, dedup (the dedup set),
 //!                               pipeline (the threads), packer, writer, parent_guide,
-//!                               unchanged (an unchanged file is not read), retain (Object
-//!                               Lock at commit); mod: run_backup
+//!                               unchanged (an unchanged file is not read), mapped (only what
+//!                               a change map names is read), read_mode (which of the three,
+//!                               and the full-read policy), retain (Object Lock at commit);
+//!                               mod: run_backup
 //! restore/                      locations (chunk locations table), check, window, stripe,
 //!                               writer, output: target (a file or device) or stream (a
 //!                               sink written front to back); range (part of a volume:

@@ -116,6 +116,8 @@ impl MapPlan {
 pub(super) struct ParentExtents {
     rx: Receiver<Result<Vec<(u64, Extent)>>>,
     buf: VecDeque<(u64, Extent)>,
+    /// The extent taken last: a window may still be reading inside it.
+    taken: Option<(u64, Extent)>,
 }
 
 impl ParentExtents {
@@ -123,6 +125,7 @@ impl ParentExtents {
         ParentExtents {
             rx,
             buf: VecDeque::new(),
+            taken: None,
         }
     }
 
@@ -138,12 +141,20 @@ impl ParentExtents {
 
     fn next(&mut self) -> Result<Option<(u64, Extent)>> {
         self.peek()?;
-        Ok(self.buf.pop_front())
+        let e = self.buf.pop_front();
+        self.taken = e.or(self.taken);
+        Ok(e)
     }
 
     /// The end of the parent's zero extent holding volume offset `pos`, if it is in one
     /// (looking ahead without taking anything).
     fn zero_end_at(&mut self, pos: u64) -> Result<Option<u64>> {
+        if let Some((off, e)) = self.taken
+            && off <= pos
+            && pos < off + e.len()
+        {
+            return Ok(matches!(e, Extent::Zero { .. }).then_some(off + e.len()));
+        }
         let mut i = 0;
         loop {
             while i >= self.buf.len() {
@@ -202,6 +213,22 @@ pub(super) struct VolumeFile<'a> {
     pub(super) bytes_read: &'a AtomicU64,
 }
 
+fn fadvise(file: &File, advice: libc::c_int) {
+    // SAFETY: posix_fadvise on a valid descriptor has no memory-safety preconditions.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, advice);
+    }
+}
+
+/// Readahead off while it lives.
+struct RandomAccess<'a>(&'a File);
+
+impl Drop for RandomAccess<'_> {
+    fn drop(&mut self) {
+        fadvise(self.0, libc::POSIX_FADV_NORMAL);
+    }
+}
+
 /// The volume bytes a window has read lately, for the zero test of a candidate's block.
 struct Recent {
     bufs: VecDeque<(u64, Bytes)>,
@@ -226,7 +253,7 @@ impl Recent {
     }
 }
 
-impl VolumeFile<'_> {
+impl<'a> VolumeFile<'a> {
     fn read(&self, at: u64, len: u64) -> Result<Bytes> {
         let mut buf = vec![0u8; len as usize];
         let mut done = 0usize;
@@ -246,6 +273,13 @@ impl VolumeFile<'_> {
         }
         self.bytes_read.fetch_add(len, Ordering::Relaxed);
         Ok(Bytes::from(buf))
+    }
+
+    /// Turns the kernel's readahead off for the volume until the guard is dropped (the file
+    /// description is shared with the volume a fallback full read then reads).
+    fn random_access(&self) -> RandomAccess<'a> {
+        fadvise(self.file, libc::POSIX_FADV_RANDOM);
+        RandomAccess(self.file)
     }
 
     fn advise(&self, from: u64, to: u64) {
@@ -308,6 +342,10 @@ impl MappedReader<'_> {
 
     /// Runs the reader to the end of the volume.
     pub(super) fn run(mut self) -> Result<MappedStats> {
+        // The kernel's readahead would turn each small window read into megabytes (8 MiB
+        // here: 2.8 GiB read for 164 MiB of changes on the 16 GiB benchmark volume); the
+        // windows are announced ahead instead (`advise`).
+        let _random = self.vol.random_access();
         let mut stats = MappedStats::default();
         let mut out: Vec<Piece> = Vec::with_capacity(BATCH);
         let mut samples: Vec<(u64, u32, Option<Hash>)> = Vec::new();

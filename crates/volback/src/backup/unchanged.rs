@@ -10,7 +10,8 @@
 //! sweep then marks that manifest; a condemnation written earlier could name packs holding
 //! the parent's only copies of chunks (if the parent is deleted meanwhile), so while any
 //! condemnation record is pending the volume is read as usual, and the dedup load steers
-//! around condemned packs.
+//! around condemned packs. The parent must also still exist once the lease is taken: a
+//! collection that condemned and swept its packs before then leaves no record to see.
 
 use super::BackupOptions;
 use super::read_mode::one_more_without_full_read;
@@ -34,6 +35,17 @@ pub(super) fn reusable_parent<'a>(
         return Ok(None);
     }
     if !container.store().list(CONDEMNED_PREFIX)?.is_empty() {
+        return Ok(None);
+    }
+    // The parent was read before the lease was taken. If it was deleted since, a collection
+    // that finished before the lease may have swept its packs (its record gone from the
+    // listing above); if it still exists, every collection that swept before the lease saw it
+    // live, and every later one waits for this lease.
+    if container
+        .store()
+        .head(&crate::container::manifest_key(&parent.backup_id))?
+        .is_none()
+    {
         return Ok(None);
     }
     Ok(Some(parent))
