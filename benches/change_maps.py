@@ -17,7 +17,7 @@ Cases, each tool from the same parent (the day-1 backup of the volume):
 
 Checked: the mapped and full-read incrementals have the same extent list (the same extent-list
 chunk ids in their manifests) and store the same bytes; the mapped one restores byte for byte.
-Usage: python3 benches/change_maps.py [--images DIR] [--work DIR] [--rounds N]
+Usage: python3 benches/change_maps.py [--images DIR] [--work DIR] [--days N] [--rounds N]
 """
 
 from __future__ import annotations
@@ -126,7 +126,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", default="/tmp/volback-bench-images")
     ap.add_argument("--work", default="/tmp/volback-bench-maps")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--days", type=int, default=3, help="days of changes (each a round)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the unchanged cases")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     vol = os.path.join(a.work, "vol.img")
@@ -154,48 +155,51 @@ def main() -> None:
     run_measured([*rustic, "backup", "vol.img"], cwd=a.work)
     shutil.copytree(ca, cb)
 
-    runs = edit(vol, seed=2)
-    changed = sum(n for _, n in runs)
-    map_path = os.path.join(a.work, "changes.json")
-    with open(map_path, "w") as f:
-        json.dump({"block_size": BLOCK, "volume_size": SIZE,
-                   "extents": [{"offset": o, "length": n} for o, n in runs]}, f)
-    empty_map = os.path.join(a.work, "empty.json")
-    with open(empty_map, "w") as f:
-        f.write("[]")
-    print(f"day 2: {len(runs)} runs, {changed / 2**20:.1f} MiB changed", file=sys.stderr)
-
     rows: dict[str, list[dict]] = {}
-    stored: dict[str, int] = {}
+    stored: dict[str, list[int]] = {}
+    changed_runs: list[int] = []
 
-    def case(name: str, fn) -> None:
+    def case(name: str, fn, where: str | None = None) -> None:
         drop_cache(vol)
+        before = du(where) if where else 0
         r = fn()
+        if where:
+            stored.setdefault(name, []).append(du(where) - before)
         rows.setdefault(name, []).append(r)
         print(f"  {name}: {r['wall']:.2f} s, read {r['disk'] / 2**20:.0f} MiB", file=sys.stderr)
 
-    for rnd in range(a.rounds):
-        os.utime(vol)  # the file's times move every day, whatever changed
-        before = {"a": du(ca), "b": du(cb), "restic": du(renv["RESTIC_REPOSITORY"]),
-                  "rustic": du(os.path.join(a.work, "rustic"))}
+    # Each day: fresh changes written in place, then every tool backs the volume up from its
+    # previous backup (the file's times moved, so restic and rustic read it all).
+    prev = "day1"
+    for day in range(2, 2 + a.days):
+        runs = edit(vol, seed=day)
+        changed_runs.append(len(runs))
+        map_path = os.path.join(a.work, f"changes-{day}.json")
+        with open(map_path, "w") as f:
+            json.dump({"block_size": BLOCK, "volume_size": SIZE,
+                       "extents": [{"offset": o, "length": n} for o, n in runs]}, f)
+        print(f"day {day}: {len(runs)} runs, {sum(n for _, n in runs) / 2**20:.1f} MiB changed", file=sys.stderr)
+        this = f"day{day}"
         case("volback, change map", lambda: vb(
-            "backup", "--container", ca, "--volume", vol, "--backup-id", f"m{rnd}", "--parent", "day1",
-            "--changes", map_path))
+            "backup", "--container", ca, "--volume", vol, "--backup-id", this, "--parent", prev,
+            "--changes", map_path), ca)
         case("volback, full read", lambda: vb(
-            "backup", "--container", cb, "--volume", vol, "--backup-id", f"f{rnd}", "--parent", "day1",
-            "--full-read"))
-        case("restic", lambda: run_measured(["restic", "backup", "-q", "vol.img"], env=renv, cwd=a.work))
-        case("rustic", lambda: run_measured([*rustic, "backup", "vol.img"], cwd=a.work))
-        if rnd == 0:
-            stored = {"volback, change map": du(ca) - before["a"], "volback, full read": du(cb) - before["b"],
-                      "restic": du(renv["RESTIC_REPOSITORY"]) - before["restic"],
-                      "rustic": du(os.path.join(a.work, "rustic")) - before["rustic"]}
-            ma, mb = manifest(ca, "m0"), manifest(cb, "f0")
-            assert ma["extents"] == mb["extents"], "mapped and full-read extent lists differ"
-            assert ma["stats"]["bytes_new"] == mb["stats"]["bytes_new"], (ma["stats"], mb["stats"])
+            "backup", "--container", cb, "--volume", vol, "--backup-id", this, "--parent", prev,
+            "--full-read"), cb)
+        case("restic", lambda: run_measured(["restic", "backup", "-q", "vol.img"], env=renv, cwd=a.work),
+             renv["RESTIC_REPOSITORY"])
+        case("rustic", lambda: run_measured([*rustic, "backup", "vol.img"], cwd=a.work),
+             os.path.join(a.work, "rustic"))
+        ma, mb = manifest(ca, this), manifest(cb, this)
+        assert ma["extents"] == mb["extents"], f"{this}: mapped and full-read extent lists differ"
+        assert ma["stats"]["bytes_new"] == mb["stats"]["bytes_new"], (ma["stats"], mb["stats"])
+        prev = this
 
-    # Unchanged: a backup of day 2 that recorded its stamp, then the same file again.
-    vb("backup", "--container", ca, "--volume", vol, "--backup-id", "u0", "--parent", "m0", "--full-read")
+    # Unchanged: a backup of the last day that recorded its stamp, then the same file again.
+    empty_map = os.path.join(a.work, "empty.json")
+    with open(empty_map, "w") as f:
+        f.write("[]")
+    vb("backup", "--container", ca, "--volume", vol, "--backup-id", "u0", "--parent", prev, "--full-read")
     run_measured(["restic", "backup", "-q", "vol.img"], env=renv, cwd=a.work)
     run_measured([*rustic, "backup", "vol.img"], cwd=a.work)
     for rnd in range(a.rounds):
@@ -208,7 +212,7 @@ def main() -> None:
         case("unchanged: rustic", lambda: run_measured([*rustic, "backup", "vol.img"], cwd=a.work))
 
     # The mapped backup restores byte for byte (streamed: the disk has no room for a copy).
-    cat = subprocess.Popen([BIN, "cat", "--container", ca, "--backup-id", "m0"], stdout=subprocess.PIPE)
+    cat = subprocess.Popen([BIN, "cat", "--container", ca, "--backup-id", prev], stdout=subprocess.PIPE)
     assert cat.stdout is not None
     with open(vol, "rb") as f:
         while True:
@@ -220,16 +224,18 @@ def main() -> None:
     assert cat.wait() == 0
 
     base = statistics.median(r["wall"] for r in rows["volback, change map"])
-    print(f"\n16 GiB volume, {len(runs)} runs / {changed / 2**20:.0f} MiB changed (1 %), cold page cache, "
-          f"{a.rounds} rounds (median):\n")
-    print("| case | wall s | disk read MiB | CPU s | peak RSS MiB | stored MiB | wall vs mapped |")
+    read = statistics.median(r["report"]["bytes_read"] for r in rows["volback, change map"])
+    print(f"\n16 GiB volume, {a.days} days of 1 % changed blocks ({statistics.median(changed_runs):.0f} runs, "
+          f"164 MiB a day), cold page cache; median of the days (unchanged: of {a.rounds} rounds). "
+          f"The mapped backup read {read / 2**20:.0f} MiB of the volume ({100 * read / SIZE:.2f} %).\n")
+    print("| case | wall s | disk read MiB | CPU s | peak RSS MiB | stored MiB a day | wall vs mapped |")
     print("|---|---|---|---|---|---|---|")
     for name, rs in rows.items():
         wall = statistics.median(r["wall"] for r in rs)
         disk = statistics.median(r["disk"] for r in rs)
         cpu = statistics.median(r["cpu"] for r in rs)
         rss = max(r["rss"] for r in rs)
-        st = f"{stored[name] / 2**20:.1f}" if name in stored else ""
+        st = f"{statistics.median(stored[name]) / 2**20:.1f}" if name in stored else ""
         ratio = f"{wall / base:.1f}x" if not name.startswith("unchanged") else ""
         print(f"| {name} | {wall:.2f} | {disk / 2**20:.0f} | {cpu:.2f} | {rss:.0f} | {st} | {ratio} |")
 
