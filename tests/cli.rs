@@ -1264,7 +1264,14 @@ fn backup_from_a_change_map_file() {
     assert_same(&img, &target);
     // A map that names bytes past the end, a map without a parent, an unknown format.
     std::fs::write(&map, format!("{},4096\n", 7 << 20)).unwrap();
-    let err = fails(backup(&["--backup-id", "b3", "--parent", "b1", "--changes", m]));
+    let err = fails(backup(&[
+        "--backup-id",
+        "b3",
+        "--parent",
+        "b1",
+        "--changes",
+        m,
+    ]));
     assert!(err.contains("past the end"), "{err}");
     fails(backup(&["--backup-id", "b3", "--changes", m]));
     let err = fails(backup(&[

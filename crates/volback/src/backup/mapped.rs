@@ -53,8 +53,11 @@ const STEP_CLEAN: u64 = 64 << 10;
 const STEP_DIRTY: u64 = 1 << 20;
 /// Pieces sent to the main loop at a time.
 const BATCH: usize = 4096;
-/// Dirty ranges whose neighbourhood is handed to the kernel's readahead ahead of the reader.
-const ADVISE_AHEAD: usize = 64;
+/// Bytes of dirty ranges (and their neighbourhoods) handed to the kernel's readahead ahead of
+/// the reader: all at once, the disk gets them sorted and queued deep. On the 16 GiB benchmark
+/// volume (1 % changed in ~320 runs) 64 ranges ahead took 1.06–1.80 s and everything ahead
+/// 0.93–1.07 s; the bound keeps the page cache a hint's worth for larger maps.
+const ADVISE_BYTES: u64 = 512 << 20;
 
 /// What an incremental with a change map reads, decided before the backup writes anything.
 #[derive(Debug, Clone)]
@@ -354,6 +357,15 @@ impl MappedReader<'_> {
         let mut anchored = true;
         let mut behind: VecDeque<(u64, Extent)> = VecDeque::new();
         let dirty = self.plan.dirty.clone();
+        // Dirty bytes before each range, for the readahead hints.
+        let before: Vec<u64> = dirty
+            .iter()
+            .scan(0u64, |sum, (a, b)| {
+                let here = *sum;
+                *sum += b - a;
+                Some(here)
+            })
+            .collect();
         let mut advised = 0usize;
         let mut i = 0usize;
         while i < dirty.len() {
@@ -362,9 +374,9 @@ impl MappedReader<'_> {
                 i += 1;
                 continue;
             }
-            while advised < dirty.len() && advised < i + ADVISE_AHEAD {
+            let max = u64::from(self.params.max);
+            while advised < dirty.len() && before[advised] - before[i] < ADVISE_BYTES {
                 let (a, b) = dirty[advised];
-                let max = u64::from(self.params.max);
                 self.vol
                     .advise(a.saturating_sub(2 * max), b.saturating_add(2 * max));
                 advised += 1;

@@ -59,39 +59,9 @@ fn parse_uri(uri: &str) -> std::result::Result<(Address, String), String> {
     Err("not an NBD URI (nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT)".into())
 }
 
-/// A connection, Unix or TCP.
-enum Conn {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.read(buf),
-            Conn::Tcp(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.write(buf),
-            Conn::Tcp(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Conn::Unix(s) => s.flush(),
-            Conn::Tcp(s) => s.flush(),
-        }
-    }
-}
-
 /// The client's side of one conversation; every failure names the URI.
 struct Client<'a> {
-    conn: Conn,
+    conn: Stream,
     uri: &'a str,
 }
 
@@ -191,12 +161,12 @@ pub fn read_dirty_bitmap(uri: &str, bitmap: &str) -> Result<ChangeMap> {
     let conn = match &addr {
         Address::Unix(p) => UnixStream::connect(p).and_then(|s| {
             s.set_read_timeout(Some(TIMEOUT))?;
-            Ok(Conn::Unix(s))
+            Ok(Stream::Unix(s))
         }),
         Address::Tcp(h) => TcpStream::connect(h).and_then(|s| {
             s.set_read_timeout(Some(TIMEOUT))?;
             s.set_nodelay(true)?;
-            Ok(Conn::Tcp(s))
+            Ok(Stream::Tcp(s))
         }),
     }
     .map_err(|e| bad_uri(format!("cannot connect: {e}")))?;

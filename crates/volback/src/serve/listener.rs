@@ -1,13 +1,13 @@
 //! Where the server listens: a Unix socket (the default: reachable only through the file
 //! system's permissions) or TCP (for a client on another host or in a VM's network).
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::nbd_protocol::Stream;
 
 /// The address to listen on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,12 +23,6 @@ pub enum Listen {
 pub(crate) enum Listener {
     Unix(UnixListener, PathBuf),
     Tcp(TcpListener, SocketAddr),
-}
-
-/// One client's connection.
-pub(crate) enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
 }
 
 /// Longest Unix socket path the kernel takes (`sun_path` holds 108 bytes with the NUL).
@@ -120,49 +114,4 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
         )));
     }
     std::fs::remove_file(path).map_err(|e| Error::io("remove stale socket", path, e))
-}
-
-impl Stream {
-    pub(crate) fn try_clone(&self) -> std::io::Result<Stream> {
-        Ok(match self {
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-        })
-    }
-
-    pub(crate) fn shutdown(&self) {
-        let _ = match self {
-            Stream::Unix(s) => s.shutdown(Shutdown::Both),
-            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
-        };
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.read(buf),
-            Stream::Tcp(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.write(buf),
-            Stream::Tcp(s) => s.write(buf),
-        }
-    }
-
-    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.write_vectored(bufs),
-            Stream::Tcp(s) => s.write_vectored(bufs),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

@@ -50,7 +50,8 @@ pub use nbd::WORKERS;
 
 use crate::container::Container;
 use crate::error::Result;
-use listener::{Listener, Stream};
+use crate::nbd_protocol::Stream;
+use listener::Listener;
 
 /// Default cache capacity.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;

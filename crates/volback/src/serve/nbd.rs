@@ -17,7 +17,6 @@ use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 
 use super::export::{Export, MAX_REQUEST, ReadAhead};
-use super::listener::Stream;
 use crate::error::Error;
 
 use crate::nbd_protocol::*;
