@@ -1,6 +1,7 @@
 //! Multi-process stress: several `volback` processes back up and delete in one container while
-//! `volback gc` runs in a loop, on the filesystem and on the local S3 server; then every backup
-//! that reported success and was not deleted is restored and compared.
+//! `volback gc` runs in a loop, on the filesystem, on the local S3 server and on Ceph's RADOS
+//! Gateway (one bucket, as several backup hosts share one); then every backup that reported
+//! success and was not deleted is restored and compared.
 
 #[path = "common/cli.rs"]
 mod cli_env;
@@ -17,6 +18,13 @@ use common::backend::{Env, hash_file, json_of};
 use common::*;
 
 on_both_backends!(processes_backing_up_deleting_and_collecting_at_once);
+
+mod rgw {
+    #[test]
+    fn processes_backing_up_deleting_and_collecting_at_once() {
+        super::processes_backing_up_deleting_and_collecting_at_once(&super::Env::rgw());
+    }
+}
 
 /// How long the workers run (VOLBACK_STRESS_SECS overrides).
 fn duration() -> Duration {

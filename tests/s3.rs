@@ -1,5 +1,6 @@
-//! S3-specific behaviour against a real S3-compatible server (s3s-fs on 127.0.0.1): failures that
-//! must be fast and clear, a server dying mid-backup, and request budgets.
+//! S3-specific behaviour against real S3-compatible servers (s3s-fs on 127.0.0.1, and Ceph's
+//! RADOS Gateway for the request budgets, multipart uploads and the create-only commit):
+//! failures that must be fast and clear, a server dying mid-backup, and request budgets.
 
 mod common;
 
@@ -128,7 +129,15 @@ fn server_stopped_mid_backup_commits_nothing_and_the_next_backup_succeeds() {
 
 #[test]
 fn request_budgets() {
-    let e = Env::s3();
+    request_budgets_on(&Env::s3());
+}
+
+#[test]
+fn request_budgets_on_rgw() {
+    request_budgets_on(&Env::rgw());
+}
+
+fn request_budgets_on(e: &Env) {
     let vol = e.root.join("v.img");
     let size: u64 = 256 << 20;
     std::fs::write(&vol, pseudo_random(size as usize, 2)).unwrap();
@@ -183,7 +192,42 @@ fn request_budgets() {
 
 #[test]
 fn multipart_uploads_above_the_threshold_round_trip() {
-    let e = Env::s3();
+    multipart_round_trip(&Env::s3());
+}
+
+#[test]
+fn multipart_uploads_round_trip_on_rgw() {
+    multipart_round_trip(&Env::rgw());
+}
+
+/// The commit is create-only on the gateway too: a second commit of a manifest is refused by
+/// the server (`If-None-Match: *`), not just by volback's own check for the id.
+#[test]
+fn the_create_only_commit_holds_on_rgw() {
+    let e = Env::rgw();
+    let vol = e.root.join("v.img");
+    std::fs::write(&vol, pseudo_random(1 << 20, 4)).unwrap();
+    backup_file(&e.c, &vol, "once", None);
+    let (m, _) = e.c.read_manifest("once").unwrap();
+    match e.c.commit_manifest(&m) {
+        Err(volback::Error::BackupExists { id, .. }) => assert_eq!(id, "once"),
+        other => panic!("a second commit must be refused: {other:?}"),
+    }
+    // Two writers racing to commit one id: exactly one wins.
+    let m2 = volback::format::manifest::Manifest {
+        backup_id: "race".into(),
+        ..m
+    };
+    let wins: Vec<bool> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| e.c.commit_manifest(&m2).is_ok()))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+}
+
+fn multipart_round_trip(e: &Env) {
     let mut o = e.s3.clone();
     o.multipart_threshold = Some(1 << 20);
     o.concurrency = Some(3);

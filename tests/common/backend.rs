@@ -23,6 +23,9 @@ pub struct Env {
     pub objects: PathBuf,
     pub s3: S3Options,
     pub server: Option<S3Server>,
+    /// On Ceph's RADOS Gateway: its endpoint (objects are not files there: `objects` is not
+    /// used).
+    pub rgw: Option<String>,
     pub c: Container,
 }
 
@@ -41,6 +44,39 @@ impl Env {
             objects,
             s3,
             server: None,
+            rgw: None,
+            c,
+        }
+    }
+
+    /// A container in a bucket of its own on the test process's Ceph RADOS Gateway (a real
+    /// distributed object store: monitor, OSD, gateway), started on first use.
+    pub fn rgw() -> Env {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let rgw = volback_testkit::ceph::Rgw::shared();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let bucket = format!(
+            "vb-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let s3 = rgw.options();
+        volback::store::s3::S3Store::open(&bucket, "c1", &s3)
+            .unwrap()
+            .create_bucket(false)
+            .unwrap();
+        let url = format!("s3://{bucket}/c1");
+        let c = Container::open_with(&url, true, None, &s3).unwrap();
+        Env {
+            objects: root.join("not-files-on-rgw"),
+            _dir: dir,
+            root,
+            url,
+            s3,
+            server: None,
+            rgw: Some(rgw.endpoint().to_string()),
             c,
         }
     }
@@ -62,6 +98,7 @@ impl Env {
             objects,
             s3,
             server: Some(server),
+            rgw: None,
             c,
         }
     }
@@ -98,6 +135,14 @@ impl Env {
 
     /// Environment and flags that point the CLI at this container.
     pub fn cli_env(&self) -> Vec<(String, String)> {
+        if let Some(endpoint) = &self.rgw {
+            return vec![
+                ("AWS_ACCESS_KEY_ID".into(), "volbacktest".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "volbacktestsecret".into()),
+                ("AWS_ENDPOINT_URL".into(), endpoint.clone()),
+                ("AWS_REGION".into(), "us-east-1".into()),
+            ];
+        }
         match &self.server {
             None => vec![],
             Some(s) => vec![
