@@ -671,7 +671,11 @@ fn rbd_diff_between_two_snapshots_of_a_real_ceph_image_is_a_change_map() {
     );
     let used = m.change_map.unwrap();
     assert_eq!(used.kind, "rbd-diff");
-    assert!(used.ranges >= 1 && used.changed_bytes <= 131072, "{used:?}");
+    // What rbd bench wrote (its threads may overshoot the total a little), in 4 KiB extents.
+    assert!(
+        used.ranges >= 1 && used.changed_bytes <= 1 << 20,
+        "{used:?}"
+    );
     assert!(std::fs::read(&old).unwrap() != std::fs::read(&new).unwrap());
 }
 
