@@ -6,8 +6,8 @@ The volume: nine copies of the benchmark's ext4 image (day 1) end to end, cut at
 densely (no holes). The day's change: 1 % of its 4 KiB blocks, in scattered runs of 16 KiB to
 1 MiB of fresh random data, written in place; the generic change map (JSON extents) lists the
 runs. Every incremental starts with the volume's pages dropped from the page cache
-(`posix_fadvise(DONTNEED)`), as a nightly backup finds them, and its disk reads are counted
-(`ru_inblock`).
+(`posix_fadvise(DONTNEED)`), as a nightly backup finds them, after `sync` (so no tool pays for
+the previous one's writeback), and its disk reads are counted (`ru_inblock`).
 
 Cases, each tool from the same parent (the day-1 backup of the volume):
 - changed: volback with the map; volback `--full-read` (into a copy of the container, so both
@@ -160,6 +160,8 @@ def main() -> None:
     changed_runs: list[int] = []
 
     def case(name: str, fn, where: str | None = None) -> None:
+        # Each case starts on a quiet disk: the previous tool's writes flushed, the volume cold.
+        os.sync()
         drop_cache(vol)
         before = du(where) if where else 0
         r = fn()

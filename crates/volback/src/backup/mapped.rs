@@ -39,6 +39,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use bytes::Bytes;
 use rayon::prelude::*;
 
+use super::buffers::BufferPool;
 use crate::change_map::ChangeMap;
 use crate::chunker::{ChunkerParams, Piece, Splitter, ZERO_BLOCK, is_zero};
 use crate::error::{Error, Result};
@@ -214,6 +215,11 @@ pub(super) struct VolumeFile<'a> {
     pub(super) size: u64,
     /// Bytes read, counted for the report.
     pub(super) bytes_read: &'a AtomicU64,
+    /// Read buffers, reused once the chunks cut from them are packed: a fresh buffer costs a
+    /// page fault and the kernel's zeroing per 4 KiB page, which `perf` put at ~20 % of a
+    /// mapped backup's CPU on the 16 GiB benchmark volume.
+    pub(super) small: BufferPool,
+    pub(super) large: BufferPool,
 }
 
 fn fadvise(file: &File, advice: libc::c_int) {
@@ -257,8 +263,17 @@ impl Recent {
 }
 
 impl<'a> VolumeFile<'a> {
+    /// Read buffers kept for reuse, of each size class.
+    pub(super) const POOLED: usize = 32;
+
     fn read(&self, at: u64, len: u64) -> Result<Bytes> {
-        let mut buf = vec![0u8; len as usize];
+        let (pool, class) = if len <= STEP_CLEAN {
+            (&self.small, STEP_CLEAN)
+        } else {
+            (&self.large, STEP_DIRTY.max(len))
+        };
+        let mut buf = pool.take_empty(class as usize);
+        buf.resize(len as usize, 0);
         let mut done = 0usize;
         while done < buf.len() {
             match self.file.read_at(&mut buf[done..], at + done as u64) {
@@ -275,7 +290,7 @@ impl<'a> VolumeFile<'a> {
             }
         }
         self.bytes_read.fetch_add(len, Ordering::Relaxed);
-        Ok(Bytes::from(buf))
+        Ok(pool.freeze(buf, len as usize))
     }
 
     /// Turns the kernel's readahead off for the volume until the guard is dropped (the file

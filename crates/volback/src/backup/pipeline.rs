@@ -346,6 +346,8 @@ fn read_mapped(
                 name: map.name,
                 size: map.size,
                 bytes_read,
+                small: BufferPool::new(VolumeFile::POOLED),
+                large: BufferPool::new(VolumeFile::POOLED),
             },
             params,
             plan: map.plan,
