@@ -5,6 +5,8 @@
 #
 #   bash scripts/ceph-rgw.sh start DIR [WATCH_PID]   prints the endpoint URL on stdout
 #   bash scripts/ceph-rgw.sh stop DIR
+#   bash scripts/ceph-rgw.sh restart-gateway DIR   kills the gateway (SIGKILL, as a crash) and
+#                                                  starts it again on the same port
 #
 # One monitor, one in-memory OSD (memstore, CEPH_MEMSTORE_BYTES, default 2 GiB, held in RAM as
 # objects arrive), no manager, no authentication between daemons;
@@ -14,8 +16,8 @@
 # S3 user: access key `volbacktest`, secret `volbacktestsecret`. Needs Debian's ceph-mon,
 # ceph-osd, radosgw and ceph-common (scripts/test.sh installs them).
 set -euo pipefail
-cmd=${1:?usage: ceph-rgw.sh start|stop DIR [WATCH_PID]}
-dir=${2:?usage: ceph-rgw.sh start|stop DIR [WATCH_PID]}
+cmd=${1:?usage: ceph-rgw.sh start|stop|restart-gateway DIR [WATCH_PID]}
+dir=${2:?usage: ceph-rgw.sh start|stop|restart-gateway DIR [WATCH_PID]}
 case "$dir" in / | /tmp | /tmp/ | "$HOME" | "") echo "ceph-rgw: refusing DIR '$dir'" >&2; exit 2 ;; esac
 
 stop() {
@@ -37,6 +39,23 @@ stop() {
 if [ "$cmd" = stop ]; then
   stop
   exit 0
+fi
+if [ "$cmd" = restart-gateway ]; then
+  old=$(cat "$dir/rgw.pid")
+  kill -9 "$old" 2>/dev/null || true
+  while kill -0 "$old" 2>/dev/null; do sleep 0.05; done
+  grep -vx "$old" "$dir/pids" >"$dir/pids.new" || true
+  mv "$dir/pids.new" "$dir/pids"
+  radosgw -c "$dir/ceph.conf" -n client.rgw -f >>"$dir/log/rgw.out" 2>&1 &
+  echo "$!" >>"$dir/pids"
+  echo "$!" >"$dir/rgw.pid"
+  port=$(sed -n 's/^rgw frontends = beast endpoint=127.0.0.1:\([0-9]*\)$/\1/p' "$dir/ceph.conf")
+  for _ in $(seq 600); do
+    curl -sf -o /dev/null --max-time 5 "http://127.0.0.1:$port/" && exit 0
+    sleep 0.1
+  done
+  echo "ceph-rgw: the gateway did not come back on port $port" >&2
+  exit 1
 fi
 [ "$cmd" = start ] || { echo "ceph-rgw: unknown command '$cmd'" >&2; exit 2; }
 watch=${3:-}
@@ -135,6 +154,7 @@ daemon osd ceph-osd -c "$conf" -i "$id" -f
 osd_up() { ceph_ osd stat | grep -q '1 up'; }
 wait_for "the OSD" osd_up
 daemon rgw radosgw -c "$conf" -n client.rgw -f
+echo "$!" >"$dir/rgw.pid"
 wait_for "the gateway" curl -sf -o /dev/null --max-time 5 "http://127.0.0.1:$rgw_port/"
 timeout 60 radosgw-admin -c "$conf" -n client.admin user create --uid=volback --display-name=volback \
   --access-key=volbacktest --secret=volbacktestsecret >"$dir/log/user.out" 2>&1 || fail "radosgw-admin user create failed"

@@ -1,7 +1,8 @@
-//! A real Ceph RADOS Gateway for the Object Lock tests: it enforces S3 retention as AWS does
-//! (s3s-fs has no Object Lock at all). Started once per test process by
-//! `scripts/ceph-rgw.sh` in a temporary directory, and stopped by that script's watcher when the
-//! process ends. A missing Ceph is a test failure, never a skip: `scripts/test.sh` installs it.
+//! A real Ceph RADOS Gateway, for the Object Lock tests (it enforces S3 retention as AWS does;
+//! s3s-fs has no Object Lock at all) and for many hosts sharing one distributed store. Started
+//! once per test process by `scripts/ceph-rgw.sh` in a temporary directory, and stopped by that
+//! script's watcher when the process ends. A missing Ceph is a test failure, never a skip:
+//! `scripts/test.sh` installs it.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -49,6 +50,23 @@ impl Rgw {
     /// authentication).
     pub fn conf(&self) -> PathBuf {
         self._dir.join("ceph.conf")
+    }
+
+    /// Kills the gateway (SIGKILL, as a crash would) and starts it again on the same port; the
+    /// cluster's data, in the OSD, stays. Returns once the gateway answers again.
+    pub fn restart_gateway(&self) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ceph-rgw.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("restart-gateway")
+            .arg(&self._dir)
+            .output()
+            .expect("run scripts/ceph-rgw.sh");
+        assert!(
+            out.status.success(),
+            "the gateway did not restart:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `http://127.0.0.1:<port>`.

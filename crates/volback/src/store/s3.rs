@@ -224,7 +224,10 @@ impl S3Store {
                     max_backoff: Duration::from_secs(5),
                     base: 2.0,
                 },
-                max_retries: 6,
+                // Bounded by `retry_timeout`, not by a count: six jittered retries spanned about
+                // a second, so a gateway restarted under running backups (2–3 s for Ceph's RGW,
+                // `tests/gc_stress.rs`) failed every request in flight.
+                max_retries: 100,
                 retry_timeout: o.retry_timeout.unwrap_or(Duration::from_secs(30)),
             })
             .with_client_options(client_options.clone());
