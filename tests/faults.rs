@@ -62,7 +62,7 @@ fn a_flaky_store_is_retried_and_every_operation_succeeds() {
                 ghost: 0.05,
                 torn: 0.05,
                 max_latency: Duration::from_millis(2),
-                fail_after: None,
+                ..Default::default()
             },
         ));
         let c = Container::with_store(flaky.clone(), "mem://flaky".into(), true, None).unwrap();

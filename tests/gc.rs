@@ -20,6 +20,7 @@ use volback::format::config::ContainerConfig;
 use volback::gc::{GcOptions, GcReport, run_gc};
 use volback::restore::{TargetMode, run_restore};
 use volback::store::{MemStore, ObjectStore};
+use volback_testkit::faults::{FaultConfig, FaultStore};
 
 on_both_backends!(
     ten_daily_backups_then_delete_all_but_newest_leaves_at_most_1_15x_a_full,
@@ -267,9 +268,54 @@ fn interleaved_backup_delete_gc_restore_schedules() {
     let scratch = tempfile::tempdir().unwrap();
     let mut steps = 0;
     for seed in 0..schedules.div_ceil(3) {
-        steps += run_schedule(seed, scratch.path());
+        steps += run_schedule(seed, scratch.path(), false);
     }
     eprintln!("{schedules} schedules, {steps} interleaved requests");
+}
+
+/// The same schedules on a store that ignores create-only puts, as S3-compatible servers that
+/// ignore `If-None-Match` do: with distinct backup ids nothing committed is lost or damaged,
+/// since the collection protocol never relies on a put being refused. What such a store cannot
+/// give is shown too: two commits of one backup id both succeed, the later replacing the
+/// earlier (`docs/reliability.md`).
+#[test]
+fn interleaved_schedules_on_a_store_ignoring_create_only() {
+    let schedules: u64 = std::env::var("VOLBACK_SCHEDULES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500)
+        / 5;
+    let scratch = tempfile::tempdir().unwrap();
+    let mut steps = 0;
+    for seed in 0..schedules.div_ceil(3) {
+        steps += run_schedule(1_000_000 + seed, scratch.path(), true);
+    }
+    eprintln!("{schedules} schedules, {steps} interleaved requests");
+
+    let store: Arc<dyn ObjectStore> = Arc::new(ignoring_create_only(Arc::new(MemStore::new())));
+    let c = Container::with_store(store, "mem://".into(), true, None).unwrap();
+    let vol = scratch.path().join("v.img");
+    std::fs::write(&vol, pseudo_random(64 << 10, 1)).unwrap();
+    backup_file(&c, &vol, "once", None);
+    let (m, _) = c.read_manifest("once").unwrap();
+    let other = volback::format::manifest::Manifest {
+        volume_id: "another".into(),
+        ..m
+    };
+    c.commit_manifest(&other)
+        .expect("the store cannot refuse a second commit of one id");
+    assert_eq!(c.read_manifest("once").unwrap().0.volume_id, "another");
+}
+
+/// `inner`, with create-only puts that overwrite.
+fn ignoring_create_only(inner: Arc<dyn ObjectStore>) -> FaultStore {
+    FaultStore::new(
+        inner,
+        FaultConfig {
+            ignore_create_only: true,
+            ..Default::default()
+        },
+    )
 }
 
 fn tiny_chunks() -> ContainerConfig {
@@ -285,9 +331,14 @@ fn tiny_chunks() -> ContainerConfig {
     }
 }
 
-/// Three rounds of concurrent actors on one container; returns requests scheduled.
-fn run_schedule(seed: u64, scratch: &Path) -> u64 {
-    let mem = Arc::new(MemStore::new());
+/// Three rounds of concurrent actors on one container (on a store that ignores create-only
+/// puts, with `ignore_create_only`); returns requests scheduled.
+fn run_schedule(seed: u64, scratch: &Path, ignore_create_only: bool) -> u64 {
+    let mem: Arc<dyn ObjectStore> = if ignore_create_only {
+        Arc::new(ignoring_create_only(Arc::new(MemStore::new())))
+    } else {
+        Arc::new(MemStore::new())
+    };
     let base =
         Container::with_store(mem.clone(), "mem://".into(), true, Some(tiny_chunks())).unwrap();
     let mut rng = pseudo_random(4096, seed).into_iter().cycle();

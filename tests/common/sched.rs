@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 use volback::Result;
-use volback::store::{MemStore, ObjectMeta, ObjectStore, RequestCounts};
+use volback::store::{ObjectMeta, ObjectStore, RequestCounts};
 
 #[derive(Default)]
 struct State {
@@ -118,7 +118,7 @@ impl Sched {
 
 /// One actor's view of the shared store.
 pub struct SchedStore {
-    pub inner: Arc<MemStore>,
+    pub inner: Arc<dyn ObjectStore>,
     pub sched: Arc<Sched>,
     pub actor: usize,
 }

@@ -11,6 +11,7 @@
 //! | torn put | a prefix of the object is stored (overwritable objects only: create-only writes are atomic on every real store) | [`Error::Transient`] |
 //! | permanent (after `fail_after` requests) | nothing happens | [`Error::Remote`] |
 //! | latency | the request is delayed up to `max_latency` | — |
+//! | create-only ignored (`ignore_create_only`) | a create-only put overwrites, as on servers that ignore `If-None-Match` | success, as if the object was new |
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub struct FaultConfig {
     pub max_latency: Duration,
     /// Every request after this many fails permanently.
     pub fail_after: Option<u64>,
+    /// Create-only puts overwrite and report that they created the object, as S3-compatible
+    /// servers that ignore `If-None-Match` do.
+    pub ignore_create_only: bool,
 }
 
 /// Counts of faults injected so far.
@@ -164,6 +168,9 @@ impl ObjectStore for FaultStore {
     }
 
     fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
+        if self.cfg.ignore_create_only {
+            return self.run("put", key, || self.inner.put(key, data).map(|()| true));
+        }
         self.run("put", key, || self.inner.put_if_absent(key, data))
     }
 
