@@ -15,10 +15,13 @@ use volback::copy::{CopyOptions, Selection, run_copy};
 use volback::crypto::KeySource;
 use volback::restore::{TargetMode, run_restore};
 
-on_both_backends!(
-    copies_write_only_what_the_destination_lacks_and_restore_from_it_alone,
-    an_interrupted_copy_resumes_and_a_conflicting_id_is_refused,
-);
+on_all_backends!(an_interrupted_copy_resumes_and_a_conflicting_id_is_refused,);
+
+// These damage, measure or copy objects as files.
+mod files {
+    use super::*;
+    on_both_backends!(copies_write_only_what_the_destination_lacks_and_restore_from_it_alone,);
+}
 
 /// Five daily backups of a volume (a full, then incrementals with scattered writes), labelled.
 fn five_days(e: &Env) -> Vec<std::path::PathBuf> {

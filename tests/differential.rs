@@ -11,7 +11,7 @@ use volback::container::Container;
 use volback::crypto::KeySource;
 use volback::restore::run_restore_differential;
 
-on_both_backends!(a_damaged_volume_heals_by_rewriting_only_what_differs);
+on_all_backends!(a_damaged_volume_heals_by_rewriting_only_what_differs);
 
 const MIB: u64 = 1 << 20;
 

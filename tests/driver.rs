@@ -19,21 +19,28 @@ use volback::restore::{
 
 use common::backend::Env;
 
-on_both_backends!(
+on_all_backends!(
     chain_of_incrementals_restores_every_link_byte_identically,
-    dedup_across_volumes_and_full_backups,
     dedup_against_a_set_spilled_to_a_file,
     zero_regions_and_holes_are_not_stored_and_restore_sparse,
     restore_onto_existing_target_writes_zeros_and_ends_at_volume_size,
     deletes_never_break_other_backups,
     backup_ids_are_unique_and_validated,
     streams_and_empty_volumes,
-    corrupt_and_missing_objects_are_refused_by_name,
-    driver_verbs_with_metadata_export_and_import_into_a_copy,
-    index_is_rebuilt_from_self_describing_packs,
     repeated_chunks_restore_byte_identically,
     cancelled_backups_commit_nothing_and_cancelled_restores_leave_no_new_target,
 );
+
+// These damage, measure or copy objects as files.
+mod files {
+    use super::*;
+    on_both_backends!(
+        dedup_across_volumes_and_full_backups,
+        corrupt_and_missing_objects_are_refused_by_name,
+        index_is_rebuilt_from_self_describing_packs,
+        driver_verbs_with_metadata_export_and_import_into_a_copy,
+    );
+}
 
 fn index_is_rebuilt_from_self_describing_packs(e: &Env) {
     let vol = e.root.join("v.img");

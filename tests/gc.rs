@@ -22,7 +22,7 @@ use volback::restore::{TargetMode, run_restore};
 use volback::store::{MemStore, ObjectStore};
 use volback_testkit::faults::{FaultConfig, FaultStore};
 
-on_both_backends!(
+on_all_backends!(
     ten_daily_backups_then_delete_all_but_newest_leaves_at_most_1_15x_a_full,
     a_running_backup_holds_back_the_sweep_and_commits_intact,
     orphans_of_interrupted_backups_are_reclaimed_after_their_lease,

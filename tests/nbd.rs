@@ -14,11 +14,16 @@ use common::backend::Env;
 use common::*;
 use volback::serve::{Export, Listen, NbdServer, ServeOptions, Stopper};
 
-on_both_backends!(
+on_all_backends!(
     qemu_reads_the_backup_byte_for_byte_and_skips_its_zeros,
     a_qcow2_overlay_takes_writes_and_leaves_the_backup_untouched,
-    a_damaged_chunk_is_an_io_error_not_wrong_bytes,
 );
+
+// These damage, measure or copy objects as files.
+mod files {
+    use super::*;
+    on_both_backends!(a_damaged_chunk_is_an_io_error_not_wrong_bytes,);
+}
 
 /// A server running on its own thread until dropped.
 struct Served {

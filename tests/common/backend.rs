@@ -134,6 +134,17 @@ impl Env {
     }
 
     /// Environment and flags that point the CLI at this container.
+    /// Bytes the container's objects take, as its store lists them (on every backend).
+    pub fn stored_bytes(&self) -> u64 {
+        self.c
+            .store()
+            .list("")
+            .unwrap()
+            .iter()
+            .map(|o| o.size)
+            .sum()
+    }
+
     pub fn cli_env(&self) -> Vec<(String, String)> {
         if let Some(endpoint) = &self.rgw {
             return vec![

@@ -18,6 +18,18 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Like `on_both_backends!`, and on Ceph's RADOS Gateway too, for tests that reach the
+/// container only through its store (they do not damage objects as files).
+#[macro_export]
+macro_rules! on_all_backends {
+    ($($name:ident),* $(,)?) => {
+        on_both_backends!($($name),*);
+        mod rgw {
+            $( #[test] fn $name() { super::$name(&super::Env::rgw()); } )*
+        }
+    };
+}
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
