@@ -725,3 +725,37 @@ fn changes_between_zero_runs_read_only_themselves() {
     // passes the parent's zero extent; the zeros after the second are still not read.
     changes_in_zeros(16, &[3 << 20, 9 << 20], 512 << 10);
 }
+
+/// A parent whose manifest claims more bytes than its extent list covers is refused as corrupt,
+/// naming that manifest, before anything is committed.
+#[test]
+fn a_parent_shorter_than_its_manifest_says_is_corrupt() {
+    let store = Arc::new(MemStore::new());
+    let c = Container::with_store(store.clone(), "mem://".into(), true, None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("v.img");
+    let data = pseudo_random(1 << 20, 11);
+    std::fs::write(&vol, &data).unwrap();
+    backup(&c, &vol, &opts("p", None)).unwrap();
+    // The manifest now says the volume was twice as long as its extents are.
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&store.get("backups/p").unwrap()).unwrap();
+    m["size"] = serde_json::json!(2u64 << 20);
+    store.delete("backups/p").unwrap();
+    store
+        .put("backups/p", serde_json::to_vec(&m).unwrap().into())
+        .unwrap();
+    let mut grown = data.clone();
+    grown.extend(pseudo_random(1 << 20, 12));
+    std::fs::write(&vol, &grown).unwrap();
+    let mut o = opts("next", Some("p"));
+    o.changes = Some(MapSource::Text {
+        name: "map".into(),
+        text: "4096,4096\n".into(),
+        kind: None,
+    });
+    let err = backup(&c, &vol, &o).expect_err("a parent shorter than its manifest");
+    assert_eq!(err.kind(), "corrupt", "{err}");
+    assert!(err.to_string().contains("backups/p"), "{err}");
+    assert!(store.get("backups/next").is_err());
+}

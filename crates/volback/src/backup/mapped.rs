@@ -118,6 +118,8 @@ impl MapPlan {
 
 /// The parent's extents, in order, as the feeder thread sends them.
 pub(super) struct ParentExtents {
+    /// The parent's manifest, named in errors.
+    manifest_key: String,
     rx: Receiver<Result<Vec<(u64, Extent)>>>,
     buf: VecDeque<(u64, Extent)>,
     /// The extent taken last: a window may still be reading inside it.
@@ -125,8 +127,9 @@ pub(super) struct ParentExtents {
 }
 
 impl ParentExtents {
-    pub(super) fn new(rx: Receiver<Result<Vec<(u64, Extent)>>>) -> Self {
+    pub(super) fn new(manifest_key: String, rx: Receiver<Result<Vec<(u64, Extent)>>>) -> Self {
         ParentExtents {
+            manifest_key,
             rx,
             buf: VecDeque::new(),
             taken: None,
@@ -446,10 +449,15 @@ impl MappedReader<'_> {
         // The rest is the parent's (a volume whose size changed was read to its end).
         while pos < self.vol.size {
             let Some(e) = self.parent.next()? else {
-                return Err(Error::Internal(format!(
-                    "parent extents end at {pos}, before the volume's {}",
-                    self.vol.size
-                )));
+                return Err(Error::Corrupt {
+                    key: self.parent.manifest_key.clone(),
+                    offset: pos,
+                    reason: format!(
+                        "the parent's extent list ends at volume offset {pos}, before the \
+                         volume's {} bytes",
+                        self.vol.size
+                    ),
+                });
             };
             pos = e.0 + e.1.len();
             self.reuse(e, &mut out, &mut samples, &mut stats)?;

@@ -240,8 +240,18 @@ fn reread_chunk(
     let (file, name) =
         file.ok_or_else(|| Error::Internal("a reused chunk without a volume file".into()))?;
     let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, offset)
-        .map_err(|e| Error::io("read volume", name, e))?;
+    file.read_exact_at(&mut buf, offset).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            // The volume shrank since the backup began.
+            Error::VolumeTooShort {
+                volume: name.into(),
+                expected: offset.saturating_add(u64::from(len)),
+                actual: file.metadata().map_or(0, |m| m.len()),
+            }
+        } else {
+            Error::io("read volume", name, e)
+        }
+    })?;
     if ids.of(&buf) != *id {
         return Err(Error::ChangeMapMissed {
             volume: name.into(),
@@ -352,7 +362,7 @@ fn read_mapped(
             params,
             plan: map.plan,
             ids,
-            parent: ParentExtents::new(prx),
+            parent: ParentExtents::new(crate::container::manifest_key(&parent.backup_id), prx),
             tx: tx.clone(),
         };
         match reader.run() {
