@@ -3,8 +3,8 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 
 use common::backend::Env;
@@ -13,14 +13,21 @@ use volback::container::Container;
 use volback::restore::{TargetMode, run_restore};
 use volback::verify::{VerifyOptions, VerifyReport, run_verify};
 
-on_both_backends!(verify_names_exactly_the_damaged_backups_and_objects);
+on_all_backends!(verify_names_exactly_the_damaged_backups_and_objects);
 
 fn backup(c: &Container, vol: &Path, id: &str, parent: Option<&str>) {
     backup_file(c, vol, id, parent);
 }
 
-fn files_under(dir: &Path) -> BTreeSet<PathBuf> {
-    walk(dir).into_iter().collect()
+/// The container's objects under `prefix`, with their sizes (through its store: the same on
+/// every backend).
+fn objects_under(c: &Container, prefix: &str) -> BTreeMap<String, u64> {
+    c.store()
+        .list(prefix)
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.key, o.size))
+        .collect()
 }
 
 fn verify(c: &Container, read_data: bool) -> VerifyReport {
@@ -38,18 +45,20 @@ fn damaged(r: &VerifyReport) -> Vec<&str> {
     r.damaged_backups.iter().map(String::as_str).collect()
 }
 
-/// Applies `damage` to `file`, runs `check`, and puts the original bytes back.
-fn with_damage(file: &Path, damage: impl FnOnce(&mut Vec<u8>), check: impl FnOnce()) {
-    let good = std::fs::read(file).unwrap();
-    let mut bad = good.clone();
+/// Applies `damage` to object `key` (an emptied object is deleted), runs `check`, and puts the
+/// original bytes back, all through the container's store.
+fn with_damage(c: &Container, key: &str, damage: impl FnOnce(&mut Vec<u8>), check: impl FnOnce()) {
+    let store = c.store();
+    let good = store.get(key).unwrap();
+    let mut bad = good.to_vec();
     damage(&mut bad);
     if bad.is_empty() && good.len() > 1 {
-        std::fs::remove_file(file).unwrap();
+        store.delete(key).unwrap();
     } else {
-        std::fs::write(file, &bad).unwrap();
+        store.put(key, bad.into()).unwrap();
     }
     check();
-    std::fs::write(file, &good).unwrap();
+    store.put(key, good).unwrap();
 }
 
 fn restore_err(c: &Container, id: &str, scratch: &Path) -> volback::Error {
@@ -61,27 +70,27 @@ fn restore_err(c: &Container, id: &str, scratch: &Path) -> volback::Error {
 
 fn verify_names_exactly_the_damaged_backups_and_objects(e: &Env) {
     let c = &e.c;
-    let packs_dir = e.objects.join("packs");
     let va = e.root.join("a.img");
     make_image(&va, 6 << 20, 11);
     backup(c, &va, "a", None);
-    let packs_a = files_under(&packs_dir);
+    let packs_a = objects_under(c, "packs/");
     scattered_writes(&va, 10, 12);
     write_at(&va, 0, 4096, 13); // b no longer shares a's first chunk
     backup(c, &va, "b", Some("a"));
-    let packs_ab = files_under(&packs_dir);
+    let packs_ab = objects_under(c, "packs/");
     let vc = e.root.join("c.img");
     std::fs::write(&vc, pseudo_random(3 << 20, 14)).unwrap();
     backup(c, &vc, "c", None);
-    let packs_c: Vec<PathBuf> = files_under(&packs_dir)
-        .difference(&packs_ab)
-        .cloned()
+    let packs_c: BTreeMap<String, u64> = objects_under(c, "packs/")
+        .into_iter()
+        .filter(|(k, _)| !packs_ab.contains_key(k))
         .collect();
-    let size = |p: &PathBuf| std::fs::metadata(p).unwrap().len();
-    let data_c = packs_c.iter().max_by_key(|p| size(p)).unwrap().clone();
-    let meta_c = packs_c.iter().min_by_key(|p| size(p)).unwrap().clone();
-    let data_a = packs_a.iter().max_by_key(|p| size(p)).unwrap().clone();
-    let name = |p: &Path| p.file_name().unwrap().to_string_lossy().to_string();
+    let largest = |m: &BTreeMap<String, u64>| m.iter().max_by_key(|(_, n)| **n).unwrap().0.clone();
+    let data_c = largest(&packs_c);
+    let meta_c = packs_c.iter().min_by_key(|(_, n)| **n).unwrap().0.clone();
+    let data_a = largest(&packs_a);
+    // A pack's name: its id, the last part of its key.
+    let name = |k: &str| k.rsplit('/').next().unwrap().to_string();
 
     let clean = verify(c, true);
     assert!(clean.ok(), "{clean:?}");
@@ -93,6 +102,7 @@ fn verify_names_exactly_the_damaged_backups_and_objects(e: &Env) {
 
     // A flipped byte in a chunk only c uses: only --read-data sees it; restore refuses c.
     with_damage(
+        c,
         &data_c,
         |b| b[8 + 100] ^= 0x40,
         || {
@@ -107,6 +117,7 @@ fn verify_names_exactly_the_damaged_backups_and_objects(e: &Env) {
     );
     // The first chunk of a's data pack: a needs it, b rewrote that block.
     with_damage(
+        c,
         &data_a,
         |b| b[8 + 10] ^= 1,
         || {
@@ -133,6 +144,7 @@ fn verify_names_exactly_the_damaged_backups_and_objects(e: &Env) {
     .unwrap();
     let shared = shared.expect("b shares chunks with a");
     with_damage(
+        c,
         &data_a,
         |b| b[shared + 1] ^= 1,
         || {
@@ -142,6 +154,7 @@ fn verify_names_exactly_the_damaged_backups_and_objects(e: &Env) {
     );
     // A truncated pack is seen without reading data (the listing gives its size).
     with_damage(
+        c,
         &data_c,
         |b| b.truncate(b.len() / 2),
         || {
@@ -157,6 +170,7 @@ fn verify_names_exactly_the_damaged_backups_and_objects(e: &Env) {
     );
     // A missing pack.
     with_damage(
+        c,
         &data_c,
         |b| b.clear(),
         || {
@@ -168,6 +182,7 @@ fn verify_names_exactly_the_damaged_backups_and_objects(e: &Env) {
     );
     // c's extent list (its metadata pack): the structure check reads and verifies it.
     with_damage(
+        c,
         &meta_c,
         |b| b[8 + 5] ^= 2,
         || {
@@ -179,6 +194,7 @@ fn verify_names_exactly_the_damaged_backups_and_objects(e: &Env) {
     // A damaged pack table: chunks are still served through the index, so no backup is
     // damaged, but the pack is named (the index could not be rebuilt from it).
     with_damage(
+        c,
         &data_c,
         |b| {
             let n = b.len();
@@ -196,9 +212,9 @@ fn verify_names_exactly_the_damaged_backups_and_objects(e: &Env) {
         },
     );
     // A truncated manifest.
-    let mb = e.objects.join("backups/b");
     with_damage(
-        &mb,
+        c,
+        "backups/b",
         |b| b.truncate(b.len() / 2),
         || {
             let r = verify(c, false);
@@ -208,11 +224,9 @@ fn verify_names_exactly_the_damaged_backups_and_objects(e: &Env) {
         },
     );
     // A flipped byte in an index segment: the packs' tables stand in; the segment is named.
-    let seg = files_under(&e.objects.join("index"))
-        .into_iter()
-        .next()
-        .unwrap();
+    let seg = objects_under(c, "index/").into_keys().next().unwrap();
     with_damage(
+        c,
         &seg,
         |b| b[20] ^= 8,
         || {
@@ -225,6 +239,7 @@ fn verify_names_exactly_the_damaged_backups_and_objects(e: &Env) {
 
     // The CLI: exit status 3 and the damaged backup in the JSON report.
     with_damage(
+        c,
         &data_c,
         |b| b[8 + 100] ^= 0x40,
         || {
