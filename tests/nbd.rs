@@ -15,15 +15,10 @@ use common::*;
 use volback::serve::{Export, Listen, NbdServer, ServeOptions, Stopper};
 
 on_all_backends!(
+    a_damaged_chunk_is_an_io_error_not_wrong_bytes,
     qemu_reads_the_backup_byte_for_byte_and_skips_its_zeros,
     a_qcow2_overlay_takes_writes_and_leaves_the_backup_untouched,
 );
-
-// These damage, measure or copy objects as files.
-mod files {
-    use super::*;
-    on_both_backends!(a_damaged_chunk_is_an_io_error_not_wrong_bytes,);
-}
 
 /// A server running on its own thread until dropped.
 struct Served {
@@ -276,14 +271,18 @@ fn a_damaged_chunk_is_an_io_error_not_wrong_bytes(e: &Env) {
     backup_file(&e.c, &img, "b1", None);
     // The largest pack holds volume data (extent lists sit in small packs of their own):
     // block status still works, and reads of the damaged chunk fail.
-    let victim = walk(&e.objects.join("packs"))
+    let store = e.c.store();
+    let victim = store
+        .list("packs/")
+        .unwrap()
         .into_iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut bytes = std::fs::read(&victim).unwrap();
+        .max_by_key(|o| o.size)
+        .unwrap()
+        .key;
+    let mut bytes = store.get(&victim).unwrap().to_vec();
     let at = bytes.len() / 3;
     bytes[at] ^= 0x55;
-    std::fs::write(&victim, &bytes).unwrap();
+    store.put(&victim, bytes.into()).unwrap();
     let s = serve(e, "b1", socket(e), &ServeOptions::default());
     let out = e.root.join("copy.img");
     let r = convert("raw", &s.uri, &out);
