@@ -267,7 +267,7 @@ impl Recent {
 
 impl<'a> VolumeFile<'a> {
     /// Read buffers kept for reuse, of each size class.
-    pub(super) const POOLED: usize = 32;
+    pub(super) const POOLED: usize = 8;
 
     fn read(&self, at: u64, len: u64) -> Result<Bytes> {
         let (pool, class) = if len <= STEP_CLEAN {
