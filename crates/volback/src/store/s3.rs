@@ -84,6 +84,8 @@ impl std::fmt::Debug for S3Options {
 /// Default concurrent requests.
 pub const DEFAULT_CONCURRENCY: usize = 8;
 const DEFAULT_MULTIPART_THRESHOLD: u64 = 64 << 20;
+/// How long a failed request is retried, unless `S3Options::retry_timeout` says otherwise.
+const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 const PART_SIZE: usize = 16 << 20;
 
 fn env(name: &str) -> Option<String> {
@@ -195,6 +197,8 @@ pub struct S3Store {
     client_options: ClientOptions,
     region: String,
     endpoint: Option<String>,
+    /// How long a request is retried (`S3Options::retry_timeout`).
+    retry_timeout: Duration,
 }
 
 /// The settings' secrets, to be kept out of messages.
@@ -228,7 +232,7 @@ impl S3Store {
                 // a second, so a gateway restarted under running backups (2–3 s for Ceph's RGW,
                 // `tests/gc_stress.rs`) failed every request in flight.
                 max_retries: 100,
-                retry_timeout: o.retry_timeout.unwrap_or(Duration::from_secs(30)),
+                retry_timeout: o.retry_timeout.unwrap_or(DEFAULT_RETRY_TIMEOUT),
             })
             .with_client_options(client_options.clone());
         if let Some(e) = &o.endpoint {
@@ -280,6 +284,7 @@ impl S3Store {
             client_options,
             region,
             endpoint: o.endpoint.clone(),
+            retry_timeout: o.retry_timeout.unwrap_or(DEFAULT_RETRY_TIMEOUT),
         })
     }
 
@@ -363,11 +368,45 @@ impl S3Store {
             other => {
                 let redact: Vec<&str> = self.redact.iter().map(String::as_str).collect();
                 let text = clean(&format!("{other}"), &redact);
+                if body_cut_off(&other) {
+                    return Error::Transient {
+                        op,
+                        key: format!("s3://{}/{}", self.bucket, self.full_key(key)),
+                        message: text,
+                    };
+                }
                 Error::Remote {
                     op,
                     location: format!("s3://{}/{}", self.bucket, self.full_key(key)),
                     message: text,
                 }
+            }
+        }
+    }
+
+    /// Runs a request that object_store does not retry itself — a conditional PUT, and the
+    /// POST a delete is sent as, are not idempotent to it — again on a transport failure, with
+    /// backoff, for up to `retry_timeout`: without this, a gateway restarted under running
+    /// backups (`tests/gc_stress.rs`) failed the commits and deletes in flight at once. volback
+    /// can repeat both (a delete of a deleted object succeeds; a create-only put is checked by
+    /// its caller). Returns the last result and whether an earlier attempt failed in transport
+    /// (and so may have reached the server).
+    fn retrying<T>(
+        &self,
+        mut request: impl FnMut() -> object_store::Result<T>,
+    ) -> (object_store::Result<T>, bool) {
+        let deadline = std::time::Instant::now() + self.retry_timeout;
+        let mut backoff = Duration::from_millis(100);
+        let mut resent = false;
+        loop {
+            match request() {
+                Err(e) if transport_failure(&e) && std::time::Instant::now() < deadline => {
+                    tracing::debug!("{e}; retrying in {backoff:?}");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    resent = true;
+                }
+                other => return (other, resent),
             }
         }
     }
@@ -401,6 +440,30 @@ impl S3Store {
             }
         }
     }
+}
+
+/// Whether a response was cut off while its body was read (a gateway killed or restarted
+/// mid-response): a transport error (`HttpError`) about the response body. object_store retries
+/// failed requests, and GET bodies, itself, but not a LIST's body; the store layer above
+/// (`store/retry.rs`) repeats such a request, as it can any request volback makes.
+/// `tests/gc_stress.rs` (a gateway restarted under running processes) met it.
+fn body_cut_off(e: &object_store::Error) -> bool {
+    transport_failure(e) && e.to_string().contains("response body")
+}
+
+/// Whether a request failed in transport (`HttpError`: connecting, sending, receiving), not
+/// with an answer from the server.
+fn transport_failure(e: &object_store::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<object_store::client::HttpError>()
+            .is_some()
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Keeps the server's answer but never anything that looks like a credential: signed-URL
@@ -473,18 +536,33 @@ impl ObjectStore for S3Store {
             .map_err(|e| self.err("put", key, e))
     }
 
+    /// Create-only: `If-None-Match: *`. Retried on transport failures (see
+    /// [`S3Store::retrying`]); once an attempt may have been sent, a refusal (the object
+    /// exists) is checked by reading the object back: it is ours if it holds exactly what we
+    /// sent.
     fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
         let path = self.path(key)?;
-        self.counters.put(data.len());
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match self
-            .rt
-            .block_on(self.inner.put_opts(&path, PutPayload::from(data), opts))
-        {
+        let (result, resent) = self.retrying(|| {
+            self.counters.put(data.len());
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            let put = self
+                .inner
+                .put_opts(&path, PutPayload::from(data.clone()), opts);
+            self.rt.block_on(put)
+        });
+        match result {
             Ok(_) => Ok(true),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) if resent => match self.get(key) {
+                Ok(there) => Ok(there == data),
+                Err(Error::MissingObject { .. }) => Ok(false),
+                Err(e) => Err(e),
+            },
             Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },
@@ -568,8 +646,11 @@ impl ObjectStore for S3Store {
 
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
-        self.counters.delete();
-        match self.rt.block_on(self.inner.delete(&path)) {
+        let (result, _) = self.retrying(|| {
+            self.counters.delete();
+            self.rt.block_on(self.inner.delete(&path))
+        });
+        match result {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err("delete", key, e)),
         }
@@ -701,6 +782,32 @@ impl ObjectStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_response_cut_off_mid_body_is_transient_and_nothing_else_is() {
+        use object_store::client::{HttpError, HttpErrorKind};
+        let generic =
+            |source: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
+                store: "S3",
+                source,
+            };
+        let cut = || {
+            HttpError::new(
+                HttpErrorKind::Unknown,
+                std::io::Error::other("request or response body error"),
+            )
+        };
+        assert!(body_cut_off(&generic(Box::new(cut()))));
+        // A transport error before any response (object_store has retried it already), and a
+        // message that only mentions a body, are not.
+        let refused = HttpError::new(
+            HttpErrorKind::Connect,
+            std::io::Error::other("connection refused"),
+        );
+        assert!(!body_cut_off(&generic(Box::new(refused))));
+        let text = std::io::Error::other("bad response body");
+        assert!(!body_cut_off(&generic(Box::new(text))));
+    }
 
     #[test]
     fn profile_files_are_read() {
