@@ -536,10 +536,9 @@ impl ObjectStore for S3Store {
             .map_err(|e| self.err("put", key, e))
     }
 
-    /// Create-only: `If-None-Match: *`. Retried on transport failures (see
-    /// [`S3Store::retrying`]); once an attempt may have been sent, a refusal (the object
-    /// exists) is checked by reading the object back: it is ours if it holds exactly what we
-    /// sent.
+    /// Create-only: `If-None-Match: *`. Retried on transport failures (see `retrying`); once
+    /// an attempt may have been sent, a refusal (the object exists) is checked by reading the
+    /// object back: it is ours if it holds exactly what we sent.
     fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
         let path = self.path(key)?;
         let (result, resent) = self.retrying(|| {
