@@ -166,17 +166,25 @@ fn a_permanent_failure_at_any_request_commits_nothing_partial_and_loses_nothing(
             "fail_after {fail_after}: {ids:?}"
         );
         if !committed {
-            // The re-run stores only what the interrupted run had not uploaded: its packs
-            // are found (from their own tables if no index segment described them yet).
+            // The re-run stores only what the interrupted run had not uploaded and indexed:
+            // an incremental does not list the packs, it finds those its volume's resume hint
+            // names (`backup/resume.rs`).
             let uploaded = data_chunks(&mem).len() - base_chunks;
+            let resumable = resumable_chunks(&mem);
+            assert!(resumable <= uploaded, "fail_after {fail_after}");
             let r =
                 run_backup(&c, source(&next), &backup_opts("next", Some("base")), None).unwrap();
             assert_eq!(
-                r.2.chunks_new as usize + uploaded,
+                r.2.chunks_new as usize + resumable,
                 healthy_new,
-                "fail_after {fail_after}: {uploaded} chunks were uploaded before the failure"
+                "fail_after {fail_after}: {uploaded} chunks were uploaded before the failure, \
+                 {resumable} of them indexed and named by the resume hint"
             );
-            reused |= uploaded > 0;
+            reused |= resumable > 0;
+            assert!(
+                mem.list("resume/").unwrap().is_empty(),
+                "fail_after {fail_after}: the committed re-run leaves no resume hint"
+            );
         }
         gc_now(&c);
         restore_matches(&c, "base", &base, scratch.path());
@@ -186,6 +194,29 @@ fn a_permanent_failure_at_any_request_commits_nothing_partial_and_loses_nothing(
         reused,
         "no interrupted run had uploaded a pack: the test shows no reuse"
     );
+}
+
+/// The distinct data chunks held by the packs that the index segments named by the resume hint
+/// (of the one volume) describe (none if there is no hint).
+fn resumable_chunks(store: &MemStore) -> usize {
+    let Some(key) = store.list("resume/").unwrap().pop().map(|o| o.key) else {
+        return 0;
+    };
+    let hint = volback::format::resume::Resume::decode(&key, &store.get(&key).unwrap()).unwrap();
+    let mut ids = std::collections::HashSet::new();
+    for key in &hint.segments {
+        let seg =
+            volback::format::index_segment::decode_segment(key, &store.get(key).unwrap()).unwrap();
+        for (_, entries) in seg {
+            ids.extend(
+                entries
+                    .iter()
+                    .filter(|e| e.kind == volback::format::chunk::ChunkKind::Data)
+                    .map(|e| e.id),
+            );
+        }
+    }
+    ids.len()
 }
 
 /// The distinct data chunks in the store's packs.

@@ -526,3 +526,217 @@ fn run_actor(
         }
     }
 }
+
+/// A store that runs `hook` once, just before the first write of a key starting with `prefix`:
+/// a concurrent host acting at that exact point of a backup.
+struct HookStore {
+    inner: Arc<dyn ObjectStore>,
+    hook: std::sync::Mutex<Option<(String, Hook)>>,
+}
+
+type Hook = Box<dyn FnOnce() + Send>;
+
+impl HookStore {
+    fn new(
+        inner: Arc<dyn ObjectStore>,
+        prefix: &str,
+        hook: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        HookStore {
+            inner,
+            hook: std::sync::Mutex::new(Some((prefix.into(), Box::new(hook)))),
+        }
+    }
+
+    fn at(&self, key: &str) {
+        let mut h = self.hook.lock().unwrap();
+        if h.as_ref().is_some_and(|(p, _)| key.starts_with(p.as_str())) {
+            let (_, f) = h.take().unwrap();
+            drop(h);
+            f();
+        }
+    }
+}
+
+impl ObjectStore for HookStore {
+    fn put(&self, key: &str, data: bytes::Bytes) -> volback::Result<()> {
+        self.at(key);
+        self.inner.put(key, data)
+    }
+    fn put_if_absent(&self, key: &str, data: bytes::Bytes) -> volback::Result<bool> {
+        self.at(key);
+        self.inner.put_if_absent(key, data)
+    }
+    fn get(&self, key: &str) -> volback::Result<bytes::Bytes> {
+        self.inner.get(key)
+    }
+    fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> volback::Result<bytes::Bytes> {
+        self.inner.get_range(key, range)
+    }
+    fn head(&self, key: &str) -> volback::Result<Option<u64>> {
+        self.inner.head(key)
+    }
+    fn list(&self, prefix: &str) -> volback::Result<Vec<volback::store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, key: &str) -> volback::Result<()> {
+        self.inner.delete(key)
+    }
+    fn requests(&self) -> volback::store::RequestCounts {
+        self.inner.requests()
+    }
+    fn describe(&self) -> String {
+        "hooked".into()
+    }
+}
+
+/// An incremental of a volume read as a stream (no stamp: the volume is read), through a
+/// store that runs `hook` before the first request for `prefix`.
+fn incremental_with_hook(
+    mem: &Arc<dyn ObjectStore>,
+    data: &[u8],
+    id: &str,
+    parent: &str,
+    prefix: &str,
+    hook: impl FnOnce() + Send + 'static,
+) -> volback::backup::BackupReport {
+    let store: Arc<dyn ObjectStore> = Arc::new(HookStore::new(mem.clone(), prefix, hook));
+    let c = Container::with_store(store, "mem://".into(), false, None).unwrap();
+    let source = VolumeSource::Reader {
+        name: id.into(),
+        reader: Box::new(std::io::Cursor::new(data.to_vec())),
+    };
+    run_backup(&c, source, &backup_opts(id, Some(parent)), None)
+        .unwrap_or_else(|e| panic!("backup {id}: {e}"))
+        .2
+}
+
+/// Deletes `id` and collects with no clock-skew allowance, as another host would.
+fn delete_and_collect(mem: &Arc<dyn ObjectStore>, id: &str) -> GcReport {
+    let c = Container::with_store(mem.clone(), "mem://".into(), false, None).unwrap();
+    c.delete_backup(id).unwrap();
+    run_gc(&c, &no_skew()).unwrap()
+}
+
+fn no_skew() -> GcOptions {
+    GcOptions {
+        clock_skew: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
+/// The rule an incremental follows when it deduplicates against its parent alone: it stores
+/// again every chunk a pending condemnation record exposes. The record here is a real
+/// collector's, which marked before the parent was committed (so it condemned the parent's
+/// fresh packs) and was held back by the parent's lease. The incremental starts after the
+/// record; before it commits, the parent is deleted and a collection sweeps the record: the
+/// parent's packs go, and the incremental must not have relied on them.
+#[test]
+fn an_incremental_stores_again_what_a_pending_record_exposes() {
+    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let c = Container::with_store(mem.clone(), "mem://".into(), true, Some(tiny_chunks())).unwrap();
+    let data = pseudo_random(256 << 10, 77);
+    // The parent's commit waits for a collection that marks without it.
+    let gc_store = mem.clone();
+    let parent_store: Arc<dyn ObjectStore> =
+        Arc::new(HookStore::new(mem.clone(), "backups/parent", move || {
+            let c = Container::with_store(gc_store, "mem://".into(), false, None).unwrap();
+            let r = run_gc(&c, &no_skew()).unwrap();
+            assert!(r.packs_unreferenced > 0 && r.records_deferred == 1, "{r:?}");
+        }));
+    let pc = Container::with_store(parent_store, "mem://".into(), false, None).unwrap();
+    let source = VolumeSource::Reader {
+        name: "parent".into(),
+        reader: Box::new(std::io::Cursor::new(data.clone())),
+    };
+    run_backup(&pc, source, &backup_opts("parent", None), None).unwrap();
+    let records = c.load_condemned().unwrap();
+    assert_eq!(records.len(), 1);
+    // The incremental's lease must start after the record (whole seconds).
+    std::thread::sleep(Duration::from_millis(1100));
+    let sweeper = mem.clone();
+    let r = incremental_with_hook(&mem, &data, "child", "parent", "backups/child", move || {
+        let r = delete_and_collect(&sweeper, "parent");
+        assert!(r.packs_deleted > 0, "the parent's packs are swept: {r:?}");
+    });
+    assert!(
+        r.bytes_new > 200 << 10,
+        "the exposed chunks are stored again: {r:?}"
+    );
+    restores_bytes(&c, "child", &data);
+}
+
+/// The other rule: the parent must still exist once the incremental's lease is taken. Here the
+/// parent is deleted and collected (record and packs gone) between the moment the incremental
+/// read the parent's manifest and its lease: nothing pending shows it, so without the check
+/// the incremental would rely on chunks already deleted.
+#[test]
+fn an_incremental_whose_parent_vanished_before_its_lease_reads_the_index() {
+    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let c = Container::with_store(mem.clone(), "mem://".into(), true, Some(tiny_chunks())).unwrap();
+    let data = pseudo_random(256 << 10, 78);
+    let source = VolumeSource::Reader {
+        name: "parent".into(),
+        reader: Box::new(std::io::Cursor::new(data.clone())),
+    };
+    run_backup(&c, source, &backup_opts("parent", None), None).unwrap();
+    let sweeper = mem.clone();
+    let r = incremental_with_hook(&mem, &data, "child", "parent", "leases/child", move || {
+        let r = delete_and_collect(&sweeper, "parent");
+        assert!(r.packs_deleted > 0 && r.records_deferred == 0, "{r:?}");
+    });
+    assert!(r.bytes_new > 200 << 10, "stored again: {r:?}");
+    restores_bytes(&c, "child", &data);
+}
+
+/// An incremental of an unchanged volume deduplicates against its parent without listing the
+/// packs or reading an index segment, and records where its extent list is for the next one.
+#[test]
+fn an_incremental_reads_neither_the_pack_listing_nor_the_index() {
+    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let c = Container::with_store(mem.clone(), "mem://".into(), true, Some(tiny_chunks())).unwrap();
+    let data = pseudo_random(512 << 10, 79);
+    // Other volumes' data makes the container larger; the incremental must not see it.
+    for v in 0..4 {
+        let source = VolumeSource::Reader {
+            name: format!("other{v}"),
+            reader: Box::new(std::io::Cursor::new(pseudo_random(256 << 10, 100 + v))),
+        };
+        run_backup(&c, source, &backup_opts(&format!("other{v}"), None), None).unwrap();
+    }
+    let source = VolumeSource::Reader {
+        name: "parent".into(),
+        reader: Box::new(std::io::Cursor::new(data.clone())),
+    };
+    run_backup(&c, source, &backup_opts("parent", None), None).unwrap();
+    let (parent, _) = c.read_manifest("parent").unwrap();
+    assert!(
+        parent.extents.iter().all(|r| r.at.is_some()),
+        "hints recorded"
+    );
+    let r = incremental_with_hook(&mem, &data, "child", "parent", "index/", || {
+        panic!("the incremental wrote an index segment")
+    });
+    assert_eq!(r.chunks_new, 0, "{r:?}");
+    // The pending-record listing is the only listing; the rest is the manifests, the lease and
+    // the parent's extent list.
+    assert_eq!(r.requests.list, 1, "{:?}", r.requests);
+    eprintln!("{:?}", r.requests);
+    let (child, _) = c.read_manifest("child").unwrap();
+    assert_eq!(
+        child.extents, parent.extents,
+        "same extent list, same hints"
+    );
+    restores_bytes(&c, "child", &data);
+}
+
+/// Restores `id` through `c` and compares it with `data`.
+fn restores_bytes(c: &Container, id: &str, data: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    run_restore(c, id, &out, TargetMode::New, None).unwrap_or_else(|e| panic!("restore {id}: {e}"));
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "{id} restored different bytes"
+    );
+}

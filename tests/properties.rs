@@ -169,12 +169,22 @@ proptest! {
             created_at: "2026-11-22T00:00:00Z".into(),
             host: "h".into(),
             packs: ids.iter().map(|i| Hash(*i).to_hex()).collect(),
+            exposed: Some(volback::format::condemnation::Condemnation::encode_exposed(
+                ids.iter().map(|i| Hash(*i)),
+            )),
         };
         let bytes = serde_json::to_vec(&c).unwrap();
         let back = volback::format::condemnation::Condemnation::decode("gc/condemned-0-x", &bytes).unwrap();
         let got: Vec<Hash> = back.pack_ids().collect();
         let want: Vec<Hash> = ids.iter().map(|i| Hash(*i)).collect();
+        let mut prefixes: Vec<u64> = want
+            .iter()
+            .map(volback::format::condemnation::Condemnation::exposed_prefix)
+            .collect();
+        prefixes.sort_unstable();
+        prefixes.dedup();
         prop_assert_eq!(got, want);
+        prop_assert_eq!(back.exposed_prefixes(), Some(prefixes));
         prop_assert_eq!(back.created_unix, u64::from(t));
     }
 }

@@ -51,6 +51,7 @@ fn commit_crafted(c: &Container, template: &str, id: &str, stream: Vec<u8>, coun
     m.extents = vec![MetaRef {
         id: chunk_id.to_hex(),
         len: raw.len() as u32,
+        at: None,
     }];
     m.extents_len = raw.len() as u64;
     m.extent_count = count;

@@ -56,9 +56,13 @@
 //! Memory grows neither with the volume nor with the container: a backup holds a window of the
 //! pipeline (at most four 4 MiB read buffers, the pack being built and the packs uploading: one
 //! on a filesystem, up to three on S3; a finished pack's buffer is reused for a later one) and a
-//! dedup set ([`backup::dedup`]) that keeps up to 65,536 of the container's chunks in memory and the
+//! dedup set ([`backup::dedup`]) that keeps up to 65,536 known chunks in memory and the
 //! rest in a sorted temporary file (1/16 byte per chunk stays in memory), plus 16 bytes per
-//! chunk the backup stores. A restore holds two stripes (32 MiB each, 64 MiB on S3) and keeps
+//! chunk the backup stores. The known chunks are the container's for a backup of a new volume,
+//! and only the parent's for an incremental (`backup/parent_scope.rs`): an incremental reads its
+//! parent's extent list through the locations the parent's manifest records, and neither lists
+//! the packs nor reads the index, so its requests and memory do not grow with the container (an
+//! unchanged file or an empty change map: nine requests). A restore holds two stripes (32 MiB each, 64 MiB on S3) and keeps
 //! the container's chunk locations in a sorted temporary file (half a byte per chunk stays in
 //! memory). The `volback` binary also tunes glibc's allocator (mmap threshold pinned at
 //! 128 KiB; for full backups, an 8 MiB trim threshold): a process embedding the driver gets
@@ -73,10 +77,11 @@
 //! | `keys/<id>` | encrypted containers: creation, key add/change | the master key wrapped by one secret (Argon2id) |
 //! | `packs/<xx>/<blake3>` | by backups (later: the collector's repack) | chunks back to back + a table at the end; named by its own BLAKE3 |
 //! | `index/<blake3>` | after the packs it describes | chunk id → (pack, offset, lengths); immutable segments |
-//! | `backups/<id>` | last, create-only | the manifest: ids, size, metadata, and the extent-list chunk ids |
+//! | `backups/<id>` | last, create-only | the manifest: ids, size, metadata, and the extent-list chunk ids (with where they were stored, as hints) |
 //! | `deleted/<id>` | by delete | tombstone: tells "deleted" from "never existed" |
 //! | `leases/<id>-<uuid>` | while a backup, restore or verify runs | lease read by the garbage collector |
-//! | `gc/condemned-<time>-<uuid>` | by the collector | packs proposed for deletion |
+//! | `gc/condemned-<time>-<uuid>` | by the collector | packs proposed for deletion, and the chunks that thereby lose a copy no one else holds (*exposed*) |
+//! | `resume/<hash of the volume id>` | by an unfinished incremental, after each index segment | the segments it wrote, so a re-run finds its packs without a listing |
 //!
 //! With Object Lock, `config` is settings version 3 (the retention mode and days), and the
 //! manifests, the packs they read, `config` and the key slots are retained on S3.
@@ -139,9 +144,11 @@
 //!    every live chunk in it has a copy in a pack that exists and no record condemns, checked
 //!    twice, the second time on fresh listings. Index segments are merged, then packs deleted,
 //!    then the record.
-//! 5. **Writers skip condemned packs.** A backup reads the records, then lists packs, then reads
-//!    the index; it deduplicates only against chunks in existing, uncondemned packs, and never
-//!    builds a pack whose name is condemned.
+//! 5. **Writers skip condemned packs.** A backup of a new volume reads the records, then lists
+//!    packs, then reads the index; it deduplicates only against chunks in existing, uncondemned
+//!    packs. An incremental checks that its parent still exists, reads the records, and
+//!    deduplicates only against its parent's chunks that no record exposes. Neither builds a
+//!    pack whose name is condemned.
 //!
 //! ## Which operations may run concurrently
 //!
@@ -152,7 +159,7 @@
 //! | backup ∥ backup (same or other volume, any host) | yes | packs and index segments are named by their content, so two writers never overwrite each other's objects differently; a chunk stored twice is harmless; manifests are create-only, so two backups with one id cannot both commit |
 //! | backup ∥ restore | yes | a restore reads only objects a committed manifest reaches; a running backup adds objects but changes none |
 //! | backup ∥ delete | yes | delete removes one manifest; the chunks stay until a sweep proves no manifest needs them |
-//! | backup ∥ gc | yes | a lease older than a condemnation holds back its sweep (step 4); a backup started after it never reuses condemned chunks (step 5); one whose lease lapsed does not commit (step 1) |
+//! | backup ∥ gc | yes | a lease older than a condemnation holds back its sweep (step 4); a backup started after it never reuses condemned chunks, nor an incremental exposed ones (step 5); one whose lease lapsed does not commit (step 1) |
 //! | backup ∥ verify, import, export | yes | these read one manifest and the index |
 //! | restore ∥ restore, verify, import, export | yes | all read-only |
 //! | restore ∥ delete (same backup) | clean error | the restore fails with "backup deleted" or a missing object, naming it; no partial target is left |
@@ -201,7 +208,9 @@
 //!                               fetch (ranged reads, verified), extents (walking a backup),
 //!                               retention (Object Lock)
 //! backup/                       source (reading volumes), buffers, dedup (the dedup set),
-//!                               pipeline (the threads), packer, writer, parent_guide,
+//!                               parent_scope (an incremental's: the parent's chunks), resume
+//!                               (an interrupted incremental's packs), pipeline (the threads),
+//!                               packer, writer, parent_guide,
 //!                               unchanged (an unchanged file is not read), mapped (only what
 //!                               a change map names is read), read_mode (which of the three,
 //!                               and the full-read policy), retain (Object Lock at commit);

@@ -24,8 +24,10 @@ pub mod dedup;
 mod mapped;
 mod packer;
 mod parent_guide;
+mod parent_scope;
 mod pipeline;
 mod read_mode;
+mod resume;
 pub mod retain;
 pub mod source;
 mod unchanged;
@@ -188,39 +190,58 @@ pub fn run_backup(
     // condemns packs after this point sees the lease and waits for this backup to end; one that
     // condemned packs before it is seen by the index load, which skips condemned packs.
     let lease = LeaseGuard::take(container, &backup_id, opts.lease_ttl.unwrap_or(LEASE_TTL))?;
-    let done = Done {
+    let mut done = Done {
         container,
         opts,
         volume_name,
         started,
         requests_before,
+        resume_key: None,
     };
     let shortcut = mapped
         .as_ref()
-        .is_none_or(|m| m.map.is_empty() && m.sample_rate == 0.0);
-    let from = unchanged::reusable_parent(container, parent.as_ref(), &volume, full_read)?;
-    if let Some(from) = from.filter(|_| shortcut) {
-        let manifest = unchanged::manifest_from_parent(backup_id, opts, from);
-        if let Some(p) = progress {
-            p(manifest.size);
-        }
-        let guided = manifest.stats.chunks_total;
-        return done.commit(manifest, lease, 0, 0, guided);
-    }
-    let stamp = volume.stamp;
-    // An incremental is cut guided by its parent's chunks ([`crate::chunker::Guide`]); their
-    // extent list is located in the same pass over the index.
+        .is_none_or(|m| m.map.is_empty() && m.sample_rate == 0.0)
+        && unchanged::stamp_matches(parent.as_ref(), &volume, full_read);
+    // An incremental is cut guided by its parent's chunks ([`crate::chunker::Guide`]).
     let parent_metas = parent_extent_list(&mut parent);
+    let mem_keys = opts.dedup_mem_keys.unwrap_or(DEFAULT_MEM_KEYS);
+    // What the incremental may rely on, read after the lease (`backup/parent_scope.rs`): the
+    // parent still exists, and the pending condemnation records.
+    let mut scope = None;
+    if let Some(p) = &parent
+        && container
+            .store()
+            .head(&manifest_key(&p.backup_id))?
+            .is_some()
+        && let Some(exposed) = parent_scope::Exposed::load(container)?
+    {
+        if shortcut && exposed.is_empty() {
+            return done.reuse_parent(backup_id, p, lease, progress);
+        }
+        scope = parent_scope::load(container, p, &opts.volume_id, exposed, mem_keys)?;
+        if shortcut && scope.as_ref().is_some_and(|s| s.exposed == 0) {
+            return done.reuse_parent(backup_id, p, lease, progress);
+        }
+    }
     if mapped.is_some() && parent.is_none() {
         return Err(Error::Config(
             "change map: the parent's extent list cannot be read".into(),
         ));
     }
-    let (known, condemned, parent_index) = dedup::load(
-        container,
-        &parent_metas,
-        opts.dedup_mem_keys.unwrap_or(DEFAULT_MEM_KEYS),
-    )?;
+    let stamp = volume.stamp;
+    // An incremental keeps a resume hint while it writes; the one it found, or wrote, is
+    // deleted once it commits.
+    let resume_key = resume::hint_key(container, &opts.volume_id)?;
+    let resume_log = parent
+        .as_ref()
+        .map(|_| resume::ResumeLog::new(resume_key.clone(), &backup_id));
+    let resumed = scope.as_ref().is_some_and(|s| s.resumed);
+    let (known, condemned, parent_index) = match scope {
+        Some(s) => (s.known, s.condemned, s.index),
+        // A full backup, or an incremental that cannot rely on its parent alone: the whole
+        // index, which also locates the parent's extent list.
+        None => dedup::load(container, &parent_metas, mem_keys)?,
+    };
 
     let bytes_read = AtomicU64::new(0);
     let run = |volume: OpenVolume, known: DedupSet, map: Option<MapInput<'_>>| {
@@ -236,6 +257,7 @@ pub fn run_backup(
                 cancel: opts.cancel.as_deref(),
                 bytes_read: &bytes_read,
                 mapped: map,
+                resume: resume_log.as_ref(),
             },
         )
     };
@@ -265,11 +287,7 @@ pub fn run_backup(
                         chunk,
                         "the change map missed a change: reading the whole volume"
                     );
-                    let (known, _, _) = dedup::load(
-                        container,
-                        &HashSet::new(),
-                        opts.dedup_mem_keys.unwrap_or(DEFAULT_MEM_KEYS),
-                    )?;
+                    let (known, _, _) = dedup::load(container, &HashSet::new(), mem_keys)?;
                     bytes_read.store(0, Ordering::Relaxed);
                     run(volume, known, None)?
                 }
@@ -296,6 +314,9 @@ pub fn run_backup(
         });
         manifest.since_full_read = Some(read_mode::one_more_without_full_read(parent));
     }
+    if resumed || resume_log.as_ref().is_some_and(|l| l.written()) {
+        done.resume_key = Some(resume_key);
+    }
     done.commit(
         manifest,
         lease,
@@ -313,9 +334,28 @@ struct Done<'a> {
     volume_name: String,
     started: Instant,
     requests_before: RequestCounts,
+    /// The volume's resume hint, deleted after the commit (`backup/resume.rs`).
+    resume_key: Option<String>,
 }
 
 impl Done<'_> {
+    /// Commits a backup that reuses `parent`'s extents without reading the volume
+    /// (`backup/unchanged.rs`).
+    fn reuse_parent(
+        self,
+        backup_id: String,
+        parent: &Manifest,
+        lease: LeaseGuard,
+        progress: Option<Progress<'_>>,
+    ) -> Result<(Manifest, Bytes, BackupReport)> {
+        let manifest = unchanged::manifest_from_parent(backup_id, self.opts, parent);
+        if let Some(p) = progress {
+            p(manifest.size);
+        }
+        let guided = manifest.stats.chunks_total;
+        self.commit(manifest, lease, 0, 0, guided)
+    }
+
     /// Checks the volume's size, commits the manifest while the lease is valid, drops the lease
     /// (after the commit: the collector then sees the manifest) and reports. `bytes_read`,
     /// `bytes_written` (packs and index segments) and `guided` are what the backup did besides.
@@ -351,6 +391,12 @@ impl Done<'_> {
             objects_retained += 1;
         }
         drop(lease);
+        if let Some(key) = &self.resume_key
+            && let Err(e) = self.container.store().delete(key)
+        {
+            // A stale hint costs the next incremental a few reads, nothing more.
+            tracing::info!(key, error = %e, "resume hint left behind");
+        }
         let report = BackupReport {
             backup_id: manifest.backup_id.clone(),
             volume_id: manifest.volume_id.clone(),

@@ -1,7 +1,7 @@
 //! Deduplication and packing: new chunks go into data or extent-list packs, full packs to the
 //! writer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::SyncSender;
 
 use bytes::Bytes;
@@ -13,8 +13,9 @@ use super::writer::WriterMsg;
 use crate::crypto::Keys;
 use crate::error::{Error, Result};
 use crate::format::chunk::{ChunkKind, EncodedChunk, encode_chunk};
-use crate::format::manifest::MetaRef;
+use crate::format::manifest::{MetaAt, MetaRef};
 use crate::format::pack::PackBuilder;
+use crate::format::pack::PackEntry;
 use crate::ids::Hash;
 
 /// Extent-list packs are closed at this size (or the container's pack size if smaller).
@@ -43,6 +44,9 @@ pub(super) struct Packer<'a> {
     /// `perf`).
     pub(super) buffers: BufferPool,
     pub(super) chunks_new: u64,
+    /// Where extent-list chunks are: the parent's, and those this backup stores (recorded in
+    /// the manifest as hints for the next incremental).
+    pub(super) meta_at: HashMap<Hash, MetaAt>,
 }
 
 impl Packer<'_> {
@@ -93,6 +97,9 @@ impl Packer<'_> {
             return Ok(());
         }
         let (buf, id, entries) = pack.finish_into_vec(self.avoid);
+        for e in entries.iter().filter(|e| e.kind == ChunkKind::Meta) {
+            self.meta_at.insert(e.id, meta_at(&id, e));
+        }
         let len = buf.len();
         let bytes = self.buffers.freeze(buf, len);
         // A closed channel means the writer stopped on an error; the caller collects it.
@@ -111,6 +118,7 @@ impl Packer<'_> {
             refs.push(MetaRef {
                 id: id.to_hex(),
                 len: c.len() as u32,
+                at: None,
             });
             if !known {
                 new.push((c, *id));
@@ -122,5 +130,15 @@ impl Packer<'_> {
             .map(|(c, id)| encode_chunk(*id, ChunkKind::Meta, c, level, keys))
             .collect();
         self.add(enc)
+    }
+}
+
+/// The manifest's hint for an extent-list chunk stored in `pack` as `e`.
+pub(super) fn meta_at(pack: &Hash, e: &PackEntry) -> MetaAt {
+    MetaAt {
+        pack: pack.to_hex(),
+        offset: e.offset,
+        stored_len: e.stored_len,
+        zstd: e.compression == crate::format::chunk::Compression::Zstd,
     }
 }

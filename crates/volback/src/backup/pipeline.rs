@@ -13,8 +13,9 @@ use super::Progress;
 use super::buffers::BufferPool;
 use super::dedup::DedupSet;
 use super::mapped::{MapPlan, MappedReader, MappedStats, ParentExtents, VolumeFile};
-use super::packer::Packer;
+use super::packer::{Packer, meta_at};
 use super::parent_guide::{feed_extents, feed_guide};
+use super::resume::ResumeLog;
 use super::source::{Input, OpenVolume};
 use super::writer::{MAX_UPLOAD_BYTES, WriterMsg, Written, writer_loop};
 use crate::chunker::{ChunkerParams, Guide, Piece, Splitter};
@@ -22,8 +23,9 @@ use crate::container::Container;
 use crate::error::{Error, Result};
 use crate::format::chunk::{ChunkKind, EncodedChunk, encode_chunk};
 use crate::format::extent_list::ExtentListWriter;
-use crate::format::manifest::{Manifest, MetaRef};
+use crate::format::manifest::{Manifest, MetaAt, MetaRef};
 use crate::format::pack::PackBuilder;
+use crate::format::pack::PackEntry;
 use crate::ids::{ChunkIds, Hash};
 use crate::index::Index;
 
@@ -44,6 +46,8 @@ pub(super) struct Inputs<'a> {
     pub(super) bytes_read: &'a AtomicU64,
     /// An incremental given a change map: what to read, and from where.
     pub(super) mapped: Option<MapInput<'a>>,
+    /// An incremental's resume hint, rewritten after each index segment.
+    pub(super) resume: Option<&'a ResumeLog>,
 }
 
 /// The change map's plan and the volume file it is read from.
@@ -86,6 +90,7 @@ pub(super) fn run(volume: OpenVolume, inputs: Inputs<'_>) -> Result<Pipelined> {
         cancel,
         bytes_read,
         mapped,
+        resume,
     } = inputs;
     let reread = mapped.as_ref().map(|m| (m.file, m.name));
     let cfg = container.config().clone();
@@ -114,7 +119,7 @@ pub(super) fn run(volume: OpenVolume, inputs: Inputs<'_>) -> Result<Pipelined> {
             .upload_concurrency()
             .min((MAX_UPLOAD_BYTES / cfg.pack_target.max(1)) as usize)
             .max(1);
-        let writer = s.spawn(move || writer_loop(container, pack_rx, threads));
+        let writer = s.spawn(move || writer_loop(container, pack_rx, threads, resume));
 
         let mut packer = Packer {
             known,
@@ -127,6 +132,9 @@ pub(super) fn run(volume: OpenVolume, inputs: Inputs<'_>) -> Result<Pipelined> {
             tx: pack_tx,
             buffers: BufferPool::new(1),
             chunks_new: 0,
+            meta_at: parent
+                .map(|(_, index)| parent_meta_at(index))
+                .unwrap_or_default(),
         };
         let main = (|| -> Result<_> {
             let mut extents = ExtentListWriter::new();
@@ -201,6 +209,7 @@ pub(super) fn run(volume: OpenVolume, inputs: Inputs<'_>) -> Result<Pipelined> {
             Ok((extents, meta_refs, size, zero_bytes, chunks_total))
         })();
         let chunks_new = packer.chunks_new;
+        let meta_at = std::mem::take(&mut packer.meta_at);
         drop(packer); // closes the writer's channel
         let written = writer
             .join()
@@ -210,7 +219,10 @@ pub(super) fn run(volume: OpenVolume, inputs: Inputs<'_>) -> Result<Pipelined> {
             .map_err(|_| Error::Internal("volume reader panicked".into()))?;
         // The writer's error is the root cause when the main loop only saw a closed channel.
         let written = written?;
-        let (extents, meta_refs, size, zero_bytes, chunks_total) = main?;
+        let (extents, mut meta_refs, size, zero_bytes, chunks_total) = main?;
+        for r in &mut meta_refs {
+            r.at = Hash::from_hex(&r.id).and_then(|id| meta_at.get(&id).cloned());
+        }
         let counts = ChunkCounts {
             total: chunks_total,
             new: chunks_new,
@@ -226,6 +238,24 @@ pub(super) fn run(volume: OpenVolume, inputs: Inputs<'_>) -> Result<Pipelined> {
             mapped: produced.mapped,
         })
     })
+}
+
+/// Where the parent's extent-list chunks are (`index` locates only those).
+fn parent_meta_at(index: &Index) -> std::collections::HashMap<Hash, MetaAt> {
+    index
+        .iter()
+        .map(|(id, loc)| {
+            let e = PackEntry {
+                id: *id,
+                kind: loc.kind,
+                compression: loc.compression,
+                raw_len: loc.raw_len,
+                stored_len: loc.stored_len,
+                offset: loc.offset,
+            };
+            (*id, meta_at(&index.pack_id(loc.pack), &e))
+        })
+        .collect()
 }
 
 /// Reads a chunk the change map called unchanged, to store it again, checking that it still

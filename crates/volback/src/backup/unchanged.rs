@@ -5,50 +5,31 @@
 //! file the same way; `BackupOptions::full_read` (`--full-read`) reads it regardless, and so
 //! does a backup the full-read policy asks to (`backup/read_mode.rs`).
 //!
-//! Collection safety is the normal path's: the check runs after the backup's lease is taken,
-//! so a condemnation written later is held back until the manifest is committed, and its
-//! sweep then marks that manifest; a condemnation written earlier could name packs holding
-//! the parent's only copies of chunks (if the parent is deleted meanwhile), so while any
-//! condemnation record is pending the volume is read as usual, and the dedup load steers
-//! around condemned packs. The parent must also still exist once the lease is taken: a
-//! collection that condemned and swept its packs before then leaves no record to see.
+//! Collection safety is an incremental's (`backup/parent_scope.rs`): the checks run after the
+//! backup's lease is taken, so a condemnation written later is held back until the manifest is
+//! committed, and its sweep then marks that manifest. The parent must still exist once the
+//! lease is taken (a collection that swept its packs before then leaves no record to see), and
+//! no condemnation record written earlier may expose one of its chunks: with no record
+//! pending, nothing more is read; with one pending, the parent's extent list is read and
+//! checked against the records, and any exposed chunk sends the backup down the normal path.
 
 use super::BackupOptions;
 use super::read_mode::one_more_without_full_read;
 use super::source::OpenVolume;
-use crate::container::Container;
-use crate::error::Result;
-use crate::format::keys::CONDEMNED_PREFIX;
 use crate::format::manifest::{Manifest, ManifestStats, READ_SOURCE_UNCHANGED};
 
-/// The parent whose extents this backup may reuse without reading the volume, if any.
-pub(super) fn reusable_parent<'a>(
-    container: &Container,
-    parent: Option<&'a Manifest>,
+/// Whether `volume` is the file `parent` was made from, unchanged since (same stamp), and
+/// may be taken from the parent without reading it. The caller must still check that the
+/// parent exists and that no pending condemnation record exposes its chunks, after its lease.
+pub(super) fn stamp_matches(
+    parent: Option<&Manifest>,
     volume: &OpenVolume,
     full_read: bool,
-) -> Result<Option<&'a Manifest>> {
-    let (Some(parent), Some(stamp)) = (parent, volume.stamp) else {
-        return Ok(None);
-    };
-    if full_read || parent.source != Some(stamp) {
-        return Ok(None);
+) -> bool {
+    match (parent, volume.stamp) {
+        (Some(parent), Some(stamp)) => !full_read && parent.source == Some(stamp),
+        _ => false,
     }
-    if !container.store().list(CONDEMNED_PREFIX)?.is_empty() {
-        return Ok(None);
-    }
-    // The parent was read before the lease was taken. If it was deleted since, a collection
-    // that finished before the lease may have swept its packs (its record gone from the
-    // listing above); if it still exists, every collection that swept before the lease saw it
-    // live, and every later one waits for this lease.
-    if container
-        .store()
-        .head(&crate::container::manifest_key(&parent.backup_id))?
-        .is_none()
-    {
-        return Ok(None);
-    }
-    Ok(Some(parent))
 }
 
 /// The manifest of a backup that reuses `parent`'s extents.

@@ -6,6 +6,7 @@ use std::sync::mpsc::Receiver;
 
 use bytes::Bytes;
 
+use super::resume::ResumeLog;
 use crate::container::{Container, pack_key};
 use crate::error::{Error, Result};
 use crate::format::pack::PackEntry;
@@ -36,10 +37,12 @@ struct WriterState {
 
 /// Puts packs with `threads` concurrent uploads, then the index segments that describe them
 /// (data first, index next: a segment is written only after all its packs are stored).
+/// An incremental's `resume` hint is rewritten after each segment.
 pub(super) fn writer_loop(
     container: &Container,
     rx: Receiver<WriterMsg>,
     threads: usize,
+    resume: Option<&ResumeLog>,
 ) -> Result<Written> {
     let rx = Mutex::new(rx);
     let state = Mutex::new(WriterState {
@@ -70,8 +73,8 @@ pub(super) fn writer_loop(
                 (st.unindexed.len() >= PACKS_PER_SEGMENT).then(|| std::mem::take(&mut st.unindexed))
             };
             if let Some(seg) = segment {
-                match container.write_index_segment(&seg) {
-                    Ok((_, n)) => {
+                match write_segment(container, &seg, resume) {
+                    Ok(n) => {
                         let mut st = lock(&state);
                         st.done.objects += 1;
                         st.done.bytes += n;
@@ -98,11 +101,25 @@ pub(super) fn writer_loop(
     results.into_iter().collect::<Result<()>>()?;
     let mut st = state.into_inner().unwrap_or_else(|p| p.into_inner());
     if !st.unindexed.is_empty() {
-        let (_, n) = container.write_index_segment(&st.unindexed)?;
+        let n = write_segment(container, &st.unindexed, resume)?;
         st.done.objects += 1;
         st.done.bytes += n;
     }
     Ok(st.done)
+}
+
+/// Writes an index segment for `packs`, then the resume hint naming it; returns the segment's
+/// bytes.
+fn write_segment(
+    container: &Container,
+    packs: &[(Hash, Vec<PackEntry>)],
+    resume: Option<&ResumeLog>,
+) -> Result<u64> {
+    let (key, n) = container.write_index_segment(packs)?;
+    if let Some(r) = resume {
+        r.record(container, key)?;
+    }
+    Ok(n)
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every update is a

@@ -9,6 +9,7 @@
 //! leases/<backup_id>-<uuid>        leases: a running backup, restore or verify announces itself
 //! gc/condemned-<unix>-<uuid>       condemnation records: packs the collector proposes to delete
 //! probes/<unix>-<uuid>             setup checks' probe objects (written, read back, deleted)
+//! resume/<blake3 of the volume id> the index segments an unfinished incremental of the volume wrote
 //! ```
 //!
 //! Packs are spread over 256 prefixes so that neither a directory nor an S3 key prefix grows
@@ -29,6 +30,8 @@ pub const BACKUPS_PREFIX: &str = "backups/";
 pub const LEASES_PREFIX: &str = "leases/";
 /// Prefix of condemnation records.
 pub const CONDEMNED_PREFIX: &str = "gc/condemned-";
+/// Prefix of resume hints.
+pub const RESUME_PREFIX: &str = "resume/";
 /// Prefix of setup-check probes.
 pub const PROBES_PREFIX: &str = "probes/";
 
@@ -64,6 +67,12 @@ pub fn tombstone_key(backup_id: &str) -> String {
 /// Key of a new lease for `backup_id`.
 pub fn lease_key(backup_id: &str) -> String {
     format!("leases/{}-{}", backup_id, uuid::Uuid::new_v4().simple())
+}
+
+/// Key of the resume hint of incrementals of the volume whose id hashes to `volume` (the
+/// chunk-id hash: keyed in an encrypted container, so the key does not show the volume id).
+pub fn resume_key(volume: &Hash) -> String {
+    format!("{RESUME_PREFIX}{}", volume.to_hex())
 }
 
 /// Key of a new condemnation record written at `unix` seconds.

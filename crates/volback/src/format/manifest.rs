@@ -25,6 +25,25 @@ pub struct MetaRef {
     pub id: String,
     /// Bytes of extent-list stream in it.
     pub len: u32,
+    /// Where the chunk was stored when the backup was made, if known: a hint, not a promise
+    /// (the collector may have moved the chunk since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<MetaAt>,
+}
+
+/// Where an extent-list chunk was stored when its backup was made. An incremental reads its
+/// parent's extent list through these hints without reading the container's index
+/// (`backup/parent_scope.rs`); a hint that no longer holds (the pack was repacked and deleted,
+/// or the bytes there are not the chunk) only sends it to the index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaAt {
+    /// The pack's id, hex.
+    pub pack: String,
+    /// Offset and stored length of the chunk in the pack.
+    pub offset: u32,
+    pub stored_len: u32,
+    /// Whether the stored bytes are one zstd frame.
+    pub zstd: bool,
 }
 
 /// What identified a regular-file volume when a backup opened it: device, inode, size, and
@@ -227,6 +246,7 @@ mod tests {
             extents: vec![MetaRef {
                 id: Hash::of(b"x").to_hex(),
                 len: 5,
+                at: None,
             }],
             extents_len: 5,
             extent_count: 1,

@@ -12,6 +12,7 @@
 //! | tombstone | `deleted/<id>` | [`tombstone`] |
 //! | lease | `leases/<id>-<uuid>` | [`lease`] |
 //! | condemnation record | `gc/condemned-<time>-<uuid>` | [`condemnation`] |
+//! | resume hint | `resume/<hash of the volume id>` | [`resume`] |
 //! | exported record | outside the container | [`record`] |
 //! | any metadata object of an encrypted container | as above | [`sealed`] |
 //!
@@ -31,6 +32,7 @@ pub mod lease;
 pub mod manifest;
 pub mod pack;
 pub mod record;
+pub mod resume;
 pub mod sealed;
 pub mod tombstone;
 pub mod versioned;

@@ -70,10 +70,14 @@ pub(super) fn choose(
     }
 }
 
-/// Writes a condemnation record for `chosen` (create-only); `None` if it names no pack.
+/// Writes a condemnation record for `chosen` (create-only); `None` if it names no pack. Its
+/// exposed list is every chunk the packs hold but those in `copied` (copied by this run into
+/// new packs, which no record names yet).
 pub(super) fn write_record(
     c: &Container,
     chosen: &Chosen,
+    packs: &Packs,
+    copied: &HashSet<Hash>,
 ) -> Result<Option<(String, Condemnation)>> {
     if chosen.unreferenced.is_empty() && chosen.sparse.is_empty() {
         return Ok(None);
@@ -90,6 +94,14 @@ pub(super) fn write_record(
             .chain(sparse)
             .map(|p| p.to_hex())
             .collect(),
+        exposed: Some(Condemnation::encode_exposed(
+            unreferenced
+                .iter()
+                .chain(sparse)
+                .filter_map(|p| packs.table.get(p))
+                .flat_map(|(_, entries)| entries.iter().map(|e| e.id))
+                .filter(|id| !copied.contains(id)),
+        )),
     };
     let key = condemnation_key(record.created_unix);
     let bytes = crate::format::versioned::encode_json("condemnation record", &record, false)?;

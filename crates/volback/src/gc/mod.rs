@@ -202,7 +202,7 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
     }
 
     // Repack: copy the live chunks of sparse packs that have no other live copy.
-    repack::copy_live(
+    let copied = repack::copy_live(
         c,
         &chosen,
         &condemned_before,
@@ -212,7 +212,7 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
         &mut report,
     )?;
     let mut all_records = records;
-    all_records.extend(condemn::write_record(c, &chosen)?);
+    all_records.extend(condemn::write_record(c, &chosen, &packs, &copied)?);
 
     sweep::sweep(
         c,

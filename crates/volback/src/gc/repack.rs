@@ -20,7 +20,7 @@ use crate::index::Index;
 const REPACK_BATCH: usize = 2048;
 
 /// Copies the live chunks of `chosen.sparse` that have no other live copy into new packs, indexes
-/// them, and adds them to `packs` and `listed`.
+/// them, and adds them to `packs` and `listed`. Returns the chunks copied.
 pub(super) fn copy_live(
     c: &Container,
     chosen: &Chosen,
@@ -29,7 +29,7 @@ pub(super) fn copy_live(
     packs: &mut Packs,
     listed: &mut HashMap<Hash, u64>,
     report: &mut GcReport,
-) -> Result<()> {
+) -> Result<HashSet<Hash>> {
     let (unreferenced, sparse) = (&chosen.unreferenced, &chosen.sparse);
     let mut leaving: HashSet<Hash> = condemned_before.clone();
     leaving.extend(unreferenced.iter().chain(sparse).copied());
@@ -66,7 +66,7 @@ pub(super) fn copy_live(
             packs.add(p, size, entries);
         }
     }
-    Ok(())
+    Ok(to_copy.into_iter().collect())
 }
 
 /// Copies chunks (read through `source`, verified) into new packs that avoid `avoid`'s names;
