@@ -186,3 +186,19 @@ pub fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A container config with tiny chunks (2 KiB on average) and 1 MiB packs: many chunks and packs
+/// from small volumes.
+#[allow(dead_code)]
+pub fn tiny_chunks() -> volback::format::config::ContainerConfig {
+    volback::format::config::ContainerConfig {
+        chunker: volback::chunker::ChunkerParams {
+            min: 512,
+            avg: 2048,
+            max: 8192,
+            zero_min: 4096,
+        },
+        pack_target: 1 << 20,
+        ..Default::default()
+    }
+}

@@ -6,10 +6,15 @@
 //! ```text
 //!  reader thread            main thread (rayon pool)                 writer thread
 //!  read 4 MiB buffers  -->  BLAKE3 every chunk (parallel)        -->  PUT pack (data first)
-//!  SEEK_HOLE, zero runs     dedup against index + this backup        every 64 packs and at the
-//!  FastCDC cut points       zstd new chunks (parallel)                end: PUT index segment
-//!                           append to pack; extent list
+//!  SEEK_HOLE, zero runs     dedup against the known chunks           every 64 packs and at the
+//!  FastCDC cut points       + this backup's                          end: PUT index segment
+//!                           zstd new chunks (parallel)                (an incremental: and its
+//!                           append to pack; extent list               resume hint)
 //! ```
+//!
+//! The known chunks are the container's for a backup of a new volume (`dedup.rs`: the whole
+//! index is read), and the parent's for an incremental (`parent_scope.rs`: the parent's extent
+//! list, read through its manifest's location hints; nothing else is listed or read).
 //!
 //! An incremental adds one more thread: it walks the parent's extent list and feeds the chunker
 //! the parent's chunks as a guide ([`crate::chunker::Guide`]), so unchanged chunks are hashed once and
@@ -188,7 +193,8 @@ pub fn run_backup(
 
     // The lease comes before the index is read (collection protocol): a collector that
     // condemns packs after this point sees the lease and waits for this backup to end; one that
-    // condemned packs before it is seen by the index load, which skips condemned packs.
+    // condemned packs before it is seen by the index load, which skips condemned packs (or, in
+    // an incremental, by the records' exposed chunks, which are stored again).
     let lease = LeaseGuard::take(container, &backup_id, opts.lease_ttl.unwrap_or(LEASE_TTL))?;
     let mut done = Done {
         container,

@@ -183,7 +183,8 @@ pub(super) fn run(volume: OpenVolume, inputs: Inputs<'_>) -> Result<Pipelined> {
                             chunks_total += 1;
                             extents.push_data(*len, id);
                             if known.next() != Some(true) {
-                                // Its only copies are in condemned packs: read it again.
+                                // Its only copies are in condemned packs, or a pending
+                                // record exposes it: read it again.
                                 let b = reread_chunk(reread, offset, *len, id, keys.ids())?;
                                 new.push((b, *id));
                             }
