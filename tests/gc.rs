@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::backend::Env;
 use common::*;
-use volback::backup::source::VolumeSource;
 use volback::backup::run_backup;
+use volback::backup::source::VolumeSource;
 use volback::container::{Container, LeaseGuard, pack_id_of_key};
 use volback::gc::{GcOptions, GcReport, run_gc};
 use volback::restore::{TargetMode, run_restore};
