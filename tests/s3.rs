@@ -213,8 +213,10 @@ fn multipart_uploads_round_trip_on_rgw() {
     multipart_round_trip(&Env::rgw());
 }
 
-/// The commit is create-only on the gateway too: a second commit of a manifest is refused by
-/// the server (`If-None-Match: *`), not just by volback's own check for the id.
+/// The commit is create-only on the gateway too: a second, different commit of a backup id is
+/// refused by the server (`If-None-Match: *`), not just by volback's own check for the id. The
+/// same bytes again are not a second backup: a create-only put that finds exactly its own
+/// bytes reports success, since a lost response to its first attempt looks the same.
 #[test]
 fn the_create_only_commit_holds_on_rgw() {
     let e = Env::rgw();
@@ -222,18 +224,29 @@ fn the_create_only_commit_holds_on_rgw() {
     std::fs::write(&vol, pseudo_random(1 << 20, 4)).unwrap();
     backup_file(&e.c, &vol, "once", None);
     let (m, _) = e.c.read_manifest("once").unwrap();
-    match e.c.commit_manifest(&m) {
+    let other = volback::format::manifest::Manifest {
+        volume_id: "another".into(),
+        ..m.clone()
+    };
+    match e.c.commit_manifest(&other) {
         Err(volback::Error::BackupExists { id, .. }) => assert_eq!(id, "once"),
         other => panic!("a second commit must be refused: {other:?}"),
     }
-    // Two writers racing to commit one id: exactly one wins.
-    let m2 = volback::format::manifest::Manifest {
-        backup_id: "race".into(),
-        ..m
-    };
+    e.c.commit_manifest(&m)
+        .expect("the same bytes again: the put's own earlier attempt");
+    assert_eq!(e.c.read_manifest("once").unwrap().0, m);
+    // Writers racing to commit one id: exactly one wins.
     let wins: Vec<bool> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| e.c.commit_manifest(&m2).is_ok()))
+            .map(|i| {
+                let mi = volback::format::manifest::Manifest {
+                    backup_id: "race".into(),
+                    volume_id: format!("v{i}"),
+                    ..m.clone()
+                };
+                let c = &e.c;
+                s.spawn(move || c.commit_manifest(&mi).is_ok())
+            })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });

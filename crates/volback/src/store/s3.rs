@@ -388,25 +388,22 @@ impl S3Store {
     /// POST a delete is sent as, are not idempotent to it — again on a transport failure, with
     /// backoff, for up to `retry_timeout`: without this, a gateway restarted under running
     /// backups (`tests/gc_stress.rs`) failed the commits and deletes in flight at once. volback
-    /// can repeat both (a delete of a deleted object succeeds; a create-only put is checked by
-    /// its caller). Returns the last result and whether an earlier attempt failed in transport
-    /// (and so may have reached the server).
+    /// can repeat both (a delete of a deleted object succeeds; a create-only put that finds the
+    /// object reads it back). Returns the last result.
     fn retrying<T>(
         &self,
         mut request: impl FnMut() -> object_store::Result<T>,
-    ) -> (object_store::Result<T>, bool) {
+    ) -> object_store::Result<T> {
         let deadline = std::time::Instant::now() + self.retry_timeout;
         let mut backoff = Duration::from_millis(100);
-        let mut resent = false;
         loop {
             match request() {
                 Err(e) if transport_failure(&e) && std::time::Instant::now() < deadline => {
                     tracing::debug!("{e}; retrying in {backoff:?}");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                    resent = true;
                 }
-                other => return (other, resent),
+                other => return other,
             }
         }
     }
@@ -541,7 +538,7 @@ impl ObjectStore for S3Store {
     /// object back: it is ours if it holds exactly what we sent.
     fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
         let path = self.path(key)?;
-        let (result, resent) = self.retrying(|| {
+        let result = self.retrying(|| {
             self.counters.put(data.len());
             let opts = PutOptions {
                 mode: PutMode::Create,
@@ -554,18 +551,19 @@ impl ObjectStore for S3Store {
         });
         match result {
             Ok(_) => Ok(true),
+            // The object exists: written by someone else, or by this very put whose response
+            // was lost and which was sent again — by `retrying`, or by object_store's own
+            // retries, which this code cannot see (a gateway restarted mid-request). The
+            // objects created so are small (manifests, records, the config, key slots): read
+            // it back, and it is ours if it holds our bytes.
             Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },
-            ) if resent => match self.get(key) {
+            ) => match self.get(key) {
                 Ok(there) => Ok(there == data),
                 Err(Error::MissingObject { .. }) => Ok(false),
                 Err(e) => Err(e),
             },
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => Ok(false),
             Err(e) => Err(self.err("create", key, e)),
         }
     }
@@ -645,7 +643,7 @@ impl ObjectStore for S3Store {
 
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
-        let (result, _) = self.retrying(|| {
+        let result = self.retrying(|| {
             self.counters.delete();
             self.rt.block_on(self.inner.delete(&path))
         });
