@@ -107,15 +107,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// Every chunk id of a container (from its index).
 fn chunk_ids(c: &Container) -> HashSet<Hash> {
-    c.read_segments()
-        .unwrap()
-        .good
-        .iter()
-        .flat_map(|(_, s)| {
-            s.iter()
-                .flat_map(|(_, entries)| entries.iter().map(|e| e.id))
-        })
-        .collect()
+    c.load_index().unwrap().iter().map(|(id, _)| *id).collect()
 }
 
 fn restore_new(c: &Container, id: &str, out: &Path) -> volback::Result<()> {

@@ -531,6 +531,7 @@ impl NativeContainer {
             max_unused: max_unused.unwrap_or(d.max_unused),
             clock_skew: secs(clock_skew, d.clock_skew)?,
             min_age: secs(min_age, d.min_age)?,
+            ..d
         };
         let r = py
             .detach(|| run_gc(&self.container, &opts))

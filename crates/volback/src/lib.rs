@@ -220,7 +220,11 @@
 //!                               sink written front to back); range (part of a volume:
 //!                               `volback cat`), differential (onto an existing volume,
 //!                               rewriting only what differs); mod: run_restore
-//! gc/                           packs, mark, condemn, repack, sweep, merge: the protocol's steps
+//! gc/                           survey (the packs, and a chunk-to-packs table sorted on disk),
+//!                               mark (the live set, sorted on disk), join (one pass over both),
+//!                               condemn, repack, sweep, merge: the protocol's steps
+//! extsort.rs                    external sort: the bounded-memory tables restore, backup
+//!                               and gc sort into scratch files
 //! prune/                        policy (retention rules, restic's semantics); mod: run_prune
 //! copy/                         backups into a second container: a restore streamed into a
 //!                               backup of the destination; mod: run_copy

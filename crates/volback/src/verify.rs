@@ -16,7 +16,7 @@
 //! packs' own tables stand in for). Verification only reads, under a lease, so it is safe
 //! alongside any other operation.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -24,20 +24,26 @@ use serde::Serialize;
 
 use crate::container::LEASE_TTL;
 use crate::container::{
-    Container, LeaseGuard, LoadedIndex, MAX_RANGE_RAW, manifest_key, pack_key, plan_ranges,
+    Container, LeaseGuard, MAX_RANGE_RAW, PackListing, manifest_key, pack_key, plan_ranges,
 };
 use crate::error::{Error, Result};
+use crate::extsort::{Table, TableBuilder};
 use crate::format::chunk::decode_chunk;
 use crate::format::extent_list::Extent;
+use crate::format::keys::BACKUPS_PREFIX;
 use crate::format::manifest::Manifest;
 use crate::ids::Hash;
-use crate::index::Index;
+use crate::index::Locate;
+use crate::index::located::{Batch, ByPlace, Located};
+use crate::restore::locations::{DEFAULT_MEM_ENTRIES, LocationTable};
 use crate::store::RequestCounts;
 
 /// Problems listed per backup (the count is always complete).
 const MAX_LISTED: usize = 20;
-/// Chunks planned into ranged reads at a time.
+/// Chunks located, and planned into ranged reads, at a time.
 const READ_BATCH: usize = 8192;
+/// Pack tables read at once.
+const TABLES_AT_ONCE: usize = 256;
 
 /// What to verify.
 #[derive(Debug, Clone, Default)]
@@ -181,88 +187,86 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
         ..Default::default()
     };
     let _lease = LeaseGuard::take(c, opts.backup_id.as_deref().unwrap_or("verify"), LEASE_TTL).ok();
-    let LoadedIndex {
-        index,
-        damaged_segments,
-        ..
-    } = c.load_index_report()?;
-    for (key, e) in &damaged_segments {
+    let (index, scan) = LocationTable::load_report(c, DEFAULT_MEM_ENTRIES, false)?;
+    for (key, e) in &scan.damaged_segments {
         report.damaged_objects.push(Problem::of(key, e));
     }
     let listed = c.listed_packs()?;
 
     // Pack tables: a pack whose table is damaged can still serve its chunks through the index,
     // but the index could not be rebuilt from it.
-    let mut packs: Vec<(Hash, u64)> = listed.iter().map(|(p, s)| (*p, *s)).collect();
-    packs.sort();
-    for (p, t) in c.read_pack_tables(&packs) {
-        if let Err(e) = t {
-            report.damaged_objects.push(Problem::of(&pack_key(&p), &e));
-        }
-    }
-
-    // Manifests.
-    let mut findings: BTreeMap<String, Findings> = BTreeMap::new();
-    let mut manifests: Vec<Manifest> = Vec::new();
-    match &opts.backup_id {
-        Some(id) => manifests.push(c.read_manifest(id)?.0),
-        None => {
-            for o in c.store().list("backups/")? {
-                let id = o.key.trim_start_matches("backups/").to_string();
-                let got = c
-                    .store()
-                    .get(&o.key)
-                    .and_then(|b| c.decode_manifest(&o.key, &b));
-                match got {
-                    Ok(m) => manifests.push(m),
-                    Err(Error::MissingObject { .. }) => {} // deleted meanwhile
-                    Err(e) => findings.entry(id).or_default().add(Problem::of(&o.key, &e)),
-                }
+    let packs: Vec<(Hash, u64)> = listed.iter().collect();
+    for batch in packs.chunks(TABLES_AT_ONCE) {
+        for (p, t) in c.read_pack_tables(batch) {
+            if let Err(e) = t {
+                report.damaged_objects.push(Problem::of(&pack_key(&p), &e));
             }
         }
     }
+    drop(packs);
 
-    // Structure of each backup; the chunks to read back.
-    let mut needed: HashSet<Hash> = HashSet::new();
-    for m in &manifests {
+    // Manifests, one at a time.
+    let mut findings: BTreeMap<String, Findings> = BTreeMap::new();
+    let ids: Vec<String> = match &opts.backup_id {
+        Some(id) => vec![id.clone()],
+        None => c
+            .store()
+            .list(BACKUPS_PREFIX)?
+            .into_iter()
+            .map(|o| o.key.trim_start_matches(BACKUPS_PREFIX).to_string())
+            .collect(),
+    };
+    let read_manifest = |id: &str| -> Result<Option<Manifest>> {
+        if opts.backup_id.is_some() {
+            return c.read_manifest(id).map(|(m, _)| Some(m));
+        }
+        let key = manifest_key(id);
+        match c.store().get(&key) {
+            Ok(bytes) => c.decode_manifest(&key, &bytes).map(Some),
+            Err(Error::MissingObject { .. }) => Ok(None), // deleted meanwhile
+            Err(e) => Err(e),
+        }
+    };
+    let mut read_by = BTreeMap::new();
+    // The chunks to read back, by place: each once, in pack order.
+    let mut needed: TableBuilder<ByPlace> = TableBuilder::new(DEFAULT_MEM_ENTRIES);
+    let mut walked = Vec::new();
+    for id in &ids {
+        let m = match read_manifest(id) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(e) if opts.backup_id.is_none() => {
+                findings
+                    .entry(id.clone())
+                    .or_default()
+                    .add(Problem::of(&manifest_key(id), &e));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(r) = read_mode(&m) {
+            read_by.insert(m.backup_id.clone(), r);
+        }
         let f = findings.entry(m.backup_id.clone()).or_default();
-        let walked = c.walk_extents(&index, m, |off, e| {
+        let mut check = Check {
+            index: &index,
+            listed: &listed,
+            backup_id: &m.backup_id,
+            pending: Vec::new(),
+            needed: opts.read_data.then_some(&mut needed),
+        };
+        let walked_ok = c.walk_extents(&index, &m, |off, e| {
             if let Extent::Data { id, .. } = e {
                 report.chunks_checked += 1;
-                match index.get(id) {
-                    None => f.add(Problem::of(
-                        &manifest_key(&m.backup_id),
-                        &Error::ChunkNotIndexed {
-                            backup_id: m.backup_id.clone(),
-                            chunk: id.to_hex(),
-                            volume_offset: off,
-                        },
-                    )),
-                    Some(loc) => {
-                        let key = pack_key(&index.pack_id(loc.pack));
-                        let end = u64::from(loc.offset) + u64::from(loc.stored_len);
-                        match listed.get(&index.pack_id(loc.pack)) {
-                            None => f.add(Problem::of(&key, &Error::MissingObject { key: key.clone() })),
-                            Some(size) if *size < end => f.add(Problem::of(
-                                &key,
-                                &Error::corrupt(
-                                    &key,
-                                    *size,
-                                    format!("pack truncated: chunk {id} (volume offset {off}) ends at {end}"),
-                                ),
-                            )),
-                            Some(_) => {
-                                if opts.read_data {
-                                    needed.insert(*id);
-                                }
-                            }
-                        }
-                    }
+                check.pending.push((off, *id));
+                if check.pending.len() >= READ_BATCH {
+                    check.flush(f)?;
                 }
             }
             Ok(())
         });
-        if let Err(e) = walked {
+        let walked_ok = walked_ok.and_then(|()| check.flush(f));
+        if let Err(e) = walked_ok {
             let object = match &e {
                 Error::Corrupt { key, .. } | Error::ChunkHashMismatch { key, .. } => key.clone(),
                 Error::MissingObject { key } => key.clone(),
@@ -270,15 +274,20 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
             };
             f.add(Problem::of(&object, &e));
         }
+        walked.push(m.backup_id);
     }
 
     // Read back every needed chunk; attribute failures to the backups that need them.
-    if opts.read_data && !needed.is_empty() {
+    let needed = needed.finish()?;
+    if opts.read_data && needed.len() > 0 {
         let bad = read_back(c, &index, &needed, &mut report)?;
         if !bad.is_empty() {
-            for m in &manifests {
+            for id in &walked {
+                let Some(m) = read_manifest(id)? else {
+                    continue;
+                };
                 let f = findings.entry(m.backup_id.clone()).or_default();
-                let _ = c.walk_extents(&index, m, |off, e| {
+                let _ = c.walk_extents(&index, &m, |off, e| {
                     if let Extent::Data { id, .. } = e
                         && let Some(p) = bad.get(id)
                     {
@@ -290,14 +299,65 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
         }
     }
 
-    let read_by = manifests
-        .iter()
-        .filter_map(|m| read_mode(m).map(|r| (m.backup_id.clone(), r)))
-        .collect();
     add_verdicts(&mut report, findings, &read_by);
     report.requests = c.store().requests().since(&before);
     report.elapsed_s = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The structure check of one backup's data chunks, a batch at a time: each is located (a
+/// sorted batch is one read per block of the location table), its pack listed and long enough;
+/// chunks to read back are added to `needed`.
+struct Check<'a> {
+    index: &'a LocationTable,
+    listed: &'a PackListing,
+    backup_id: &'a str,
+    /// (volume offset, chunk) not checked yet.
+    pending: Vec<(u64, Hash)>,
+    needed: Option<&'a mut TableBuilder<ByPlace>>,
+}
+
+impl Check<'_> {
+    fn flush(&mut self, f: &mut Findings) -> Result<()> {
+        let ids: Vec<Hash> = self.pending.iter().map(|(_, id)| *id).collect();
+        let locs = self.index.locate_all(&ids)?;
+        for ((off, id), loc) in self.pending.drain(..).zip(locs) {
+            let Some(loc) = loc else {
+                f.add(Problem::of(
+                    &manifest_key(self.backup_id),
+                    &Error::ChunkNotIndexed {
+                        backup_id: self.backup_id.to_string(),
+                        chunk: id.to_hex(),
+                        volume_offset: off,
+                    },
+                ));
+                continue;
+            };
+            let pack = self.index.pack_id(loc.pack);
+            let key = pack_key(&pack);
+            let end = u64::from(loc.offset) + u64::from(loc.stored_len);
+            match self.listed.size(&pack) {
+                None => f.add(Problem::of(
+                    &key,
+                    &Error::MissingObject { key: key.clone() },
+                )),
+                Some(size) if size < end => f.add(Problem::of(
+                    &key,
+                    &Error::corrupt(
+                        &key,
+                        size,
+                        format!("pack truncated: chunk {id} (volume offset {off}) ends at {end}"),
+                    ),
+                )),
+                Some(_) => {
+                    if let Some(needed) = self.needed.as_deref_mut() {
+                        needed.push(ByPlace(Located { id, loc }))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How a backup read its volume, if not in full (the manifest's `read`, with the map's kind).
@@ -333,20 +393,24 @@ fn add_verdicts(
 /// Of one ranged read: chunks read, bytes read, chunks that failed.
 type RangeOutcome = (u64, u64, Vec<(Hash, BadChunk)>);
 
-/// Reads and re-hashes `needed` chunks; returns the ones that failed, with the problem.
+/// Reads and re-hashes the `needed` chunks, pack by pack (each pack once, with coalesced
+/// ranges); returns the ones that failed, with the problem.
 fn read_back(
     c: &Container,
-    index: &Index,
-    needed: &HashSet<Hash>,
+    index: &LocationTable,
+    needed: &Table<ByPlace>,
     report: &mut VerifyReport,
 ) -> Result<HashMap<Hash, BadChunk>> {
     let keys = c.keys()?;
-    let mut ids: Vec<Hash> = needed.iter().copied().collect();
-    // Pack by pack, in pack order, so each pack is read once with coalesced ranges.
-    ids.sort_by_key(|id| index.get(id).map(|l| (l.pack, l.offset)));
     let mut bad = HashMap::new();
-    for batch in ids.chunks(READ_BATCH) {
-        let ranges = plan_ranges(index, batch, MAX_RANGE_RAW, |id| {
+    let mut reader = needed.reader();
+    let pack_id = |pos: u32| index.pack_id(pos);
+    loop {
+        let batch = Batch::take(&pack_id, READ_BATCH, || reader.next_record())?;
+        if batch.ids.is_empty() {
+            break;
+        }
+        let ranges = plan_ranges(&batch, &batch.ids, MAX_RANGE_RAW, |id| {
             Error::Internal(format!("{id} not indexed"))
         })?;
         let results: Vec<RangeOutcome> = c.on_io_pool(|| {
@@ -468,7 +532,7 @@ fn run_verify_without_key(c: &Container, opts: &VerifyOptions) -> Result<VerifyR
     });
     report.damaged_objects.extend(damaged);
 
-    let mut packs: Vec<(Hash, u64)> = c.listed_packs()?.into_iter().collect();
+    let mut packs: Vec<(Hash, u64)> = c.listed_packs()?.into_vec();
     packs.sort();
     let damaged: Vec<Problem> = c.on_io_pool(|| {
         packs

@@ -25,6 +25,7 @@ pub fn run(args: GcArgs, access: &Access) -> Result<Outcome> {
             max_unused,
             clock_skew: std::time::Duration::from_secs(clock_skew),
             min_age: std::time::Duration::from_secs(min_age),
+            ..GcOptions::default()
         },
     )?;
     events::finished(&r);

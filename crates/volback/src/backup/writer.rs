@@ -9,12 +9,10 @@ use bytes::Bytes;
 use super::resume::ResumeLog;
 use crate::container::{Container, pack_key};
 use crate::error::{Error, Result};
+use crate::format::index_segment::PACKS_PER_SEGMENT;
 use crate::format::pack::PackEntry;
 use crate::ids::Hash;
 
-/// Index segments are written every this many packs (and at the end), so an interrupted backup
-/// leaves indexed packs that a re-run can reuse.
-const PACKS_PER_SEGMENT: usize = 64;
 /// Pack bytes being uploaded at once (bounds memory; see [`writer_loop`]).
 pub(super) const MAX_UPLOAD_BYTES: u64 = 96 << 20;
 

@@ -65,15 +65,6 @@ const SEGMENTS_AT_ONCE: usize = 16;
 const SEGMENT_NAME: &str = "index";
 const SEGMENT_BYTES_AT_ONCE: u64 = 8 << 20;
 
-/// Index segments read from a container.
-#[derive(Default)]
-pub struct Segments {
-    /// (key, contents) of each segment that decoded.
-    pub good: Vec<(String, Segment)>,
-    /// Keys and decode errors of the others.
-    pub damaged: Vec<(String, Error)>,
-}
-
 impl Container {
     /// Writes an index segment for `packs`; returns (key, bytes written).
     pub fn write_index_segment(&self, packs: &[(Hash, Vec<PackEntry>)]) -> Result<(String, u64)> {
@@ -89,16 +80,11 @@ impl Container {
         decode_segment(key, &self.open_object(key, SEGMENT_NAME, stored)?)
     }
 
-    /// Reads every index segment into memory (the collector needs them all). Segments that
-    /// fail to decode are returned apart: a segment is only a cache of pack tables, so the packs
-    /// it described are read from their own tables instead (see [`Container::scan_index`]).
-    pub fn read_segments(&self) -> Result<Segments> {
-        let mut out = Segments::default();
-        self.for_each_segment(usize::MAX, u64::MAX, |key, seg| match seg {
-            Ok(seg) => out.good.push((key, seg)),
-            Err(e) => out.damaged.push((key, e)),
-        })?;
-        Ok(out)
+    /// Hands every index segment to `f` with its key, a few at a time (memory does not grow
+    /// with the index), or its decode error if it is damaged: a segment is only a cache of pack
+    /// tables, so the packs it described can be read from their own tables instead.
+    pub(crate) fn stream_segments(&self, f: impl FnMut(String, Result<Segment>)) -> Result<()> {
+        self.for_each_segment(SEGMENTS_AT_ONCE, SEGMENT_BYTES_AT_ONCE, f)
     }
 
     /// Reads the index segments `at_once` at a time (in parallel) and hands each to `f`, with
@@ -209,7 +195,7 @@ impl Container {
                         visit(
                             pack,
                             entries,
-                            listed.contains_key(pack),
+                            listed.contains(pack),
                             condemned.contains(pack),
                         );
                     }
@@ -219,9 +205,8 @@ impl Container {
         )?;
         let mut unindexed: Vec<(Hash, u64)> = listed
             .iter()
-            .filter(|(p, _)| !covered.contains(*p))
-            .filter(|(p, _)| usage == IndexUse::Read || !condemned.contains(*p))
-            .map(|(p, s)| (*p, *s))
+            .filter(|(p, _)| !covered.contains(p))
+            .filter(|(p, _)| usage == IndexUse::Read || !condemned.contains(p))
             .collect();
         unindexed.sort();
         let mut tables: Segment = Vec::new();

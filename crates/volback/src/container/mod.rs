@@ -23,8 +23,9 @@ pub mod url;
 
 pub use crate::format::keys::{manifest_key, pack_id_of_key, pack_key, tombstone_key};
 pub use fetch::{FetchRange, MAX_RANGE_RAW, plan_ranges};
-pub use index_scan::{IndexScan, IndexUse, LoadedIndex, Segments};
+pub use index_scan::{IndexScan, IndexUse, LoadedIndex};
 pub use leases::{LEASE_TTL, LeaseGuard};
+pub use packs::PackListing;
 pub use url::ContainerUrl;
 
 use std::sync::Arc;

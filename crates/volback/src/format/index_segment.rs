@@ -26,6 +26,11 @@ const MAGIC: &[u8; 4] = b"VBIX";
 const HEADER_LEN: usize = 16;
 const ENTRY_LEN: usize = 52;
 
+/// Packs a segment describes, at most, when written by a backup (every this many packs and at
+/// the end, so an interrupted backup leaves indexed packs that a re-run can reuse) or by the
+/// collector merging segments (~3.4 MiB at 32 MiB packs of 32 KiB chunks).
+pub const PACKS_PER_SEGMENT: usize = 64;
+
 /// The contents of one index segment: each pack with its entries.
 pub type Segment = Vec<(Hash, Vec<PackEntry>)>;
 

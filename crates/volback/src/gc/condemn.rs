@@ -1,12 +1,12 @@
 //! Condemn: choose the packs to give back (no live chunk, or the sparsest partly live ones) and
 //! list them in a create-only record. Nothing is deleted here.
 
-use std::collections::HashSet;
-
-use super::packs::Packs;
+use super::join::{Live, for_each_chunk};
+use super::survey::{Known, PackList, Survey};
 use crate::clock::{hostname, now_rfc3339, now_unix};
 use crate::container::Container;
 use crate::error::{Error, Result};
+use crate::extsort::Table;
 use crate::format::condemnation::{CONDEMNED_FORMAT, CONDEMNED_VERSION, Condemnation};
 use crate::format::keys::condemnation_key;
 use crate::format::pack::ENTRY_LEN;
@@ -21,33 +21,45 @@ pub(super) struct Chosen {
     pub(super) sparse: Vec<Hash>,
 }
 
-/// Chooses, among packs not already condemned, those with no live chunk and the sparsest partly
-/// live ones while unused bytes exceed `max_unused` of the live bytes.
+/// Live bytes of each pack (by [`PackList`] position; each live chunk's stored bytes and
+/// table entry), and the number of live chunks no pack holds: one pass over the chunks.
+pub(super) fn live_bytes(survey: &Survey, live: &Table<Live>) -> Result<(Vec<u64>, u64)> {
+    let mut bytes = vec![0u64; survey.packs.len()];
+    let missing = for_each_chunk(&[&survey.holders], &[live], |_, is_live, holders| {
+        if is_live {
+            for h in holders {
+                let b = &mut bytes[h.loc.pack as usize];
+                *b = b.saturating_add(u64::from(h.loc.stored_len) + ENTRY_LEN);
+            }
+        }
+        Ok(())
+    })?;
+    Ok((bytes, missing))
+}
+
+/// Chooses, among packs whose contents are known and that are not already condemned, those with
+/// no live chunk and the sparsest partly live ones while unused bytes exceed `max_unused` of the
+/// live bytes.
 pub(super) fn choose(
-    packs: &Packs,
-    live: &HashSet<Hash>,
-    condemned_before: &HashSet<Hash>,
+    packs: &PackList,
+    live_bytes: &[u64],
+    condemned_before: &[bool],
     max_unused: f64,
 ) -> Chosen {
     let mut unreferenced = Vec::new();
     let mut partial = Vec::new();
     let mut total_live = 0u64;
-    for (p, (size, entries)) in &packs.table {
-        if condemned_before.contains(p) {
+    for pos in 0..packs.len() as u32 {
+        let i = pos as usize;
+        if condemned_before[i] || packs.known[i] == Known::No {
             continue;
         }
-        let mut live_bytes = 0u64;
-        let mut counted = HashSet::new();
-        for e in entries {
-            if live.contains(&e.id) && counted.insert(e.id) {
-                live_bytes += u64::from(e.stored_len) + ENTRY_LEN;
-            }
-        }
-        total_live += live_bytes;
-        if live_bytes == 0 {
-            unreferenced.push(*p);
-        } else if live_bytes < *size {
-            partial.push((live_bytes as f64 / *size as f64, *p, size - live_bytes));
+        let (p, size, live) = (packs.id(pos), packs.size(pos), live_bytes[i]);
+        total_live += live;
+        if live == 0 {
+            unreferenced.push(p);
+        } else if live < size {
+            partial.push((live as f64 / size as f64, p, size - live));
         }
     }
     // Sparsest first, until the unused bytes left are within the bound.
@@ -71,13 +83,12 @@ pub(super) fn choose(
 }
 
 /// Writes a condemnation record for `chosen` (create-only); `None` if it names no pack. Its
-/// exposed list is every chunk the packs hold but those in `copied` (copied by this run into
-/// new packs, which no record names yet).
+/// exposed list, `exposed`, is every chunk the packs hold but those this run copied into new
+/// packs (which no record names).
 pub(super) fn write_record(
     c: &Container,
     chosen: &Chosen,
-    packs: &Packs,
-    copied: &HashSet<Hash>,
+    exposed: Vec<Hash>,
 ) -> Result<Option<(String, Condemnation)>> {
     if chosen.unreferenced.is_empty() && chosen.sparse.is_empty() {
         return Ok(None);
@@ -94,14 +105,7 @@ pub(super) fn write_record(
             .chain(sparse)
             .map(|p| p.to_hex())
             .collect(),
-        exposed: Some(Condemnation::encode_exposed(
-            unreferenced
-                .iter()
-                .chain(sparse)
-                .filter_map(|p| packs.table.get(p))
-                .flat_map(|(_, entries)| entries.iter().map(|e| e.id))
-                .filter(|id| !copied.contains(id)),
-        )),
+        exposed: Some(Condemnation::encode_exposed(exposed.into_iter())),
     };
     let key = condemnation_key(record.created_unix);
     let bytes = crate::format::versioned::encode_json("condemnation record", &record, false)?;

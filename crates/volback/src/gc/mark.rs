@@ -1,34 +1,47 @@
-//! Mark: every chunk a committed manifest references, through its extent list.
+//! Mark: every chunk a committed manifest references, through its extent list, into a live set
+//! sorted in bounded memory.
 
 use std::collections::HashSet;
 
-use crate::container::{Container, manifest_key};
+use super::join::Live;
+use super::survey::{add_meta, meta_builder};
+use crate::container::index_scan::read_rank;
+use crate::container::{Container, IndexUse, manifest_key};
 use crate::error::{Error, Result};
+use crate::extsort::{Table, TableBuilder};
 use crate::format::extent_list::Extent;
 use crate::format::keys::BACKUPS_PREFIX;
 use crate::format::manifest::Manifest;
-use crate::ids::Hash;
-use crate::index::Index;
+use crate::restore::locations::LocationTable;
 
 /// Marks chunks of committed manifests; remembers which backups were walked.
 pub(super) struct Marker<'a> {
-    pub(super) c: &'a Container,
-    /// Chunk locations for walking extent lists; reloaded if a manifest committed during the
-    /// run names extent-list chunks written after it was loaded.
-    pub(super) index: Index,
+    c: &'a Container,
+    /// Extent-list chunk locations for walking manifests (loaded on first use if not given);
+    /// reloaded if a manifest committed during the run names extent-list chunks written after
+    /// they were loaded.
+    meta: Option<LocationTable>,
     pub(super) walked: HashSet<String>,
-    pub(super) live: HashSet<Hash>,
+    live: TableBuilder<Live>,
+    mem_entries: usize,
 }
 
 impl<'a> Marker<'a> {
-    /// A marker that walks extent lists through `index`.
-    pub(super) fn new(c: &'a Container, index: Index) -> Self {
+    /// A marker that walks extent lists through `meta` and holds at most `mem_entries` live
+    /// chunk ids in memory.
+    pub(super) fn new(c: &'a Container, meta: Option<LocationTable>, mem_entries: usize) -> Self {
         Marker {
             c,
-            index,
+            meta,
             walked: HashSet::new(),
-            live: HashSet::new(),
+            live: TableBuilder::new(mem_entries),
+            mem_entries,
         }
+    }
+
+    /// The chunks marked since the last call, sorted, each once.
+    pub(super) fn take_live(&mut self) -> Result<Table<Live>> {
+        std::mem::replace(&mut self.live, TableBuilder::new(self.mem_entries)).finish()
     }
 
     /// Walks every manifest not walked yet. A manifest that cannot be read or walked stops the
@@ -47,10 +60,11 @@ impl<'a> Marker<'a> {
             };
             let m = self.c.decode_manifest(&o.key, &bytes)?;
             match self.mark(&m) {
-                // Committed after the index was loaded, or its extent list was repacked by
-                // another collector: look again with a fresh index.
+                // Committed after the locations were loaded, or its extent list was repacked
+                // by another collector: look again with fresh locations. Chunks marked by the
+                // failed walk stay marked: marking too much only keeps more.
                 Err(Error::ChunkNotIndexed { .. } | Error::MissingObject { .. }) => {
-                    self.index = self.c.load_index()?;
+                    self.meta = Some(meta_locations(self.c, self.mem_entries)?);
                     self.mark(&m)?;
                 }
                 other => other?,
@@ -62,14 +76,27 @@ impl<'a> Marker<'a> {
 
     fn mark(&mut self, m: &Manifest) -> Result<()> {
         for (id, _) in m.meta_ids(&manifest_key(&m.backup_id))? {
-            self.live.insert(id);
+            self.live.push(Live(id))?;
         }
+        let meta = match self.meta.take() {
+            Some(meta) => meta,
+            None => meta_locations(self.c, self.mem_entries)?,
+        };
         let live = &mut self.live;
-        self.c.walk_extents(&self.index, m, |_, e| {
-            if let Extent::Data { id, .. } = e {
-                live.insert(*id);
-            }
-            Ok(())
-        })
+        let walked = self.c.walk_extents(&meta, m, |_, e| match e {
+            Extent::Data { id, .. } => live.push(Live(*id)),
+            _ => Ok(()),
+        });
+        self.meta = Some(meta);
+        walked
     }
+}
+
+/// The extent-list chunks' locations, read from the whole index: live packs first.
+fn meta_locations(c: &Container, mem_entries: usize) -> Result<LocationTable> {
+    let mut meta = meta_builder(mem_entries);
+    c.scan_index(IndexUse::Read, |pack, entries, exists, condemned| {
+        add_meta(&mut meta, *pack, entries, read_rank(exists, condemned));
+    })?;
+    meta.finish()
 }

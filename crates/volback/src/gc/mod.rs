@@ -25,10 +25,11 @@
 //! Why this is safe, and for which pairs of operations, is argued in `docs/gc.md`.
 
 mod condemn;
+mod join;
 mod mark;
 mod merge;
-mod packs;
 mod repack;
+mod survey;
 mod sweep;
 
 use std::collections::HashSet;
@@ -36,13 +37,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::container::{Container, Segments};
+use crate::container::Container;
 use crate::error::Result;
 use crate::ids::Hash;
 use crate::store::RequestCounts;
 use crate::store::s3_lock::format_date;
 use mark::Marker;
-use packs::Packs;
+use survey::Survey;
 use sweep::SweepInputs;
 
 /// A temporary file is written and renamed within one store request, so one this old was left
@@ -64,7 +65,15 @@ pub struct GcOptions {
     /// A condemnation record is swept no earlier than this after it was written (a grace period
     /// on top of the lease rule; 0 sweeps in the same run when no lease holds it back).
     pub min_age: Duration,
+    /// Chunk records each of the collector's sorted tables (the chunks and the packs holding
+    /// them, the live set, the copy list) holds in memory; beyond it they are sorted in runs
+    /// into scratch files in `$TMPDIR`. Bounds memory whatever the container's size.
+    pub mem_entries: usize,
 }
+
+/// Default [`GcOptions::mem_entries`]: 1 Mi records (50 MiB for the chunk table, the largest);
+/// containers of up to 32 GiB of unique data at 32 KiB chunks are collected in memory.
+pub const DEFAULT_GC_MEM_ENTRIES: usize = 1 << 20;
 
 impl Default for GcOptions {
     fn default() -> Self {
@@ -73,6 +82,7 @@ impl Default for GcOptions {
             max_unused: 0.05,
             clock_skew: Duration::from_secs(300),
             min_age: Duration::ZERO,
+            mem_entries: DEFAULT_GC_MEM_ENTRIES,
         }
     }
 }
@@ -148,21 +158,25 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
     // Records first: a pack a concurrent sweep deletes is then either condemned by a record we
     // read, or absent from the pack listing taken after it (the order writers use too).
     let records = c.load_condemned()?;
-    let Segments {
-        good: segments,
-        damaged,
-    } = c.read_segments()?;
-    let damaged: Vec<String> = damaged.into_iter().map(|(key, _)| key).collect();
-    let mut listed = c.listed_packs()?;
-    report.packs_before = listed.len();
-    report.bytes_before = listed.values().sum();
     let condemned_before: HashSet<Hash> = records.iter().flat_map(|(_, r)| r.pack_ids()).collect();
-    let (mut packs, index) = Packs::survey(c, &segments, &listed, &condemned_before);
+    let mut survey = Survey::take(c, c.listed_packs()?, &condemned_before, opts.mem_entries)?;
+    report.packs_before = survey.packs.listed_len();
+    report.bytes_before = survey.packs.listed_bytes();
 
-    let mut marker = Marker::new(c, index);
+    let meta = survey.meta.take();
+    let mut marker = Marker::new(c, meta, opts.mem_entries);
     marker.mark_all()?;
+    let live = marker.take_live()?;
+    let (live_bytes, missing) = condemn::live_bytes(&survey, &live)?;
+    let condemned_flags = survey.packs.flags(|p| condemned_before.contains(p));
 
-    let mut chosen = condemn::choose(&packs, &marker.live, &condemned_before, opts.max_unused);
+    let mut chosen = condemn::choose(
+        &survey.packs,
+        &live_bytes,
+        &condemned_flags,
+        opts.max_unused,
+    );
+    drop(live_bytes);
     // Object Lock: a retained pack cannot be deleted before its date; repacking it would only
     // store its live chunks twice. Leave it for a run after the date.
     let candidates: Vec<Hash> = chosen
@@ -176,24 +190,17 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
         chosen.unreferenced.retain(|p| !retained.contains_key(p));
         chosen.sparse.retain(|p| !retained.contains_key(p));
         report.packs_retained = retained.len();
-        report.bytes_retained = retained
-            .keys()
-            .map(|p| listed.get(p).copied().unwrap_or(0))
-            .sum();
+        report.bytes_retained = retained.keys().map(|p| survey.packs.size_of(p)).sum();
         report.retained_until = retained.values().min().map(|&u| format_date(u));
     }
     let (unreferenced, sparse) = (&chosen.unreferenced, &chosen.sparse);
     report.backups = marker.walked.len();
-    report.live_chunks = marker.live.len();
-    report.live_chunks_missing = marker
-        .live
-        .iter()
-        .filter(|id| !packs.holders.contains_key(*id))
-        .count();
+    report.live_chunks = live.len();
+    report.live_chunks_missing = usize::try_from(missing).unwrap_or(usize::MAX);
     report.packs_unreferenced = unreferenced.len();
     report.packs_repacked = sparse.len();
     if opts.dry_run {
-        let swept = |p: &Hash| listed.get(p).copied().unwrap_or(0);
+        let swept = |p: &Hash| survey.packs.size_of(p);
         report.bytes_deleted = unreferenced.iter().chain(sparse).map(swept).sum();
         report.packs_deleted = unreferenced.len() + sparse.len();
         report.bytes_reclaimed = report.bytes_deleted as i64;
@@ -202,17 +209,18 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
     }
 
     // Repack: copy the live chunks of sparse packs that have no other live copy.
-    let copied = repack::copy_live(
+    let plan = repack::plan(&survey, &live, &chosen, &condemned_flags, opts.mem_entries)?;
+    let written = repack::copy_live(
         c,
+        &plan,
         &chosen,
         &condemned_before,
-        &marker.live,
-        &mut packs,
-        &mut listed,
+        &mut survey,
+        opts.mem_entries,
         &mut report,
     )?;
     let mut all_records = records;
-    all_records.extend(condemn::write_record(c, &chosen, &packs, &copied)?);
+    all_records.extend(condemn::write_record(c, &chosen, plan.exposed)?);
 
     sweep::sweep(
         c,
@@ -220,10 +228,9 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
         &mut marker,
         SweepInputs {
             records: &all_records,
-            segments: &segments,
-            damaged: &damaged,
-            packs: &packs,
-            listed: &listed,
+            survey: &survey,
+            written: &written,
+            live,
         },
         &mut report,
     )?;

@@ -2,30 +2,33 @@
 //! and only those whose live chunks have copies elsewhere, checked twice (the second time on
 //! fresh listings of records and packs).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use rayon::prelude::*;
 
+use super::join::{Live, for_each_chunk};
 use super::mark::Marker;
 use super::merge::merge_segments;
-use super::packs::Packs;
+use super::survey::{Known, Survey};
 use super::{GcOptions, GcReport};
 use crate::clock::now_unix;
 use crate::container::{Container, pack_key};
 use crate::error::{Error, Result};
+use crate::extsort::Table;
 use crate::format::condemnation::Condemnation;
-use crate::format::index_segment::Segment;
 use crate::format::keys::{PROBES_PREFIX, probe_time};
 use crate::ids::Hash;
+use crate::index::located::ByChunk;
 
 /// What the sweep reads besides the container.
 pub(super) struct SweepInputs<'a> {
     /// Every condemnation record, this run's included.
     pub(super) records: &'a [(String, Condemnation)],
-    pub(super) segments: &'a [(String, Segment)],
-    pub(super) damaged: &'a [String],
-    pub(super) packs: &'a Packs,
-    pub(super) listed: &'a HashMap<Hash, u64>,
+    pub(super) survey: &'a Survey,
+    /// The chunks of the packs this run wrote (the survey's holders are the others').
+    pub(super) written: &'a Table<ByChunk>,
+    /// The chunks marked live so far.
+    pub(super) live: Table<Live>,
 }
 
 /// A setup-check probe older than this was left by a check that crashed (a check takes a
@@ -63,11 +66,12 @@ pub(super) fn sweep(
 ) -> Result<()> {
     let SweepInputs {
         records: all_records,
-        segments,
-        damaged,
-        packs,
-        listed,
+        survey,
+        written,
+        live,
     } = inputs;
+    let packs = &survey.packs;
+    let holders = [&survey.holders, written];
     // Sweep: leases are listed after this run's record is written.
     let now = now_unix();
     let leases = c.list_leases()?;
@@ -85,7 +89,8 @@ pub(super) fn sweep(
     if !sweepable.is_empty() {
         // Manifests committed since the mark (a backup drops its lease after its commit).
         marker.mark_all()?;
-        let live = &marker.live;
+        let since = marker.take_live()?;
+        let live = [&live, &since];
         // A pack also named by a deferred record stays: that record's lease rule protects it.
         let held: HashSet<Hash> = deferred.iter().flat_map(|(_, r)| r.pack_ids()).collect();
         let candidates: Vec<Hash> = {
@@ -100,19 +105,15 @@ pub(super) fn sweep(
         };
         let condemned_now: HashSet<Hash> =
             all_records.iter().flat_map(|(_, r)| r.pack_ids()).collect();
-        let first: Vec<Hash> = candidates
-            .iter()
-            .filter(|p| {
-                !listed.contains_key(*p)
-                    || packs.live_copies_elsewhere(
-                        p,
-                        live,
-                        |q| listed.contains_key(q),
-                        &condemned_now,
-                    )
-            })
-            .copied()
-            .collect();
+        let all_listed = vec![true; packs.len()];
+        let first = safe_to_delete(
+            survey,
+            &holders,
+            &live,
+            &candidates,
+            &all_listed,
+            &packs.flags(|p| condemned_now.contains(p)),
+        )?;
         // Second look, on records and packs listed now (records first): another collector that
         // condemned the copies this run counts on has written its record by now, or will see
         // this run's record before it deletes them.
@@ -122,36 +123,29 @@ pub(super) fn sweep(
             .flat_map(|(_, r)| r.pack_ids())
             .chain(condemned_now.iter().copied())
             .collect();
-        let exists_now = c.existing_packs()?;
-        let deletable: Vec<Hash> = first
-            .into_iter()
-            .filter(|p| {
-                !exists_now.contains(p)
-                    || packs.live_copies_elsewhere(
-                        p,
-                        live,
-                        |q| exists_now.contains(q),
-                        &records_again,
-                    )
-            })
-            .collect();
+        let exists_now = c.listed_packs()?;
+        let deletable = safe_to_delete(
+            survey,
+            &holders,
+            &live,
+            &first,
+            &packs.flags(|p| exists_now.contains(p)),
+            &packs.flags(|p| records_again.contains(p)),
+        )?;
         report.packs_kept = candidates.len() - deletable.len();
         let gone: HashSet<Hash> = deletable.iter().copied().collect();
 
         merge_segments(
             c,
-            segments,
-            damaged,
-            packs,
-            &gone,
-            |p| exists_now.contains(p),
+            survey,
+            |p| !gone.contains(p) && exists_now.contains(p),
             report,
         )?;
         let results: Vec<(u64, Result<()>)> = c.on_io_pool(|| {
             deletable
                 .par_iter()
                 .map(|p| {
-                    let size = listed.get(p).copied().unwrap_or(0);
+                    let size = packs.size_of(p);
                     (size, c.store().delete(&pack_key(p)))
                 })
                 .collect()
@@ -177,15 +171,7 @@ pub(super) fn sweep(
         }
     }
     if sweepable.is_empty() {
-        merge_segments(
-            c,
-            segments,
-            damaged,
-            packs,
-            &HashSet::new(),
-            |p| listed.contains_key(p),
-            report,
-        )?;
+        merge_segments(c, survey, |p| packs.pos(p).is_some(), report)?;
     }
     for (key, l) in &leases {
         if !lease_may_be_alive(l.expires_unix, now, opts) {
@@ -202,6 +188,52 @@ pub(super) fn sweep(
         }
     }
     Ok(())
+}
+
+/// The packs of `candidates` that may be deleted: those not in the survey's listing or not
+/// `exists` (already gone), and those whose contents are known and whose every live chunk has a copy in a pack
+/// that `exists` and is not `condemned` (flags by pack position). One pass over the chunks.
+fn safe_to_delete(
+    survey: &Survey,
+    holders: &[&Table<ByChunk>],
+    live: &[&Table<Live>],
+    candidates: &[Hash],
+    exists: &[bool],
+    condemned: &[bool],
+) -> Result<Vec<Hash>> {
+    let packs = &survey.packs;
+    let is_candidate = packs.flags_of(candidates);
+    // Candidates whose contents are unknown are kept; the others until a chunk says otherwise.
+    let mut kept: Vec<bool> = (0..packs.len())
+        .map(|i| is_candidate[i] && packs.known[i] == Known::No)
+        .collect();
+    if is_candidate.iter().any(|&c| c) {
+        for_each_chunk(holders, live, |_, is_live, hs| {
+            let of_candidate = || hs.iter().any(|h| is_candidate[h.loc.pack as usize]);
+            if !is_live || !of_candidate() {
+                return Ok(());
+            }
+            let copy_stays = hs.iter().any(|h| {
+                let i = h.loc.pack as usize;
+                exists[i] && !condemned[i]
+            });
+            if !copy_stays {
+                for h in hs.iter().filter(|h| is_candidate[h.loc.pack as usize]) {
+                    kept[h.loc.pack as usize] = true;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(candidates
+        .iter()
+        .filter(|p| {
+            packs
+                .pos(p)
+                .is_none_or(|i| !exists[i as usize] || !kept[i as usize])
+        })
+        .copied()
+        .collect())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! [`ChunkSet`].
 
 mod chunk_set;
+pub(crate) mod located;
 
 pub use chunk_set::ChunkSet;
 
@@ -42,6 +43,37 @@ impl Location {
             kind: e.kind,
             compression: e.compression,
         }
+    }
+}
+
+impl Location {
+    /// Bytes of [`Location::encode`]: offset, lengths and pack position as little-endian u32s
+    /// (pack, offset, stored, raw), then kind and compression (scratch files of one process;
+    /// no format to keep stable).
+    pub(crate) const ENCODED_LEN: usize = 18;
+
+    /// Appends the location's [`Location::ENCODED_LEN`] bytes.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        for v in [self.pack, self.offset, self.stored_len, self.raw_len] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&[self.kind as u8, self.compression as u8]);
+    }
+
+    /// Reads what [`Location::encode`] wrote; `table` names the scratch file in the error.
+    pub(crate) fn decode(b: &[u8], table: &str) -> Result<Location> {
+        let u = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let (kind, compression) = ChunkKind::from_u8(b[16])
+            .zip(Compression::from_u8(b[17]))
+            .ok_or_else(|| crate::error::Error::Internal(format!("{table}: damaged entry")))?;
+        Ok(Location {
+            pack: u(0),
+            offset: u(4),
+            stored_len: u(8),
+            raw_len: u(12),
+            kind,
+            compression,
+        })
     }
 }
 

@@ -23,10 +23,10 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use crate::container::index_scan::read_rank;
-use crate::container::{Container, IndexUse};
+use crate::container::{Container, IndexScan, IndexUse};
 use crate::error::{Error, Result};
 use crate::extsort::{Record, Runs, ScratchOps, Sorted, scratch_err, sort_dedup};
-use crate::format::chunk::{ChunkKind, Compression};
+use crate::format::chunk::ChunkKind;
 use crate::format::pack::PackEntry;
 use crate::ids::Hash;
 use crate::index::{Index, Locate, Location};
@@ -84,39 +84,16 @@ impl Record for Rec {
 
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.id.0);
-        for v in [
-            self.loc.pack,
-            self.loc.offset,
-            self.loc.stored_len,
-            self.loc.raw_len,
-        ] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(&[
-            self.loc.kind as u8,
-            self.loc.compression as u8,
-            self.rank,
-            0,
-        ]);
+        self.loc.encode(out);
+        out.extend_from_slice(&[self.rank, 0]);
     }
 
     fn decode(b: &[u8]) -> Result<Rec> {
-        let u = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         let mut id = [0u8; 32];
         id.copy_from_slice(&b[..32]);
-        let (kind, compression) = ChunkKind::from_u8(b[48])
-            .zip(Compression::from_u8(b[49]))
-            .ok_or_else(|| Error::Internal(format!("{SCRATCH}: damaged entry")))?;
         Ok(Rec {
             id: Hash(id),
-            loc: Location {
-                pack: u(32),
-                offset: u(36),
-                stored_len: u(40),
-                raw_len: u(44),
-                kind,
-                compression,
-            },
+            loc: Location::decode(&b[32..50], SCRATCH)?,
             rank: b[50],
         })
     }
@@ -144,22 +121,28 @@ impl LocationTable {
     /// Scans the container's index (see [`Container::scan_index`]) into a table that holds at
     /// most `mem_entries` data-chunk locations in memory at any time.
     pub fn load(container: &Container, mem_entries: usize) -> Result<LocationTable> {
-        let mut b = Builder {
-            meta: Index::new(),
-            mem_entries: mem_entries.max(BLOCK_ENTRIES),
-            buf: Vec::new(),
-            runs: Runs::new(),
-            failed: None,
-        };
-        container.scan_index(IndexUse::Read, |pack, entries, exists, condemned| {
+        Ok(Self::load_report(container, mem_entries, true)?.0)
+    }
+
+    /// Like [`LocationTable::load`], with what the scan learnt (damaged segments among it).
+    /// With `meta_in_memory` false, the extent-list chunks go to the file too (a container's
+    /// extent lists are ~0.1–0.4 % of its chunks: ~1 GiB of memory at 100 TiB), and only the
+    /// pack list stays in memory, at the cost of a block read per group of extent-list chunks.
+    pub fn load_report(
+        container: &Container,
+        mem_entries: usize,
+        meta_in_memory: bool,
+    ) -> Result<(LocationTable, IndexScan)> {
+        let mut b = LocationBuilder::new(mem_entries, meta_in_memory);
+        let scan = container.scan_index(IndexUse::Read, |pack, entries, exists, condemned| {
             b.add(*pack, entries, read_rank(exists, condemned));
         })?;
-        let table = b.finish();
+        let table = b.finish()?;
         // The scan's decoded segments were many small allocations, freed now but scattered
         // through the heap: a restore would otherwise keep ~1 MiB of them per GiB of data for
         // its whole run.
         trim_heap();
-        table
+        Ok((table, scan))
     }
 
     /// Number of data chunks located (each once).
@@ -248,8 +231,11 @@ impl Locate for LocationTable {
     }
 }
 
-struct Builder {
+/// Builds a [`LocationTable`] from packs and their entries, in any order.
+pub(crate) struct LocationBuilder {
     meta: Index,
+    /// Whether extent-list chunks are kept in memory (else with the data chunks).
+    meta_in_memory: bool,
     mem_entries: usize,
     buf: Vec<Rec>,
     runs: Runs,
@@ -257,14 +243,31 @@ struct Builder {
     failed: Option<Error>,
 }
 
-impl Builder {
-    fn add(&mut self, pack: Hash, entries: &[PackEntry], rank: u8) {
+impl LocationBuilder {
+    /// A builder holding at most `mem_entries` locations in memory besides the extent-list
+    /// chunks (and those too unless `meta_in_memory`).
+    pub(crate) fn new(mem_entries: usize, meta_in_memory: bool) -> Self {
+        LocationBuilder {
+            meta: Index::new(),
+            meta_in_memory,
+            mem_entries: mem_entries.max(BLOCK_ENTRIES),
+            buf: Vec::new(),
+            runs: Runs::new(),
+            failed: None,
+        }
+    }
+
+    /// Adds a pack's entries with a rank (see [`Index::add_pack_ranked`]; lower is better).
+    pub(crate) fn add(&mut self, pack: Hash, entries: &[PackEntry], rank: u8) {
         if self.failed.is_some() {
             return;
         }
-        let meta = entries.iter().filter(|e| e.kind == ChunkKind::Meta);
-        let pos = self.meta.add_pack_ranked(pack, meta, rank);
-        for e in entries.iter().filter(|e| e.kind != ChunkKind::Meta) {
+        let in_memory = |e: &&PackEntry| self.meta_in_memory && e.kind == ChunkKind::Meta;
+        let pos = self
+            .meta
+            .add_pack_ranked(pack, entries.iter().filter(in_memory), rank);
+        let on_disk = entries.iter().filter(|e| !in_memory(e));
+        for e in on_disk {
             self.buf.push(Rec {
                 id: e.id,
                 loc: Location::of(e, pos),
@@ -280,7 +283,8 @@ impl Builder {
         }
     }
 
-    fn finish(mut self) -> Result<LocationTable> {
+    /// The table: sorted in memory, or merged into its file.
+    pub(crate) fn finish(mut self) -> Result<LocationTable> {
         if let Some(e) = self.failed {
             return Err(e);
         }
@@ -307,6 +311,7 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::chunk::Compression;
     use crate::format::pack::PackEntry;
     use crate::store::{MemStore, ObjectStore};
     use std::sync::Arc;

@@ -222,13 +222,19 @@ impl ObjectStore for FsStore {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let mut out = Vec::new();
+        self.list_each(prefix, &mut |o| out.push(o))?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn list_each(&self, prefix: &str, f: &mut dyn FnMut(ObjectMeta)) -> Result<()> {
         self.counters.list();
         // Walk the directory that holds the prefix; keys are '/'-separated paths.
         let (dir, _) = match prefix.rfind('/') {
             Some(i) => (&prefix[..i], &prefix[i + 1..]),
             None => ("", prefix),
         };
-        let mut out = Vec::new();
         let start = if dir.is_empty() {
             self.root.clone()
         } else {
@@ -267,12 +273,11 @@ impl ObjectStore for FsStore {
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                         Err(e) => return Err(fs_err("list container", entry.path(), e)),
                     };
-                    out.push(ObjectMeta { key, size });
+                    f(ObjectMeta { key, size });
                 }
             }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        Ok(())
     }
 
     fn delete(&self, key: &str) -> Result<()> {

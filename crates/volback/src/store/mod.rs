@@ -137,6 +137,16 @@ pub trait ObjectStore: Send + Sync {
     fn head(&self, key: &str) -> Result<Option<u64>>;
     /// Every object whose key starts with `prefix`, sorted by key.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    /// Hands `f` every object whose key starts with `prefix` as the listing pages arrive, in no
+    /// particular order, without holding the whole listing (a container's millions of packs
+    /// would otherwise cost ~100 bytes each at once). An object may be handed twice when a
+    /// failed listing is retried.
+    fn list_each(&self, prefix: &str, f: &mut dyn FnMut(ObjectMeta)) -> Result<()> {
+        for o in self.list(prefix)? {
+            f(o);
+        }
+        Ok(())
+    }
     /// Removes an object; removing a missing object is not an error.
     fn delete(&self, key: &str) -> Result<()>;
     /// Requests made so far through this store.

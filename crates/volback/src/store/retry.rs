@@ -97,6 +97,10 @@ impl ObjectStore for RetryStore {
         self.retry(|_| self.inner.list(prefix))
     }
 
+    fn list_each(&self, prefix: &str, f: &mut dyn FnMut(ObjectMeta)) -> Result<()> {
+        self.retry(|_| self.inner.list_each(prefix, f))
+    }
+
     fn delete(&self, key: &str) -> Result<()> {
         self.retry(|_| self.inner.delete(key))
     }

@@ -607,6 +607,13 @@ impl ObjectStore for S3Store {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let mut out = Vec::new();
+        self.list_each(prefix, &mut |o| out.push(o))?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn list_each(&self, prefix: &str, f: &mut dyn FnMut(ObjectMeta)) -> Result<()> {
         self.counters.list();
         let dir = prefix.rfind('/').map(|i| &prefix[..i]).unwrap_or("");
         let full_dir = match (self.prefix.is_empty(), dir.is_empty()) {
@@ -624,21 +631,24 @@ impl ObjectStore for S3Store {
         } else {
             self.prefix.len() + 1
         };
-        let metas: Vec<object_store::ObjectMeta> = self
-            .rt
-            .block_on(self.inner.list(p.as_ref()).try_collect())
-            .map_err(|e| self.err("list", prefix, e))?;
-        let mut out: Vec<ObjectMeta> = metas
-            .into_iter()
-            .filter_map(|m| {
-                let k = m.location.as_ref();
-                let key = k.get(strip..)?.to_string();
-                key.starts_with(prefix)
-                    .then_some(ObjectMeta { key, size: m.size })
+        // Object by object as the pages arrive: the listing is never held whole.
+        self.rt
+            .block_on(async {
+                let mut pages = self.inner.list(p.as_ref());
+                while let Some(m) = pages.try_next().await? {
+                    let Some(key) = m.location.as_ref().get(strip..) else {
+                        continue;
+                    };
+                    if key.starts_with(prefix) {
+                        f(ObjectMeta {
+                            key: key.to_string(),
+                            size: m.size,
+                        });
+                    }
+                }
+                Ok(())
             })
-            .collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+            .map_err(|e| self.err("list", prefix, e))
     }
 
     fn delete(&self, key: &str) -> Result<()> {

@@ -56,6 +56,9 @@ impl ObjectStore for AllVersions {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         self.inner.list(prefix)
     }
+    fn list_each(&self, prefix: &str, f: &mut dyn FnMut(ObjectMeta)) -> Result<()> {
+        self.inner.list_each(prefix, f)
+    }
     fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete_versions(key)
     }
