@@ -139,8 +139,8 @@ fn a_version_1_container_lists_restores_imports_and_verifies() {
     let v = run_verify(
         &c,
         &VerifyOptions {
-            backup_id: None,
             read_data: true,
+            ..VerifyOptions::default()
         },
     )
     .unwrap();
@@ -291,8 +291,8 @@ mod encrypted {
         let v = run_verify(
             &locked,
             &VerifyOptions {
-                backup_id: None,
                 read_data: true,
+                ..VerifyOptions::default()
             },
         )
         .unwrap();
@@ -328,8 +328,8 @@ mod encrypted {
         let v = run_verify(
             &c,
             &VerifyOptions {
-                backup_id: None,
                 read_data: true,
+                ..VerifyOptions::default()
             },
         )
         .unwrap();

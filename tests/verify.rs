@@ -30,15 +30,44 @@ fn objects_under(c: &Container, prefix: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Verifies with every sorted table in memory, and again with every table spilled to scratch
+/// files in runs of two records: the two must find the same.
 fn verify(c: &Container, read_data: bool) -> VerifyReport {
-    run_verify(
-        c,
-        &VerifyOptions {
-            backup_id: None,
+    let run = |mem_entries| {
+        let opts = VerifyOptions {
             read_data,
-        },
-    )
-    .unwrap()
+            mem_entries,
+            ..VerifyOptions::default()
+        };
+        run_verify(c, &opts).unwrap()
+    };
+    let (memory, spilled) = (run(usize::MAX), run(2));
+    let found = |r: &VerifyReport| {
+        let backups: Vec<_> = r
+            .backups
+            .iter()
+            .map(|b| {
+                (
+                    b.backup_id.clone(),
+                    b.ok,
+                    b.problem_count,
+                    b.problems.clone(),
+                )
+            })
+            .collect();
+        (
+            backups,
+            r.damaged_objects.clone(),
+            r.chunks_checked,
+            r.chunks_read,
+        )
+    };
+    assert_eq!(
+        found(&memory),
+        found(&spilled),
+        "spilled tables found otherwise"
+    );
+    memory
 }
 
 fn damaged(r: &VerifyReport) -> Vec<&str> {

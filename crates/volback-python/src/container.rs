@@ -468,6 +468,7 @@ impl NativeContainer {
         let opts = VerifyOptions {
             backup_id,
             read_data,
+            ..VerifyOptions::default()
         };
         let r = py
             .detach(|| run_verify(&self.container, &opts))

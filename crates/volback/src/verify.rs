@@ -22,20 +22,22 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::container::LEASE_TTL;
+use crate::container::index_scan::read_rank;
 use crate::container::{
-    Container, LeaseGuard, MAX_RANGE_RAW, PackListing, manifest_key, pack_key, plan_ranges,
+    Container, IndexUse, LEASE_TTL, LeaseGuard, MAX_RANGE_RAW, PackListing, manifest_key, pack_key,
+    plan_ranges,
 };
 use crate::error::{Error, Result};
 use crate::extsort::{Table, TableBuilder};
-use crate::format::chunk::decode_chunk;
+use crate::format::chunk::{ChunkKind, decode_chunk};
 use crate::format::extent_list::Extent;
 use crate::format::keys::BACKUPS_PREFIX;
 use crate::format::manifest::Manifest;
+use crate::format::pack::PackEntry;
 use crate::ids::Hash;
-use crate::index::Locate;
-use crate::index::located::{Batch, ByPlace, Located};
-use crate::restore::locations::{DEFAULT_MEM_ENTRIES, LocationTable};
+use crate::index::Location;
+use crate::index::located::{Batch, BestCopy, ByPlace, ChunkId, Located};
+use crate::restore::locations::{DEFAULT_MEM_ENTRIES, LocationBuilder, LocationTable};
 use crate::store::RequestCounts;
 
 /// Problems listed per backup (the count is always complete).
@@ -46,12 +48,26 @@ const READ_BATCH: usize = 8192;
 const TABLES_AT_ONCE: usize = 256;
 
 /// What to verify.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct VerifyOptions {
     /// Only this backup (default: every backup in the container).
     pub backup_id: Option<String>,
     /// Also read back and re-hash every chunk.
     pub read_data: bool,
+    /// Chunk records each of verify's sorted tables (chunk locations, the chunks backups need,
+    /// the chunks to read back) holds in memory; beyond it they are sorted in runs into scratch
+    /// files in `$TMPDIR`. Bounds memory whatever the container's size.
+    pub mem_entries: usize,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            backup_id: None,
+            read_data: false,
+            mem_entries: DEFAULT_MEM_ENTRIES,
+        }
+    }
 }
 
 /// One problem, naming the damaged object.
@@ -187,11 +203,11 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
         ..Default::default()
     };
     let _lease = LeaseGuard::take(c, opts.backup_id.as_deref().unwrap_or("verify"), LEASE_TTL).ok();
-    let (index, scan) = LocationTable::load_report(c, DEFAULT_MEM_ENTRIES, false)?;
-    for (key, e) in &scan.damaged_segments {
+    let listed = c.listed_packs()?;
+    let mut index = Locations::load(c, &listed, opts.mem_entries)?;
+    for (key, e) in &index.damaged_segments {
         report.damaged_objects.push(Problem::of(key, e));
     }
-    let listed = c.listed_packs()?;
 
     // Pack tables: a pack whose table is damaged can still serve its chunks through the index,
     // but the index could not be rebuilt from it.
@@ -205,7 +221,7 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
     }
     drop(packs);
 
-    // Manifests, one at a time.
+    // Manifests, one at a time: their structure, and the chunks they need (each once).
     let mut findings: BTreeMap<String, Findings> = BTreeMap::new();
     let ids: Vec<String> = match &opts.backup_id {
         Some(id) => vec![id.clone()],
@@ -228,8 +244,7 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
         }
     };
     let mut read_by = BTreeMap::new();
-    // The chunks to read back, by place: each once, in pack order.
-    let mut needed: TableBuilder<ByPlace> = TableBuilder::new(DEFAULT_MEM_ENTRIES);
+    let mut needed: TableBuilder<ChunkId> = TableBuilder::new(opts.mem_entries);
     let mut walked = Vec::new();
     for id in &ids {
         let m = match read_manifest(id) {
@@ -248,54 +263,43 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
             read_by.insert(m.backup_id.clone(), r);
         }
         let f = findings.entry(m.backup_id.clone()).or_default();
-        let mut check = Check {
-            index: &index,
-            listed: &listed,
-            backup_id: &m.backup_id,
-            pending: Vec::new(),
-            needed: opts.read_data.then_some(&mut needed),
-        };
-        let walked_ok = c.walk_extents(&index, &m, |off, e| {
-            if let Extent::Data { id, .. } = e {
+        let walk = c.walk_extents(&index.meta, &m, |_, e| match e {
+            Extent::Data { id, .. } => {
                 report.chunks_checked += 1;
-                check.pending.push((off, *id));
-                if check.pending.len() >= READ_BATCH {
-                    check.flush(f)?;
-                }
+                needed.push(ChunkId(*id))
             }
-            Ok(())
+            _ => Ok(()),
         });
-        let walked_ok = walked_ok.and_then(|()| check.flush(f));
-        if let Err(e) = walked_ok {
-            let object = match &e {
-                Error::Corrupt { key, .. } | Error::ChunkHashMismatch { key, .. } => key.clone(),
-                Error::MissingObject { key } => key.clone(),
-                _ => manifest_key(&m.backup_id),
-            };
-            f.add(Problem::of(&object, &e));
+        if let Err(e) = walk {
+            f.add(walk_problem(&m.backup_id, &e));
         }
         walked.push(m.backup_id);
     }
 
-    // Read back every needed chunk; attribute failures to the backups that need them.
+    // Every needed chunk located, in one pass over both sorted tables; then read back.
     let needed = needed.finish()?;
-    if opts.read_data && needed.len() > 0 {
-        let bad = read_back(c, &index, &needed, &mut report)?;
-        if !bad.is_empty() {
-            for id in &walked {
-                let Some(m) = read_manifest(id)? else {
-                    continue;
-                };
-                let f = findings.entry(m.backup_id.clone()).or_default();
-                let _ = c.walk_extents(&index, &m, |off, e| {
-                    if let Extent::Data { id, .. } = e
-                        && let Some(p) = bad.get(id)
-                    {
-                        f.add(p.at_volume_offset(off));
-                    }
-                    Ok(())
-                });
-            }
+    let (mut bad, to_read) = index.check(&needed, &listed, opts)?;
+    drop(needed);
+    if to_read.len() > 0 {
+        read_back(c, &index, &to_read, &mut bad, &mut report)?;
+    }
+    index.data = None;
+
+    // Attribute what failed to the backups that need it, at their volume offsets.
+    if !bad.is_empty() {
+        for id in &walked {
+            let Some(m) = read_manifest(id)? else {
+                continue;
+            };
+            let f = findings.entry(m.backup_id.clone()).or_default();
+            let _ = c.walk_extents(&index.meta, &m, |off, e| {
+                if let Extent::Data { id, .. } = e
+                    && let Some(b) = bad.get(id)
+                {
+                    f.add(b.problem(&m.backup_id, id, off));
+                }
+                Ok(())
+            });
         }
     }
 
@@ -305,58 +309,166 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
     Ok(report)
 }
 
-/// The structure check of one backup's data chunks, a batch at a time: each is located (a
-/// sorted batch is one read per block of the location table), its pack listed and long enough;
-/// chunks to read back are added to `needed`.
-struct Check<'a> {
-    index: &'a LocationTable,
-    listed: &'a PackListing,
-    backup_id: &'a str,
-    /// (volume offset, chunk) not checked yet.
-    pending: Vec<(u64, Hash)>,
-    needed: Option<&'a mut TableBuilder<ByPlace>>,
+/// A problem found while walking a backup, named by the object it is in.
+fn walk_problem(backup_id: &str, e: &Error) -> Problem {
+    let object = match e {
+        Error::Corrupt { key, .. } | Error::ChunkHashMismatch { key, .. } => key.clone(),
+        Error::MissingObject { key } => key.clone(),
+        _ => manifest_key(backup_id),
+    };
+    Problem::of(&object, e)
 }
 
-impl Check<'_> {
-    fn flush(&mut self, f: &mut Findings) -> Result<()> {
-        let ids: Vec<Hash> = self.pending.iter().map(|(_, id)| *id).collect();
-        let locs = self.index.locate_all(&ids)?;
-        for ((off, id), loc) in self.pending.drain(..).zip(locs) {
-            let Some(loc) = loc else {
-                f.add(Problem::of(
-                    &manifest_key(self.backup_id),
-                    &Error::ChunkNotIndexed {
-                        backup_id: self.backup_id.to_string(),
-                        chunk: id.to_hex(),
-                        volume_offset: off,
-                    },
-                ));
-                continue;
+/// What is wrong with a chunk backups need.
+enum Bad {
+    /// No index segment or pack table lists it.
+    NotIndexed,
+    /// Its pack is not listed.
+    PackMissing { key: String },
+    /// Its pack is shorter than its entry says.
+    Truncated { key: String, size: u64, end: u64 },
+    /// It did not read back intact.
+    Read(BadChunk),
+}
+
+impl Bad {
+    fn problem(&self, backup_id: &str, id: &Hash, off: u64) -> Problem {
+        match self {
+            Bad::NotIndexed => Problem::of(
+                &manifest_key(backup_id),
+                &Error::ChunkNotIndexed {
+                    backup_id: backup_id.to_string(),
+                    chunk: id.to_hex(),
+                    volume_offset: off,
+                },
+            ),
+            Bad::PackMissing { key } => {
+                Problem::of(key, &Error::MissingObject { key: key.clone() })
+            }
+            Bad::Truncated { key, size, end } => Problem::of(
+                key,
+                &Error::corrupt(
+                    key,
+                    *size,
+                    format!("pack truncated: chunk {id} (volume offset {off}) ends at {end}"),
+                ),
+            ),
+            Bad::Read(b) => b.at_volume_offset(off),
+        }
+    }
+}
+
+/// Where chunks are, for verify, in memory that grows with the packs but not the chunks: the
+/// extent-list chunks in a [`LocationTable`] (on disk beyond a few MiB), and the best copy of
+/// every data chunk in a table sorted by chunk, read once front to back. Packs are numbered by
+/// their position in the listing; packs the index names that are not listed come after.
+struct Locations {
+    meta: LocationTable,
+    data: Option<Table<BestCopy>>,
+    listed: Vec<Hash>,
+    unlisted: Vec<Hash>,
+    damaged_segments: Vec<(String, Error)>,
+}
+
+impl Locations {
+    fn load(c: &Container, listing: &PackListing, mem_entries: usize) -> Result<Locations> {
+        let mut meta = LocationBuilder::new(mem_entries, false);
+        let mut data = TableBuilder::new(mem_entries);
+        let mut unlisted: Vec<Hash> = Vec::new();
+        let mut unlisted_pos: HashMap<Hash, u32> = HashMap::new();
+        let mut failed = None;
+        let scan = c.scan_index(IndexUse::Read, |pack, entries, exists, condemned| {
+            let rank = read_rank(exists, condemned);
+            let pos = match listing.position(pack) {
+                Some(p) => p as u32,
+                None => *unlisted_pos.entry(*pack).or_insert_with(|| {
+                    unlisted.push(*pack);
+                    (listing.len() + unlisted.len() - 1) as u32
+                }),
             };
-            let pack = self.index.pack_id(loc.pack);
-            let key = pack_key(&pack);
-            let end = u64::from(loc.offset) + u64::from(loc.stored_len);
-            match self.listed.size(&pack) {
-                None => f.add(Problem::of(
-                    &key,
-                    &Error::MissingObject { key: key.clone() },
-                )),
-                Some(size) if size < end => f.add(Problem::of(
-                    &key,
-                    &Error::corrupt(
-                        &key,
-                        size,
-                        format!("pack truncated: chunk {id} (volume offset {off}) ends at {end}"),
-                    ),
-                )),
-                Some(_) => {
-                    if let Some(needed) = self.needed.as_deref_mut() {
-                        needed.push(ByPlace(Located { id, loc }))?;
-                    }
+            let of_meta: Vec<PackEntry> = entries
+                .iter()
+                .filter(|e| e.kind == ChunkKind::Meta)
+                .cloned()
+                .collect();
+            if !of_meta.is_empty() {
+                meta.add(*pack, &of_meta, rank);
+            }
+            for e in entries.iter().filter(|e| e.kind != ChunkKind::Meta) {
+                let loc = Location::of(e, pos);
+                if failed.is_none()
+                    && let Err(e) = data.push(BestCopy(Located { id: e.id, loc }, rank))
+                {
+                    failed = Some(e);
                 }
             }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
         }
-        Ok(())
+        Ok(Locations {
+            meta: meta.finish()?,
+            data: Some(data.finish()?),
+            listed: listing.iter().map(|(p, _)| p).collect(),
+            unlisted,
+            damaged_segments: scan.damaged_segments,
+        })
+    }
+
+    fn pack_id(&self, pos: u32) -> Hash {
+        let pos = pos as usize;
+        match self.listed.get(pos) {
+            Some(p) => *p,
+            None => self.unlisted[pos - self.listed.len()],
+        }
+    }
+
+    /// Locates every `needed` chunk (both tables sorted by chunk: one pass) and checks that its
+    /// pack is listed and long enough. Returns the chunks that are not, and (with
+    /// `opts.read_data`) the others by place, to read back.
+    fn check(
+        &self,
+        needed: &Table<ChunkId>,
+        listing: &PackListing,
+        opts: &VerifyOptions,
+    ) -> Result<(HashMap<Hash, Bad>, Table<ByPlace>)> {
+        let mut bad = HashMap::new();
+        let mut to_read = TableBuilder::new(opts.mem_entries);
+        let Some(data) = &self.data else {
+            return Err(Error::Internal("verify: chunk locations dropped".into()));
+        };
+        let mut copies = data.reader();
+        let mut n = needed.reader();
+        while let Some(ChunkId(id)) = n.next_record()? {
+            let mut found = None;
+            while let Some(BestCopy(c, _)) = copies.peek()? {
+                if c.id > id {
+                    break;
+                }
+                copies.next_record()?;
+                if c.id == id {
+                    found = Some(c.loc);
+                    break;
+                }
+            }
+            let Some(loc) = found else {
+                bad.insert(id, Bad::NotIndexed);
+                continue;
+            };
+            let key = pack_key(&self.pack_id(loc.pack));
+            let end = u64::from(loc.offset) + u64::from(loc.stored_len);
+            match listing.at(loc.pack as usize).map(|(_, size)| size) {
+                None => {
+                    bad.insert(id, Bad::PackMissing { key });
+                }
+                Some(size) if size < end => {
+                    bad.insert(id, Bad::Truncated { key, size, end });
+                }
+                Some(_) if opts.read_data => to_read.push(ByPlace(Located { id, loc }))?,
+                Some(_) => {}
+            }
+        }
+        Ok((bad, to_read.finish()?))
     }
 }
 
@@ -393,17 +505,17 @@ fn add_verdicts(
 /// Of one ranged read: chunks read, bytes read, chunks that failed.
 type RangeOutcome = (u64, u64, Vec<(Hash, BadChunk)>);
 
-/// Reads and re-hashes the `needed` chunks, pack by pack (each pack once, with coalesced
-/// ranges); returns the ones that failed, with the problem.
+/// Reads and re-hashes the chunks of `to_read`, pack by pack (each pack once, with coalesced
+/// ranges); adds the ones that fail to `bad`.
 fn read_back(
     c: &Container,
-    index: &LocationTable,
-    needed: &Table<ByPlace>,
+    index: &Locations,
+    to_read: &Table<ByPlace>,
+    bad: &mut HashMap<Hash, Bad>,
     report: &mut VerifyReport,
-) -> Result<HashMap<Hash, BadChunk>> {
+) -> Result<()> {
     let keys = c.keys()?;
-    let mut bad = HashMap::new();
-    let mut reader = needed.reader();
+    let mut reader = to_read.reader();
     let pack_id = |pos: u32| index.pack_id(pos);
     loop {
         let batch = Batch::take(&pack_id, READ_BATCH, || reader.next_record())?;
@@ -456,10 +568,10 @@ fn read_back(
         for (chunks, bytes, failed) in results {
             report.chunks_read += chunks;
             report.bytes_read += bytes;
-            bad.extend(failed);
+            bad.extend(failed.into_iter().map(|(id, b)| (id, Bad::Read(b))));
         }
     }
-    Ok(bad)
+    Ok(())
 }
 
 /// Pack bytes hashed per ranged read when a pack's name is checked without the key.

@@ -16,6 +16,7 @@ pub fn run(args: VerifyArgs, access: &Access) -> Result<Outcome> {
         &VerifyOptions {
             backup_id,
             read_data,
+            ..VerifyOptions::default()
         },
     )?;
     events::finished(&r);

@@ -21,10 +21,17 @@ impl PackListing {
 
     /// The listed pack's size.
     pub fn size(&self, id: &Hash) -> Option<u64> {
-        self.0
-            .binary_search_by(|(p, _)| p.cmp(id))
-            .ok()
-            .map(|i| self.0[i].1)
+        self.position(id).map(|i| self.0[i].1)
+    }
+
+    /// The listed pack's position in [`PackListing::iter`]'s order.
+    pub fn position(&self, id: &Hash) -> Option<usize> {
+        self.0.binary_search_by(|(p, _)| p.cmp(id)).ok()
+    }
+
+    /// The (id, size) of the pack at `position`.
+    pub fn at(&self, position: usize) -> Option<(Hash, u64)> {
+        self.0.get(position).copied()
     }
 
     /// Number of packs.

@@ -1,7 +1,7 @@
 //! Condemn: choose the packs to give back (no live chunk, or the sparsest partly live ones) and
 //! list them in a create-only record. Nothing is deleted here.
 
-use super::join::{Live, for_each_chunk};
+use super::join::for_each_chunk;
 use super::survey::{Known, PackList, Survey};
 use crate::clock::{hostname, now_rfc3339, now_unix};
 use crate::container::Container;
@@ -11,6 +11,7 @@ use crate::format::condemnation::{CONDEMNED_FORMAT, CONDEMNED_VERSION, Condemnat
 use crate::format::keys::condemnation_key;
 use crate::format::pack::ENTRY_LEN;
 use crate::ids::Hash;
+use crate::index::located::ChunkId;
 
 /// The packs a run condemns, each list sorted.
 pub(super) struct Chosen {
@@ -23,7 +24,7 @@ pub(super) struct Chosen {
 
 /// Live bytes of each pack (by [`PackList`] position; each live chunk's stored bytes and
 /// table entry), and the number of live chunks no pack holds: one pass over the chunks.
-pub(super) fn live_bytes(survey: &Survey, live: &Table<Live>) -> Result<(Vec<u64>, u64)> {
+pub(super) fn live_bytes(survey: &Survey, live: &Table<ChunkId>) -> Result<(Vec<u64>, u64)> {
     let mut bytes = vec![0u64; survey.packs.len()];
     let missing = for_each_chunk(&[&survey.holders], &[live], |_, is_live, holders| {
         if is_live {

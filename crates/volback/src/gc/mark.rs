@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 
-use super::join::Live;
 use super::survey::{add_meta, meta_builder};
 use crate::container::index_scan::read_rank;
 use crate::container::{Container, IndexUse, manifest_key};
@@ -12,6 +11,7 @@ use crate::extsort::{Table, TableBuilder};
 use crate::format::extent_list::Extent;
 use crate::format::keys::BACKUPS_PREFIX;
 use crate::format::manifest::Manifest;
+use crate::index::located::ChunkId;
 use crate::restore::locations::LocationTable;
 
 /// Marks chunks of committed manifests; remembers which backups were walked.
@@ -22,7 +22,7 @@ pub(super) struct Marker<'a> {
     /// they were loaded.
     meta: Option<LocationTable>,
     pub(super) walked: HashSet<String>,
-    live: TableBuilder<Live>,
+    live: TableBuilder<ChunkId>,
     mem_entries: usize,
 }
 
@@ -40,7 +40,7 @@ impl<'a> Marker<'a> {
     }
 
     /// The chunks marked since the last call, sorted, each once.
-    pub(super) fn take_live(&mut self) -> Result<Table<Live>> {
+    pub(super) fn take_live(&mut self) -> Result<Table<ChunkId>> {
         std::mem::replace(&mut self.live, TableBuilder::new(self.mem_entries)).finish()
     }
 
@@ -76,7 +76,7 @@ impl<'a> Marker<'a> {
 
     fn mark(&mut self, m: &Manifest) -> Result<()> {
         for (id, _) in m.meta_ids(&manifest_key(&m.backup_id))? {
-            self.live.push(Live(id))?;
+            self.live.push(ChunkId(id))?;
         }
         let meta = match self.meta.take() {
             Some(meta) => meta,
@@ -84,7 +84,7 @@ impl<'a> Marker<'a> {
         };
         let live = &mut self.live;
         let walked = self.c.walk_extents(&meta, m, |_, e| match e {
-            Extent::Data { id, .. } => live.push(Live(*id)),
+            Extent::Data { id, .. } => live.push(ChunkId(*id)),
             _ => Ok(()),
         });
         self.meta = Some(meta);

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::GcReport;
 use super::condemn::Chosen;
-use super::join::{Live, for_each_chunk};
+use super::join::for_each_chunk;
 use super::survey::Survey;
 use crate::container::{Container, MAX_RANGE_RAW, pack_key, plan_ranges};
 use crate::error::{Error, Result};
@@ -19,6 +19,7 @@ use crate::format::index_segment::PACKS_PER_SEGMENT;
 use crate::format::pack::{PackBuilder, PackEntry};
 use crate::ids::Hash;
 use crate::index::Location;
+use crate::index::located::ChunkId;
 use crate::index::located::{Batch, ByChunk, ByPlace, Located};
 
 /// Live chunks copied per batch while repacking (bounds memory).
@@ -37,7 +38,7 @@ pub(super) struct Plan {
 /// chunks the record exposes.
 pub(super) fn plan(
     survey: &Survey,
-    live: &Table<Live>,
+    live: &Table<ChunkId>,
     chosen: &Chosen,
     condemned_before: &[bool],
     mem_entries: usize,

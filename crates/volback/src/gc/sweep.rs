@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use rayon::prelude::*;
 
-use super::join::{Live, for_each_chunk};
+use super::join::for_each_chunk;
 use super::mark::Marker;
 use super::merge::merge_segments;
 use super::survey::{Known, Survey};
@@ -19,6 +19,7 @@ use crate::format::condemnation::Condemnation;
 use crate::format::keys::{PROBES_PREFIX, probe_time};
 use crate::ids::Hash;
 use crate::index::located::ByChunk;
+use crate::index::located::ChunkId;
 
 /// What the sweep reads besides the container.
 pub(super) struct SweepInputs<'a> {
@@ -28,7 +29,7 @@ pub(super) struct SweepInputs<'a> {
     /// The chunks of the packs this run wrote (the survey's holders are the others').
     pub(super) written: &'a Table<ByChunk>,
     /// The chunks marked live so far.
-    pub(super) live: Table<Live>,
+    pub(super) live: Table<ChunkId>,
 }
 
 /// A setup-check probe older than this was left by a check that crashed (a check takes a
@@ -196,7 +197,7 @@ pub(super) fn sweep(
 fn safe_to_delete(
     survey: &Survey,
     holders: &[&Table<ByChunk>],
-    live: &[&Table<Live>],
+    live: &[&Table<ChunkId>],
     candidates: &[Hash],
     exists: &[bool],
     condemned: &[bool],

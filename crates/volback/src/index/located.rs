@@ -1,6 +1,7 @@
-//! A chunk and where it is, as a record of the scratch tables that keep gc and verify in
-//! bounded memory (`crate::extsort`): sorted by chunk ([`ByChunk`]: every copy of a chunk
-//! together) or by place ([`ByPlace`]: chunks in pack order, to read each pack front to back).
+//! Records of the scratch tables that keep gc and verify in bounded memory (`crate::extsort`):
+//! a chunk and where it is, sorted by chunk ([`ByChunk`]: every copy of a chunk together;
+//! [`BestCopy`]: the best one alone) or by place ([`ByPlace`]: chunks in pack order, to read
+//! each pack front to back); and chunk ids alone ([`ChunkId`]: a set of chunks).
 
 use std::collections::HashMap;
 use std::ops::Deref;
@@ -109,6 +110,72 @@ impl Record for ByPlace {
 
     fn decode(b: &[u8]) -> Result<Self> {
         Located::decode(b).map(ByPlace)
+    }
+}
+
+/// A chunk id alone, sorted: a set of chunks in a scratch table (the chunks backups reference).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChunkId(pub(crate) Hash);
+
+impl Record for ChunkId {
+    const LEN: usize = 32;
+    const OPS: ScratchOps = ScratchOps {
+        create: "create chunk set in",
+        write: "write chunk set in",
+        read: "read chunk set in",
+    };
+    type Id = Hash;
+    type Order = Hash;
+
+    fn id(&self) -> Hash {
+        self.0
+    }
+
+    fn order(&self) -> Hash {
+        self.0
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.0.0);
+    }
+
+    fn decode(b: &[u8]) -> Result<ChunkId> {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(b);
+        Ok(ChunkId(Hash(id)))
+    }
+}
+
+/// The best copy of a chunk: sorted by chunk, one per chunk, the copy of the lowest rank
+/// (`crate::container::index_scan::read_rank`: in a live pack, then a condemned one, then an
+/// unlisted one) and among equals the first seen.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BestCopy(pub(crate) Located, pub(crate) u8);
+
+impl Record for BestCopy {
+    const LEN: usize = Located::LEN + 1;
+    const OPS: ScratchOps = OPS;
+    type Id = Hash;
+    type Order = (Hash, u8);
+
+    fn id(&self) -> Hash {
+        self.0.id
+    }
+
+    fn order(&self) -> (Hash, u8) {
+        (self.0.id, self.1)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.0.encode(out);
+        out.push(self.1);
+    }
+
+    fn decode(b: &[u8]) -> Result<Self> {
+        Ok(BestCopy(
+            Located::decode(&b[..Located::LEN])?,
+            b[Located::LEN],
+        ))
     }
 }
 
