@@ -278,7 +278,7 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
 
     // Every needed chunk located, in one pass over both sorted tables; then read back.
     let needed = needed.finish()?;
-    let (mut bad, to_read) = index.check(&needed, &listed, opts)?;
+    let (mut bad, to_read) = index.check(&needed, opts)?;
     drop(needed);
     if to_read.len() > 0 {
         read_back(c, &index, &to_read, &mut bad, &mut report)?;
@@ -362,16 +362,16 @@ impl Bad {
 /// extent-list chunks in a [`LocationTable`] (on disk beyond a few MiB), and the best copy of
 /// every data chunk in a table sorted by chunk, read once front to back. Packs are numbered by
 /// their position in the listing; packs the index names that are not listed come after.
-struct Locations {
+struct Locations<'a> {
     meta: LocationTable,
     data: Option<Table<BestCopy>>,
-    listed: Vec<Hash>,
+    listed: &'a PackListing,
     unlisted: Vec<Hash>,
     damaged_segments: Vec<(String, Error)>,
 }
 
-impl Locations {
-    fn load(c: &Container, listing: &PackListing, mem_entries: usize) -> Result<Locations> {
+impl<'a> Locations<'a> {
+    fn load(c: &Container, listing: &'a PackListing, mem_entries: usize) -> Result<Self> {
         let mut meta = LocationBuilder::new(mem_entries, false);
         let mut data = TableBuilder::new(mem_entries);
         let mut unlisted: Vec<Hash> = Vec::new();
@@ -409,7 +409,7 @@ impl Locations {
         Ok(Locations {
             meta: meta.finish()?,
             data: Some(data.finish()?),
-            listed: listing.iter().map(|(p, _)| p).collect(),
+            listed: listing,
             unlisted,
             damaged_segments: scan.damaged_segments,
         })
@@ -417,8 +417,8 @@ impl Locations {
 
     fn pack_id(&self, pos: u32) -> Hash {
         let pos = pos as usize;
-        match self.listed.get(pos) {
-            Some(p) => *p,
+        match self.listed.at(pos) {
+            Some((p, _)) => p,
             None => self.unlisted[pos - self.listed.len()],
         }
     }
@@ -429,7 +429,6 @@ impl Locations {
     fn check(
         &self,
         needed: &Table<ChunkId>,
-        listing: &PackListing,
         opts: &VerifyOptions,
     ) -> Result<(HashMap<Hash, Bad>, Table<ByPlace>)> {
         let mut bad = HashMap::new();
@@ -457,7 +456,7 @@ impl Locations {
             };
             let key = pack_key(&self.pack_id(loc.pack));
             let end = u64::from(loc.offset) + u64::from(loc.stored_len);
-            match listing.at(loc.pack as usize).map(|(_, size)| size) {
+            match self.listed.at(loc.pack as usize).map(|(_, size)| size) {
                 None => {
                     bad.insert(id, Bad::PackMissing { key });
                 }
@@ -509,7 +508,7 @@ type RangeOutcome = (u64, u64, Vec<(Hash, BadChunk)>);
 /// ranges); adds the ones that fail to `bad`.
 fn read_back(
     c: &Container,
-    index: &Locations,
+    index: &Locations<'_>,
     to_read: &Table<ByPlace>,
     bad: &mut HashMap<Hash, Bad>,
     report: &mut VerifyReport,

@@ -54,7 +54,8 @@ pub(super) fn merge_segments(
     let mut out = Merged {
         c,
         pending: Vec::new(),
-        included: HashSet::new(),
+        included: vec![false; packs.len()],
+        included_unlisted: HashSet::new(),
         written: HashSet::new(),
     };
     for key in &affected {
@@ -66,7 +67,7 @@ pub(super) fn merge_segments(
         };
         for (p, entries) in seg {
             if keep(&p) {
-                out.add(p, entries, report)?;
+                out.add(packs.pos(&p), p, entries, report)?;
             }
         }
     }
@@ -79,7 +80,7 @@ pub(super) fn merge_segments(
         for batch in from_tables.chunks(TABLES_AT_ONCE) {
             for (p, entries) in c.read_pack_tables(batch) {
                 match entries {
-                    Ok(entries) => out.add(p, entries, report)?,
+                    Ok(entries) => out.add(packs.pos(&p), p, entries, report)?,
                     Err(e) => tracing::warn!("{e}"),
                 }
             }
@@ -102,15 +103,26 @@ pub(super) fn merge_segments(
 struct Merged<'a> {
     c: &'a Container,
     pending: Vec<(Hash, Vec<PackEntry>)>,
-    /// Packs already in a merged segment.
-    included: HashSet<Hash>,
+    /// Packs already in a merged segment: by position, and the unlisted ones by id.
+    included: Vec<bool>,
+    included_unlisted: HashSet<Hash>,
     /// Keys written (a merged segment may have the name of one it replaces).
     written: HashSet<String>,
 }
 
 impl Merged<'_> {
-    fn add(&mut self, pack: Hash, entries: Vec<PackEntry>, report: &mut GcReport) -> Result<()> {
-        if self.included.insert(pack) {
+    fn add(
+        &mut self,
+        pos: Option<u32>,
+        pack: Hash,
+        entries: Vec<PackEntry>,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let first = match pos {
+            Some(p) => !std::mem::replace(&mut self.included[p as usize], true),
+            None => self.included_unlisted.insert(pack),
+        };
+        if first {
             self.pending.push((pack, entries));
             if self.pending.len() >= PACKS_PER_SEGMENT {
                 self.flush(report)?;

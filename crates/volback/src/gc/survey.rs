@@ -34,47 +34,46 @@ pub(super) enum Known {
 }
 
 /// The packs listed when the collection started (sorted, so a position is found by binary
-/// search), then those this run writes.
+/// search), then those this run writes: 41 bytes a pack.
 pub(super) struct PackList {
-    ids: Vec<Hash>,
-    sizes: Vec<u64>,
+    /// (id, size): listed, sorted, then written.
+    packs: Vec<(Hash, u64)>,
     pub(super) known: Vec<Known>,
-    /// Packs listed at the start: `ids[..listed]` is sorted.
+    /// Packs listed at the start: `packs[..listed]` is sorted.
     listed: usize,
     written: HashMap<Hash, u32>,
 }
 
 impl PackList {
     fn new(listing: PackListing) -> Self {
-        let (ids, sizes): (Vec<Hash>, Vec<u64>) = listing.into_vec().into_iter().unzip();
+        let packs = listing.into_vec();
         PackList {
-            known: vec![Known::No; ids.len()],
-            listed: ids.len(),
-            ids,
-            sizes,
+            known: vec![Known::No; packs.len()],
+            listed: packs.len(),
+            packs,
             written: HashMap::new(),
         }
     }
 
     /// Number of packs (listed, then written).
     pub(super) fn len(&self) -> usize {
-        self.ids.len()
+        self.packs.len()
     }
 
     /// The position of a pack listed at the start or written by this run.
     pub(super) fn pos(&self, id: &Hash) -> Option<u32> {
-        match self.ids[..self.listed].binary_search(id) {
+        match self.packs[..self.listed].binary_search_by(|(p, _)| p.cmp(id)) {
             Ok(p) => Some(p as u32),
             Err(_) => self.written.get(id).copied(),
         }
     }
 
     pub(super) fn id(&self, pos: u32) -> Hash {
-        self.ids[pos as usize]
+        self.packs[pos as usize].0
     }
 
     pub(super) fn size(&self, pos: u32) -> u64 {
-        self.sizes[pos as usize]
+        self.packs[pos as usize].1
     }
 
     /// The size of a pack listed or written, 0 for another.
@@ -84,7 +83,7 @@ impl PackList {
 
     /// Bytes of the packs listed at the start.
     pub(super) fn listed_bytes(&self) -> u64 {
-        self.sizes[..self.listed].iter().sum()
+        self.packs[..self.listed].iter().map(|(_, s)| s).sum()
     }
 
     /// Packs listed at the start.
@@ -94,9 +93,8 @@ impl PackList {
 
     /// Adds a pack this run wrote; returns its position.
     pub(super) fn add_written(&mut self, id: Hash, size: u64) -> u32 {
-        let pos = self.ids.len() as u32;
-        self.ids.push(id);
-        self.sizes.push(size);
+        let pos = self.packs.len() as u32;
+        self.packs.push((id, size));
         self.known.push(Known::Table);
         self.written.insert(id, pos);
         pos
@@ -104,7 +102,7 @@ impl PackList {
 
     /// Per position, whether the pack is in `set`.
     pub(super) fn flags(&self, set: impl Fn(&Hash) -> bool) -> Vec<bool> {
-        self.ids.iter().map(set).collect()
+        self.packs.iter().map(|(p, _)| set(p)).collect()
     }
 
     /// Per position, `false`; then `true` at the positions of the packs of `ids` that are here.
