@@ -22,35 +22,12 @@ use volback::format::pack::{PackBuilder, PackEntry};
 use volback::gc::{GcOptions, run_gc};
 use volback::ids::Hash;
 use volback::verify::{VerifyOptions, run_verify};
+use volback_benches::{id, status_kib};
 
 const VOLUMES: u64 = 100;
 const DELETED: u64 = 10;
 const CHUNKS_PER_PACK: u64 = 1024;
 const CHUNK: u32 = 32 << 10;
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-fn id(i: u64) -> Hash {
-    // Distinct, uniformly spread ids (what BLAKE3 ids look like), cheaper than hashing data.
-    let mut h = [0u8; 32];
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    for c in h.chunks_mut(8) {
-        x ^= x >> 31;
-        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x ^= x >> 27;
-        c.copy_from_slice(&x.to_le_bytes());
-    }
-    Hash(h)
-}
 
 fn or_die<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e}"))

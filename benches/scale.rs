@@ -24,30 +24,7 @@ use volback::format::config::ContainerConfig;
 use volback::format::extent_list::ExtentListWriter;
 use volback::ids::Hash;
 use volback::index::ChunkSet;
-
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-fn id(i: u64) -> Hash {
-    // Distinct, uniformly spread ids (what BLAKE3 ids look like), cheaper than hashing data.
-    let mut h = [0u8; 32];
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    for c in h.chunks_mut(8) {
-        x ^= x >> 31;
-        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x ^= x >> 27;
-        c.copy_from_slice(&x.to_le_bytes());
-    }
-    Hash(h)
-}
+use volback_benches::{id, status_kib};
 
 fn main() {
     if std::env::args().any(|a| a == "--model-only") {
@@ -63,7 +40,7 @@ fn main() {
     let avg = u64::from(cfg.chunker.avg);
     let n = volume / avg;
     println!("# Scale model: {tib} TiB of unique data, {n} chunks of {avg} B average\n");
-    let rss0 = vm_hwm_kib();
+    let rss0 = status_kib("VmHWM:");
 
     // 1. The dedup set a backup holds.
     let t = Instant::now();
@@ -83,7 +60,7 @@ fn main() {
     let lookup_ns = t.elapsed().as_nanos() as f64 / (2 * probes) as f64;
     assert_eq!(hits as u64, probes);
     let set_bytes = set.memory_bytes() as u64;
-    let rss_set = vm_hwm_kib().saturating_sub(rss0);
+    let rss_set = status_kib("VmHWM:").saturating_sub(rss0);
     drop(set);
 
     // 1b. The dedup set a backup loads from a container holding those chunks: keys beyond
@@ -402,20 +379,33 @@ fn model() {
     );
     println!(
         "| restore | {} LIST + {} segment GETs before the first byte (~{index_gib:.0} GiB read), then ranged GETs | location table: {:.0} MiB in memory (half a byte per chunk), {:.0} GiB in $TMPDIR | no |",
-        pages(segments),
+        pages(packs) + pages(segments) + 1,
         segments,
         mib(chunks as f64 / 2.0),
         (chunks * 52) as f64 / (1u64 << 30) as f64,
     );
+    // gc and verify: per pack, what stays in memory; per chunk, what goes to $TMPDIR; the
+    // sort and merge buffers are fixed (constants of gc/mod.rs, restore/locations.rs and
+    // extsort.rs).
+    let gc_per_pack = 41.0 + 4.0 + 40.0 + 4.0 + 1.0; // pack list, segment packs, re-listing, flags, merged
+    let gc_buffers = (1u64 << 20) as f64 * 52.0 * 1.5 + 256.0 * 1024.0 * 52.0;
+    let verify_buffers = 3.0 * (1u64 << 16) as f64 * 56.0 * 1.5 + 256.0 * 1024.0 * 52.0;
+    let gib = |b: f64| b / (1u64 << 30) as f64;
     println!(
-        "| gc | {} LIST + {} segment GETs + every manifest and extent list | every pack table, the chunk-to-packs map and the live set in memory: more than the index, {index_gib:.0} GiB | no |",
-        pages(packs) + pages(segments) + 3,
+        "| gc | {} LIST + {} segment GETs + every manifest and extent list, and the pack listing again | {gc_per_pack:.0} B per pack, {:.0} MiB of sort and merge buffers: ~{:.0} MiB; {:.0} GiB in $TMPDIR (the chunk table, twice while merging, and the live set) | memory yes |",
+        pages(packs) * 2 + pages(segments) + 3,
         segments,
+        mib(gc_buffers),
+        mib(packs as f64 * gc_per_pack + gc_buffers),
+        gib(chunks as f64 * (50.0 * 2.0 + 32.0)),
     );
     println!(
-        "| verify | {} LIST + {} segment GETs + the backups' extent lists | the index in memory: more than {index_gib:.0} GiB | no |",
-        pages(packs) + pages(segments),
+        "| verify | {} LIST + {} segment GETs + the extent lists | the pack listing (40 B per pack), {:.0} MiB of sort and merge buffers: ~{:.0} MiB; {:.0} GiB in $TMPDIR (the chunk table, twice while merging, and the chunks backups need) | memory yes |",
+        pages(packs) * 2 + pages(segments) + 1,
         segments,
+        mib(verify_buffers),
+        mib(packs as f64 * 40.0 + verify_buffers),
+        gib(chunks as f64 * (51.0 * 2.0 + 32.0)),
     );
     println!(
         "\nThe parent's full backup: {} requests, {} bytes stored.",

@@ -209,8 +209,8 @@ fn merge_runs<R: Record>(
     Ok(())
 }
 
-/// One sorted run being read back during the merge.
-struct RunReader<'a, R> {
+/// One sorted run (or a whole table) being read back.
+pub(crate) struct RunReader<'a, R> {
     file: &'a File,
     /// Next record to read from the file, and the run's end (in records).
     next: usize,
@@ -308,47 +308,31 @@ impl<R: Record> Table<R> {
 
     /// Reads the table front to back.
     pub fn reader(&self) -> TableReader<'_, R> {
-        TableReader {
-            table: self,
-            next: 0,
-            buf: Vec::new(),
-            at: 0,
+        match self {
+            Table::Memory(v) => TableReader::Memory(v, 0),
+            Table::File { file, len } => TableReader::File(RunReader {
+                file,
+                next: 0,
+                end: *len,
+                buf: Vec::new(),
+                at: 0,
+            }),
         }
     }
 }
 
 /// Reads a [`Table`] in order, [`MERGE_READ`] records at a time from a file.
-pub(crate) struct TableReader<'a, R> {
-    table: &'a Table<R>,
-    /// Next record to read from the file.
-    next: usize,
-    buf: Vec<R>,
-    at: usize,
+pub(crate) enum TableReader<'a, R> {
+    Memory(&'a [R], usize),
+    File(RunReader<'a, R>),
 }
 
 impl<R: Record> TableReader<'_, R> {
     /// The next record, without taking it.
     pub fn peek(&mut self) -> Result<Option<R>> {
-        match self.table {
-            Table::Memory(v) => Ok(v.get(self.at).copied()),
-            Table::File { file, len } => {
-                if self.at == self.buf.len() {
-                    let n = MERGE_READ.min(len - self.next);
-                    if n == 0 {
-                        return Ok(None);
-                    }
-                    let mut bytes = vec![0u8; n * R::LEN];
-                    file.read_exact_at(&mut bytes, (self.next * R::LEN) as u64)
-                        .map_err(scratch_err(R::OPS.read))?;
-                    self.buf.clear();
-                    for b in bytes.chunks_exact(R::LEN) {
-                        self.buf.push(R::decode(b)?);
-                    }
-                    self.next += n;
-                    self.at = 0;
-                }
-                Ok(Some(self.buf[self.at]))
-            }
+        match self {
+            TableReader::Memory(v, at) => Ok(v.get(*at).copied()),
+            TableReader::File(r) => r.peek(),
         }
     }
 
@@ -356,7 +340,10 @@ impl<R: Record> TableReader<'_, R> {
     pub fn next_record(&mut self) -> Result<Option<R>> {
         let r = self.peek()?;
         if r.is_some() {
-            self.at += 1;
+            match self {
+                TableReader::Memory(_, at) => *at += 1,
+                TableReader::File(f) => f.at += 1,
+            }
         }
         Ok(r)
     }

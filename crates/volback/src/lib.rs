@@ -202,7 +202,8 @@
 //!                               keys (which key holds what); versioned (JSON versions)
 //! store/                        the ObjectStore trait; fs, memory, s3, s3_lock (Object Lock and
 //!                               versions); retry; versions (deletes of every version); direct
-//! index/                        the index in memory (Index, Locate) and the dedup ChunkSet
+//! index/                        the index in memory (Index, Locate), the dedup ChunkSet, and
+//!                               located (the records gc and verify sort)
 //! container/                    Container: url, open/create (mod), keyring (key slots),
 //!                               backups (manifests), packs, index_scan (the protocol's read order), leases,
 //!                               fetch (ranged reads, verified), extents (walking a backup),

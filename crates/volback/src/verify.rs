@@ -6,6 +6,13 @@
 //! With `read_data`, every chunk a checked backup needs is read back, decompressed and
 //! re-hashed (each pack once, with coalesced ranged reads, in bounded memory).
 //!
+//! Memory grows with the container's packs (its pack listing, 40 bytes each) but not with its
+//! chunks: the best copy of every chunk (from the index) and the chunks the backups reference
+//! (from their extent lists, each once) are tables sorted into scratch files in `$TMPDIR`
+//! (`crate::extsort`), checked against each other in one pass; the chunks to read back are
+//! sorted again by pack and offset. Damage found is attributed to the backups that need the
+//! damaged chunks, at their volume offsets, by walking their extent lists a second time.
+//!
 //! Without the key of an encrypted container, only what is visible without it is checked
 //! ([`run_verify`] says so in [`VerifyReport::without_key`]): every manifest and index segment is
 //! a well-formed sealed object, every segment and (with `read_data`) every pack hashes to its
@@ -33,7 +40,6 @@ use crate::format::chunk::{ChunkKind, decode_chunk};
 use crate::format::extent_list::Extent;
 use crate::format::keys::BACKUPS_PREFIX;
 use crate::format::manifest::Manifest;
-use crate::format::pack::PackEntry;
 use crate::ids::Hash;
 use crate::index::Location;
 use crate::index::located::{Batch, BestCopy, ByPlace, ChunkId, Located};
@@ -386,14 +392,7 @@ impl<'a> Locations<'a> {
                     (listing.len() + unlisted.len() - 1) as u32
                 }),
             };
-            let of_meta: Vec<PackEntry> = entries
-                .iter()
-                .filter(|e| e.kind == ChunkKind::Meta)
-                .cloned()
-                .collect();
-            if !of_meta.is_empty() {
-                meta.add(*pack, &of_meta, rank);
-            }
+            meta.add_meta(*pack, entries, rank);
             for e in entries.iter().filter(|e| e.kind != ChunkKind::Meta) {
                 let loc = Location::of(e, pos);
                 if failed.is_none()

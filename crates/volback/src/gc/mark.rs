@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use super::survey::{add_meta, meta_builder};
+use super::survey::meta_builder;
 use crate::container::index_scan::read_rank;
 use crate::container::{Container, IndexUse, manifest_key};
 use crate::error::{Error, Result};
@@ -96,7 +96,7 @@ impl<'a> Marker<'a> {
 fn meta_locations(c: &Container, mem_entries: usize) -> Result<LocationTable> {
     let mut meta = meta_builder(mem_entries);
     c.scan_index(IndexUse::Read, |pack, entries, exists, condemned| {
-        add_meta(&mut meta, *pack, entries, read_rank(exists, condemned));
+        meta.add_meta(*pack, entries, read_rank(exists, condemned));
     })?;
     meta.finish()
 }

@@ -23,6 +23,11 @@
 //!    they never produce a pack whose name is condemned (`PackBuilder::finish_avoiding`).
 //!
 //! Why this is safe, and for which pairs of operations, is argued in `docs/gc.md`.
+//!
+//! Memory grows with the packs, not the chunks: what each pack holds is a table of (chunk,
+//! pack) records sorted by chunk (`survey.rs`), the live set a table of chunk ids sorted the
+//! same way (`mark.rs`), both spilled to scratch files beyond [`GcOptions::mem_entries`]; every
+//! per-chunk decision above is made walking the two side by side (`join.rs`).
 
 mod condemn;
 mod join;

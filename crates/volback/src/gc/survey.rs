@@ -11,7 +11,6 @@ use crate::container::index_scan::read_rank;
 use crate::container::{Container, PackListing};
 use crate::error::{Error, Result};
 use crate::extsort::{Table, TableBuilder};
-use crate::format::chunk::ChunkKind;
 use crate::format::pack::PackEntry;
 use crate::ids::Hash;
 use crate::index::Location;
@@ -152,7 +151,7 @@ struct Collect {
 impl Collect {
     fn add(&mut self, packs: &mut PackList, pos: u32, entries: &[PackEntry], condemned: bool) {
         let rank = read_rank(true, condemned);
-        add_meta(&mut self.meta, packs.id(pos), entries, rank);
+        self.meta.add_meta(packs.id(pos), entries, rank);
         for e in entries {
             if self.failed.is_some() {
                 return;
@@ -243,16 +242,4 @@ impl Survey {
 /// `mem_entries` if smaller), a block read per lookup batch.
 pub(super) fn meta_builder(mem_entries: usize) -> LocationBuilder {
     LocationBuilder::new(DEFAULT_MEM_ENTRIES.min(mem_entries), false)
-}
-
-/// Adds the extent-list chunks of a pack's `entries` to `meta` with the pack's `rank`.
-pub(super) fn add_meta(meta: &mut LocationBuilder, pack: Hash, entries: &[PackEntry], rank: u8) {
-    let of_meta: Vec<PackEntry> = entries
-        .iter()
-        .filter(|e| e.kind == ChunkKind::Meta)
-        .cloned()
-        .collect();
-    if !of_meta.is_empty() {
-        meta.add(pack, &of_meta, rank);
-    }
 }

@@ -1,9 +1,12 @@
 //! The chunk index in memory: where each chunk lives (pack, offset, lengths).
 //!
 //! On storage the index is a set of immutable segments (`index/<blake3>`, format in
-//! [`crate::format::index_segment`]). Verify and gc load an [`Index`]: a hash map from chunk id
-//! to a compact [`Location`], preferring copies in live packs (a restore sorts the same into a
-//! scratch file, `restore::locations`). A backup needs only to know which chunks exist:
+//! [`crate::format::index_segment`]). An [`Index`] is a hash map from chunk id to a compact
+//! [`Location`], preferring copies in live packs, for small sets of chunks (an extent list's, a
+//! repack batch's, a restore's extent-list chunks). Over the whole container nothing is held
+//! per chunk: a restore sorts the locations into a scratch file (`restore::locations`), and gc
+//! and verify sort the records of `located` (a chunk and where it is, by chunk or by place) and
+//! walk them in order. A backup needs only to know which chunks exist:
 //! it loads a `backup::dedup::DedupSet`, a [`ChunkSet`] of 16 bytes per chunk for a
 //! small container and a sorted scratch file beyond that, and keeps the chunks it stores in a
 //! [`ChunkSet`].

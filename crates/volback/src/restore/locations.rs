@@ -283,6 +283,18 @@ impl LocationBuilder {
         }
     }
 
+    /// Adds the extent-list chunks among a pack's `entries` alone.
+    pub(crate) fn add_meta(&mut self, pack: Hash, entries: &[PackEntry], rank: u8) {
+        let of_meta: Vec<PackEntry> = entries
+            .iter()
+            .filter(|e| e.kind == ChunkKind::Meta)
+            .cloned()
+            .collect();
+        if !of_meta.is_empty() {
+            self.add(pack, &of_meta, rank);
+        }
+    }
+
     /// The table: sorted in memory, or merged into its file.
     pub(crate) fn finish(mut self) -> Result<LocationTable> {
         if let Some(e) = self.failed {
