@@ -19,8 +19,7 @@ use crate::format::index_segment::PACKS_PER_SEGMENT;
 use crate::format::pack::{PackBuilder, PackEntry};
 use crate::ids::Hash;
 use crate::index::Location;
-use crate::index::located::ChunkId;
-use crate::index::located::{Batch, ByChunk, ByPlace, Located};
+use crate::index::located::{Batch, ByChunk, ByPlace, ChunkId, Located};
 
 /// Live chunks copied per batch while repacking (bounds memory).
 const REPACK_BATCH: usize = 2048;

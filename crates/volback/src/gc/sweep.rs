@@ -18,8 +18,7 @@ use crate::extsort::Table;
 use crate::format::condemnation::Condemnation;
 use crate::format::keys::{PROBES_PREFIX, probe_time};
 use crate::ids::Hash;
-use crate::index::located::ByChunk;
-use crate::index::located::ChunkId;
+use crate::index::located::{ByChunk, ChunkId};
 
 /// What the sweep reads besides the container.
 pub(super) struct SweepInputs<'a> {
