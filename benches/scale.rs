@@ -400,11 +400,11 @@ fn model() {
         gib(chunks as f64 * (50.0 * 2.0 + 32.0)),
     );
     println!(
-        "| verify | {} LIST + {} segment GETs + the extent lists | the pack listing (40 B per pack), {:.0} MiB of sort and merge buffers: ~{:.0} MiB; {:.0} GiB in $TMPDIR (the chunk table, twice while merging, and the chunks backups need) | memory yes |",
-        pages(packs) * 2 + pages(segments) + 1,
+        "| verify | {} LIST + {} segment GETs + the extent lists | two pack listings, before and after the index is read (80 B per pack), {:.0} MiB of sort and merge buffers: ~{:.0} MiB; {:.0} GiB in $TMPDIR (the chunk table, twice while merging, and the chunks backups need) | memory yes |",
+        pages(packs) * 3 + pages(segments) + 1,
         segments,
         mib(verify_buffers),
-        mib(packs as f64 * 40.0 + verify_buffers),
+        mib(packs as f64 * 80.0 + verify_buffers),
         gib(chunks as f64 * (51.0 * 2.0 + 32.0)),
     );
     println!(

@@ -6,12 +6,12 @@
 //! With `read_data`, every chunk a checked backup needs is read back, decompressed and
 //! re-hashed (each pack once, with coalesced ranged reads, in bounded memory).
 //!
-//! Memory grows with the container's packs (its pack listing, 40 bytes each) but not with its
-//! chunks: the best copy of every chunk (from the index) and the chunks the backups reference
-//! (from their extent lists, each once) are tables sorted into scratch files in `$TMPDIR`
-//! (`crate::extsort`), checked against each other in one pass; the chunks to read back are
-//! sorted again by pack and offset. Damage found is attributed to the backups that need the
-//! damaged chunks, at their volume offsets, by walking their extent lists a second time.
+//! Memory grows with the container's packs (two pack listings, 40 bytes a pack each) but not
+//! with its chunks: the best copy of every chunk (from the index) and the chunks the backups
+//! reference (from their extent lists, each once) are tables sorted into scratch files in
+//! `$TMPDIR` (`crate::extsort`), checked against each other in one pass; the chunks to read
+//! back are sorted again by pack and offset. Damage found is attributed to the backups that
+//! need the damaged chunks, at their volume offsets, by walking their extent lists again.
 //!
 //! Without the key of an encrypted container, only what is visible without it is checked
 //! ([`run_verify`] says so in [`VerifyReport::without_key`]): every manifest and index segment is
@@ -209,8 +209,11 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
         ..Default::default()
     };
     let _lease = LeaseGuard::take(c, opts.backup_id.as_deref().unwrap_or("verify"), LEASE_TTL).ok();
+    // Packs are numbered by a listing taken before the index is read, and checked against one
+    // taken after it: a pack a backup writes while verify runs is indexed only after it exists.
+    let numbering = c.listed_packs()?;
+    let mut index = Locations::load(c, &numbering, opts.mem_entries)?;
     let listed = c.listed_packs()?;
-    let mut index = Locations::load(c, &listed, opts.mem_entries)?;
     for (key, e) in &index.damaged_segments {
         report.damaged_objects.push(Problem::of(key, e));
     }
@@ -284,7 +287,7 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
 
     // Every needed chunk located, in one pass over both sorted tables; then read back.
     let needed = needed.finish()?;
-    let (mut bad, to_read) = index.check(&needed, opts)?;
+    let (mut bad, to_read) = index.check(&needed, &listed, opts)?;
     drop(needed);
     if to_read.len() > 0 {
         read_back(c, &index, &to_read, &mut bad, &mut report)?;
@@ -423,11 +426,12 @@ impl<'a> Locations<'a> {
     }
 
     /// Locates every `needed` chunk (both tables sorted by chunk: one pass) and checks that its
-    /// pack is listed and long enough. Returns the chunks that are not, and (with
+    /// pack is in `listed` and long enough. Returns the chunks that are not, and (with
     /// `opts.read_data`) the others by place, to read back.
     fn check(
         &self,
         needed: &Table<ChunkId>,
+        listed: &PackListing,
         opts: &VerifyOptions,
     ) -> Result<(HashMap<Hash, Bad>, Table<ByPlace>)> {
         let mut bad = HashMap::new();
@@ -455,7 +459,7 @@ impl<'a> Locations<'a> {
             };
             let key = pack_key(&self.pack_id(loc.pack));
             let end = u64::from(loc.offset) + u64::from(loc.stored_len);
-            match self.listed.at(loc.pack as usize).map(|(_, size)| size) {
+            match listed.size(&self.pack_id(loc.pack)) {
                 None => {
                     bad.insert(id, Bad::PackMissing { key });
                 }
