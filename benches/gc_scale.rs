@@ -5,7 +5,9 @@
 //! for), deletes 10 of the backups, and runs in this process one collection (it marks every
 //! chunk, condemns the deleted volumes' packs and sweeps them, merging the index segments) and
 //! then a structure verify (every backup walked, every chunk located in a pack long enough;
-//! the stand-ins' own tables do not read, which it reports). Reports each one's time, peak RSS
+//! the stand-ins' own tables do not read, which it reports). Before those, what a restore does
+//! before its first byte, for one backup of 1 % of the chunks: its locations read from the index
+//! (`LocationTable::for_backup`) and the completeness check. Reports each one's time, peak RSS
 //! (reset before each) and requests. Needs ~60 bytes of disk per chunk for the container and
 //! as much again of `$TMPDIR` while they run.
 
@@ -17,10 +19,12 @@ use volback::backup::{BackupOptions, run_backup};
 use volback::container::{Container, pack_key};
 use volback::format::chunk::{ChunkKind, Compression, encode_chunk};
 use volback::format::extent_list::ExtentListWriter;
-use volback::format::manifest::MetaRef;
+use volback::format::manifest::{MetaAt, MetaRef};
 use volback::format::pack::{PackBuilder, PackEntry};
 use volback::gc::{GcOptions, run_gc};
 use volback::ids::Hash;
+use volback::restore::check_complete;
+use volback::restore::locations::{DEFAULT_MEM_ENTRIES, LocationTable};
 use volback::verify::{VerifyOptions, run_verify};
 use volback_benches::{id, status_kib};
 
@@ -114,6 +118,15 @@ fn main() {
         }
         metas(extents.finish(), &mut meta);
         let (bytes, pack, entries) = meta.finish();
+        // Where each extent-list chunk is, as a backup's manifest records it.
+        for (r, e) in refs.iter_mut().zip(&entries) {
+            r.at = Some(MetaAt {
+                pack: pack.to_hex(),
+                offset: e.offset,
+                stored_len: e.stored_len,
+                zstd: e.compression == Compression::Zstd,
+            });
+        }
         or_die(c.store().put(&pack_key(&pack), bytes), "extent-list pack");
         segment.push((pack, entries));
         flush(&mut segment, true);
@@ -136,6 +149,25 @@ fn main() {
         n.div_ceil(CHUNKS_PER_PACK)
     );
     println!("built in {:.0} s", t.elapsed().as_secs_f64());
+
+    // A restore up to its first byte: the backup's locations and the check.
+    or_die(
+        std::fs::write("/proc/self/clear_refs", "5"),
+        "reset peak RSS",
+    );
+    let before_restore = c.store().requests();
+    let t = Instant::now();
+    let (m, _) = or_die(c.read_manifest(&format!("vol-{}", VOLUMES - 1)), "manifest");
+    let table = or_die(
+        LocationTable::for_backup(&c, &m, DEFAULT_MEM_ENTRIES),
+        "restore locations",
+    );
+    or_die(check_complete(&c, &table, &m), "restore check");
+    let restore_secs = t.elapsed().as_secs_f64();
+    let restore_peak = status_kib("VmHWM:");
+    let restore_requests = c.store().requests().since(&before_restore);
+    assert_eq!(table.data_len() as u64, per_volume);
+    drop(table);
 
     // Peak RSS from here on: the collection alone.
     or_die(
@@ -173,18 +205,19 @@ fn main() {
     assert!(v.damaged_backups.is_empty(), "{:?}", v.backups);
     assert!(v.chunks_checked > (VOLUMES - DELETED) * per_volume);
 
-    println!("| quantity | gc | verify |\n|---|---|---|");
+    println!("| quantity | restore, to its first byte | gc | verify |\n|---|---|---|---|");
     println!(
-        "| chunks | {} marked live | {} checked |",
+        "| chunks | {per_volume} located | {} marked live | {} checked |",
         r.live_chunks, v.chunks_checked
     );
     println!(
-        "| time | {secs:.1} s ({:.2} µs per chunk) | {verify_secs:.1} s ({:.2} µs per chunk) |",
+        "| time | {restore_secs:.1} s | {secs:.1} s ({:.2} µs per chunk) | {verify_secs:.1} s ({:.2} µs per chunk) |",
         secs * 1e6 / n as f64,
         verify_secs * 1e6 / v.chunks_checked as f64
     );
     println!(
-        "| peak RSS | {} MiB | {} MiB |",
+        "| peak RSS | {} MiB | {} MiB | {} MiB |",
+        restore_peak >> 10,
         peak >> 10,
         verify_peak >> 10
     );
@@ -195,7 +228,8 @@ fn main() {
         )
     };
     println!(
-        "| requests | {} | {} |",
+        "| requests | {} | {} | {} |",
+        req(&restore_requests),
         req(&gc_requests),
         req(&v.requests)
     );

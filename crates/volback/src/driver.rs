@@ -311,7 +311,7 @@ impl Driver {
         }
         let (m, _) = c.read_manifest(&r.backup.id)?;
         // Bounded memory whatever the container's size, as for a restore.
-        let index = LocationTable::load(&c, DEFAULT_MEM_ENTRIES)?;
+        let index = LocationTable::for_backup(&c, &m, DEFAULT_MEM_ENTRIES)?;
         check_complete(&c, &index, &m)?;
         Ok(BackupRecord {
             container: Some(c.url().to_string()),

@@ -104,7 +104,17 @@ impl Runs {
     /// (ties go to the earlier run, i.e. the record seen first). At most [`MAX_FAN_IN`] runs are
     /// merged at once (each holds a read buffer): more are first merged in groups into longer
     /// runs, a pass over the data per level, so memory stays bounded at any table size.
-    pub fn merge<R: Record>(mut self, block: usize) -> Result<Sorted<R::Id>> {
+    pub fn merge<R: Record>(self, block: usize) -> Result<Sorted<R::Id>> {
+        self.merge_filtered::<R>(block, |_| Ok(true))
+    }
+
+    /// Like [`Runs::merge`], keeping only the records `keep` accepts; `keep` sees the merged
+    /// records in order, one per id (so it can walk another sorted table alongside: a join).
+    pub fn merge_filtered<R: Record>(
+        mut self,
+        block: usize,
+        mut keep: impl FnMut(&R) -> Result<bool>,
+    ) -> Result<Sorted<R::Id>> {
         while self.lens.len() > MAX_FAN_IN {
             self = self.merge_level::<R>()?;
         }
@@ -117,6 +127,9 @@ impl Runs {
         let mut fences = Vec::new();
         let mut len = 0usize;
         merge_runs::<R>(&runs, &self.lens, 0, |rec| {
+            if !keep(rec)? {
+                return Ok(());
+            }
             if len.is_multiple_of(block) {
                 fences.push(rec.id());
             }
@@ -288,6 +301,46 @@ impl<R: Record> TableBuilder<R> {
         self.buf = Vec::new();
         let Sorted { file, len, .. } = self.runs.merge::<R>(usize::MAX)?;
         Ok(Table::File { file, len })
+    }
+}
+
+/// A table kept for lookups by id: sorted in memory, or in a scratch file with a fence per
+/// block (a lookup reads one block).
+pub(crate) enum Indexed<R: Record> {
+    Memory(Vec<R>),
+    File(Sorted<R::Id>),
+}
+
+impl<R: Record> TableBuilder<R> {
+    /// The sorted table for lookups, blocks of `block` records, keeping only what `keep` accepts
+    /// (it sees the records in order, one per id, as [`Runs::merge_filtered`] says).
+    pub fn finish_indexed(
+        mut self,
+        block: usize,
+        mut keep: impl FnMut(&R) -> Result<bool>,
+    ) -> Result<Indexed<R>> {
+        if self.runs.is_empty() {
+            sort_dedup(&mut self.buf);
+            let mut failed = None;
+            // `retain` visits the records once each, in order.
+            self.buf.retain(|r| match keep(r) {
+                Ok(k) => k,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    false
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            self.buf.shrink_to_fit();
+            return Ok(Indexed::Memory(self.buf));
+        }
+        if !self.buf.is_empty() {
+            self.runs.spill(&mut self.buf)?;
+        }
+        self.buf = Vec::new();
+        Ok(Indexed::File(self.runs.merge_filtered(block, keep)?))
     }
 }
 

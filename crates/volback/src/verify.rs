@@ -30,6 +30,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::container::index_scan::read_rank;
+use crate::container::pack_numbers::Unlisted;
 use crate::container::{
     Container, IndexUse, LEASE_TTL, LeaseGuard, MAX_RANGE_RAW, PackListing, manifest_key, pack_key,
     plan_ranges,
@@ -209,10 +210,10 @@ pub fn run_verify(c: &Container, opts: &VerifyOptions) -> Result<VerifyReport> {
         ..Default::default()
     };
     let _lease = LeaseGuard::take(c, opts.backup_id.as_deref().unwrap_or("verify"), LEASE_TTL).ok();
-    // Packs are numbered by a listing taken before the index is read, and checked against one
-    // taken after it: a pack a backup writes while verify runs is indexed only after it exists.
-    let numbering = c.listed_packs()?;
-    let mut index = Locations::load(c, &numbering, opts.mem_entries)?;
+    // Packs are numbered by the listing the index scan takes before it reads the segments, and
+    // checked against one taken after it: a pack a backup writes while verify runs is indexed
+    // only after it exists.
+    let mut index = Locations::load(c, opts.mem_entries)?;
     let listed = c.listed_packs()?;
     for (key, e) in &index.damaged_segments {
         report.damaged_objects.push(Problem::of(key, e));
@@ -371,29 +372,32 @@ impl Bad {
 /// extent-list chunks in a [`LocationTable`] (on disk beyond a few MiB), and the best copy of
 /// every data chunk in a table sorted by chunk, read once front to back. Packs are numbered by
 /// their position in the listing; packs the index names that are not listed come after.
-struct Locations<'a> {
+struct Locations {
     meta: LocationTable,
     data: Option<Table<BestCopy>>,
-    listed: &'a PackListing,
-    unlisted: Vec<Hash>,
+    /// The listing the index scan took before reading the segments.
+    listed: PackListing,
+    unlisted: Unlisted,
     damaged_segments: Vec<(String, Error)>,
 }
 
-impl<'a> Locations<'a> {
-    fn load(c: &Container, listing: &'a PackListing, mem_entries: usize) -> Result<Self> {
-        let mut meta = LocationBuilder::new(mem_entries, false);
+impl Locations {
+    fn load(c: &Container, mem_entries: usize) -> Result<Self> {
+        let mut meta = LocationBuilder::new(mem_entries);
         let mut data = TableBuilder::new(mem_entries);
-        let mut unlisted: Vec<Hash> = Vec::new();
-        let mut unlisted_pos: HashMap<Hash, u32> = HashMap::new();
+        let mut unlisted = Unlisted::default();
         let mut failed = None;
-        let scan = c.scan_index(IndexUse::Read, |pack, entries, exists, condemned| {
-            let rank = read_rank(exists, condemned);
-            let pos = match listing.position(pack) {
-                Some(p) => p as u32,
-                None => *unlisted_pos.entry(*pack).or_insert_with(|| {
-                    unlisted.push(*pack);
-                    (listing.len() + unlisted.len() - 1) as u32
-                }),
+        let scan = c.scan_index(IndexUse::Read, |pack, entries, listed, condemned| {
+            if failed.is_some() {
+                return;
+            }
+            let rank = read_rank(listed.is_some(), condemned);
+            let pos = match unlisted.number(pack, listed) {
+                Ok(pos) => pos,
+                Err(e) => {
+                    failed = Some(e);
+                    return;
+                }
             };
             meta.add_meta(*pack, entries, rank);
             for e in entries.iter().filter(|e| e.kind != ChunkKind::Meta) {
@@ -411,18 +415,14 @@ impl<'a> Locations<'a> {
         Ok(Locations {
             meta: meta.finish()?,
             data: Some(data.finish()?),
-            listed: listing,
+            listed: scan.listed,
             unlisted,
             damaged_segments: scan.damaged_segments,
         })
     }
 
     fn pack_id(&self, pos: u32) -> Hash {
-        let pos = pos as usize;
-        match self.listed.at(pos) {
-            Some((p, _)) => p,
-            None => self.unlisted[pos - self.listed.len()],
-        }
+        self.unlisted.id(&self.listed, pos)
     }
 
     /// Locates every `needed` chunk (both tables sorted by chunk: one pass) and checks that its
@@ -511,7 +511,7 @@ type RangeOutcome = (u64, u64, Vec<(Hash, BadChunk)>);
 /// ranges); adds the ones that fail to `bad`.
 fn read_back(
     c: &Container,
-    index: &Locations<'_>,
+    index: &Locations,
     to_read: &Table<ByPlace>,
     bad: &mut HashMap<Hash, Bad>,
     report: &mut VerifyReport,

@@ -247,8 +247,8 @@ pub fn load(
 ) -> Result<(DedupSet, HashSet<Hash>, Index)> {
     let mut set = DedupSet::builder(mem_keys);
     let mut found = Index::new();
-    let scan = container.scan_index(IndexUse::Backup, |pack, entries, exists, condemned| {
-        if exists && !condemned {
+    let scan = container.scan_index(IndexUse::Backup, |pack, entries, listed, condemned| {
+        if listed.is_some() && !condemned {
             for e in entries {
                 set.add(&e.id);
             }

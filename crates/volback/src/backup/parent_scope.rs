@@ -23,17 +23,16 @@
 //! parent's extent list cannot be read through its hints (a collection moved it), the backup
 //! reads the index as a full backup does; its manifest then records fresh hints.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use super::dedup::DedupSet;
 use super::resume;
+use crate::container::extents::hinted_meta_index;
 use crate::container::{Container, manifest_key};
 use crate::error::Result;
-use crate::format::chunk::{ChunkKind, Compression};
 use crate::format::condemnation::Condemnation;
 use crate::format::extent_list::Extent;
 use crate::format::manifest::Manifest;
-use crate::format::pack::PackEntry;
 use crate::ids::Hash;
 use crate::index::Index;
 
@@ -99,7 +98,7 @@ pub(super) fn load(
     mem_keys: usize,
 ) -> Result<Option<ParentScope>> {
     let key = manifest_key(&parent.backup_id);
-    let Some(index) = hinted_index(parent, &key) else {
+    let Some(index) = hinted_meta_index(parent) else {
         return Ok(None);
     };
     let mut set = DedupSet::builder(mem_keys);
@@ -141,33 +140,4 @@ pub(super) fn load(
         exposed: left_out,
         resumed: hint,
     }))
-}
-
-/// The parent's extent-list chunks located by its manifest's hints; `None` if one has none.
-fn hinted_index(parent: &Manifest, key: &str) -> Option<Index> {
-    let ids = parent.meta_ids(key).ok()?;
-    let mut by_pack: HashMap<Hash, Vec<PackEntry>> = HashMap::new();
-    for ((id, len), r) in ids.into_iter().zip(&parent.extents) {
-        let at = r.at.as_ref()?;
-        by_pack
-            .entry(Hash::from_hex(&at.pack)?)
-            .or_default()
-            .push(PackEntry {
-                id,
-                kind: ChunkKind::Meta,
-                compression: if at.zstd {
-                    Compression::Zstd
-                } else {
-                    Compression::None
-                },
-                raw_len: len,
-                stored_len: at.stored_len,
-                offset: at.offset,
-            });
-    }
-    let mut index = Index::new();
-    for (pack, entries) in by_pack {
-        index.add_pack(pack, &entries);
-    }
-    Some(index)
 }

@@ -20,7 +20,7 @@ const LOCATE_BATCH: usize = 4096;
 /// through the index as a restore finds them (in memory that does not grow with the
 /// container: [`LocationTable`]).
 pub fn packs_needed(c: &Container, m: &Manifest) -> Result<Vec<String>> {
-    let table = LocationTable::load(c, DEFAULT_MEM_ENTRIES)?;
+    let table = LocationTable::for_backup(c, m, DEFAULT_MEM_ENTRIES)?;
     let mut packs: HashSet<u32> = HashSet::new();
     let locate = |ids: &[Hash], packs: &mut HashSet<u32>| -> Result<()> {
         for (id, loc) in ids.iter().zip(table.locate_all(ids)?) {

@@ -8,11 +8,13 @@ use rayon::prelude::*;
 use super::Container;
 use super::fetch::{MAX_RANGE_RAW, plan_ranges};
 use crate::error::{Error, Result};
+use crate::format::chunk::{ChunkKind, Compression};
 use crate::format::extent_list::{Extent, ExtentListReader};
 use crate::format::keys::manifest_key;
 use crate::format::manifest::Manifest;
+use crate::format::pack::PackEntry;
 use crate::ids::Hash;
-use crate::index::Locate;
+use crate::index::{Index, Locate};
 
 /// Extent-list chunks fetched per group when walking a manifest (~1 MiB: a group's fetched
 /// ranges are held while it is walked, and 512 made a 16 GiB restore's peak 1–2 MiB higher
@@ -100,4 +102,36 @@ impl Container {
         }
         Ok(())
     }
+}
+
+/// A backup's extent-list chunks, located by its manifest's hints (`extents[].at`), for
+/// reading its extent list without the index; `None` if one has no hint. A hint is only a
+/// hint: a collection may have moved the chunk since, which the read finds (the bytes there do
+/// not hash to the id, or the pack is gone).
+pub fn hinted_meta_index(m: &Manifest) -> Option<Index> {
+    let ids = m.meta_ids(&manifest_key(&m.backup_id)).ok()?;
+    let mut by_pack: HashMap<Hash, Vec<PackEntry>> = HashMap::new();
+    for ((id, len), r) in ids.into_iter().zip(&m.extents) {
+        let at = r.at.as_ref()?;
+        by_pack
+            .entry(Hash::from_hex(&at.pack)?)
+            .or_default()
+            .push(PackEntry {
+                id,
+                kind: ChunkKind::Meta,
+                compression: if at.zstd {
+                    Compression::Zstd
+                } else {
+                    Compression::None
+                },
+                raw_len: len,
+                stored_len: at.stored_len,
+                offset: at.offset,
+            });
+    }
+    let mut index = Index::new();
+    for (pack, entries) in by_pack {
+        index.add_pack(pack, &entries);
+    }
+    Some(index)
 }

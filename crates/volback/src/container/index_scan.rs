@@ -7,6 +7,7 @@ use bytes::Bytes;
 use rayon::prelude::*;
 
 use super::Container;
+use super::packs::PackListing;
 use crate::error::{Error, Result};
 use crate::format::condemnation::Condemnation;
 use crate::format::index_segment::{Segment, decode_segment, encode_segment};
@@ -40,6 +41,9 @@ pub struct LoadedIndex {
 
 /// What [`Container::scan_index`] learnt besides the entries.
 pub struct IndexScan {
+    /// The pack listing the scan took (after the records, before the segments); the positions
+    /// handed to the visitor are positions in it.
+    pub listed: PackListing,
     pub condemned: HashSet<Hash>,
     pub segments: usize,
     pub damaged_segments: Vec<(String, Error)>,
@@ -151,8 +155,8 @@ impl Container {
     /// [`Container::scan_index`] for the order of reads the collection protocol requires.
     pub fn load_index_report(&self) -> Result<LoadedIndex> {
         let mut index = Index::new();
-        let scan = self.scan_index(IndexUse::Read, |pack, entries, exists, condemned| {
-            index.add_pack_ranked(*pack, entries, read_rank(exists, condemned));
+        let scan = self.scan_index(IndexUse::Read, |pack, entries, listed, condemned| {
+            index.add_pack_ranked(*pack, entries, read_rank(listed.is_some(), condemned));
         })?;
         Ok(LoadedIndex {
             index,
@@ -163,8 +167,8 @@ impl Container {
         })
     }
 
-    /// Visits every pack the index knows, with whether it exists and whether it is condemned,
-    /// in the protocol's order: condemnation records first, then the pack listing (a pack a
+    /// Visits every pack the index knows, with its position in the pack listing (`None`: not
+    /// listed, so it does not exist) and whether it is condemned, in the protocol's order: condemnation records first, then the pack listing (a pack a
     /// sweep deleted is either condemned by a record still there, or absent from the listing),
     /// then the segments, streamed a few at a time so memory does not grow with the index.
     /// Packs that exist but no readable segment describes (an interrupted backup's last packs, a
@@ -173,7 +177,7 @@ impl Container {
     pub fn scan_index(
         &self,
         usage: IndexUse,
-        mut visit: impl FnMut(&Hash, &[PackEntry], bool, bool),
+        mut visit: impl FnMut(&Hash, &[PackEntry], Option<usize>, bool),
     ) -> Result<IndexScan> {
         let condemned: HashSet<Hash> = self
             .load_condemned()?
@@ -181,7 +185,8 @@ impl Container {
             .flat_map(|(_, c)| c.pack_ids())
             .collect();
         let listed = self.listed_packs()?;
-        let mut covered: HashSet<Hash> = HashSet::new();
+        // Which listed packs a segment described, by listing position (a byte a pack).
+        let mut covered = vec![false; listed.len()];
         let mut damaged = Vec::new();
         let mut segments = 0;
         self.for_each_segment(
@@ -191,24 +196,24 @@ impl Container {
                 Ok(seg) => {
                     segments += 1;
                     for (pack, entries) in &seg {
-                        covered.insert(*pack);
-                        visit(
-                            pack,
-                            entries,
-                            listed.contains(pack),
-                            condemned.contains(pack),
-                        );
+                        let at = listed.position(pack);
+                        if let Some(i) = at {
+                            covered[i] = true;
+                        }
+                        visit(pack, entries, at, condemned.contains(pack));
                     }
                 }
                 Err(e) => damaged.push((key, e)),
             },
         )?;
-        let mut unindexed: Vec<(Hash, u64)> = listed
+        let unindexed: Vec<(Hash, u64)> = listed
             .iter()
-            .filter(|(p, _)| !covered.contains(p))
+            .zip(&covered)
+            .filter(|(_, covered)| !**covered)
+            .map(|(p, _)| p)
             .filter(|(p, _)| usage == IndexUse::Read || !condemned.contains(p))
             .collect();
-        unindexed.sort();
+        drop(covered);
         let mut tables: Segment = Vec::new();
         for (p, t) in self.read_pack_tables(&unindexed) {
             match t {
@@ -222,9 +227,15 @@ impl Container {
             }
         }
         for (pack, entries) in &tables {
-            visit(pack, entries, true, condemned.contains(pack));
+            visit(
+                pack,
+                entries,
+                listed.position(pack),
+                condemned.contains(pack),
+            );
         }
         Ok(IndexScan {
+            listed,
             condemned,
             segments,
             damaged_segments: damaged,

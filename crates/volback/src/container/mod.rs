@@ -17,6 +17,7 @@ pub mod fetch;
 pub mod index_scan;
 pub mod keyring;
 pub mod leases;
+pub(crate) mod pack_numbers;
 mod packs;
 pub mod retention;
 pub mod url;

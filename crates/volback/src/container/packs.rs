@@ -56,17 +56,6 @@ impl PackListing {
 }
 
 impl Container {
-    /// Keys (with sizes) of every pack in the container, for checks that need many of them:
-    /// one paged LIST instead of a HEAD per pack.
-    pub fn list_packs(&self) -> Result<std::collections::HashMap<String, u64>> {
-        Ok(self
-            .store
-            .list(PACKS_PREFIX)?
-            .into_iter()
-            .map(|o| (o.key, o.size))
-            .collect())
-    }
-
     /// Every pack that exists now, with its size (one paged LIST, streamed).
     pub fn listed_packs(&self) -> Result<PackListing> {
         let mut packs = Vec::new();
@@ -78,6 +67,14 @@ impl Container {
         packs.sort_unstable();
         packs.dedup_by_key(|(id, _)| *id);
         packs.shrink_to_fit();
+        // Tables number packs by listing position in 31 bits (64 PiB of 32 MiB packs).
+        if packs.len() >= crate::index::UNLISTED as usize {
+            return Err(Error::Config(format!(
+                "{} packs in one container; at most {} are supported",
+                packs.len(),
+                crate::index::UNLISTED - 1
+            )));
+        }
         Ok(PackListing(packs))
     }
 

@@ -95,8 +95,8 @@ impl<'a> Marker<'a> {
 /// The extent-list chunks' locations, read from the whole index: live packs first.
 fn meta_locations(c: &Container, mem_entries: usize) -> Result<LocationTable> {
     let mut meta = meta_builder(mem_entries);
-    c.scan_index(IndexUse::Read, |pack, entries, exists, condemned| {
-        meta.add_meta(*pack, entries, read_rank(exists, condemned));
+    c.scan_index(IndexUse::Read, |pack, entries, listed, condemned| {
+        meta.add_meta(*pack, entries, read_rank(listed.is_some(), condemned));
     })?;
     meta.finish()
 }

@@ -241,5 +241,5 @@ impl Survey {
 /// A builder for extent-list chunk locations: all on disk beyond [`DEFAULT_MEM_ENTRIES`] (or
 /// `mem_entries` if smaller), a block read per lookup batch.
 pub(super) fn meta_builder(mem_entries: usize) -> LocationBuilder {
-    LocationBuilder::new(DEFAULT_MEM_ENTRIES.min(mem_entries), false)
+    LocationBuilder::new(DEFAULT_MEM_ENTRIES.min(mem_entries))
 }

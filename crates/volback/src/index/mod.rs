@@ -23,6 +23,11 @@ use crate::format::chunk::{ChunkKind, Compression};
 use crate::format::pack::PackEntry;
 use crate::ids::Hash;
 
+/// Tables that number packs by their position in a pack listing number the packs the listing
+/// did not have (named by the index, but missing) from here on: a listing holds fewer packs than
+/// this ([`crate::container::PackListing`] refuses more).
+pub(crate) const UNLISTED: u32 = 1 << 31;
+
 /// Where a chunk is, compactly (20 bytes besides its id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {
@@ -176,6 +181,12 @@ pub trait Locate: Sync {
 
     /// The id of the pack at position `pos` of a location.
     fn pack_id(&self, pos: u32) -> Hash;
+
+    /// Whether the pack at `pos` was in the pack listing taken while the locations were read
+    /// (`None`: these locations do not know).
+    fn pack_listed(&self, _pos: u32) -> Option<bool> {
+        None
+    }
 }
 
 impl Locate for Index {

@@ -12,7 +12,8 @@ use crate::ids::Hash;
 use crate::index::Locate;
 
 /// Checks, before writing anything, that every chunk of the backup is indexed and every pack it
-/// needs exists. Chunks are looked up a window at a time (a [`super::locations::LocationTable`] on disk answers a
+/// needs exists (as the pack listing taken with the locations said, when they were read with
+/// one, else with a request per pack or one listing). Chunks are looked up a window at a time (a [`super::locations::LocationTable`] on disk answers a
 /// sorted batch with one read per block).
 pub fn check_complete(
     container: &Container,
@@ -54,14 +55,25 @@ pub fn check_complete(
         Ok(())
     })?;
     check(&mut window)?;
-    let keys: Vec<String> = packs
-        .into_iter()
-        .map(|p| pack_key(&index.pack_id(p)))
-        .collect();
+    // Locations read with a pack listing (a restore's) know which packs were listed after
+    // the restore's lease was taken: a pack not listed then is missing, and no request is
+    // needed for the others (a pack deleted since fails its read, naming it).
+    let mut keys: Vec<String> = Vec::with_capacity(packs.len());
+    for p in packs {
+        let key = pack_key(&index.pack_id(p));
+        match index.pack_listed(p) {
+            Some(false) => return Err(Error::MissingObject { key }),
+            Some(true) => {}
+            None => keys.push(key),
+        }
+    }
     if keys.len() > 64 {
         // One paged listing is cheaper than a request per pack.
-        let present = container.list_packs()?;
-        return match keys.into_iter().find(|k| !present.contains_key(k)) {
+        let present = container.listed_packs()?;
+        let missing = keys
+            .into_iter()
+            .find(|k| crate::container::pack_id_of_key(k).is_none_or(|id| !present.contains(&id)));
+        return match missing {
             Some(key) => Err(Error::MissingObject { key }),
             None => Ok(()),
         };

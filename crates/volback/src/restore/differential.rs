@@ -78,7 +78,7 @@ pub fn run_restore_differential(
     let requests_before = container.store().requests();
     let (manifest, _) = container.read_manifest(backup_id)?;
     let _lease = LeaseGuard::take(container, backup_id, LEASE_TTL).ok();
-    let index = LocationTable::load(container, DEFAULT_MEM_ENTRIES)?;
+    let index = LocationTable::for_backup(container, &manifest, DEFAULT_MEM_ENTRIES)?;
     check_complete(container, &index, &manifest)?;
     let ids = container.keys()?.chunks().ids;
     let file = OpenOptions::new()

@@ -1,38 +1,56 @@
-//! Chunk locations for reading a backup, in memory that does not grow with the container.
+//! Where a backup's chunks are, for reading it, in memory that does not grow with the
+//! container.
 //!
-//! A restore needs the location of every chunk its backup references. Holding the whole index
-//! as a hash map costs ~100 bytes per chunk of the *container* (2–3 GiB for a TiB of unique
-//! data), so a restore host would need memory in proportion to the data. A [`LocationTable`]
-//! instead keeps in memory only the pack list and the extent-list ("meta") chunks (~0.1 % of
-//! all chunks), and puts the data chunks' locations in a sorted, unlinked temporary file (in
-//! `$TMPDIR`), keeping the first id of every block of [`BLOCK_ENTRIES`] entries in memory: half
-//! a byte per chunk. Restore looks chunks up a window at a time; a sorted batch is answered with
-//! one positional read per block it touches, which the page cache usually serves.
+//! The index is a set of segments describing every pack of the container; a restore needs the
+//! location of the chunks of one backup. [`LocationTable::for_backup`] reads the index once and
+//! keeps only those:
 //!
-//! Building the table is an external sort. Entries stream from the index segments (the scan
-//! the in-memory index uses, in the same protocol order) into sorted runs of `mem_entries`,
-//! written to a first temporary file, then merged into the final file. Per chunk the best
-//! location is kept, as [`Index`] does: a live pack before a condemned one before a missing
-//! one, and among equals the first seen. A container with at most `mem_entries` data chunks
-//! never touches the disk: its table is one sorted array.
+//! 1. **The backup's chunks first, when its manifest says where its extent list is** (the
+//!    `extents[].at` hints every backup records). The extent list is read through them, and the
+//!    chunk ids it names go into a sorted table (in memory up to `mem_entries`, then a scratch
+//!    file) and into a Bloom filter ([`Wanted`]: 16 bits a chunk, 32 MiB at most).
+//! 2. **The index scan** (the scan every reader uses, in the collection protocol's order) then
+//!    sets aside the data-chunk locations the filter may want, and the backup's own extent-list
+//!    chunks. Per chunk the best copy is kept, as [`crate::index::Index`] does: a live pack
+//!    before a condemned one before a missing one, and among equals the first seen. Without
+//!    hints (or with a hint a collection made stale), the scan sets aside every data-chunk
+//!    location, and the extent list is read afterwards through the extent-list chunks the scan
+//!    found.
+//! 3. **A join.** The set-aside locations are sorted (in runs of `mem_entries`, merged in
+//!    `crate::extsort`) and walked beside the sorted chunk ids, keeping a location only for a
+//!    chunk the backup has. Packs are numbered by their position in the scan's pack listing;
+//!    once the join is done, the table keeps the ids of the packs it names alone and the
+//!    listing is dropped.
 //!
-//! The temporary files hold 52 bytes per chunk of the container (1.7 GiB per TiB, twice that
-//! while merging); they vanish when the table is dropped, or with the process.
+//! The result holds a backup's locations: in memory up to `mem_entries`, else a sorted scratch
+//! file in `$TMPDIR` (52 bytes a chunk of the backup) with the first id of every block of
+//! [`BLOCK_ENTRIES`] kept in memory, half a byte a chunk. Restore looks chunks up a window at a
+//! time: a sorted batch is answered with one positional read per block it touches. During the
+//! scan, memory is the pack listing (41 bytes a pack), the filter and the sort buffers; at
+//! 100 TiB that is ~200 MiB (`docs/performance.md`).
+//!
+//! gc and verify walk every backup's extent list: they use a [`LocationBuilder`] of the
+//! extent-list chunks of the whole container, on disk beyond `mem_entries`.
 
-use std::fs::File;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 
+use crate::container::extents::hinted_meta_index;
 use crate::container::index_scan::read_rank;
-use crate::container::{Container, IndexScan, IndexUse};
+use crate::container::pack_numbers::{Unlisted, is_listed};
+use crate::container::{Container, IndexUse, PackListing, manifest_key};
 use crate::error::{Error, Result};
-use crate::extsort::{Record, Runs, ScratchOps, Sorted, scratch_err, sort_dedup};
+use crate::extsort::{Indexed, Record, ScratchOps, Sorted, Table, TableBuilder, scratch_err};
 use crate::format::chunk::ChunkKind;
+use crate::format::extent_list::Extent;
+use crate::format::manifest::Manifest;
 use crate::format::pack::PackEntry;
 use crate::ids::Hash;
-use crate::index::{Index, Locate, Location};
+use crate::index::located::ChunkId;
+use crate::index::{Locate, Location};
 
-/// Data-chunk locations held in memory before they are spilled to a temporary file, by default
-/// (3.4 MiB; a container of up to ~2 GiB of unique data at 32 KiB chunks stays in memory).
+/// Locations held in memory before they are spilled to a temporary file, by default (3.4 MiB;
+/// a backup of up to ~2 GiB of data at 32 KiB chunks stays in memory).
 pub const DEFAULT_MEM_ENTRIES: usize = 1 << 16;
 /// Entries per block of the table file; the first id of each block is kept in memory.
 pub const BLOCK_ENTRIES: usize = 64;
@@ -40,6 +58,10 @@ pub const BLOCK_ENTRIES: usize = 64;
 /// compression u8 rank u8 reserved u8 (an unlinked scratch file of this process; no format to
 /// keep stable).
 const REC_LEN: usize = 52;
+/// The Bloom filter's size at most: 16 bits a chunk up to 16 million chunks (a 512 GiB volume
+/// at 32 KiB chunks), fewer bits a chunk beyond, so more of the container's locations pass it
+/// (they are dropped by the join, at the cost of sorting them).
+const WANTED_MAX_BYTES: usize = 32 << 20;
 
 /// Hands the allocator's free pages back to the kernel. glibc keeps freed memory inside its
 /// arenas, scattered between live blocks, and later allocations reuse (touch) those holes: a
@@ -99,223 +121,364 @@ impl Record for Rec {
     }
 }
 
-enum Data {
-    /// Sorted by id.
-    Memory(Vec<Rec>),
-    /// Sorted entries in an unlinked file; `fences[b]` is the first id of block `b`.
-    File {
-        file: File,
-        len: usize,
-        fences: Vec<Hash>,
-    },
+/// Looks up `ids` in a sorted table; `out[i]` is set for each id found.
+fn locate_in(t: &Indexed<Rec>, ids: &[(usize, Hash)], out: &mut [Option<Location>]) -> Result<()> {
+    match t {
+        Indexed::Memory(v) => {
+            for (i, id) in ids {
+                if let Ok(p) = v.binary_search_by(|r| r.id.cmp(id)) {
+                    out[*i] = Some(v[p].loc);
+                }
+            }
+        }
+        Indexed::File(Sorted { file, len, fences }) => {
+            let mut order: Vec<&(usize, Hash)> = ids.iter().collect();
+            order.sort_unstable_by_key(|(_, id)| *id);
+            let mut block = vec![0u8; BLOCK_ENTRIES * REC_LEN];
+            let mut loaded: Option<(usize, usize)> = None; // (block, entries in it)
+            for (i, id) in order {
+                let b = fences.partition_point(|f| f <= id);
+                if b == 0 {
+                    continue;
+                }
+                let b = b - 1;
+                let n = match loaded {
+                    Some((lb, n)) if lb == b => n,
+                    _ => {
+                        let n = BLOCK_ENTRIES.min(len - b * BLOCK_ENTRIES);
+                        file.read_exact_at(
+                            &mut block[..n * REC_LEN],
+                            (b * BLOCK_ENTRIES * REC_LEN) as u64,
+                        )
+                        .map_err(scratch_err(Rec::OPS.read))?;
+                        loaded = Some((b, n));
+                        n
+                    }
+                };
+                let (mut lo, mut hi) = (0, n);
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    let r = &block[mid * REC_LEN..(mid + 1) * REC_LEN];
+                    match r[..32].cmp(&id.0[..]) {
+                        std::cmp::Ordering::Less => lo = mid + 1,
+                        std::cmp::Ordering::Greater => hi = mid,
+                        std::cmp::Ordering::Equal => {
+                            out[*i] = Some(Rec::decode(r)?.loc);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
-/// Where each chunk of a container is, for reading backups: see the module documentation.
+fn indexed_len(t: &Indexed<Rec>) -> usize {
+    match t {
+        Indexed::Memory(v) => v.len(),
+        Indexed::File(s) => s.len,
+    }
+}
+
+/// Pack ids by the numbers the table's locations hold.
+enum Packs {
+    /// Numbered as first seen ([`LocationBuilder`]).
+    Own(Vec<Hash>),
+    /// By position in the index scan's listing (while a table for a backup is built).
+    Listing {
+        listed: PackListing,
+        unlisted: Unlisted,
+    },
+    /// The packs a backup's locations name, sorted by number (listing numbers).
+    Named(Vec<(u32, Hash)>),
+}
+
+impl Packs {
+    fn id(&self, n: u32) -> Hash {
+        match self {
+            Packs::Own(v) => v.get(n as usize).copied().unwrap_or(Hash([0; 32])),
+            Packs::Listing { listed, unlisted } => unlisted.id(listed, n),
+            Packs::Named(v) => match v.binary_search_by_key(&n, |(p, _)| *p) {
+                Ok(i) => v[i].1,
+                Err(_) => Hash([0; 32]),
+            },
+        }
+    }
+}
+
+/// Where chunks are, for reading backups: see the module documentation.
 pub struct LocationTable {
-    /// The pack list and the extent-list chunks.
-    meta: Index,
-    data: Data,
+    /// The backup's extent-list chunks, sorted by id (empty in a [`LocationBuilder`]'s table,
+    /// which keeps them in `data`).
+    meta: Vec<Rec>,
+    data: Indexed<Rec>,
+    packs: Packs,
 }
 
 impl LocationTable {
-    /// Scans the container's index (see [`Container::scan_index`]) into a table that holds at
-    /// most `mem_entries` data-chunk locations in memory at any time.
-    pub fn load(container: &Container, mem_entries: usize) -> Result<LocationTable> {
-        Ok(Self::load_report(container, mem_entries, true)?.0)
-    }
-
-    /// Like [`LocationTable::load`], with what the scan learnt (damaged segments among it).
-    /// With `meta_in_memory` false, the extent-list chunks go to the file too (a container's
-    /// extent lists are ~0.1–0.4 % of its chunks: ~1 GiB of memory at 100 TiB), and only the
-    /// pack list stays in memory, at the cost of a block read per group of extent-list chunks.
-    pub fn load_report(
-        container: &Container,
-        mem_entries: usize,
-        meta_in_memory: bool,
-    ) -> Result<(LocationTable, IndexScan)> {
-        let mut b = LocationBuilder::new(mem_entries, meta_in_memory);
-        let scan = container.scan_index(IndexUse::Read, |pack, entries, exists, condemned| {
-            b.add(*pack, entries, read_rank(exists, condemned));
+    /// The locations of every chunk backup `m` needs (its extent list's and its data's), read
+    /// from the container's index: see the module documentation. At most `mem_entries` data
+    /// locations are held in memory at any time; the rest go to scratch files in `$TMPDIR`.
+    pub fn for_backup(c: &Container, m: &Manifest, mem_entries: usize) -> Result<LocationTable> {
+        let key = manifest_key(&m.backup_id);
+        let metas: HashSet<Hash> = m.meta_ids(&key)?.into_iter().map(|(id, _)| id).collect();
+        let early = match hinted_meta_index(m) {
+            Some(hinted) => match needed_chunks(c, &hinted, m, mem_entries) {
+                Ok(needed) => Some(needed),
+                Err(e) => {
+                    tracing::info!(
+                        backup = %m.backup_id,
+                        error = %e,
+                        "the extent list is not where the manifest says: reading it after the index"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let wanted = early.as_ref().map(Wanted::of).transpose()?;
+        let mut meta: Vec<Rec> = Vec::new();
+        let mut data: TableBuilder<Rec> = TableBuilder::new(mem_entries.max(BLOCK_ENTRIES));
+        let mut unlisted = Unlisted::default();
+        let mut failed: Option<Error> = None;
+        let scan = c.scan_index(IndexUse::Read, |pack, entries, listed, condemned| {
+            if failed.is_some() {
+                return;
+            }
+            let rank = read_rank(listed.is_some(), condemned);
+            let pos = match unlisted.number(pack, listed) {
+                Ok(pos) => pos,
+                Err(e) => {
+                    failed = Some(e);
+                    return;
+                }
+            };
+            for e in entries {
+                let rec = Rec {
+                    id: e.id,
+                    loc: Location::of(e, pos),
+                    rank,
+                };
+                if e.kind == ChunkKind::Meta {
+                    if metas.contains(&e.id) {
+                        meta.push(rec);
+                    }
+                } else if wanted.as_ref().is_none_or(|w| w.may_hold(&e.id))
+                    && let Err(err) = data.push(rec)
+                {
+                    failed = Some(err);
+                    return;
+                }
+            }
         })?;
-        let table = b.finish()?;
-        // The scan's decoded segments were many small allocations, freed now but scattered
-        // through the heap: a restore would otherwise keep ~1 MiB of them per GiB of data for
-        // its whole run.
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        drop(wanted);
+        crate::extsort::sort_dedup(&mut meta);
+        // The decoded segments were many small allocations, freed now but scattered through
+        // the heap: a restore would otherwise keep ~1 MiB of them per GiB of data for its run.
         trim_heap();
-        Ok((table, scan))
+        let mut table = LocationTable {
+            meta,
+            data: Indexed::Memory(Vec::new()),
+            packs: Packs::Listing {
+                listed: scan.listed,
+                unlisted,
+            },
+        };
+        let needed = match early {
+            Some(needed) => needed,
+            None => needed_chunks(c, &table, m, mem_entries)?,
+        };
+        let mut used: BTreeSet<u32> = table.meta.iter().map(|r| r.loc.pack).collect();
+        let mut ids = needed.reader();
+        table.data = data.finish_indexed(BLOCK_ENTRIES, |r| {
+            while let Some(ChunkId(id)) = ids.peek()? {
+                if id > r.id {
+                    return Ok(false);
+                }
+                ids.next_record()?;
+                if id == r.id {
+                    used.insert(r.loc.pack);
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })?;
+        table.packs = Packs::Named(used.into_iter().map(|n| (n, table.packs.id(n))).collect());
+        trim_heap();
+        Ok(table)
     }
 
     /// Number of data chunks located (each once).
     pub fn data_len(&self) -> usize {
-        match &self.data {
-            Data::Memory(v) => v.len(),
-            Data::File { len, .. } => *len,
-        }
+        indexed_len(&self.data)
     }
 
     /// Whether data-chunk locations went to a temporary file.
     pub fn spilled(&self) -> bool {
-        matches!(self.data, Data::File { .. })
+        matches!(self.data, Indexed::File(_))
     }
+}
 
-    /// Looks up `ids` among the data chunks; `out[i]` is set for each id found.
-    fn locate_data(&self, ids: &[(usize, Hash)], out: &mut [Option<Location>]) -> Result<()> {
-        match &self.data {
-            Data::Memory(v) => {
-                for (i, id) in ids {
-                    if let Ok(p) = v.binary_search_by(|r| r.id.cmp(id)) {
-                        out[*i] = Some(v[p].loc);
-                    }
-                }
-            }
-            Data::File { file, len, fences } => {
-                let mut order: Vec<&(usize, Hash)> = ids.iter().collect();
-                order.sort_unstable_by_key(|(_, id)| *id);
-                let mut block = vec![0u8; BLOCK_ENTRIES * REC_LEN];
-                let mut loaded: Option<(usize, usize)> = None; // (block, entries in it)
-                for (i, id) in order {
-                    let b = fences.partition_point(|f| f <= id);
-                    if b == 0 {
-                        continue;
-                    }
-                    let b = b - 1;
-                    let n = match loaded {
-                        Some((lb, n)) if lb == b => n,
-                        _ => {
-                            let n = BLOCK_ENTRIES.min(len - b * BLOCK_ENTRIES);
-                            file.read_exact_at(
-                                &mut block[..n * REC_LEN],
-                                (b * BLOCK_ENTRIES * REC_LEN) as u64,
-                            )
-                            .map_err(scratch_err(Rec::OPS.read))?;
-                            loaded = Some((b, n));
-                            n
-                        }
-                    };
-                    let (mut lo, mut hi) = (0, n);
-                    while lo < hi {
-                        let mid = (lo + hi) / 2;
-                        let r = &block[mid * REC_LEN..(mid + 1) * REC_LEN];
-                        match r[..32].cmp(&id.0[..]) {
-                            std::cmp::Ordering::Less => lo = mid + 1,
-                            std::cmp::Ordering::Greater => hi = mid,
-                            std::cmp::Ordering::Equal => {
-                                out[*i] = Some(Rec::decode(r)?.loc);
-                                break;
-                            }
-                        }
-                    }
-                }
+/// The data chunks backup `m` names, each once, sorted: its extent list read through `meta`.
+fn needed_chunks(
+    c: &Container,
+    meta: &(impl Locate + ?Sized),
+    m: &Manifest,
+    mem_entries: usize,
+) -> Result<Table<ChunkId>> {
+    let mut ids = TableBuilder::new(mem_entries);
+    c.walk_extents(meta, m, |_, e| match e {
+        Extent::Data { id, .. } => ids.push(ChunkId(*id)),
+        Extent::Zero { .. } => Ok(()),
+    })?;
+    ids.finish()
+}
+
+/// A Bloom filter of the chunks a backup needs, so the index scan sets aside only their
+/// locations (and a few others). Chunk ids are BLAKE3 hashes, uniformly distributed, so the
+/// probe positions come from the id's own bytes (double hashing on two of its words): no hash
+/// function, and no crate needed for ~30 lines.
+struct Wanted {
+    bits: Vec<u64>,
+    /// Bits − 1 (the bit count is a power of two).
+    mask: u64,
+    probes: u32,
+}
+
+impl Wanted {
+    fn of(needed: &Table<ChunkId>) -> Result<Wanted> {
+        let n = needed.len().max(1) as u64;
+        let max_bits = (WANTED_MAX_BYTES * 8) as u64;
+        let nbits = n.saturating_mul(16).next_power_of_two().clamp(64, max_bits);
+        // ln 2 · bits per chunk probes minimise false positives (at least one).
+        let probes = ((nbits as f64 / n as f64) * std::f64::consts::LN_2).round() as u32;
+        let mut w = Wanted {
+            bits: vec![0; (nbits / 64) as usize],
+            mask: nbits - 1,
+            probes: probes.clamp(1, 12),
+        };
+        let mut r = needed.reader();
+        while let Some(ChunkId(id)) = r.next_record()? {
+            for bit in w.positions(&id) {
+                w.bits[(bit / 64) as usize] |= 1 << (bit % 64);
             }
         }
-        Ok(())
+        Ok(w)
+    }
+
+    fn positions(&self, id: &Hash) -> impl Iterator<Item = u64> + use<> {
+        let word = |i: usize| u64::from_le_bytes(id.0[i..i + 8].try_into().unwrap_or([0; 8]));
+        let (h1, h2) = (word(0), word(8) | 1);
+        let mask = self.mask;
+        (0..u64::from(self.probes)).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) & mask)
+    }
+
+    /// False only for a chunk the backup does not need.
+    fn may_hold(&self, id: &Hash) -> bool {
+        self.positions(id)
+            .all(|bit| self.bits[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
     }
 }
 
 impl Locate for LocationTable {
     fn locate_all(&self, ids: &[Hash]) -> Result<Vec<Option<Location>>> {
-        let mut out: Vec<Option<Location>> =
-            ids.iter().map(|id| self.meta.get(id).copied()).collect();
+        let mut out: Vec<Option<Location>> = ids
+            .iter()
+            .map(|id| {
+                self.meta
+                    .binary_search_by(|r| r.id.cmp(id))
+                    .ok()
+                    .map(|p| self.meta[p].loc)
+            })
+            .collect();
         let rest: Vec<(usize, Hash)> = ids
             .iter()
             .enumerate()
             .filter(|(i, _)| out[*i].is_none())
             .map(|(i, id)| (i, *id))
             .collect();
-        self.locate_data(&rest, &mut out)?;
+        locate_in(&self.data, &rest, &mut out)?;
         Ok(out)
     }
 
     fn pack_id(&self, pos: u32) -> Hash {
-        self.meta.pack_id(pos)
+        self.packs.id(pos)
+    }
+
+    fn pack_listed(&self, pos: u32) -> Option<bool> {
+        match self.packs {
+            Packs::Own(_) => None,
+            Packs::Listing { .. } | Packs::Named(_) => Some(is_listed(pos)),
+        }
     }
 }
 
-/// Builds a [`LocationTable`] from packs and their entries, in any order.
+/// Builds a [`LocationTable`] of the extent-list chunks of every pack it is given, for gc and
+/// verify (which walk every backup's extent list), holding at most `mem_entries` locations in
+/// memory; packs are numbered as they come, only those that hold extent-list chunks.
 pub(crate) struct LocationBuilder {
-    meta: Index,
-    /// Whether extent-list chunks are kept in memory (else with the data chunks).
-    meta_in_memory: bool,
-    mem_entries: usize,
-    buf: Vec<Rec>,
-    runs: Runs,
+    packs: Vec<Hash>,
+    numbers: HashMap<Hash, u32>,
+    recs: TableBuilder<Rec>,
     /// The first error while spilling (the index scan's visitor cannot return one).
     failed: Option<Error>,
 }
 
 impl LocationBuilder {
-    /// A builder holding at most `mem_entries` locations in memory besides the extent-list
-    /// chunks (and those too unless `meta_in_memory`).
-    pub(crate) fn new(mem_entries: usize, meta_in_memory: bool) -> Self {
+    /// A builder holding at most `mem_entries` locations in memory.
+    pub(crate) fn new(mem_entries: usize) -> Self {
         LocationBuilder {
-            meta: Index::new(),
-            meta_in_memory,
-            mem_entries: mem_entries.max(BLOCK_ENTRIES),
-            buf: Vec::new(),
-            runs: Runs::new(),
+            packs: Vec::new(),
+            numbers: HashMap::new(),
+            recs: TableBuilder::new(mem_entries.max(BLOCK_ENTRIES)),
             failed: None,
         }
     }
 
-    /// Adds a pack's entries with a rank (see [`Index::add_pack_ranked`]; lower is better).
-    pub(crate) fn add(&mut self, pack: Hash, entries: &[PackEntry], rank: u8) {
+    /// Adds the extent-list chunks among a pack's `entries`, with the pack's rank (see
+    /// [`read_rank`]; lower is better).
+    pub(crate) fn add_meta(&mut self, pack: Hash, entries: &[PackEntry], rank: u8) {
         if self.failed.is_some() {
             return;
         }
-        let in_memory = |e: &&PackEntry| self.meta_in_memory && e.kind == ChunkKind::Meta;
-        let pos = self
-            .meta
-            .add_pack_ranked(pack, entries.iter().filter(in_memory), rank);
-        let on_disk = entries.iter().filter(|e| !in_memory(e));
-        for e in on_disk {
-            self.buf.push(Rec {
+        let mut of_meta = entries
+            .iter()
+            .filter(|e| e.kind == ChunkKind::Meta)
+            .peekable();
+        if of_meta.peek().is_none() {
+            return;
+        }
+        let next = self.packs.len() as u32;
+        let pos = *self.numbers.entry(pack).or_insert(next);
+        if pos == next {
+            self.packs.push(pack);
+        }
+        for e in of_meta {
+            let rec = Rec {
                 id: e.id,
                 loc: Location::of(e, pos),
                 rank,
-            });
-            if self.buf.len() >= self.mem_entries {
-                if let Err(e) = self.runs.spill(&mut self.buf) {
-                    self.failed = Some(e);
-                    return;
-                }
-                self.buf.clear();
+            };
+            if let Err(e) = self.recs.push(rec) {
+                self.failed = Some(e);
+                return;
             }
         }
     }
 
-    /// Adds the extent-list chunks among a pack's `entries` alone.
-    pub(crate) fn add_meta(&mut self, pack: Hash, entries: &[PackEntry], rank: u8) {
-        let of_meta: Vec<PackEntry> = entries
-            .iter()
-            .filter(|e| e.kind == ChunkKind::Meta)
-            .cloned()
-            .collect();
-        if !of_meta.is_empty() {
-            self.add(pack, &of_meta, rank);
-        }
-    }
-
     /// The table: sorted in memory, or merged into its file.
-    pub(crate) fn finish(mut self) -> Result<LocationTable> {
+    pub(crate) fn finish(self) -> Result<LocationTable> {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        if self.runs.is_empty() {
-            sort_dedup(&mut self.buf);
-            self.buf.shrink_to_fit();
-            return Ok(LocationTable {
-                meta: self.meta,
-                data: Data::Memory(self.buf),
-            });
-        }
-        if !self.buf.is_empty() {
-            self.runs.spill(&mut self.buf)?;
-        }
-        self.buf = Vec::new();
-        let Sorted { file, len, fences } = self.runs.merge::<Rec>(BLOCK_ENTRIES)?;
         Ok(LocationTable {
-            meta: self.meta,
-            data: Data::File { file, len, fences },
+            meta: Vec::new(),
+            data: self.recs.finish_indexed(BLOCK_ENTRIES, |_| Ok(true))?,
+            packs: Packs::Own(self.packs),
         })
     }
 }
@@ -323,72 +486,129 @@ impl LocationBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::chunk::Compression;
-    use crate::format::pack::PackEntry;
+    use crate::backup::source::VolumeSource;
+    use crate::backup::{BackupOptions, run_backup};
     use crate::store::{MemStore, ObjectStore};
     use std::sync::Arc;
 
-    fn entry(id: Hash, kind: ChunkKind, offset: u32) -> PackEntry {
-        PackEntry {
-            id,
-            kind,
-            compression: Compression::Zstd,
-            raw_len: 1000 + offset,
-            stored_len: 500,
-            offset,
+    /// Bytes that do not repeat (so every chunk is new), from a seed.
+    fn volume(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn backup(c: &Container, id: &str, parent: Option<&str>, data: Vec<u8>) -> Manifest {
+        let source = VolumeSource::Reader {
+            name: id.into(),
+            reader: Box::new(std::io::Cursor::new(data)),
+        };
+        let opts = BackupOptions {
+            backup_id: Some(id.into()),
+            volume_id: "v".into(),
+            parent_id: parent.map(Into::into),
+            ..Default::default()
+        };
+        run_backup(c, source, &opts, None).unwrap().0
+    }
+
+    /// A backup's table locates each of its chunks where the whole index does (the best copy),
+    /// in a pack it names and knows to be listed, and no chunk of another backup: read through
+    /// the manifest's hints, without them, or through a stale one, in memory or spilled.
+    #[test]
+    fn locates_a_backups_chunks_as_the_index_does_and_no_others() {
+        let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+        let c = Container::with_store(store, "m".into(), true, None).unwrap();
+        let day1 = volume(1, 6 << 20);
+        let mut day2 = day1.clone();
+        day2[1 << 20..(1 << 20) + 200_000].copy_from_slice(&volume(2, 200_000));
+        backup(&c, "a", None, day1);
+        let other = backup(&c, "other", None, volume(3, 2 << 20));
+        let m = backup(&c, "b", Some("a"), day2);
+        assert!(m.extents.iter().all(|r| r.at.is_some()));
+        let index = c.load_index().unwrap();
+        let ids_of = |m: &Manifest| {
+            let mut ids = Vec::new();
+            c.walk_extents(&index, m, |_, e| {
+                if let Extent::Data { id, .. } = e {
+                    ids.push(*id);
+                }
+                Ok(())
+            })
+            .unwrap();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        let own = ids_of(&m);
+        assert!(own.len() > 2 * BLOCK_ENTRIES, "{}", own.len());
+        let foreign: Vec<Hash> = ids_of(&other)
+            .into_iter()
+            .filter(|id| own.binary_search(id).is_err())
+            .collect();
+        assert!(!foreign.is_empty());
+        let metas: Vec<Hash> = m
+            .meta_ids("b")
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let probe: Vec<Hash> = own.iter().chain(&metas).copied().collect();
+        let want = index.locate_all(&probe).unwrap();
+
+        let unhinted = Manifest {
+            extents: (m.extents.iter())
+                .map(|r| crate::format::manifest::MetaRef {
+                    at: None,
+                    ..r.clone()
+                })
+                .collect(),
+            ..m.clone()
+        };
+        let mut stale = m.clone();
+        if let Some(at) = stale.extents[0].at.as_mut() {
+            at.offset += 1;
+        }
+        for (name, m) in [("hinted", &m), ("unhinted", &unhinted), ("stale", &stale)] {
+            for mem in [DEFAULT_MEM_ENTRIES, BLOCK_ENTRIES] {
+                let t = LocationTable::for_backup(&c, m, mem).unwrap();
+                assert_eq!(t.data_len(), own.len(), "{name}, mem {mem}");
+                assert_eq!(t.spilled(), mem == BLOCK_ENTRIES, "{name}, mem {mem}");
+                let got = t.locate_all(&probe).unwrap();
+                for (n, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let (g, w) = (g.unwrap(), w.unwrap());
+                    assert_eq!(
+                        (g.offset, g.raw_len, g.stored_len, g.kind),
+                        (w.offset, w.raw_len, w.stored_len, w.kind),
+                        "{name}, mem {mem}, probe {n}"
+                    );
+                    assert_eq!(t.pack_id(g.pack), Locate::pack_id(&index, w.pack));
+                    assert_eq!(t.pack_listed(g.pack), Some(true));
+                }
+                let none = t.locate_all(&foreign).unwrap();
+                assert!(none.iter().all(Option::is_none), "{name}, mem {mem}");
+            }
         }
     }
 
-    /// Every id the in-memory index locates, the table locates at the same place (also when it
-    /// spills, merges runs and dedups copies across them), and no other id.
+    /// The filter never drops a chunk it was given, and passes few others.
     #[test]
-    fn agrees_with_the_index_in_memory_and_spilled() {
-        let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
-        let c = Container::with_store(store.clone(), "m".into(), true, None).unwrap();
-        let mut ids = Vec::new();
-        // 40 segments of 50 chunks; every 7th chunk is stored again in the next segment (the
-        // copy in an existing pack wins, else the first), every 13th is an extent-list chunk.
-        for s in 0..40u32 {
-            let mut entries = Vec::new();
-            for i in 0..50u32 {
-                let id = Hash::of(&(s * 50 + i).to_le_bytes());
-                let kind = if i % 13 == 0 {
-                    ChunkKind::Meta
-                } else {
-                    ChunkKind::Data
-                };
-                entries.push(entry(id, kind, 8 + i * 500));
-                ids.push(id);
-                if s > 0 && i % 7 == 0 {
-                    entries.push(entry(ids[(s as usize - 1) * 50 + i as usize], kind, 9));
-                }
-            }
-            let pack = Hash::of(&[s as u8; 3]);
-            if s % 2 == 1 {
-                // Odd packs exist: their copies beat those of the (missing) even packs.
-                let key = crate::container::pack_key(&pack);
-                store.put(&key, bytes::Bytes::from_static(b"x")).unwrap();
-            }
-            c.write_index_segment(&[(pack, entries)]).unwrap();
+    fn the_filter_holds_what_it_was_given() {
+        let mut b = TableBuilder::new(1000);
+        for i in 0..5000u32 {
+            b.push(ChunkId(Hash::of(&i.to_le_bytes()))).unwrap();
         }
-        let index = c.load_index().unwrap();
-        let absent: Vec<Hash> = (0..100u32).map(|i| Hash::of(&[i as u8; 5])).collect();
-        let mut probe: Vec<Hash> = ids.iter().chain(&absent).copied().collect();
-        probe.reverse();
-        let want = index.locate_all(&probe).unwrap();
-        assert_eq!(want.iter().flatten().count(), ids.len());
-        for mem in [DEFAULT_MEM_ENTRIES, 64, 100, 333] {
-            let t = LocationTable::load(&c, mem).unwrap();
-            assert_eq!(t.spilled(), mem < 2000, "mem {mem}");
-            let data = index.iter().filter(|(_, l)| l.kind == ChunkKind::Data);
-            assert_eq!(t.data_len(), data.count());
-            let got = t.locate_all(&probe).unwrap();
-            for (n, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(g, w, "mem {mem}, probe {n}");
-                if let (Some(g), Some(w)) = (g, w) {
-                    assert_eq!(t.pack_id(g.pack), Locate::pack_id(&index, w.pack));
-                }
-            }
-        }
+        let w = Wanted::of(&b.finish().unwrap()).unwrap();
+        assert!((0..5000u32).all(|i| w.may_hold(&Hash::of(&i.to_le_bytes()))));
+        let passed = (5000..105_000u32)
+            .filter(|i| w.may_hold(&Hash::of(&i.to_le_bytes())))
+            .count();
+        assert!(passed < 100, "{passed} of 100,000 others passed");
     }
 }

@@ -215,7 +215,7 @@ fn restore_into<'a>(
     // locations it loads. Best effort: with read-only credentials there is no lease, and a
     // concurrent sweep can at worst make the restore fail cleanly, naming the missing pack.
     let _lease = LeaseGuard::take(container, backup_id, LEASE_TTL).ok();
-    let index = LocationTable::load(container, opts.locations_in_memory)?;
+    let index = LocationTable::for_backup(container, &manifest, opts.locations_in_memory)?;
     check_complete(container, &index, &manifest)?;
     // The check's transient listings and lookups leave holes in the heap (more of them the
     // larger the backup); so does every window. Trimming after each keeps a 16 GiB restore's

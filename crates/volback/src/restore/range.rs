@@ -63,7 +63,7 @@ pub fn read_range(
     }
     // As a restore: a reader's lease holds back the collector's sweep (best effort).
     let _lease = LeaseGuard::take(container, backup_id, LEASE_TTL).ok();
-    let index = LocationTable::load(container, DEFAULT_MEM_ENTRIES)?;
+    let index = LocationTable::for_backup(container, &manifest, DEFAULT_MEM_ENTRIES)?;
     let mut group: Vec<(u64, Extent)> = Vec::new();
     let mut group_bytes = 0u64;
     let mut write_group = |group: &mut Vec<(u64, Extent)>| -> Result<()> {

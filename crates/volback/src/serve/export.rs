@@ -75,7 +75,11 @@ impl Export {
         // Like a restore, a server holds a reader's lease for as long as it runs: the
         // collector's sweep of packs condemned meanwhile waits for it (best effort).
         let lease = LeaseGuard::take(container, backup_id, LEASE_TTL).ok();
-        let index = Arc::new(LocationTable::load(container, DEFAULT_MEM_ENTRIES)?);
+        let index = Arc::new(LocationTable::for_backup(
+            container,
+            &manifest,
+            DEFAULT_MEM_ENTRIES,
+        )?);
         let map = Arc::new(ExtentMap::new(&manifest)?);
         let cache = Arc::new(ChunkCache::new(cache_bytes));
         let counters = Arc::new(Counters::default());
