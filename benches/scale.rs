@@ -377,12 +377,32 @@ fn model() {
         mib(chunks as f64 / 16.0),
         (chunks * 16) as f64 / (1u64 << 30) as f64,
     );
+    // Restore: the pack listing (40 bytes a pack and a byte for the scan's flag), the Bloom
+    // filter of the backup's chunks (16 bits a chunk, a power of two, at most 32 MiB), the sort
+    // buffer (1.5x, as gc's) and merge buffers of its runs, and the fences of its table
+    // (constants of restore/locations.rs and extsort.rs).
+    let filter_bits = (volume_chunks * 16).next_power_of_two().min(32 << 23);
+    let fp_rate = {
+        let per = filter_bits as f64 / volume_chunks as f64;
+        let k = (per * std::f64::consts::LN_2).round().clamp(1.0, 12.0);
+        (1.0 - (-k / per).exp()).powf(k)
+    };
+    let set_aside = volume_chunks as f64 + fp_rate * chunks as f64;
+    let runs = (set_aside / (1u64 << 16) as f64).ceil().min(256.0);
+    let restore_mem = packs as f64 * 41.0
+        + filter_bits as f64 / 8.0
+        + (1u64 << 16) as f64 * 52.0 * 1.5
+        + runs * 1024.0 * 52.0
+        + volume_chunks as f64 / 2.0;
     println!(
-        "| restore | {} LIST + {} segment GETs before the first byte (~{index_gib:.0} GiB read), then ranged GETs | location table: {:.0} MiB in memory (half a byte per chunk), {:.0} GiB in $TMPDIR | no |",
+        "| restore | {} LIST + {} segment GETs (~{index_gib:.0} GiB read) and the extent list read three times (~{} ranged GETs each) before the first byte, then ranged GETs of its packs | the pack listing (41 B per pack), a Bloom filter of its {volume_chunks} chunks ({:.0} MiB), sort and merge buffers: ~{:.0} MiB; {:.1} GiB in $TMPDIR (its chunks' locations, and the {:.1} M others the filter passed) | yes |",
         pages(packs) + pages(segments) + 1,
         segments,
-        mib(chunks as f64 / 2.0),
-        (chunks * 52) as f64 / (1u64 << 30) as f64,
+        (volume_chunks * 36).div_ceil(4 << 20),
+        mib(filter_bits as f64 / 8.0),
+        mib(restore_mem),
+        (set_aside * 52.0 * 2.0 + volume_chunks as f64 * 32.0) / (1u64 << 30) as f64,
+        fp_rate * chunks as f64 / 1e6,
     );
     // gc and verify: per pack, what stays in memory; per chunk, what goes to $TMPDIR; the
     // sort and merge buffers are fixed (constants of gc/mod.rs, restore/locations.rs and
@@ -401,7 +421,7 @@ fn model() {
     );
     println!(
         "| verify | {} LIST + {} segment GETs + the extent lists | two pack listings, before and after the index is read (80 B per pack), {:.0} MiB of sort and merge buffers: ~{:.0} MiB; {:.0} GiB in $TMPDIR (the chunk table, twice while merging, and the chunks backups need) | memory yes |",
-        pages(packs) * 3 + pages(segments) + 1,
+        pages(packs) * 2 + pages(segments) + 1,
         segments,
         mib(verify_buffers),
         mib(packs as f64 * 80.0 + verify_buffers),

@@ -452,3 +452,69 @@ fn restores_bytes(c: &Container, id: &str, data: &[u8]) {
         "{id} restored different bytes"
     );
 }
+
+/// A store whose listing says every pack is nearly 2^64 bytes long (a crafted or broken
+/// server): the collector's sums saturate instead of wrapping or panicking, and no backup
+/// loses a chunk.
+#[test]
+fn pack_sizes_near_the_limit_of_u64_saturate_the_report() {
+    struct Inflated(Arc<dyn ObjectStore>);
+    impl ObjectStore for Inflated {
+        fn put(&self, key: &str, data: bytes::Bytes) -> volback::Result<()> {
+            self.0.put(key, data)
+        }
+        fn put_if_absent(&self, key: &str, data: bytes::Bytes) -> volback::Result<bool> {
+            self.0.put_if_absent(key, data)
+        }
+        fn get(&self, key: &str) -> volback::Result<bytes::Bytes> {
+            self.0.get(key)
+        }
+        fn get_range(
+            &self,
+            key: &str,
+            range: std::ops::Range<u64>,
+        ) -> volback::Result<bytes::Bytes> {
+            self.0.get_range(key, range)
+        }
+        fn head(&self, key: &str) -> volback::Result<Option<u64>> {
+            self.0.head(key)
+        }
+        fn list(&self, prefix: &str) -> volback::Result<Vec<volback::store::ObjectMeta>> {
+            let mut listed = self.0.list(prefix)?;
+            for o in &mut listed {
+                if o.key.starts_with("packs/") {
+                    o.size = u64::MAX - 1000;
+                }
+            }
+            Ok(listed)
+        }
+        fn delete(&self, key: &str) -> volback::Result<()> {
+            self.0.delete(key)
+        }
+        fn requests(&self) -> volback::store::RequestCounts {
+            self.0.requests()
+        }
+        fn describe(&self) -> String {
+            "inflated".into()
+        }
+    }
+
+    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let c = Container::with_store(mem.clone(), "mem://".into(), true, Some(tiny_chunks())).unwrap();
+    let data: Vec<Vec<u8>> = (0..3).map(|i| pseudo_random(96 << 10, 90 + i)).collect();
+    for (i, d) in data.iter().enumerate() {
+        let source = VolumeSource::Reader {
+            name: format!("b{i}"),
+            reader: Box::new(std::io::Cursor::new(d.clone())),
+        };
+        run_backup(&c, source, &backup_opts(&format!("b{i}"), None), None).unwrap();
+    }
+    c.delete_backup("b0").unwrap();
+    let lying =
+        Container::with_store(Arc::new(Inflated(mem)), "mem://".into(), false, None).unwrap();
+    let r = run_gc(&lying, &no_skew()).unwrap();
+    assert_eq!(r.bytes_before, u64::MAX, "{r:?}");
+    for (i, d) in data.iter().enumerate().skip(1) {
+        restores_bytes(&c, &format!("b{i}"), d);
+    }
+}

@@ -46,9 +46,20 @@ enum Op {
         parent: Option<String>,
     },
     Delete(String),
-    Gc(GcOptions),
+    /// A collection, once more than this many packs are listed (`None`: at once), and then
+    /// after this many requests of nothing (a HEAD of an absent key each).
+    Gc(GcOptions, Option<usize>, usize),
+    /// A delete, after this many requests of nothing, then a collection.
+    DeleteGc(String, GcOptions, usize),
     Restore(String),
 }
+
+/// The most requests a parent-delete schedule's collection waits, once the backup beside it
+/// has stored a pack, before it starts.
+const GC_DELAY_MAX: usize = 3;
+/// The most requests a parent-delete schedule's delete waits before it starts (an incremental
+/// checks that its parent exists with its second request).
+const DELETE_DELAY_MAX: usize = 8;
 
 /// Backups, deletes, collections and restores run as concurrent actors whose requests are
 /// interleaved by a seeded scheduler; after every round, every committed backup restores
@@ -175,31 +186,44 @@ fn run_schedule(seed: u64, scratch: &Path, ignore_create_only: bool, mix: Mix) -
     let mut steps = 0;
     for round in 0..3 {
         let mut ops = Vec::new();
+        let packs_before = mem.list("packs/").unwrap().len();
         let gc_no_skew = |pick: &mut dyn FnMut(usize) -> usize| {
-            Op::Gc(GcOptions {
+            let opts = GcOptions {
                 clock_skew: Duration::ZERO,
                 max_unused: [0.0, 0.05, 1.0][pick(3)],
                 mem_entries: gc_mem,
                 ..Default::default()
-            })
+            };
+            Op::Gc(opts, Some(packs_before), pick(GC_DELAY_MAX + 1))
         };
         if mix == Mix::ParentDeleted {
-            // An incremental of volume 0 each round; collections beside the second (a mark may
-            // miss that backup, which is then the next one's parent, and condemn its new
-            // packs); a delete of that parent and collections beside the third.
+            // An incremental of volume 0 each round. Beside the second, two collections: one
+            // may mark before that backup commits and condemn its new packs, in a record its
+            // lease holds back. Beside the third (an incremental of the second), a delete of
+            // the second followed by a collection, which may sweep that record (the third's
+            // lease is younger than it) while the third relies on its parent's chunks.
             next_id += 1;
             ops.push(Op::Backup {
                 vol: 0,
                 id: format!("b{next_id}"),
                 parent: latest[0].clone().filter(|p| committed.contains_key(p)),
             });
-            if round > 0 {
-                // Two collections: twice the chances that one marks at the wrong moment.
-                ops.push(gc_no_skew(&mut pick));
-                ops.push(gc_no_skew(&mut pick));
-            }
-            if let (2, Some(parent)) = (round, &latest[0]) {
-                ops.push(Op::Delete(parent.clone()));
+            match (round, &latest[0]) {
+                (1, _) => {
+                    ops.push(gc_no_skew(&mut pick));
+                    ops.push(gc_no_skew(&mut pick));
+                }
+                (2, Some(parent)) => {
+                    let Op::Gc(opts, ..) = gc_no_skew(&mut pick) else {
+                        unreachable!()
+                    };
+                    ops.push(Op::DeleteGc(
+                        parent.clone(),
+                        opts,
+                        pick(DELETE_DELAY_MAX + 1),
+                    ));
+                }
+                _ => {}
             }
         }
         let n_actors = if mix == Mix::Random { 2 + pick(3) } else { 0 };
@@ -222,12 +246,16 @@ fn run_schedule(seed: u64, scratch: &Path, ignore_create_only: bool, mix: Mix) -
                         Op::Restore(ids[pick(ids.len())].clone())
                     }
                 }
-                _ => Op::Gc(GcOptions {
-                    clock_skew: Duration::from_secs([0, 300][pick(2)]),
-                    max_unused: [0.0, 0.05, 1.0][pick(3)],
-                    mem_entries: gc_mem,
-                    ..Default::default()
-                }),
+                _ => Op::Gc(
+                    GcOptions {
+                        clock_skew: Duration::from_secs([0, 300][pick(2)]),
+                        max_unused: [0.0, 0.05, 1.0][pick(3)],
+                        mem_entries: gc_mem,
+                        ..Default::default()
+                    },
+                    None,
+                    0,
+                ),
             };
             ops.push(op);
         }
@@ -246,7 +274,17 @@ fn run_schedule(seed: u64, scratch: &Path, ignore_create_only: bool, mix: Mix) -
                 contents.push(Vec::new());
             }
         }
-        let sched = Sched::new(seed * 7 + round, ops.len());
+        // In the parent-delete schedules a collection's request is three times as likely to go
+        // next as a backup's (four once a delete is done): the race needs a collection to fit
+        // whole between a backup's segment and its commit, and between an incremental's read of
+        // its parent's extent list and its commit.
+        let weights: Vec<u32> = (ops.iter())
+            .map(|op| match (mix, op) {
+                (Mix::ParentDeleted, Op::Gc(..)) => 3,
+                _ => 1,
+            })
+            .collect();
+        let sched = Sched::weighted(seed * 7 + round, weights);
         let results: Vec<std::result::Result<(), volback::Error>> = std::thread::scope(|s| {
             let handles: Vec<_> = ops
                 .iter()
@@ -274,7 +312,7 @@ fn run_schedule(seed: u64, scratch: &Path, ignore_create_only: bool, mix: Mix) -
             .iter()
             .zip(&results)
             .filter_map(|(op, r)| match (op, r) {
-                (Op::Delete(id), Ok(())) => Some(id.clone()),
+                (Op::Delete(id) | Op::DeleteGc(id, ..), Ok(())) => Some(id.clone()),
                 _ => None,
             })
             .collect();
@@ -287,7 +325,7 @@ fn run_schedule(seed: u64, scratch: &Path, ignore_create_only: bool, mix: Mix) -
                 }
                 // A parent deleted by a concurrent actor is a clean refusal.
                 (Op::Backup { .. }, Err(e)) if e.kind() == "parent_not_found" => {}
-                (Op::Delete(id), Ok(())) => {
+                (Op::Delete(id) | Op::DeleteGc(id, ..), Ok(())) => {
                     committed.remove(id);
                 }
                 // Two deletes of one backup: the second says "deleted".
@@ -337,6 +375,7 @@ fn run_actor(
     seed: u64,
     actor: usize,
 ) -> volback::Result<()> {
+    let sched = store.sched.clone();
     let c = Container::with_store(store, "mem://".into(), false, None)?;
     match op {
         Op::Backup { id, parent, .. } => {
@@ -353,7 +392,28 @@ fn run_actor(
             run_backup(&c, source, &opts, None).map(|_| ())
         }
         Op::Delete(id) => c.delete_backup(id),
-        Op::Gc(opts) => run_gc(&c, opts).map(|_| ()),
+        Op::Gc(opts, after_packs, delay) => {
+            if let Some(n) = after_packs {
+                // Polled a bounded number of times: the backup may fail.
+                for _ in 0..200 {
+                    if c.store().list("packs/")?.len() > *n {
+                        break;
+                    }
+                }
+            }
+            for _ in 0..*delay {
+                c.store().head("delay")?;
+            }
+            run_gc(&c, opts).map(|_| ())
+        }
+        Op::DeleteGc(id, opts, delay) => {
+            for _ in 0..*delay {
+                c.store().head("delay")?;
+            }
+            c.delete_backup(id)?;
+            sched.set_weight(actor, 4);
+            run_gc(&c, opts).map(|_| ())
+        }
         Op::Restore(id) => {
             let out = scratch.join(format!("actor-{seed}-{actor}"));
             let _ = std::fs::remove_file(&out);

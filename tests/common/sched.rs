@@ -18,6 +18,8 @@ struct State {
     rng: u64,
     /// Per actor: requests waiting at the gate; None once the actor is done.
     waiting: Vec<Option<usize>>,
+    /// Per actor: how likely its request is to go next, relative to the others'.
+    weights: Vec<u32>,
     granted: Option<usize>,
     running: bool,
     steps: u64,
@@ -43,8 +45,17 @@ impl State {
         if live.is_empty() || live.iter().any(|&a| self.waiting[a] == Some(0)) {
             return false;
         }
-        let r = self.next();
-        self.granted = Some(live[(r % live.len() as u64) as usize]);
+        let total: u64 = live.iter().map(|&a| u64::from(self.weights[a])).sum();
+        let mut r = self.next() % total.max(1);
+        for &a in &live {
+            let w = u64::from(self.weights[a]);
+            if r < w {
+                self.granted = Some(a);
+                return true;
+            }
+            r -= w;
+        }
+        self.granted = live.last().copied();
         true
     }
 }
@@ -56,12 +67,14 @@ pub struct Sched {
 }
 
 impl Sched {
-    /// A scheduler for `actors` actors, seeded.
-    pub fn new(seed: u64, actors: usize) -> Arc<Sched> {
+    /// A scheduler for one actor per weight: a waiting actor's request goes next with
+    /// probability its weight over the waiting actors' sum.
+    pub fn weighted(seed: u64, weights: Vec<u32>) -> Arc<Sched> {
         Arc::new(Sched {
             state: Mutex::new(State {
                 rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-                waiting: vec![Some(0); actors],
+                waiting: vec![Some(0); weights.len()],
+                weights: weights.into_iter().map(|w| w.max(1)).collect(),
                 ..Default::default()
             }),
             cv: Condvar::new(),
@@ -78,6 +91,11 @@ impl Sched {
         st.waiting[actor] = None;
         st.pick();
         self.cv.notify_all();
+    }
+
+    /// Changes how likely an actor's requests are to go next, from now on.
+    pub fn set_weight(&self, actor: usize, weight: u32) {
+        self.lock().weights[actor] = weight.max(1);
     }
 
     /// Requests run so far.

@@ -15,8 +15,9 @@
 //!            (Object Lock: the packs it reads retained) manifest (create-only, then retained)
 //!                                                                                 [pack, index, manifest]
 //!
-//! restore: index segments ──external sort──> location table (temp file)          [locations]
-//!          manifest ──> extent-list chunks ──> windows of extents ──group by pack──>  [restore]
+//! restore: manifest ──hints──> extent list ──> the backup's chunk ids (sorted, Bloom filter)
+//!          index segments ──filter, external sort, join──> its location table     [locations]
+//!          extent-list chunks ──> windows of extents ──group by pack──>          [restore]
 //!            ranged GETs (coalesced, parallel) ──(open,) zstd -d, BLAKE3 verify──> 32 MiB stripe
 //!            ──writer thread, volume order──> target
 //! ```
@@ -62,9 +63,10 @@
 //! and only the parent's for an incremental (`backup/parent_scope.rs`): an incremental reads its
 //! parent's extent list through the locations the parent's manifest records, and neither lists
 //! the packs nor reads the index, so its requests and memory do not grow with the container (an
-//! unchanged file or an empty change map: nine requests). A restore holds two stripes (32 MiB each, 64 MiB on S3) and keeps
-//! the container's chunk locations in a sorted temporary file (half a byte per chunk stays in
-//! memory). The `volback` binary also tunes glibc's allocator (mmap threshold pinned at
+//! unchanged file or an empty change map: nine requests). A restore holds two stripes (32 MiB each, 64 MiB on S3) and the
+//! locations of its backup's chunks alone, in a sorted temporary file beyond 65,536 (half a
+//! byte per chunk of the backup stays in memory); while it reads the index it holds the pack
+//! listing (41 bytes a pack) and a Bloom filter of the backup's chunks (at most 32 MiB). The `volback` binary also tunes glibc's allocator (mmap threshold pinned at
 //! 128 KiB; for full backups, an 8 MiB trim threshold): a process embedding the driver gets
 //! the same with `MALLOC_MMAP_THRESHOLD_=131072` and, for full backups,
 //! `MALLOC_TRIM_THRESHOLD_=8388608` (`docs/performance.md`).

@@ -56,7 +56,7 @@ pub(super) fn choose(
             continue;
         }
         let (p, size, live) = (packs.id(pos), packs.size(pos), live_bytes[i]);
-        total_live += live;
+        total_live = total_live.saturating_add(live);
         if live == 0 {
             unreferenced.push(p);
         } else if live < size {
@@ -65,7 +65,8 @@ pub(super) fn choose(
     }
     // Sparsest first, until the unused bytes left are within the bound.
     partial.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let mut unused: u64 = partial.iter().map(|(_, _, dead)| dead).sum();
+    // Sizes come from the listing: sums saturate rather than wrap (or panic).
+    let mut unused = (partial.iter()).fold(0u64, |sum, (_, _, dead)| sum.saturating_add(*dead));
     let allowed = max_unused.max(0.0) * total_live as f64;
     let mut sparse = Vec::new();
     for (_, p, dead) in partial {
@@ -73,7 +74,7 @@ pub(super) fn choose(
             break;
         }
         sparse.push(p);
-        unused -= dead;
+        unused = unused.saturating_sub(dead);
     }
     unreferenced.sort();
     sparse.sort();

@@ -195,7 +195,8 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
         chosen.unreferenced.retain(|p| !retained.contains_key(p));
         chosen.sparse.retain(|p| !retained.contains_key(p));
         report.packs_retained = retained.len();
-        report.bytes_retained = retained.keys().map(|p| survey.packs.size_of(p)).sum();
+        report.bytes_retained =
+            (retained.keys()).fold(0u64, |sum, p| sum.saturating_add(survey.packs.size_of(p)));
         report.retained_until = retained.values().min().map(|&u| format_date(u));
     }
     let (unreferenced, sparse) = (&chosen.unreferenced, &chosen.sparse);
@@ -206,9 +207,10 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
     report.packs_repacked = sparse.len();
     if opts.dry_run {
         let swept = |p: &Hash| survey.packs.size_of(p);
-        report.bytes_deleted = unreferenced.iter().chain(sparse).map(swept).sum();
+        report.bytes_deleted =
+            (unreferenced.iter().chain(sparse)).fold(0u64, |sum, p| sum.saturating_add(swept(p)));
         report.packs_deleted = unreferenced.len() + sparse.len();
-        report.bytes_reclaimed = report.bytes_deleted as i64;
+        report.bytes_reclaimed = i64::try_from(report.bytes_deleted).unwrap_or(i64::MAX);
         report.records_deferred = records.len();
         return Ok(finish(c, report, started, &requests_before));
     }
@@ -244,7 +246,9 @@ pub fn run_gc(c: &Container, opts: &GcOptions) -> Result<GcReport> {
         report.noncurrent_versions = Some(n);
         report.noncurrent_bytes = Some(bytes);
     }
-    report.bytes_reclaimed = report.bytes_deleted as i64 - report.bytes_written as i64;
+    let signed = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+    report.bytes_reclaimed =
+        signed(report.bytes_deleted).saturating_sub(signed(report.bytes_written));
     Ok(finish(c, report, started, &requests_before))
 }
 

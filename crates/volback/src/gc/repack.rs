@@ -143,7 +143,7 @@ impl Written<'_> {
         let size = bytes.len() as u64;
         self.c.store().put(&pack_key(&id), bytes)?;
         report.packs_written += 1;
-        report.bytes_written += size;
+        report.bytes_written = report.bytes_written.saturating_add(size);
         let pos = survey.packs.add_written(id, size);
         for e in &entries {
             self.holders.push(ByChunk(Located {

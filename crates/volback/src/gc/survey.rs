@@ -80,9 +80,9 @@ impl PackList {
         self.pos(id).map_or(0, |p| self.size(p))
     }
 
-    /// Bytes of the packs listed at the start.
+    /// Bytes of the packs listed at the start (sizes come from the listing: the sum saturates).
     pub(super) fn listed_bytes(&self) -> u64 {
-        self.packs[..self.listed].iter().map(|(_, s)| s).sum()
+        (self.packs[..self.listed].iter()).fold(0u64, |sum, (_, s)| sum.saturating_add(*s))
     }
 
     /// Packs listed at the start.

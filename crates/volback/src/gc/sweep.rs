@@ -153,13 +153,13 @@ pub(super) fn sweep(
         for (size, r) in results {
             match r {
                 Ok(()) => {
-                    report.bytes_deleted += size;
+                    report.bytes_deleted = report.bytes_deleted.saturating_add(size);
                     report.packs_deleted += 1;
                 }
                 // Retained since it was chosen (a date the survey did not see): it stays, out
                 // of the index, and a later run condemns it again.
                 Err(Error::Retained { .. }) => {
-                    report.bytes_retained += size;
+                    report.bytes_retained = report.bytes_retained.saturating_add(size);
                     report.packs_retained += 1;
                 }
                 Err(e) => return Err(e),

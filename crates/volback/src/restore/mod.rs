@@ -17,9 +17,9 @@
 //! (`--buffered`, or a target that refuses direct I/O) has its writeback started every
 //! 32 MiB when durable, so the final fsync has little left to wait for.
 //!
-//! Chunk locations come from a [`LocationTable`], which keeps them in a sorted scratch file
-//! once the container is large, so memory is bounded by the stripes and the ranges in flight,
-//! not by the volume or the container. Each restore thread reuses its read buffer, and the
+//! Chunk locations come from a [`LocationTable`] of the backup's own chunks, which keeps them
+//! in a sorted scratch file once the backup is large, so memory is bounded by the stripes and
+//! the ranges in flight, not by the volume or the container. Each restore thread reuses its read buffer, and the
 //! stripes are reused window after window: no fresh pages to fault in per range.
 //!
 //! Before anything is written, every chunk the backup needs is checked to be in the index, as
@@ -117,8 +117,8 @@ pub struct RestoreOptions {
     /// for an image that is read right after the restore. Targets that refuse direct I/O
     /// (some FUSE and network filesystems) are written through the page cache either way.
     pub direct_io: bool,
-    /// Data-chunk locations held in memory; beyond this the container's locations go to a
-    /// temporary file (see [`LocationTable`]), so memory does not grow with the container.
+    /// Data-chunk locations held in memory; beyond this the backup's locations go to a
+    /// temporary file (see [`LocationTable`]), so memory does not grow with the volume.
     pub locations_in_memory: usize,
     /// Volume bytes per restore window (its `Stripe`); None for the default, 32 MiB (64 MiB
     /// on stores read with many requests in flight). Never less than the backup's largest

@@ -12,8 +12,9 @@
 //!                  └─ Container::fetch_range: ranged reads of packs, BLAKE3-checked
 //! ```
 //!
-//! **Time to first byte.** Opening the export reads the manifest and the container's chunk
-//! locations ([`LocationTable`](crate::restore::locations::LocationTable), bounded memory), then
+//! **Time to first byte.** Opening the export reads the manifest and the backup's chunk
+//! locations from the index ([`LocationTable`](crate::restore::locations::LocationTable),
+//! bounded memory), then
 //! listens; the extent list is walked in the background and a read waits only until the walk
 //! has passed its range. The first blocks of a volume are served after a few requests whatever
 //! its size.
@@ -21,7 +22,7 @@
 //! **Memory** is the cache's capacity (`cache_bytes`), plus what requests in flight hold (at
 //! most [`WORKERS`] × [`MAX_REQUEST`] per connection, far less for a typical client's 64 KiB–2
 //! MiB reads), plus one checkpoint per extent-list chunk (~100 bytes per ~7 MiB of volume: 15
-//! KiB for a TiB) and the container's chunk locations' in-memory part (half a byte per chunk).
+//! KiB for a TiB) and the backup's chunk locations' in-memory part (half a byte per chunk).
 //!
 //! **Integrity.** Every chunk is decompressed and checked against its BLAKE3 id before any of
 //! its bytes are served or cached. A damaged or missing chunk fails that request with `EIO`
