@@ -371,10 +371,11 @@ fn model() {
         mib(volume_chunks as f64 * 16.0),
     );
     println!(
-        "| backup of a new volume | {} LIST + {} segment GETs | dedup set of the container's chunks: {:.0} MiB in memory, {:.0} GiB in $TMPDIR | memory yes, requests no |",
+        "| backup of a new volume | {} LIST + {} segment GETs | the pack listing while the index is read (41 B per pack) and the dedup set of the container's chunks ({:.0} MiB in memory): ~{:.0} MiB; {:.0} GiB in $TMPDIR | memory yes, requests no |",
         pages(packs) + pages(segments) + 1,
         segments,
         mib(chunks as f64 / 16.0),
+        mib(chunks as f64 / 16.0 + packs as f64 * 41.0),
         (chunks * 16) as f64 / (1u64 << 30) as f64,
     );
     // Restore: the pack listing (40 bytes a pack and a byte for the scan's flag), the Bloom
@@ -395,14 +396,14 @@ fn model() {
         + runs * 1024.0 * 52.0
         + volume_chunks as f64 / 2.0;
     println!(
-        "| restore | {} LIST + {} segment GETs (~{index_gib:.0} GiB read) and the extent list read three times (~{} ranged GETs each) before the first byte, then ranged GETs of its packs | the pack listing (41 B per pack), a Bloom filter of its {volume_chunks} chunks ({:.0} MiB), sort and merge buffers: ~{:.0} MiB; {:.1} GiB in $TMPDIR (its chunks' locations, and the {:.1} M others the filter passed) | yes |",
+        "| restore | {} LIST + {} segment GETs (~{index_gib:.0} GiB read) and the extent list read three times (~{} ranged GETs each) before the first byte, then ranged GETs of its packs | the pack listing (41 B per pack), a Bloom filter of its {volume_chunks} chunks ({:.0} MiB), sort and merge buffers: ~{:.0} MiB; {:.1} GiB in $TMPDIR (its chunks' locations, and the ~{:.0} thousand others the filter passes) | yes |",
         pages(packs) + pages(segments) + 1,
         segments,
         (volume_chunks * 36).div_ceil(4 << 20),
         mib(filter_bits as f64 / 8.0),
         mib(restore_mem),
         (set_aside * 52.0 * 2.0 + volume_chunks as f64 * 32.0) / (1u64 << 30) as f64,
-        fp_rate * chunks as f64 / 1e6,
+        fp_rate * chunks as f64 / 1e3,
     );
     // gc and verify: per pack, what stays in memory; per chunk, what goes to $TMPDIR; the
     // sort and merge buffers are fixed (constants of gc/mod.rs, restore/locations.rs and

@@ -8,7 +8,7 @@
 //! 1. **The backup's chunks first, when its manifest says where its extent list is** (the
 //!    `extents[].at` hints every backup records). The extent list is read through them, and the
 //!    chunk ids it names go into a sorted table (in memory up to `mem_entries`, then a scratch
-//!    file) and into a Bloom filter ([`Wanted`]: 16 bits a chunk, 32 MiB at most).
+//!    file) and into a Bloom filter (`Wanted`: 16 bits a chunk, 32 MiB at most).
 //! 2. **The index scan** (the scan every reader uses, in the collection protocol's order) then
 //!    sets aside the data-chunk locations the filter may want, and the backup's own extent-list
 //!    chunks. Per chunk the best copy is kept, as [`crate::index::Index`] does: a live pack
@@ -29,7 +29,7 @@
 //! scan, memory is the pack listing (41 bytes a pack), the filter and the sort buffers; at
 //! 100 TiB that is ~200 MiB (`docs/performance.md`).
 //!
-//! gc and verify walk every backup's extent list: they use a [`LocationBuilder`] of the
+//! gc and verify walk every backup's extent list: they use a `LocationBuilder` of the
 //! extent-list chunks of the whole container, on disk beyond `mem_entries`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
