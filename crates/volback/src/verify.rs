@@ -29,10 +29,9 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::container::index_scan::read_rank;
 use crate::container::pack_numbers::Unlisted;
 use crate::container::{
-    Container, IndexUse, LEASE_TTL, LeaseGuard, MAX_RANGE_RAW, PackListing, manifest_key, pack_key,
+    Container, LEASE_TTL, LeaseGuard, MAX_RANGE_RAW, PackListing, manifest_key, pack_key,
     plan_ranges,
 };
 use crate::error::{Error, Result};
@@ -385,33 +384,19 @@ impl Locations {
     fn load(c: &Container, mem_entries: usize) -> Result<Self> {
         let mut meta = LocationBuilder::new(mem_entries);
         let mut data = TableBuilder::new(mem_entries);
-        let mut unlisted = Unlisted::default();
-        let mut failed = None;
-        let scan = c.scan_index(IndexUse::Read, |pack, entries, listed, condemned| {
-            if failed.is_some() {
-                return;
-            }
-            let rank = read_rank(listed.is_some(), condemned);
-            let pos = match unlisted.number(pack, listed) {
-                Ok(pos) => pos,
-                Err(e) => {
-                    failed = Some(e);
-                    return;
-                }
-            };
+        let (scan, unlisted) = c.scan_index_numbered(|pack, entries, pos, rank| {
             meta.add_meta(*pack, entries, rank);
             for e in entries.iter().filter(|e| e.kind != ChunkKind::Meta) {
-                let loc = Location::of(e, pos);
-                if failed.is_none()
-                    && let Err(e) = data.push(BestCopy(Located { id: e.id, loc }, rank))
-                {
-                    failed = Some(e);
-                }
+                data.push(BestCopy(
+                    Located {
+                        id: e.id,
+                        loc: Location::of(e, pos),
+                    },
+                    rank,
+                ))?;
             }
+            Ok(())
         })?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
         Ok(Locations {
             meta: meta.finish()?,
             data: Some(data.finish()?),

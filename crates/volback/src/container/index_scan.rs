@@ -7,6 +7,7 @@ use bytes::Bytes;
 use rayon::prelude::*;
 
 use super::Container;
+use super::pack_numbers::Unlisted;
 use super::packs::PackListing;
 use crate::error::{Error, Result};
 use crate::format::condemnation::Condemnation;
@@ -241,6 +242,33 @@ impl Container {
             damaged_segments: damaged,
             adopted: tables.len(),
         })
+    }
+
+    /// [`Container::scan_index`] for reading, with each pack numbered by its position in the
+    /// scan's pack listing (or, not listed, by the returned [`Unlisted`]) and its read rank
+    /// ([`read_rank`]): `visit(pack, entries, number, rank)`. The first error `visit` returns
+    /// ends the visits and is returned once the scan is done.
+    pub(crate) fn scan_index_numbered(
+        &self,
+        mut visit: impl FnMut(&Hash, &[PackEntry], u32, u8) -> Result<()>,
+    ) -> Result<(IndexScan, Unlisted)> {
+        let mut unlisted = Unlisted::default();
+        let mut failed = None;
+        let scan = self.scan_index(IndexUse::Read, |pack, entries, listed, condemned| {
+            if failed.is_some() {
+                return;
+            }
+            let rank = read_rank(listed.is_some(), condemned);
+            let visited =
+                (unlisted.number(pack, listed)).and_then(|n| visit(pack, entries, n, rank));
+            if let Err(e) = visited {
+                failed = Some(e);
+            }
+        })?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok((scan, unlisted)),
+        }
     }
 
     /// Every condemnation record in the container. A record deleted between the listing and the

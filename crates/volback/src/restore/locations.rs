@@ -36,9 +36,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 
 use crate::container::extents::hinted_meta_index;
-use crate::container::index_scan::read_rank;
 use crate::container::pack_numbers::{Unlisted, is_listed};
-use crate::container::{Container, IndexUse, PackListing, manifest_key};
+use crate::container::{Container, PackListing, manifest_key};
 use crate::error::{Error, Result};
 use crate::extsort::{Indexed, Record, ScratchOps, Sorted, Table, TableBuilder, scratch_err};
 use crate::format::chunk::ChunkKind;
@@ -240,20 +239,7 @@ impl LocationTable {
         let wanted = early.as_ref().map(Wanted::of).transpose()?;
         let mut meta: Vec<Rec> = Vec::new();
         let mut data: TableBuilder<Rec> = TableBuilder::new(mem_entries.max(BLOCK_ENTRIES));
-        let mut unlisted = Unlisted::default();
-        let mut failed: Option<Error> = None;
-        let scan = c.scan_index(IndexUse::Read, |pack, entries, listed, condemned| {
-            if failed.is_some() {
-                return;
-            }
-            let rank = read_rank(listed.is_some(), condemned);
-            let pos = match unlisted.number(pack, listed) {
-                Ok(pos) => pos,
-                Err(e) => {
-                    failed = Some(e);
-                    return;
-                }
-            };
+        let (scan, unlisted) = c.scan_index_numbered(|_, entries, pos, rank| {
             for e in entries {
                 let rec = Rec {
                     id: e.id,
@@ -264,17 +250,12 @@ impl LocationTable {
                     if metas.contains(&e.id) {
                         meta.push(rec);
                     }
-                } else if wanted.as_ref().is_none_or(|w| w.may_hold(&e.id))
-                    && let Err(err) = data.push(rec)
-                {
-                    failed = Some(err);
-                    return;
+                } else if wanted.as_ref().is_none_or(|w| w.may_hold(&e.id)) {
+                    data.push(rec)?;
                 }
             }
+            Ok(())
         })?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
         drop(wanted);
         crate::extsort::sort_dedup(&mut meta);
         // The decoded segments were many small allocations, freed now but scattered through
@@ -440,7 +421,7 @@ impl LocationBuilder {
     }
 
     /// Adds the extent-list chunks among a pack's `entries`, with the pack's rank (see
-    /// [`read_rank`]; lower is better).
+    /// `container::index_scan::read_rank`; lower is better).
     pub(crate) fn add_meta(&mut self, pack: Hash, entries: &[PackEntry], rank: u8) {
         if self.failed.is_some() {
             return;
