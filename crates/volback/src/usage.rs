@@ -147,38 +147,11 @@ pub fn exclusive_bytes_with(c: &Container, mem_entries: usize) -> Result<BTreeMa
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::source::VolumeSource;
-    use crate::backup::{BackupOptions, run_backup};
+    use crate::backup::testing::{backup, volume};
     use crate::index::Locate;
     use crate::store::{MemStore, ObjectStore};
     use std::collections::{HashMap, HashSet};
     use std::sync::Arc;
-
-    fn volume(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
-    fn backup(c: &Container, id: &str, volume_id: &str, parent: Option<&str>, data: Vec<u8>) {
-        let source = VolumeSource::Reader {
-            name: id.into(),
-            reader: Box::new(std::io::Cursor::new(data)),
-        };
-        let opts = BackupOptions {
-            backup_id: Some(id.into()),
-            volume_id: volume_id.into(),
-            parent_id: parent.map(Into::into),
-            ..Default::default()
-        };
-        run_backup(c, source, &opts, None).unwrap();
-    }
 
     /// The sorted-table report equals the one computed with every chunk's owners in a hash map
     /// over the in-memory index, with its tables in memory or spilled in runs of three records:

@@ -35,6 +35,8 @@ mod read_mode;
 mod resume;
 pub mod retain;
 pub mod source;
+#[cfg(test)]
+pub(crate) mod testing;
 mod unchanged;
 mod writer;
 

@@ -467,37 +467,9 @@ impl LocationBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::source::VolumeSource;
-    use crate::backup::{BackupOptions, run_backup};
+    use crate::backup::testing::{backup, volume};
     use crate::store::{MemStore, ObjectStore};
     use std::sync::Arc;
-
-    /// Bytes that do not repeat (so every chunk is new), from a seed.
-    fn volume(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
-    fn backup(c: &Container, id: &str, parent: Option<&str>, data: Vec<u8>) -> Manifest {
-        let source = VolumeSource::Reader {
-            name: id.into(),
-            reader: Box::new(std::io::Cursor::new(data)),
-        };
-        let opts = BackupOptions {
-            backup_id: Some(id.into()),
-            volume_id: "v".into(),
-            parent_id: parent.map(Into::into),
-            ..Default::default()
-        };
-        run_backup(c, source, &opts, None).unwrap().0
-    }
 
     /// A backup's table locates each of its chunks where the whole index does (the best copy),
     /// in a pack it names and knows to be listed, and no chunk of another backup: read through
@@ -509,9 +481,9 @@ mod tests {
         let day1 = volume(1, 6 << 20);
         let mut day2 = day1.clone();
         day2[1 << 20..(1 << 20) + 200_000].copy_from_slice(&volume(2, 200_000));
-        backup(&c, "a", None, day1);
-        let other = backup(&c, "other", None, volume(3, 2 << 20));
-        let m = backup(&c, "b", Some("a"), day2);
+        backup(&c, "a", "v", None, day1);
+        let other = backup(&c, "other", "v", None, volume(3, 2 << 20));
+        let m = backup(&c, "b", "v", Some("a"), day2);
         assert!(m.extents.iter().all(|r| r.at.is_some()));
         let index = c.load_index().unwrap();
         let ids_of = |m: &Manifest| {
