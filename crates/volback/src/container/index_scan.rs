@@ -169,8 +169,9 @@ impl Container {
     }
 
     /// Visits every pack the index knows, with its position in the pack listing (`None`: not
-    /// listed, so it does not exist) and whether it is condemned, in the protocol's order: condemnation records first, then the pack listing (a pack a
-    /// sweep deleted is either condemned by a record still there, or absent from the listing),
+    /// listed, so it does not exist) and whether it is condemned, in the protocol's order:
+    /// condemnation records first, then the pack listing (a pack a sweep deleted is either
+    /// condemned by a record still there, or absent from the listing),
     /// then the segments, streamed a few at a time so memory does not grow with the index.
     /// Packs that exist but no readable segment describes (an interrupted backup's last packs, a
     /// damaged segment's) are read from their own tables; for a backup, a segment is written

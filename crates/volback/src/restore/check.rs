@@ -13,8 +13,9 @@ use crate::index::Locate;
 
 /// Checks, before writing anything, that every chunk of the backup is indexed and every pack it
 /// needs exists (as the pack listing taken with the locations said, when they were read with
-/// one, else with a request per pack or one listing). Chunks are looked up a window at a time (a [`super::locations::LocationTable`] on disk answers a
-/// sorted batch with one read per block).
+/// one, else with a request per pack or one listing). Chunks are looked up a window at a time
+/// (a [`super::locations::LocationTable`] on disk answers a sorted batch with one read per
+/// block).
 pub fn check_complete(
     container: &Container,
     index: &(impl Locate + ?Sized),
